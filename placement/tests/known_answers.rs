@@ -1,0 +1,181 @@
+//! Placement results and encodings pinned to files in `testdata/`: a change to either would move
+//! data in running clusters or make stored maps unreadable, so it must be deliberate.
+//!
+//! Set `TIDEPOOL_BLESS=1` to rewrite the files after an intended change (with a new tunables
+//! version for placement).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use tidepool_placement::encoding::{decode, encode};
+use tidepool_placement::generate::{next, pool, Layout};
+use tidepool_placement::{
+    BucketType, Change, ClusterMap, Incremental, OsdId, PgId, Placement, PoolKind, Scratch, Weight,
+};
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}
+
+fn check_bytes(name: &str, actual: &[u8]) {
+    let path = testdata(name);
+    if std::env::var_os("TIDEPOOL_BLESS").is_some() {
+        std::fs::write(&path, actual).expect("write testdata");
+    }
+    let expected = std::fs::read(&path).expect("testdata exists (TIDEPOOL_BLESS=1 writes it)");
+    assert!(
+        expected == actual,
+        "{} differs from the computed value",
+        path.display()
+    );
+}
+
+/// Two pools over 4 hosts x 3 OSDs with mixed weights, one OSD out and one down.
+fn fixture_map() -> ClusterMap {
+    let mut map = Layout {
+        hosts: 4,
+        osds_per_host: 3,
+        weight: Weight::ONE,
+    }
+    .build();
+    let replicated = pool(
+        &map,
+        "rbd",
+        PoolKind::Replicated {
+            size: 3,
+            min_size: 2,
+        },
+        32,
+        BucketType::Host,
+    )
+    .expect("root");
+    map = map
+        .apply(&next(&map, vec![Change::CreatePool(replicated)]))
+        .expect("applies");
+    let erasure = pool(
+        &map,
+        "ec",
+        PoolKind::Erasure { k: 2, m: 1 },
+        16,
+        BucketType::Osd,
+    )
+    .expect("root");
+    let changes = vec![
+        Change::CreatePool(erasure),
+        Change::SetOsdWeight {
+            id: OsdId(4),
+            weight: "2.5".parse().expect("weight"),
+        },
+        Change::SetOsdIn {
+            id: OsdId(7),
+            is_in: false,
+        },
+        Change::SetOsdUp {
+            id: OsdId(2),
+            up: false,
+        },
+    ];
+    map.apply(&next(&map, changes)).expect("applies")
+}
+
+/// Rule: the same map places every placement group on the same OSDs, forever.
+#[test]
+fn mappings_are_pinned() {
+    let map = fixture_map();
+    let placement = Placement::new(&map);
+    let mut scratch = Scratch::default();
+    let mut text = String::new();
+    for pool in map.pools.values() {
+        for seed in 0..pool.pg_num {
+            let pg = PgId {
+                pool: pool.id,
+                seed,
+            };
+            let mapping = placement.map_pg(pg, &mut scratch).expect("pg exists");
+            let show = |osds: &[Option<OsdId>]| {
+                osds.iter()
+                    .map(|o| o.map_or("-".to_owned(), |o| o.0.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            writeln!(
+                text,
+                "{pg} raw [{}] up [{}] primary {:?}",
+                show(&mapping.raw),
+                show(&mapping.up),
+                mapping.primary.map(|o| o.0)
+            )
+            .expect("write to string");
+        }
+    }
+    check_bytes("mappings-v1.txt", text.as_bytes());
+}
+
+/// Rule: erasure-coded placement leaves a down OSD's position empty instead of shifting.
+#[test]
+fn erasure_down_is_a_hole() {
+    let map = fixture_map();
+    let placement = Placement::new(&map);
+    let ec = map.pool_by_name("ec").expect("pool").id;
+    let mut scratch = Scratch::default();
+    let mut saw_hole = false;
+    for seed in 0..16 {
+        let mapping = placement
+            .map_pg(PgId { pool: ec, seed }, &mut scratch)
+            .expect("pg exists");
+        assert_eq!(mapping.up.len(), 3);
+        for (raw, up) in mapping.raw.iter().zip(&mapping.up) {
+            if *raw == Some(OsdId(2)) {
+                assert_eq!(*up, None);
+                saw_hole = true;
+            } else {
+                assert_eq!(raw, up);
+            }
+        }
+    }
+    assert!(saw_hole, "osd.2 holds some position of the ec pool");
+}
+
+/// Rule: encodings written by version 1 decode to the same values.
+#[test]
+fn version_1_encodings_decode() {
+    let map = fixture_map();
+    check_bytes("map-v1.bin", &encode(&map));
+    let stored = std::fs::read(testdata("map-v1.bin")).expect("fixture");
+    assert_eq!(decode::<ClusterMap>(&stored).expect("decodes"), map);
+
+    let incremental = Incremental {
+        epoch: map.epoch.next(),
+        changes: vec![Change::SetOsdIn {
+            id: OsdId(7),
+            is_in: true,
+        }],
+    };
+    check_bytes("incremental-v1.bin", &encode(&incremental));
+    let stored = std::fs::read(testdata("incremental-v1.bin")).expect("fixture");
+    assert_eq!(
+        decode::<Incremental>(&stored).expect("decodes"),
+        incremental
+    );
+}
+
+/// Rule: truncated, foreign or future records are refused with an error, never a panic.
+#[test]
+fn bad_encodings_are_refused() {
+    let bytes = encode(&fixture_map());
+    for cut in 0..bytes.len() {
+        assert!(
+            decode::<ClusterMap>(&bytes[..cut]).is_err(),
+            "prefix of {cut} bytes"
+        );
+    }
+    assert!(
+        decode::<Incremental>(&bytes).is_err(),
+        "a map is not an incremental"
+    );
+    let mut future = bytes.clone();
+    future[4] = 9;
+    assert!(decode::<ClusterMap>(&future).is_err());
+}
