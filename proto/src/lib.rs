@@ -1,1 +1,14 @@
-//! placeholder
+//! Wire formats shared by every daemon and client: the framed, versioned envelope that carries
+//! each message, and the errors a peer may send back.
+//!
+//! Pure: no IO, no async. The messenger reads a [`FrameHeader`]'s fixed bytes, checks them, and
+//! only then reads (and allocates) the body, so an oversized or malformed frame is refused before
+//! it costs memory.
+
+pub mod frame;
+
+pub use frame::{
+    decode_body, encode_frame, FrameError, FrameHeader, FrameKind, RemoteError, RemoteErrorCode,
+    Reply, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
+};
+pub use tidepool_placement as placement;

@@ -1,0 +1,75 @@
+//! `tidepool cluster init`: a new cluster folder with its identity and certificates.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use tidepool_messenger::ClusterCa;
+
+/// Flags of `tidepool cluster init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The folder to create (must not hold a cluster yet).
+    dir: PathBuf,
+    /// Certificates to issue besides `client-admin`, e.g. `mon-0`, `osd-3`. Repeatable.
+    #[arg(long = "entity", value_name = "NAME")]
+    entities: Vec<String>,
+}
+
+/// `cluster.json`: what identifies a cluster folder.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// Format version of this file.
+    pub version: u32,
+    /// The cluster's id; part of every certificate name.
+    pub cluster_id: String,
+}
+
+/// The name of the admin client's certificate.
+pub const ADMIN_ENTITY: &str = "client-admin";
+
+/// Creates the cluster folder: `cluster.json`, the CA (`ca.pem`, `ca.key`) and certificates
+/// under `certs/`.
+pub fn init(args: InitArgs) -> Result<()> {
+    let cluster_file = args.dir.join("cluster.json");
+    if cluster_file.exists() {
+        bail!(
+            "{} already holds a cluster (found {})",
+            args.dir.display(),
+            cluster_file.display()
+        );
+    }
+    let cluster_id = new_cluster_id()?;
+    let ca = ClusterCa::generate(&cluster_id)?;
+    ca.save(&args.dir)?;
+    let certs = args.dir.join("certs");
+    for entity in std::iter::once(ADMIN_ENTITY).chain(args.entities.iter().map(String::as_str)) {
+        ca.issue_into(entity, &certs)
+            .with_context(|| format!("issuing a certificate for {entity}"))?;
+    }
+    write_cluster_file(&cluster_file, &cluster_id)?;
+    println!("cluster {cluster_id} created in {}", args.dir.display());
+    println!("  CA certificate: {}", args.dir.join("ca.pem").display());
+    println!("  certificates:   {}", certs.display());
+    Ok(())
+}
+
+fn write_cluster_file(path: &Path, cluster_id: &str) -> Result<()> {
+    let file = ClusterFile {
+        version: 1,
+        cluster_id: cluster_id.to_owned(),
+    };
+    std::fs::write(path, serde_json::to_vec_pretty(&file)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A random 16-hex-digit cluster id from the kernel's random source.
+fn new_cluster_id() -> Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
