@@ -1,0 +1,37 @@
+# The two commands of the README, and the helpers behind them.
+# Cargo's target directory lives outside the work tree so builds survive between checkouts.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/tidepool-target
+CARGO ?= cargo
+DATA ?= tidepool-data
+
+.PHONY: up test deps build check bench bench-placement bench-transport
+
+## Start Tidepool locally. Until the daemons exist this creates a cluster folder in ./tidepool-data
+## and demonstrates placement: spread over 32 OSDs and what adding a 33rd would move.
+up: deps build
+	@test -f $(DATA)/cluster.json || $(CARGO_TARGET_DIR)/release/tidepool cluster init $(DATA)
+	$(CARGO_TARGET_DIR)/release/tidepool placement simulate --hosts 8 --osds-per-host 4 --pgs 1024 --add-osd host8:1
+
+## Run every test: format, lints, the pure crates without default features, then all tests.
+test: deps check
+	$(CARGO) test --workspace --all-targets
+
+deps:
+	@scripts/deps.sh
+
+build:
+	$(CARGO) build --release -p tidepool
+
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) check -p tidepool-placement -p tidepool-proto --no-default-features
+
+## Benchmarks (results go in docs/BENCHMARKS.md).
+bench: bench-placement bench-transport
+
+bench-placement:
+	bench/placement-vs-crushtool.sh
+
+bench-transport:
+	$(CARGO) bench -p tidepool-messenger --bench transport

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing Tidepool needs, only when it is missing:
+# Debian packages (libclang for RocksDB bindings, FUSE 3, pkg-config) and a Python venv with the
+# newest aws-cli in .venv/ (ignored by git). Safe to run again; does nothing when all is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(libclang-dev fuse3 libfuse3-dev pkg-config python3-venv)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "installing Debian packages: ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is missing: install Rust from https://rustup.rs" >&2
+  exit 1
+fi
+
+if [ ! -x .venv/bin/aws ]; then
+  echo "creating .venv with aws-cli"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q awscli
+fi
