@@ -43,7 +43,7 @@ const fn log2_fraction(numerator: u128) -> u64 {
 /// `log2(v)` for `v` in `1..=2^32`, in 32.32 fixed point; non-decreasing in `v`.
 #[inline(always)]
 fn log2_q32(v: u64) -> u64 {
-    debug_assert!(v >= 1 && v <= 1 << 32);
+    debug_assert!((1..=1 << 32).contains(&v));
     let whole = 63 - v.leading_zeros() as u64;
     // The 32 bits after the leading one: the fraction `t` in `v = 2^whole * (1 + t)`.
     let t = ((v << (63 - whole)) >> 31) & 0xffff_ffff;
