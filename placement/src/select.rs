@@ -126,12 +126,21 @@ impl RuleTable {
     fn best_in_range(&self, range: (u32, u32), key: u64) -> (Option<Draw>, Option<Draw>) {
         let mut best: Option<Draw> = None;
         let mut best_in: Option<Draw> = None;
+        // While the best draw is also the best `in` draw (the common case: nothing is out),
+        // one comparison decides both.
+        let mut best_is_in = false;
         for leaf in self.leaves_of(range) {
             let draw = self.draw(leaf, key);
             if best.is_none_or(|b| draw.beats(&b, self.uniform)) {
                 best = Some(draw);
-            }
-            if leaf.is_in && best_in.is_none_or(|b| draw.beats(&b, self.uniform)) {
+                best_is_in = leaf.is_in;
+                if leaf.is_in {
+                    best_in = Some(draw);
+                }
+            } else if leaf.is_in
+                && !best_is_in
+                && best_in.is_none_or(|b| draw.beats(&b, self.uniform))
+            {
                 best_in = Some(draw);
             }
         }
