@@ -72,6 +72,7 @@ async fn tcp_server(server_tls: Arc<rustls::ServerConfig>) -> SocketAddr {
                     let reply: Reply<u64> = Ok(bytes.len() as u64);
                     let frame = encode_frame(FrameKind::Reply, &reply, LIMIT).expect("frame");
                     tls.write_all(&frame).await.expect("write");
+                    tls.flush().await.expect("flush");
                 }
             });
         }
@@ -123,6 +124,7 @@ fn transport(c: &mut Criterion) {
             b.iter(|| {
                 runtime.block_on(async {
                     tcp.write_all(&frame).await.expect("write");
+                    tcp.flush().await.expect("flush");
                     let reply: Reply<u64> =
                         decode_body(&read_frame(&mut tcp).await).expect("reply");
                     assert_eq!(reply.expect("ok") as usize, bytes);

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tidepool_proto::{
@@ -81,7 +82,7 @@ pub enum MessengerError {
     Write(#[from] quinn::WriteError),
     /// The stream broke while reading.
     #[error("receiving: {0}")]
-    Read(#[from] quinn::ReadExactError),
+    Read(#[from] quinn::ReadError),
     /// A frame was malformed, truncated or too large.
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -146,8 +147,14 @@ impl Messenger {
         identity: &Identity,
         config: MessengerConfig,
     ) -> Result<Messenger, MessengerError> {
-        let mut endpoint = quinn::Endpoint::server(identity.server_config()?, addr)
-            .map_err(|source| MessengerError::Bind { addr, source })?;
+        let socket = udp_socket(addr).map_err(|source| MessengerError::Bind { addr, source })?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(identity.server_config()?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| MessengerError::Bind { addr, source })?;
         endpoint.set_default_client_config(identity.client_config()?);
         Ok(Messenger {
             inner: Arc::new(Inner {
@@ -214,11 +221,12 @@ impl Messenger {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let frame = encode_frame(
+        // Bytes hand the encoded frame to QUIC without another copy.
+        let frame = Bytes::from(encode_frame(
             FrameKind::Request,
             request,
             self.inner.config.body_bytes_max,
-        )?;
+        )?);
         let _permit = self
             .inner
             .in_flight
@@ -228,7 +236,7 @@ impl Messenger {
         let timeout = self.inner.config.request_timeout;
         let exchange = async {
             let (mut send, mut recv) = self.open(addr, entity, |c| Box::pin(c.open_bi())).await?;
-            send.write_all(&frame).await?;
+            send.write_chunk(frame.clone()).await?;
             // The peer may already have answered and closed; the reply below tells.
             let _ = send.finish();
             let body = read_frame(
@@ -255,11 +263,15 @@ impl Messenger {
     where
         M: Serialize + ?Sized,
     {
-        let frame = encode_frame(FrameKind::OneWay, message, self.inner.config.body_bytes_max)?;
+        let frame = Bytes::from(encode_frame(
+            FrameKind::OneWay,
+            message,
+            self.inner.config.body_bytes_max,
+        )?);
         let timeout = self.inner.config.request_timeout;
         let exchange = async {
             let mut send = self.open(addr, entity, |c| Box::pin(c.open_uni())).await?;
-            send.write_all(&frame).await?;
+            send.write_chunk(frame.clone()).await?;
             let _ = send.finish();
             Ok(())
         };
@@ -341,25 +353,56 @@ impl Messenger {
     }
 }
 
+/// Socket buffers asked of the kernel. The default (about 200 KiB) overflows under bulk QUIC
+/// traffic even on loopback, and every dropped datagram costs a retransmission and stalls path
+/// MTU discovery. The kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(error) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
+        warn!(%error, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(error) = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
+        warn!(%error, "cannot enlarge the UDP send buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// Reads one whole frame of `expected` kind; the header is checked before the body is read.
 async fn read_frame(
     recv: &mut quinn::RecvStream,
     expected: FrameKind,
     body_bytes_max: u32,
 ) -> Result<Vec<u8>, MessengerError> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    recv.read_exact(&mut header).await.map_err(truncated)?;
-    let header = FrameHeader::parse(&header, body_bytes_max)?.expect(expected)?;
-    let mut body = vec![0u8; header.body_bytes as usize];
-    recv.read_exact(&mut body).await.map_err(truncated)?;
+    let mut header = Vec::with_capacity(FRAME_HEADER_BYTES);
+    read_into(recv, &mut header, FRAME_HEADER_BYTES).await?;
+    let header: &[u8; FRAME_HEADER_BYTES] =
+        header[..].try_into().map_err(|_| FrameError::Truncated)?;
+    let header = FrameHeader::parse(header, body_bytes_max)?.expect(expected)?;
+    // The header passed the size check, so this allocation is bounded.
+    let mut body = Vec::with_capacity(header.body_bytes as usize);
+    read_into(recv, &mut body, header.body_bytes as usize).await?;
     Ok(body)
 }
 
-fn truncated(error: quinn::ReadExactError) -> MessengerError {
-    match error {
-        quinn::ReadExactError::FinishedEarly(_) => FrameError::Truncated.into(),
-        other => other.into(),
+/// Appends exactly `len` bytes from the stream to `buffer`, taking QUIC's received chunks as
+/// they are (no zero-filling, one copy).
+async fn read_into(
+    recv: &mut quinn::RecvStream,
+    buffer: &mut Vec<u8>,
+    len: usize,
+) -> Result<(), MessengerError> {
+    let end = buffer.len() + len;
+    while buffer.len() < end {
+        match recv.read_chunk(end - buffer.len(), true).await? {
+            Some(chunk) => buffer.extend_from_slice(&chunk.bytes),
+            None => return Err(FrameError::Truncated.into()),
+        }
     }
+    Ok(())
 }
 
 async fn serve_connection<S: Service>(
@@ -431,7 +474,7 @@ async fn handle_request<S: Service>(
             }
         }
     };
-    if send.write_all(&frame).await.is_ok() {
+    if send.write_chunk(Bytes::from(frame)).await.is_ok() {
         let _ = send.finish();
     }
 }

@@ -338,7 +338,8 @@ impl Identity {
 }
 
 /// QUIC settings for a LAN: windows far above quinn's internet defaults, many concurrent
-/// streams, a higher MTU ceiling, and keep-alives so a dead peer is noticed.
+/// streams, and keep-alives so a dead peer is noticed. Path MTU discovery keeps quinn's
+/// Ethernet-sized ceiling (see docs/messenger.md on jumbo frames).
 fn transport_config() -> quinn::TransportConfig {
     use std::time::Duration;
     let mut transport = quinn::TransportConfig::default();
@@ -353,8 +354,5 @@ fn transport_config() -> quinn::TransportConfig {
             quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s fits a VarInt"),
         ))
         .initial_mtu(1400);
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(9000);
-    transport.mtu_discovery_config(Some(mtu));
     transport
 }
