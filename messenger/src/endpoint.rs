@@ -148,8 +148,15 @@ impl Messenger {
         config: MessengerConfig,
     ) -> Result<Messenger, MessengerError> {
         let socket = udp_socket(addr).map_err(|source| MessengerError::Bind { addr, source })?;
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(crate::tls::DATAGRAM_BYTES_MAX)
+            .map_err(|_| MessengerError::Bind {
+                addr,
+                source: std::io::Error::other("invalid UDP payload limit"),
+            })?;
         let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(identity.server_config()?),
             socket,
             Arc::new(quinn::TokioRuntime),
