@@ -12,7 +12,11 @@ use tidepool_messenger::ClusterCa;
 pub struct InitArgs {
     /// The folder to create (must not hold a cluster yet).
     dir: PathBuf,
-    /// Certificates to issue besides `client-admin`, e.g. `mon-0`, `osd-3`. Repeatable.
+    /// Monitors the cluster will run (1, 3 or 5); each gets a certificate `mon-N`.
+    #[arg(long, default_value_t = 3, value_parser = parse_mons)]
+    mons: u8,
+    /// More certificates to issue besides `client-admin` and the monitors', e.g. `osd-3`.
+    /// Repeatable.
     #[arg(long = "entity", value_name = "NAME")]
     entities: Vec<String>,
 }
@@ -44,7 +48,11 @@ pub fn init(args: InitArgs) -> Result<()> {
     let ca = ClusterCa::generate(&cluster_id)?;
     ca.save(&args.dir)?;
     let certs = args.dir.join("certs");
-    for entity in std::iter::once(ADMIN_ENTITY).chain(args.entities.iter().map(String::as_str)) {
+    let mons: Vec<String> = (0..args.mons).map(|rank| format!("mon-{rank}")).collect();
+    let entities = std::iter::once(ADMIN_ENTITY)
+        .chain(mons.iter().map(String::as_str))
+        .chain(args.entities.iter().map(String::as_str));
+    for entity in entities {
         ca.issue_into(entity, &certs)
             .with_context(|| format!("issuing a certificate for {entity}"))?;
     }
@@ -53,6 +61,13 @@ pub fn init(args: InitArgs) -> Result<()> {
     println!("  CA certificate: {}", args.dir.join("ca.pem").display());
     println!("  certificates:   {}", certs.display());
     Ok(())
+}
+
+fn parse_mons(text: &str) -> Result<u8, String> {
+    match text.parse::<u8>() {
+        Ok(n @ (1 | 3 | 5)) => Ok(n),
+        _ => Err(format!("{text:?}: a cluster runs 1, 3 or 5 monitors")),
+    }
 }
 
 fn write_cluster_file(path: &Path, cluster_id: &str) -> Result<()> {
