@@ -144,6 +144,8 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         pgs_changed: 0,
         flows: Vec::new(),
     };
+    // Host names come from the latest map, which knows OSDs the change added.
+    let mut latest = map.clone();
     if !changes.is_empty() {
         let changed = map
             .apply(&next(&map, changes))
@@ -171,10 +173,11 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         report.flows = flows;
         report.after = Some(Distribution::of(&after, pool_id));
         report.epoch = changed.epoch.0;
+        latest = changed;
     }
     match args.format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        OutputFormat::Plain => print_plain(&report, &map),
+        OutputFormat::Plain => print_plain(&report, &latest),
     }
     Ok(())
 }
@@ -302,7 +305,7 @@ fn print_plain(report: &Report, map: &ClusterMap) {
         map.osds
             .get(&OsdId(osd))
             .and_then(|o| map.buckets.get(&o.parent))
-            .map_or("(new)".to_owned(), |b| b.name.clone())
+            .map_or("-".to_owned(), |b| b.name.clone())
     };
     println!(
         "pool {} ({}), {} placement groups, failure domain {}",
