@@ -1,1 +1,8 @@
-//! Monitors: the cluster map replicated by Multi-Paxos (sans-IO core and daemon shell). Built in the monitor milestone; see docs/ARCHITECTURE.md.
+//! Monitors: the cluster map replicated by Multi-Paxos.
+//!
+//! * [`paxos`]: the consensus core, a deterministic state machine without IO (see
+//!   docs/monitor.md). Its simulator lives in `tests/simulation.rs`.
+//!
+//! The map service and the daemon shell come next (docs/monitor.md).
+
+pub mod paxos;
