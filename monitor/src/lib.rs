@@ -1,8 +1,11 @@
-//! Monitors: the cluster map replicated by Multi-Paxos.
+//! Monitors: the cluster map replicated by Multi-Paxos (docs/monitor.md).
 //!
-//! * [`paxos`]: the consensus core, a deterministic state machine without IO (see
-//!   docs/monitor.md). Its simulator lives in `tests/simulation.rs`.
+//! * [`paxos`]: the consensus core, a deterministic state machine without IO. Its simulator
+//!   lives in `tests/simulation.rs`.
+//! * [`service`]: the map service's replicated state machine: the commands of each committed
+//!   slot turn the map of one epoch into the next.
 //!
-//! The map service and the daemon shell come next (docs/monitor.md).
+//! The leader's failure policy, the daemon shell and the admin commands come next.
 
 pub mod paxos;
+pub mod service;

@@ -128,9 +128,16 @@ impl ClusterMap {
                 got: incremental.epoch,
             });
         }
-        let mut map = self.clone();
+        let mut map = self.with_changes(&incremental.changes)?;
         map.epoch = incremental.epoch;
-        for change in &incremental.changes {
+        Ok(map)
+    }
+
+    /// The map after `changes`, validated, at the same epoch: for building an incremental one
+    /// change at a time. Pure: `self` is unchanged.
+    pub fn with_changes(&self, changes: &[Change]) -> Result<ClusterMap, ApplyError> {
+        let mut map = self.clone();
+        for change in changes {
             map.apply_change(change)?;
         }
         map.validate()?;
