@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing Tidepool needs, only when it is missing:
-# Debian packages (libclang for RocksDB bindings, FUSE 3, pkg-config) and a Python venv with the
+# Debian packages (RocksDB 7.8 and libclang for its bindings, FUSE 3, pkg-config) and a Python venv with the
 # newest aws-cli in .venv/ (ignored by git). Safe to run again; does nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libclang-dev fuse3 libfuse3-dev pkg-config python3-venv)
+packages=(libclang-dev librocksdb-dev fuse3 libfuse3-dev pkg-config python3-venv)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -34,6 +34,7 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
             "tidepool-placement",
             "tidepool-proto",
             "tidepool-messenger",
+            "tidepool-kv",
             "tidepool-monitor",
             "tidepool-osd",
             "tidepool-client",
@@ -54,8 +55,9 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "tidepool-proto",
         &["tokio", "quinn", "rustls", "librocksdb-sys", "axum", "mio"],
     ),
-    // Only the storage daemon links RocksDB; only the gateway links axum.
+    // Only kv links RocksDB (used by the monitor and OSD daemons); only the gateway links axum.
     ("tidepool-messenger", &["librocksdb-sys", "axum"]),
+    ("tidepool-kv", &["tokio", "quinn", "axum"]),
     ("tidepool-monitor", &["axum"]),
     ("tidepool-osd", &["axum"]),
     ("tidepool-client", &["librocksdb-sys", "axum"]),
