@@ -19,6 +19,9 @@ pub enum KvError {
     PreviousIo,
 }
 
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// One change of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -82,7 +85,7 @@ impl Kv {
     }
 
     /// Every key/value pair whose key starts with `prefix`, in key order.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Pair>, KvError> {
         self.check()?;
         let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
         let mut pairs = Vec::new();

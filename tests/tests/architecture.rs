@@ -12,13 +12,24 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
     ("tidepool-placement", &[]),
     ("tidepool-proto", &["tidepool-placement"]),
     ("tidepool-messenger", &["tidepool-proto"]),
+    ("tidepool-kv", &[]),
     (
         "tidepool-monitor",
-        &["tidepool-placement", "tidepool-proto", "tidepool-messenger"],
+        &[
+            "tidepool-placement",
+            "tidepool-proto",
+            "tidepool-messenger",
+            "tidepool-kv",
+        ],
     ),
     (
         "tidepool-osd",
-        &["tidepool-placement", "tidepool-proto", "tidepool-messenger"],
+        &[
+            "tidepool-placement",
+            "tidepool-proto",
+            "tidepool-messenger",
+            "tidepool-kv",
+        ],
     ),
     (
         "tidepool-client",
