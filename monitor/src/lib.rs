@@ -9,3 +9,5 @@
 
 pub mod paxos;
 pub mod service;
+#[cfg(feature = "daemon")]
+pub mod store;
