@@ -56,11 +56,44 @@ pub fn init(args: InitArgs) -> Result<()> {
         ca.issue_into(entity, &certs)
             .with_context(|| format!("issuing a certificate for {entity}"))?;
     }
+    write_monmap(&args.dir, args.mons)?;
     write_cluster_file(&cluster_file, &cluster_id)?;
     println!("cluster {cluster_id} created in {}", args.dir.display());
     println!("  CA certificate: {}", args.dir.join("ca.pem").display());
     println!("  certificates:   {}", certs.display());
     Ok(())
+}
+
+/// Writes `monmap.json`: one free loopback UDP port per monitor, picked by binding port 0.
+fn write_monmap(dir: &Path, mons: u8) -> Result<()> {
+    let sockets = (0..mons)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("picking monitor ports")?;
+    let monmap = tidepool_monitor::daemon::MonMap {
+        version: 1,
+        addrs: sockets
+            .iter()
+            .map(|s| s.local_addr())
+            .collect::<std::io::Result<_>>()?,
+    };
+    let path = dir.join(tidepool_monitor::daemon::MonMap::FILE);
+    std::fs::write(&path, serde_json::to_vec_pretty(&monmap)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The cluster id of the folder `dir`.
+pub fn load_cluster_id(dir: &Path) -> Result<String> {
+    let path = dir.join("cluster.json");
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "{} is not a cluster folder (no cluster.json); create one with `tidepool cluster init`",
+            dir.display()
+        )
+    })?;
+    let file: ClusterFile =
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(file.cluster_id)
 }
 
 fn parse_mons(text: &str) -> Result<u8, String> {

@@ -1,5 +1,6 @@
 //! The `tidepool` binary: daemons, local clusters and admin commands.
 
+mod admin;
 mod cluster;
 mod simulate;
 
@@ -26,6 +27,52 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Run a monitor (`tidepool mon --id N --data DIR`), or inspect the monitors.
+    #[command(args_conflicts_with_subcommands = true)]
+    Mon {
+        #[command(subcommand)]
+        command: Option<MonCommand>,
+        #[command(flatten)]
+        run: admin::MonArgs,
+    },
+    /// The cluster at a glance.
+    Status(admin::ClusterArgs),
+    /// OSDs: inspect and change.
+    Osd {
+        #[command(flatten)]
+        cluster: admin::ClusterArgs,
+        #[command(subcommand)]
+        command: OsdCommand,
+    },
+    /// Pools: list, create, remove.
+    Pool {
+        #[command(flatten)]
+        cluster: admin::ClusterArgs,
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MonCommand {
+    /// Show every monitor, its address and its view.
+    Dump(admin::ClusterArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum OsdCommand {
+    /// Show the cluster map: pools and OSDs.
+    Dump,
+    #[command(flatten)]
+    Change(admin::OsdChange),
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// List pools.
+    Ls,
+    #[command(flatten)]
+    Change(admin::PoolChange),
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +97,13 @@ pub enum OutputFormat {
 }
 
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Placement {
             command: PlacementCommand::Simulate(args),
@@ -57,5 +111,27 @@ fn main() -> Result<()> {
         Command::Cluster {
             command: ClusterCommand::Init(args),
         } => cluster::init(args),
+        Command::Mon {
+            command: Some(MonCommand::Dump(args)),
+            ..
+        } => admin::mon_dump(args),
+        Command::Mon { command: None, run } => admin::mon(run),
+        Command::Status(args) => admin::status(args),
+        Command::Osd {
+            cluster,
+            command: OsdCommand::Dump,
+        } => admin::osd_dump(cluster),
+        Command::Osd {
+            cluster,
+            command: OsdCommand::Change(change),
+        } => admin::change(cluster, change.into()),
+        Command::Pool {
+            cluster,
+            command: PoolCommand::Ls,
+        } => admin::pool_ls(cluster),
+        Command::Pool {
+            cluster,
+            command: PoolCommand::Change(change),
+        } => admin::change(cluster, change.into()),
     }
 }

@@ -7,6 +7,8 @@
 //!
 //! The leader's failure policy, the daemon shell and the admin commands come next.
 
+#[cfg(feature = "daemon")]
+pub mod daemon;
 pub mod paxos;
 pub mod service;
 #[cfg(feature = "daemon")]

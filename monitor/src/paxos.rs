@@ -379,10 +379,12 @@ impl PaxosNode {
             Role::Candidate { started_ms, .. } => {
                 self.now_ms.saturating_sub(*started_ms) >= timeout
             }
-            Role::Follower { leader } => {
-                let leader_silent =
-                    leader.is_none() || self.now_ms.saturating_sub(self.leader_heard_ms) >= timeout;
-                leader_silent && !self.lower_rank_alive()
+            // Silence is measured from the last word of a leader, or from start-up: a monitor
+            // that just started first listens for one timeout, so the lowest reachable rank is
+            // the one that stands.
+            Role::Follower { .. } => {
+                self.now_ms.saturating_sub(self.leader_heard_ms) >= timeout
+                    && !self.lower_rank_alive()
             }
         };
         if should_elect {

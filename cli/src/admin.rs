@@ -1,0 +1,368 @@
+//! The monitor daemon command and the admin commands that talk to the monitors.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use tidepool_messenger::Identity;
+use tidepool_monitor::daemon::{self, DaemonConfig, MonClient, MonMap};
+use tidepool_monitor::service::Command;
+use tidepool_placement::{BucketType, ClusterMap, OsdId, PoolKind, Weight};
+
+use crate::cluster::{load_cluster_id, ADMIN_ENTITY};
+use crate::OutputFormat;
+
+/// Which cluster an admin command talks to.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The cluster folder (default: $TIDEPOOL_CLUSTER, else ./tidepool-data).
+    #[arg(long, global = true)]
+    cluster: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Plain, global = true)]
+    format: OutputFormat,
+}
+
+impl ClusterArgs {
+    fn dir(&self) -> PathBuf {
+        self.cluster
+            .clone()
+            .or_else(|| std::env::var_os("TIDEPOOL_CLUSTER").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("tidepool-data"))
+    }
+
+    fn client(&self) -> Result<MonClient> {
+        let dir = self.dir();
+        let cluster_id = load_cluster_id(&dir)?;
+        let identity = Identity::load(&dir, &cluster_id, ADMIN_ENTITY)
+            .context("loading the admin certificate")?;
+        Ok(MonClient::new(&dir, &identity)?)
+    }
+}
+
+/// Flags of `tidepool mon`.
+#[derive(Debug, Args)]
+pub struct MonArgs {
+    /// The monitor's rank in the monitor map.
+    #[arg(long)]
+    id: Option<u8>,
+    /// The cluster folder; the monitor keeps its store in `<DIR>/mon-<ID>`.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+struct MonRun {
+    id: u8,
+    data: PathBuf,
+}
+
+/// Runs a monitor until Ctrl-C or SIGTERM.
+pub fn mon(args: MonArgs) -> Result<()> {
+    let (Some(id), Some(data)) = (args.id, args.data) else {
+        bail!("usage: tidepool mon --id N --data CLUSTER_DIR (or: tidepool mon dump)");
+    };
+    let args = MonRun { id, data };
+    let cluster_id = load_cluster_id(&args.data)?;
+    let entity = MonMap::entity(args.id);
+    let identity = Identity::load(&args.data, &cluster_id, &entity)
+        .with_context(|| format!("loading the certificate of {entity}"))?;
+    let monmap = MonMap::load(&args.data)?;
+    if usize::from(args.id) >= monmap.addrs.len() {
+        bail!(
+            "--id {} is not in the monitor map ({} monitors)",
+            args.id,
+            monmap.addrs.len()
+        );
+    }
+    let config = DaemonConfig {
+        rank: args.id,
+        cluster_dir: args.data.clone(),
+        data_dir: args.data.join(&entity),
+        identity,
+    };
+    runtime()?.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        daemon::run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `tidepool status`.
+pub fn status(args: ClusterArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let client = args.client()?;
+        let statuses = client.statuses().await;
+        let up: Vec<_> = statuses.iter().flatten().collect();
+        let leader = up.iter().find_map(|s| s.leader);
+        let map = client.map().await.ok();
+        let (osds, osds_up, osds_in) = map.as_ref().map_or((0, 0, 0), |m| {
+            (
+                m.osds.len(),
+                m.osds.values().filter(|o| o.up).count(),
+                m.osds.values().filter(|o| o.is_in).count(),
+            )
+        });
+        let pools: Vec<String> = map
+            .as_ref()
+            .map(|m| m.pools.values().map(|p| p.name.clone()).collect())
+            .unwrap_or_default();
+        let quorum: Vec<u8> = up.iter().map(|s| s.rank).collect();
+        let has_quorum = quorum.len() > statuses.len() / 2 && leader.is_some();
+        match args.format {
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "monitors": { "total": statuses.len(), "quorum": quorum, "leader": leader, "has_quorum": has_quorum },
+                    "epoch": map.as_ref().map(|m| m.epoch.0),
+                    "osds": { "total": osds, "up": osds_up, "in": osds_in },
+                    "pools": pools,
+                }))?
+            ),
+            OutputFormat::Plain => {
+                println!("  mon: {} monitors, quorum {:?}, leader {}", statuses.len(), quorum,
+                    leader.map_or("none".to_owned(), |l| format!("mon.{l}")));
+                if !has_quorum {
+                    println!("       NO QUORUM: a majority of monitors must be running");
+                }
+                println!("  map: epoch {}", map.as_ref().map_or("?".to_owned(), |m| m.epoch.0.to_string()));
+                println!("  osd: {osds} osds: {osds_up} up, {osds_in} in");
+                println!("  pools: {} ({})", pools.len(), pools.join(", "));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `tidepool mon dump`.
+pub fn mon_dump(args: ClusterArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let client = args.client()?;
+        let statuses = client.statuses().await;
+        let rows: Vec<_> = client
+            .monmap()
+            .addrs
+            .iter()
+            .zip(&statuses)
+            .enumerate()
+            .map(|(rank, (addr, status))| {
+                json!({
+                    "rank": rank,
+                    "name": MonMap::entity(rank as u8),
+                    "addr": addr.to_string(),
+                    "up": status.is_some(),
+                    "leader": status.as_ref().and_then(|s| s.leader),
+                    "commit": status.as_ref().map(|s| s.commit),
+                    "epoch": status.as_ref().map(|s| s.epoch.0),
+                })
+            })
+            .collect();
+        match args.format {
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({ "mons": rows }))?
+            ),
+            OutputFormat::Plain => {
+                for row in rows {
+                    println!(
+                        "{}: {} {} leader {} commit {} epoch {}",
+                        row["rank"],
+                        row["name"].as_str().unwrap_or(""),
+                        row["addr"].as_str().unwrap_or(""),
+                        row["leader"],
+                        row["commit"],
+                        row["epoch"]
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `tidepool osd dump` (the whole map).
+pub fn osd_dump(args: ClusterArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let map: ClusterMap = args.client()?.map().await?;
+        match args.format {
+            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&map)?),
+            OutputFormat::Plain => {
+                println!("epoch {}", map.epoch.0);
+                for pool in map.pools.values() {
+                    println!(
+                        "pool {} '{}' {:?} pg_num {} failure_domain {}",
+                        pool.id.0, pool.name, pool.kind, pool.pg_num, pool.rule.failure_domain
+                    );
+                }
+                for osd in map.osds.values() {
+                    println!(
+                        "{} {} {} weight {} {}",
+                        osd.id,
+                        if osd.up { "up" } else { "down" },
+                        if osd.is_in { "in" } else { "out" },
+                        osd.weight,
+                        osd.addr.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Pool changes.
+#[derive(Debug, Subcommand)]
+pub enum PoolChange {
+    /// Create a replicated pool.
+    Create {
+        /// Its name.
+        name: String,
+        /// Placement groups.
+        #[arg(long, default_value_t = 64)]
+        pg_num: u32,
+        /// Copies (replicated pool).
+        #[arg(long, default_value_t = 3)]
+        size: u8,
+        /// Copies needed to accept writes (default: a majority of size).
+        #[arg(long)]
+        min_size: Option<u8>,
+        /// No two copies share a bucket of this type.
+        #[arg(long, default_value = "host")]
+        failure_domain: BucketType,
+    },
+    /// Remove a pool.
+    Rm {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// OSD changes.
+#[derive(Debug, Subcommand)]
+pub enum OsdChange {
+    /// Create an OSD entry in a host (it stays down until its daemon boots).
+    Create {
+        /// The host.
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// Its weight.
+        #[arg(long, default_value = "1")]
+        weight: Weight,
+    },
+    /// Mark an OSD out.
+    Out {
+        /// The OSD id.
+        id: u32,
+    },
+    /// Mark an OSD in.
+    In {
+        /// The OSD id.
+        id: u32,
+    },
+    /// Change an OSD's weight.
+    Reweight {
+        /// The OSD id.
+        id: u32,
+        /// Its new weight.
+        weight: Weight,
+    },
+    /// Remove a down OSD.
+    Rm {
+        /// The OSD id.
+        id: u32,
+    },
+}
+
+impl From<PoolChange> for Command {
+    fn from(change: PoolChange) -> Command {
+        match change {
+            PoolChange::Create {
+                name,
+                pg_num,
+                size,
+                min_size,
+                failure_domain,
+            } => Command::PoolCreate {
+                name,
+                kind: PoolKind::Replicated {
+                    size,
+                    min_size: min_size.unwrap_or(size - size / 2).max(1),
+                },
+                pg_num,
+                failure_domain,
+            },
+            PoolChange::Rm { name } => Command::PoolRemove { name },
+        }
+    }
+}
+
+impl From<OsdChange> for Command {
+    fn from(change: OsdChange) -> Command {
+        match change {
+            OsdChange::Create { host, weight } => Command::OsdCreate { host, weight },
+            OsdChange::Out { id } => Command::OsdOut { id: OsdId(id) },
+            OsdChange::In { id } => Command::OsdIn { id: OsdId(id) },
+            OsdChange::Reweight { id, weight } => Command::OsdReweight {
+                id: OsdId(id),
+                weight,
+            },
+            OsdChange::Rm { id } => Command::OsdRemove { id: OsdId(id) },
+        }
+    }
+}
+
+/// `tidepool pool ls`.
+pub fn pool_ls(args: ClusterArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let map: ClusterMap = args.client()?.map().await?;
+        match args.format {
+            OutputFormat::Json => {
+                let pools: Vec<_> = map.pools.values().collect();
+                println!("{}", serde_json::to_string_pretty(&pools)?);
+            }
+            OutputFormat::Plain => {
+                for pool in map.pools.values() {
+                    println!("{} {}", pool.id.0, pool.name);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Sends one map change and prints its outcome.
+pub fn change(args: ClusterArgs, command: Command) -> Result<()> {
+    runtime()?.block_on(async {
+        let mut client = args.client()?;
+        match client.command(command).await? {
+            Ok(outcome) => {
+                match args.format {
+                    OutputFormat::Json => println!("{}", serde_json::to_string(&outcome)?),
+                    OutputFormat::Plain => println!(
+                        "done in epoch {}{}",
+                        outcome.epoch.0,
+                        outcome
+                            .created
+                            .map_or(String::new(), |id| format!(" (created id {id})"))
+                    ),
+                }
+                Ok(())
+            }
+            Err(error) => bail!("refused: {error}"),
+        }
+    })
+}
