@@ -196,6 +196,11 @@ pub struct DaemonConfig {
 /// Bound on queued inputs (peer messages, proposals, reads).
 const INPUTS_MAX: usize = 4096;
 const TICK: Duration = Duration::from_millis(20);
+/// Bound on messages queued for one peer.
+const PEER_QUEUE_MAX: usize = 1024;
+/// How long a message to a peer may take, connecting included: a monitor that does not answer
+/// within this is as good as gone for this message.
+const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Runs a monitor until `shutdown` resolves or its store fails.
 pub async fn run(
@@ -220,31 +225,37 @@ pub async fn run(
     let messenger = Messenger::bind(
         monmap.addrs[usize::from(rank)],
         &config.identity,
-        MessengerConfig::default(),
+        MessengerConfig {
+            request_timeout: PEER_TIMEOUT,
+            ..MessengerConfig::default()
+        },
     )?;
     let (inputs, mut input_rx) = mpsc::channel(INPUTS_MAX);
     messenger.serve(Arc::new(Handler {
         inputs: inputs.clone(),
         members,
     }));
-    // Outgoing consensus messages go through one sender task; a full queue drops (as a lossy
-    // network would), which Paxos tolerates.
-    let (outgoing, mut outgoing_rx) = mpsc::channel::<(Rank, Message)>(INPUTS_MAX);
-    let sender = {
+    // Outgoing consensus messages go through one sender task per peer, so a dead peer (whose
+    // connection attempts time out) delays nobody else. A full queue drops, as a lossy network
+    // would; Paxos retransmits.
+    let mut outgoing = Vec::new();
+    let mut senders = Vec::new();
+    for to in 0..members {
+        let (queue, mut queue_rx) = mpsc::channel::<Message>(PEER_QUEUE_MAX);
         let messenger = messenger.clone();
-        let addrs = monmap.addrs.clone();
-        tokio::spawn(async move {
-            while let Some((to, message)) = outgoing_rx.recv().await {
+        let addr = monmap.addrs[usize::from(to)];
+        senders.push(tokio::spawn(async move {
+            let entity = MonMap::entity(to);
+            while let Some(message) = queue_rx.recv().await {
                 let request = MonRequest::Paxos {
                     from: rank,
                     message,
                 };
-                let addr = addrs[usize::from(to)];
-                let entity = MonMap::entity(to);
                 let _ = messenger.send(addr, &entity, &request).await;
             }
-        })
-    };
+        }));
+        outgoing.push(queue);
+    }
 
     let mut waiting: BTreeMap<(String, u64), oneshot::Sender<MonResponse>> = BTreeMap::new();
     let mut ticker = tokio::time::interval(TICK);
@@ -302,7 +313,9 @@ pub async fn run(
     if let Err(error) = &result {
         warn!(%error, "monitor stopping: its store failed");
     }
-    sender.abort();
+    for sender in senders {
+        sender.abort();
+    }
     messenger.shutdown().await;
     result
 }
@@ -312,7 +325,7 @@ fn step(
     node: &mut PaxosNode,
     state: &mut MapState,
     store: &MonStore,
-    outgoing: &mpsc::Sender<(Rank, Message)>,
+    outgoing: &[mpsc::Sender<Message>],
     waiting: &mut BTreeMap<(String, u64), oneshot::Sender<MonResponse>>,
 ) -> Result<(), DaemonError> {
     let ready = node.poll_ready();
@@ -336,7 +349,9 @@ fn step(
         tokio::task::block_in_place(|| store.write(&ops))?;
     }
     for (to, message) in ready.send {
-        let _ = outgoing.try_send((to, message));
+        if let Some(queue) = outgoing.get(usize::from(to)) {
+            let _ = queue.try_send(message);
+        }
     }
     for (key, result) in answers {
         if let Some(reply) = waiting.remove(&key) {

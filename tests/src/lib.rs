@@ -1,1 +1,99 @@
-//! Black-box tests live in `tests/`; this crate has no library code.
+//! Helpers for the black-box tests in `tests/`: the `tidepool` binary, and child processes
+//! that are always killed when the test ends (by PID, even on panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// Builds the `tidepool` binary once per test process and returns its path.
+pub fn tidepool() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let output = Command::new(cargo)
+            .args(["build", "-q", "-p", "tidepool", "--message-format=json"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo build runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find_map(|message| {
+                (message["target"]["name"] == "tidepool")
+                    .then(|| message["executable"].as_str().map(PathBuf::from))
+                    .flatten()
+            })
+            .expect("cargo reports the tidepool executable")
+    })
+}
+
+/// Runs `tidepool` with `args` to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(tidepool())
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("tidepool runs")
+}
+
+/// A long-running `tidepool` process, killed (SIGKILL, by PID) when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts `tidepool` with `args`, its output in `log`.
+    pub fn start(args: &[&str], log: &Path) -> Daemon {
+        let file = std::fs::File::create(log).expect("log file");
+        let child = Command::new(tidepool())
+            .args(args)
+            .stdout(Stdio::from(file.try_clone().expect("log file")))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("tidepool starts");
+        Daemon { child }
+    }
+
+    /// Kills the process at once (`kill -9`) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A temporary folder removed when dropped.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh folder named after `name` and this process.
+    pub fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("tidepool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,44 +1,7 @@
 //! The `tidepool` binary run as a user runs it.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::OnceLock;
-
 use serde_json::Value;
-
-/// Builds the binary once and returns its path.
-fn tidepool() -> &'static PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let output = Command::new(cargo)
-            .args(["build", "-q", "-p", "tidepool", "--message-format=json"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("cargo build runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find_map(|message| {
-                (message["target"]["name"] == "tidepool")
-                    .then(|| message["executable"].as_str().map(PathBuf::from))
-                    .flatten()
-            })
-            .expect("cargo reports the tidepool executable")
-    })
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(tidepool())
-        .args(args)
-        .output()
-        .expect("tidepool runs")
-}
+use tidepool_tests::run;
 
 fn json(args: &[&str]) -> Value {
     let output = run(args);
