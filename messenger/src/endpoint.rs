@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tidepool_proto::{
@@ -97,11 +98,29 @@ pub enum MessengerError {
     Closed,
 }
 
-/// The sender of an incoming message.
+/// The sender of an incoming message, authenticated by its certificate.
 #[derive(Clone, Debug)]
 pub struct Peer {
     /// Its address.
     pub addr: SocketAddr,
+    /// Its certificate (already verified against the cluster CA during the handshake).
+    certificate: Option<CertificateDer<'static>>,
+    cluster_id: Arc<str>,
+}
+
+impl Peer {
+    /// Whether the peer's certificate names `entity` (`mon-0`, `client-admin`) of this cluster.
+    /// Services authorise by this, never by what a message claims.
+    pub fn is_entity(&self, entity: &str) -> bool {
+        let Some(certificate) = &self.certificate else {
+            return false;
+        };
+        let Ok(name) = ServerName::try_from(server_name(entity, &self.cluster_id)) else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(certificate)
+            .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    }
 }
 
 /// What a messenger serves: one request type, answered by one reply type.
@@ -188,15 +207,19 @@ impl Messenger {
         let endpoint = self.inner.endpoint.clone();
         let handlers = Arc::new(Semaphore::new(self.inner.config.handlers_max));
         let body_bytes_max = self.inner.config.body_bytes_max;
+        let cluster_id: Arc<str> = self.inner.cluster_id.as_str().into();
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Some(incoming) = endpoint.accept().await {
                 let service = service.clone();
                 let handlers = handlers.clone();
+                let cluster_id = cluster_id.clone();
                 connections.spawn(async move {
                     match incoming.await {
                         Ok(connection) => {
-                            serve_connection(connection, service, handlers, body_bytes_max).await
+                            let peer = peer_of(&connection, cluster_id);
+                            serve_connection(connection, peer, service, handlers, body_bytes_max)
+                                .await
                         }
                         Err(error) => debug!(%error, "handshake failed"),
                     }
@@ -412,15 +435,26 @@ async fn read_into(
     Ok(())
 }
 
+/// Who is at the other end of an accepted connection.
+fn peer_of(connection: &quinn::Connection, cluster_id: Arc<str>) -> Peer {
+    let certificate = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().cloned());
+    Peer {
+        addr: connection.remote_address(),
+        certificate,
+        cluster_id,
+    }
+}
+
 async fn serve_connection<S: Service>(
     connection: quinn::Connection,
+    peer: Peer,
     service: Arc<S>,
     handlers: Arc<Semaphore>,
     body_bytes_max: u32,
 ) {
-    let peer = Peer {
-        addr: connection.remote_address(),
-    };
     loop {
         tokio::select! {
             stream = connection.accept_bi() => {

@@ -15,12 +15,14 @@ use tokio::sync::mpsc;
 enum Request {
     Echo(#[serde(with = "serde_bytes")] Vec<u8>),
     Note(String),
+    IsEntity(String),
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 enum Response {
     Echoed(#[serde(with = "serde_bytes")] Vec<u8>),
     Noted,
+    Is(bool),
 }
 
 /// Echoes requests and forwards one-way notes to a channel.
@@ -32,10 +34,11 @@ impl Service for EchoService {
     type Request = Request;
     type Response = Response;
 
-    async fn call(&self, _peer: Peer, request: Request) -> Reply<Response> {
+    async fn call(&self, peer: Peer, request: Request) -> Reply<Response> {
         Ok(match request {
             Request::Echo(bytes) => Response::Echoed(bytes),
             Request::Note(_) => Response::Noted,
+            Request::IsEntity(entity) => Response::Is(peer.is_entity(&entity)),
         })
     }
 

@@ -169,9 +169,13 @@ impl Service for Handler {
         Ok(answer.await.unwrap_or(MonResponse::Busy))
     }
 
-    async fn notify(&self, _peer: Peer, message: MonRequest) {
-        // Peer identity by certificate is not checked yet; ranks are bounded by the core.
+    async fn notify(&self, peer: Peer, message: MonRequest) {
         if let MonRequest::Paxos { from, message } = message {
+            // Only monitor `from` itself may speak as monitor `from`.
+            if !peer.is_entity(&MonMap::entity(from)) {
+                warn!(peer = %peer.addr, from, "dropping consensus traffic from a non-monitor");
+                return;
+            }
             if from < self.members {
                 // Consensus tolerates loss; drop rather than block when overloaded.
                 let _ = self.inputs.try_send(Input::Peer(from, message));
