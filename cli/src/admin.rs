@@ -366,3 +366,60 @@ pub fn change(args: ClusterArgs, command: Command) -> Result<()> {
         }
     })
 }
+
+/// Flags of `tidepool mon bench`.
+#[derive(Debug, Args)]
+pub struct MonBenchArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Map changes to commit, one after another.
+    #[arg(long, default_value_t = 500)]
+    changes: u32,
+}
+
+/// `tidepool mon bench`: commit latency of map changes, one at a time from one client
+/// (OSD weight changes on an OSD entry it creates).
+pub fn mon_bench(args: MonBenchArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let mut client = args.cluster.client()?;
+        let created = client
+            .command(Command::OsdCreate {
+                host: "bench".into(),
+                weight: Weight::ONE,
+            })
+            .await??;
+        let osd = OsdId(created.created.context("OsdCreate returns the id")?);
+        let mut latencies = Vec::with_capacity(args.changes as usize);
+        for i in 0..args.changes {
+            let weight = Weight(Weight::ONE.raw() + (i % 1000) + 1);
+            let started = std::time::Instant::now();
+            client
+                .command(Command::OsdReweight { id: osd, weight })
+                .await??;
+            latencies.push(started.elapsed());
+        }
+        client.command(Command::OsdRemove { id: osd }).await?.ok();
+        latencies.sort();
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        let (p50, p99, max) = (at(0.5), at(0.99), at(1.0));
+        match args.cluster.format {
+            OutputFormat::Json => println!(
+                "{}",
+                json!({
+                    "changes": latencies.len(),
+                    "p50_ms": p50.as_secs_f64() * 1e3,
+                    "p99_ms": p99.as_secs_f64() * 1e3,
+                    "max_ms": max.as_secs_f64() * 1e3,
+                })
+            ),
+            OutputFormat::Plain => println!(
+                "{} changes committed one at a time: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                latencies.len(),
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3
+            ),
+        }
+        Ok(())
+    })
+}

@@ -57,6 +57,8 @@ enum Command {
 enum MonCommand {
     /// Show every monitor, its address and its view.
     Dump(admin::ClusterArgs),
+    /// Measure the commit latency of map changes.
+    Bench(admin::MonBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +117,10 @@ fn main() -> Result<()> {
             command: Some(MonCommand::Dump(args)),
             ..
         } => admin::mon_dump(args),
+        Command::Mon {
+            command: Some(MonCommand::Bench(args)),
+            ..
+        } => admin::mon_bench(args),
         Command::Mon { command: None, run } => admin::mon(run),
         Command::Status(args) => admin::status(args),
         Command::Osd {
