@@ -3,7 +3,7 @@
 //! persisted, and skewed clocks. The safety invariants are checked after every step; after the
 //! faults stop, every monitor must converge within a bounded simulated time.
 //!
-//! `SIM_SEEDS=N` runs N seeds (default 200 per cluster size); `SIM_SEED=S` replays one seed.
+//! `SIM_SEEDS=N` runs N seeds (default 1,000 per cluster size); `SIM_SEED=S` replays one seed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -369,7 +369,7 @@ fn seeds() -> Vec<u64> {
     let count: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(1000);
     (0..count).collect()
 }
 
