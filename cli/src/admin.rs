@@ -168,6 +168,7 @@ pub fn mon_dump(args: ClusterArgs) -> Result<()> {
                     "leader": status.as_ref().and_then(|s| s.leader),
                     "commit": status.as_ref().map(|s| s.commit),
                     "epoch": status.as_ref().map(|s| s.epoch.0),
+                    "map_digest": status.as_ref().map(|s| format!("{:016x}", s.map_digest)),
                 })
             })
             .collect();

@@ -101,6 +101,15 @@ pub struct MonStatus {
     pub commit: Slot,
     /// Its map epoch.
     pub epoch: Epoch,
+    /// A digest of its whole map (FNV-1a over the encoding): monitors with equal epochs must
+    /// report equal digests.
+    pub map_digest: u64,
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Why the daemon or a client call failed.
@@ -304,6 +313,7 @@ pub async fn run(
                             leader: node.leader(),
                             commit: node.commit(),
                             epoch: state.map.epoch,
+                            map_digest: digest(&tidepool_placement::encoding::encode(&state.map)),
                         }),
                     };
                     let _ = reply.send(response);

@@ -65,8 +65,8 @@ fn leader(dump: &Value) -> Option<u64> {
 }
 
 /// Rule: with 3 monitors, 4 concurrent clients make 300 changes while the leader is killed;
-/// every acknowledged change is in the final map exactly once, all monitors agree, and the
-/// killed monitor catches up after restarting.
+/// every acknowledged change is in the final map exactly once, all monitors agree on the same
+/// map at the same epoch, and the killed monitor catches up after restarting.
 #[test]
 fn three_monitors_survive_a_leader_kill() {
     let dir = TempDir::new("mon3");
