@@ -309,10 +309,7 @@ fn print_plain(report: &Report, map: &ClusterMap) {
     };
     println!(
         "pool {} ({}), {} placement groups, failure domain {}",
-        report.pool,
-        describe(report.kind),
-        report.pgs,
-        report.failure_domain
+        report.pool, report.kind, report.pgs, report.failure_domain
     );
     let after = report.after.as_ref();
     println!(
@@ -376,14 +373,5 @@ fn print_plain(report: &Report, map: &ClusterMap) {
                 report.flows.len() - 20
             );
         }
-    }
-}
-
-fn describe(kind: PoolKind) -> String {
-    match kind {
-        PoolKind::Replicated { size, min_size } => {
-            format!("replicated size {size} min_size {min_size}")
-        }
-        PoolKind::Erasure { k, m } => format!("erasure {k}+{m}"),
     }
 }

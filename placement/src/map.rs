@@ -182,6 +182,18 @@ pub enum PoolKind {
     },
 }
 
+impl fmt::Display for PoolKind {
+    /// `replicated size 3 min_size 2` or `erasure 4+2`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolKind::Replicated { size, min_size } => {
+                write!(f, "replicated size {size} min_size {min_size}")
+            }
+            PoolKind::Erasure { k, m } => write!(f, "erasure {k}+{m}"),
+        }
+    }
+}
+
 impl PoolKind {
     /// How many OSDs hold each placement group.
     pub const fn width(self) -> usize {
