@@ -561,16 +561,8 @@ impl PaxosNode {
             self.send(from, Message::Nack { promised });
             return;
         }
-        self.observe_higher(ballot);
-        if ballot > self.durable.promised {
-            self.persist(Record::Promised(ballot));
-        }
-        if !matches!(self.role, Role::Leader { ballot: mine, .. } if mine == ballot) {
-            self.role = Role::Follower {
-                leader: Some(ballot),
-            };
-            self.leader_heard_ms = self.now_ms;
-        }
+        // Passed the stricter check above, so following cannot fail.
+        self.follow(ballot);
         let accepted = self
             .durable
             .accepted
