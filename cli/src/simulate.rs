@@ -228,13 +228,12 @@ fn build(args: &SimulateArgs) -> Result<(ClusterMap, PoolId)> {
 
 fn read_map(path: &PathBuf) -> Result<ClusterMap> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let map = if bytes.first() == Some(&b'{') {
+    let map: ClusterMap = if bytes.first() == Some(&b'{') {
         serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?
     } else {
         tidepool_placement::encoding::decode(&bytes)
             .with_context(|| format!("decoding {}", path.display()))?
     };
-    let map: ClusterMap = map;
     map.validate()
         .with_context(|| format!("{} is not a valid map", path.display()))?;
     Ok(map)

@@ -106,12 +106,6 @@ pub struct MonStatus {
     pub map_digest: u64,
 }
 
-fn digest(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// Why the daemon or a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -313,7 +307,9 @@ pub async fn run(
                             leader: node.leader(),
                             commit: node.commit(),
                             epoch: state.map.epoch,
-                            map_digest: digest(&tidepool_placement::encoding::encode(&state.map)),
+                            map_digest: tidepool_placement::hash::fnv1a64(
+                                &tidepool_placement::encoding::encode(&state.map),
+                            ),
                         }),
                     };
                     let _ = reply.send(response);

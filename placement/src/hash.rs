@@ -12,17 +12,18 @@ pub const fn mix64(mut z: u64) -> u64 {
     z
 }
 
+/// 64-bit FNV-1a: simple and stable, but weak on its own; finish it with [`mix64`] where the
+/// bits must be uniform.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Hash of an object name: FNV-1a over the bytes, then [`mix64`] so that every output bit depends
 /// on every input bit. The upper 32 bits are kept.
 pub fn object_hash(name: &[u8]) -> u32 {
-    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = FNV_OFFSET;
-    for &byte in name {
-        h ^= u64::from(byte);
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    (mix64(h ^ name.len() as u64) >> 32) as u32
+    (mix64(fnv1a64(name) ^ name.len() as u64) >> 32) as u32
 }
 
 /// Maps a hash onto `0..count` so that growing `count` to the next power of two splits each

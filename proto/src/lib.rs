@@ -11,4 +11,3 @@ pub use frame::{
     decode_body, encode_frame, FrameError, FrameHeader, FrameKind, RemoteError, RemoteErrorCode,
     Reply, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
 };
-pub use tidepool_placement as placement;

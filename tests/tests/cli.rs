@@ -1,7 +1,7 @@
 //! The `tidepool` binary run as a user runs it.
 
 use serde_json::Value;
-use tidepool_tests::run;
+use tidepool_tests::{run, TempDir};
 
 fn json(args: &[&str]) -> Value {
     let output = run(args);
@@ -93,8 +93,8 @@ fn simulate_changes_and_errors() {
 /// Rule: `cluster init` creates a CA and certificates, and refuses to overwrite a cluster.
 #[test]
 fn cluster_init_creates_once() {
-    let dir = std::env::temp_dir().join(format!("tidepool-init-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let temp = TempDir::new("init");
+    let dir = temp.path().join("cluster");
     let dir_text = dir.to_str().expect("utf-8 path");
     let first = run(&["cluster", "init", dir_text, "--entity", "osd-0"]);
     assert!(
@@ -114,5 +114,4 @@ fn cluster_init_creates_once() {
     let second = run(&["cluster", "init", dir_text]);
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already holds a cluster"));
-    std::fs::remove_dir_all(&dir).expect("clean up");
 }

@@ -101,8 +101,13 @@ fn three_monitors_survive_a_leader_kill() {
             })
         })
         .collect();
-    // Part-way through, kill the leader.
-    thread::sleep(Duration::from_secs(4));
+    // Part-way through (once 40 changes have committed), kill the leader.
+    wait_for(
+        dir.path(),
+        Duration::from_secs(120),
+        "40 committed changes",
+        |d| d["mons"][first_leader]["epoch"].as_u64() >= Some(40),
+    );
     monitors[first_leader].kill();
     let acknowledged: Vec<String> = clients
         .into_iter()
