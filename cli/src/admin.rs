@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
+use tidepool_client::mon::load_monmap;
+use tidepool_client::MonClient;
 use tidepool_messenger::Identity;
-use tidepool_monitor::daemon::{self, DaemonConfig, MonClient, MonMap};
-use tidepool_monitor::service::Command;
+use tidepool_monitor::daemon::{self, DaemonConfig};
 use tidepool_placement::{BucketType, ClusterMap, OsdId, PoolKind, Weight};
+use tidepool_proto::mon::{Command, MonMap, User};
 
 use crate::cluster::{load_cluster_id, ADMIN_ENTITY};
 use crate::OutputFormat;
@@ -67,7 +69,7 @@ pub fn mon(args: MonArgs) -> Result<()> {
     let entity = MonMap::entity(args.id);
     let identity = Identity::load(&args.data, &cluster_id, &entity)
         .with_context(|| format!("loading the certificate of {entity}"))?;
-    let monmap = MonMap::load(&args.data)?;
+    let monmap = load_monmap(&args.data)?;
     if usize::from(args.id) >= monmap.addrs.len() {
         bail!(
             "--id {} is not in the monitor map ({} monitors)",
@@ -105,7 +107,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// `tidepool status`.
 pub fn status(args: ClusterArgs) -> Result<()> {
     runtime()?.block_on(async {
-        let client = args.client()?;
+        let mut client = args.client()?;
         let statuses = client.statuses().await;
         let up: Vec<_> = statuses.iter().flatten().collect();
         let leader = up.iter().find_map(|s| s.leader);
@@ -286,6 +288,75 @@ pub enum OsdChange {
         /// The OSD id.
         id: u32,
     },
+    /// Move an OSD into another host (or rack, zone) bucket.
+    Move {
+        /// The OSD id.
+        id: u32,
+        /// The bucket's name.
+        bucket: String,
+    },
+}
+
+/// Bucket changes: the failure-domain hierarchy.
+#[derive(Debug, Subcommand)]
+pub enum BucketChange {
+    /// Add a host, rack or zone bucket.
+    Add {
+        /// Its unique name.
+        name: String,
+        /// Its level.
+        #[arg(long = "type", default_value = "host")]
+        kind: BucketType,
+        /// The bucket it sits in (default: the root `default`).
+        #[arg(long)]
+        parent: Option<String>,
+    },
+}
+
+impl From<BucketChange> for Command {
+    fn from(change: BucketChange) -> Command {
+        match change {
+            BucketChange::Add { name, kind, parent } => {
+                Command::BucketCreate { name, kind, parent }
+            }
+        }
+    }
+}
+
+/// Cluster-wide options.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Set an option.
+    Set {
+        /// The option.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+    /// Show an option's value.
+    Get {
+        /// The option.
+        key: String,
+    },
+    /// Show every option, its value and what it means.
+    Dump,
+}
+
+/// Users of the S3 gateway.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user; prints its access key and secret key.
+    Create {
+        /// The user's name.
+        name: String,
+    },
+    /// List users and their access keys.
+    Ls,
+    /// Remove a user.
+    Rm {
+        /// The user's name.
+        name: String,
+    },
 }
 
 impl From<PoolChange> for Command {
@@ -322,6 +393,10 @@ impl From<OsdChange> for Command {
                 weight,
             },
             OsdChange::Rm { id } => Command::OsdRemove { id: OsdId(id) },
+            OsdChange::Move { id, bucket } => Command::OsdMove {
+                id: OsdId(id),
+                bucket,
+            },
         }
     }
 }
@@ -420,6 +495,137 @@ pub fn mon_bench(args: MonBenchArgs) -> Result<()> {
                 p99.as_secs_f64() * 1e3,
                 max.as_secs_f64() * 1e3
             ),
+        }
+        Ok(())
+    })
+}
+
+/// `tidepool config set|get|dump`.
+pub fn config(args: ClusterArgs, command: ConfigCommand) -> Result<()> {
+    use tidepool_proto::config::{check, OPTIONS};
+    match command {
+        ConfigCommand::Set { key, value } => {
+            check(&key, &value).map_err(anyhow::Error::msg)?;
+            change(args, Command::ConfigSet { key, value })
+        }
+        ConfigCommand::Get { key } => runtime()?.block_on(async {
+            let set = args.client()?.config().await?;
+            let spec = tidepool_proto::config::spec(&key)
+                .with_context(|| format!("unknown option {key:?}"))?;
+            let value = tidepool_proto::config::get(
+                set.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                spec.name,
+            );
+            match args.format {
+                OutputFormat::Json => println!("{}", json!({ "key": key, "value": value })),
+                OutputFormat::Plain => println!("{value}"),
+            }
+            Ok(())
+        }),
+        ConfigCommand::Dump => runtime()?.block_on(async {
+            let set = args.client()?.config().await?;
+            let rows: Vec<_> = OPTIONS
+                .iter()
+                .map(|spec| {
+                    let value = tidepool_proto::config::get(
+                        set.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                        spec.name,
+                    );
+                    json!({
+                        "key": spec.name,
+                        "value": value,
+                        "default": spec.default,
+                        "help": spec.help,
+                    })
+                })
+                .collect();
+            match args.format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                OutputFormat::Plain => {
+                    for row in rows {
+                        println!(
+                            "{:<32} {:>10}  {}",
+                            row["key"].as_str().unwrap_or(""),
+                            row["value"],
+                            row["help"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }),
+    }
+}
+
+/// A random key of `len` characters from `alphabet`.
+fn random_key(len: usize, alphabet: &[u8]) -> Result<String> {
+    let mut bytes = vec![0u8; len];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("reading the system's random source: {e}"))?;
+    // 256 is not a multiple of every alphabet size; the bias is below 1 % and keys are long.
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()]))
+        .collect())
+}
+
+/// `tidepool user create|ls|rm`.
+pub fn user(args: ClusterArgs, command: UserCommand) -> Result<()> {
+    const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    runtime()?.block_on(async {
+        let mut client = args.client()?;
+        match command {
+            UserCommand::Create { name } => {
+                let user = User {
+                    name,
+                    access_key: format!("TP{}", random_key(18, UPPER)?),
+                    secret_key: random_key(40, SECRET)?,
+                };
+                if let Err(error) = client.command(Command::UserCreate(user.clone())).await? {
+                    bail!("refused: {error}");
+                }
+                match args.format {
+                    OutputFormat::Json => println!(
+                        "{}",
+                        json!({
+                            "user": user.name,
+                            "access_key": user.access_key,
+                            "secret_key": user.secret_key,
+                        })
+                    ),
+                    OutputFormat::Plain => {
+                        println!("user:       {}", user.name);
+                        println!("access key: {}", user.access_key);
+                        println!("secret key: {}", user.secret_key);
+                    }
+                }
+            }
+            UserCommand::Ls => {
+                let users = client.users().await?;
+                match args.format {
+                    OutputFormat::Json => {
+                        let rows: Vec<_> = users
+                            .iter()
+                            .map(|u| json!({ "user": u.name, "access_key": u.access_key }))
+                            .collect();
+                        println!("{}", serde_json::to_string_pretty(&rows)?);
+                    }
+                    OutputFormat::Plain => {
+                        for user in users {
+                            println!("{} {}", user.name, user.access_key);
+                        }
+                    }
+                }
+            }
+            UserCommand::Rm { name } => {
+                if let Err(error) = client.command(Command::UserRemove { name }).await? {
+                    bail!("refused: {error}");
+                }
+                if args.format == OutputFormat::Plain {
+                    println!("removed");
+                }
+            }
         }
         Ok(())
     })

@@ -70,14 +70,14 @@ fn write_monmap(dir: &Path, mons: u8) -> Result<()> {
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()
         .context("picking monitor ports")?;
-    let monmap = tidepool_monitor::daemon::MonMap {
+    let monmap = tidepool_proto::mon::MonMap {
         version: 1,
         addrs: sockets
             .iter()
             .map(|s| s.local_addr())
             .collect::<std::io::Result<_>>()?,
     };
-    let path = dir.join(tidepool_monitor::daemon::MonMap::FILE);
+    let path = dir.join(tidepool_proto::mon::MonMap::FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&monmap)?)
         .with_context(|| format!("writing {}", path.display()))
 }

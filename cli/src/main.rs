@@ -44,6 +44,27 @@ enum Command {
         #[command(subcommand)]
         command: OsdCommand,
     },
+    /// The failure-domain hierarchy: hosts, racks, zones.
+    Bucket {
+        #[command(flatten)]
+        cluster: admin::ClusterArgs,
+        #[command(subcommand)]
+        command: admin::BucketChange,
+    },
+    /// Cluster-wide options.
+    Config {
+        #[command(flatten)]
+        cluster: admin::ClusterArgs,
+        #[command(subcommand)]
+        command: admin::ConfigCommand,
+    },
+    /// Users of the S3 gateway and their keys.
+    User {
+        #[command(flatten)]
+        cluster: admin::ClusterArgs,
+        #[command(subcommand)]
+        command: admin::UserCommand,
+    },
     /// Pools: list, create, remove.
     Pool {
         #[command(flatten)]
@@ -139,5 +160,8 @@ fn main() -> Result<()> {
             cluster,
             command: PoolCommand::Change(change),
         } => admin::change(cluster, change.into()),
+        Command::Bucket { cluster, command } => admin::change(cluster, command.into()),
+        Command::Config { cluster, command } => admin::config(cluster, command),
+        Command::User { cluster, command } => admin::user(cluster, command),
     }
 }

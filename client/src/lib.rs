@@ -1,1 +1,8 @@
-//! Client library: subscribes to maps, computes placement, sends operations to primaries. Built with the storage daemons; see docs/ARCHITECTURE.md.
+//! The client library: how admin tools, OSDs, gateways and applications reach a cluster.
+//!
+//! * [`mon`]: [`MonClient`], which finds the monitors' leader, makes map changes exactly once,
+//!   reads under the monitors' leases and follows the map through subscriptions.
+
+pub mod mon;
+
+pub use mon::{ClientError, MonClient};

@@ -86,12 +86,17 @@ impl Kv {
 
     /// Every key/value pair whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Pair>, KvError> {
+        self.scan_from(prefix, prefix, usize::MAX)
+    }
+
+    /// Up to `max` pairs whose key starts with `prefix`, from `start` on, in key order.
+    pub fn scan_from(&self, start: &[u8], prefix: &[u8], max: usize) -> Result<Vec<Pair>, KvError> {
         self.check()?;
-        let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        let mode = rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward);
         let mut pairs = Vec::new();
         for item in self.db.iterator(mode) {
             let (key, value) = item?;
-            if !key.starts_with(prefix) {
+            if !key.starts_with(prefix) || pairs.len() >= max {
                 break;
             }
             pairs.push((key.into_vec(), value.into_vec()));

@@ -240,12 +240,29 @@ impl Messenger {
         }
     }
 
-    /// Sends `request` to `entity` at `addr` and waits for its reply.
+    /// Sends `request` to `entity` at `addr` and waits for its reply, up to the configured
+    /// request timeout.
     pub async fn call<Req, Resp>(
         &self,
         addr: SocketAddr,
         entity: &str,
         request: &Req,
+    ) -> Result<Resp, MessengerError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        self.call_within(addr, entity, request, self.inner.config.request_timeout)
+            .await
+    }
+
+    /// [`Messenger::call`] with its own timeout, for requests a peer may hold (subscriptions).
+    pub async fn call_within<Req, Resp>(
+        &self,
+        addr: SocketAddr,
+        entity: &str,
+        request: &Req,
+        timeout: Duration,
     ) -> Result<Resp, MessengerError>
     where
         Req: Serialize + ?Sized,
@@ -263,7 +280,6 @@ impl Messenger {
             .acquire()
             .await
             .map_err(|_| MessengerError::Closed)?;
-        let timeout = self.inner.config.request_timeout;
         let exchange = async {
             let (mut send, mut recv) = self.open(addr, entity, |c| Box::pin(c.open_bi())).await?;
             send.write_chunk(frame.clone()).await?;

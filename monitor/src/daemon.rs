@@ -1,112 +1,29 @@
-//! The monitor daemon: the Paxos core and the map service driven by real time, RocksDB and the
-//! QUIC messenger; and [`MonClient`], which admin commands use to reach the monitors.
+//! The monitor daemon: the Paxos core, the map service and the failure policy driven by real
+//! time, RocksDB and the QUIC messenger.
 //!
 //! One task owns all state. Inputs arrive on a bounded channel (peer messages, proposals,
-//! reads) and a 20 ms tick; after each, the ready work is persisted in one synced batch and only
-//! then are messages sent and answers given.
+//! reads, beacons) and a 20 ms tick; after each, the ready work is persisted in one synced
+//! batch and only then are messages sent and answers given. Reads are answered only under a
+//! lease; subscriptions are held until the next epoch commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tidepool_messenger::{Identity, Messenger, MessengerConfig, MessengerError, Peer, Service};
-use tidepool_placement::{ClusterMap, Epoch};
+use tidepool_placement::{Epoch, OsdId};
+use tidepool_proto::mon::{Beacon, MonMap, MonRequest, MonResponse, MonStatus, Report, Request};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::paxos::{Message, PaxosConfig, PaxosNode, ProposeError, Rank, Slot};
-use crate::service::{Command, CommandError, MapState, Outcome, Request};
+use crate::paxos::{Message, PaxosConfig, PaxosNode, ProposeError, Rank};
+use crate::policy::FailurePolicy;
+use crate::service::{self, Command, MapState};
 use crate::store::{MonStore, StoreError};
 
-/// The monitors of a cluster: rank `i` listens at `addrs[i]`. Written by `cluster init` to
-/// `monmap.json` in the cluster folder.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MonMap {
-    /// Format version of the file.
-    pub version: u32,
-    /// Monitor addresses by rank.
-    pub addrs: Vec<SocketAddr>,
-}
-
-impl MonMap {
-    /// The file name in the cluster folder.
-    pub const FILE: &'static str = "monmap.json";
-
-    /// Reads the monitor map of the cluster folder `dir`.
-    pub fn load(dir: &Path) -> Result<MonMap, DaemonError> {
-        let path = dir.join(Self::FILE);
-        let bytes = std::fs::read(&path).map_err(|source| DaemonError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| DaemonError::BadFile {
-            path,
-            reason: e.to_string(),
-        })
-    }
-
-    /// The certificate name of the monitor of `rank`.
-    pub fn entity(rank: Rank) -> String {
-        format!("mon-{rank}")
-    }
-}
-
-/// Requests a monitor serves.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum MonRequest {
-    /// Consensus traffic between monitors (one-way).
-    Paxos {
-        /// The sender's rank.
-        from: Rank,
-        /// The message.
-        message: Message,
-    },
-    /// A map change; answered once committed (or with the leader to ask instead).
-    Command(Request),
-    /// The current map.
-    GetMap,
-    /// This monitor's view of consensus.
-    Status,
-}
-
-/// Answers of a monitor.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum MonResponse {
-    /// The command committed (or failed on its own terms).
-    Done(Result<Outcome, CommandError>),
-    /// Ask the leader instead.
-    NotLeader {
-        /// The leader, when known.
-        leader: Option<Rank>,
-    },
-    /// The current map, in the versioned encoding.
-    Map(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// This monitor's view.
-    Status(MonStatus),
-    /// The monitor cannot take more right now.
-    Busy,
-}
-
-/// One monitor's view of consensus.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MonStatus {
-    /// Its rank.
-    pub rank: Rank,
-    /// The leader it follows.
-    pub leader: Option<Rank>,
-    /// Its commit index.
-    pub commit: Slot,
-    /// Its map epoch.
-    pub epoch: Epoch,
-    /// A digest of its whole map (FNV-1a over the encoding): monitors with equal epochs must
-    /// report equal digests.
-    pub map_digest: u64,
-}
-
-/// Why the daemon or a client call failed.
+/// Why the daemon failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The store failed; the monitor stops (fail-stop).
@@ -131,18 +48,20 @@ pub enum DaemonError {
         /// What is wrong.
         reason: String,
     },
-    /// No quorum answered in time.
-    #[error("no monitor quorum answered within {waited:?} (monitors at {addrs:?}); is a majority of monitors running?")]
-    NoQuorum {
-        /// How long the client waited.
-        waited: Duration,
-        /// The monitors tried.
-        addrs: Vec<SocketAddr>,
-    },
-    /// A monitor answered something unexpected.
-    #[error("unexpected answer from a monitor: {0}")]
-    Unexpected(String),
 }
+
+/// Reads the monitor map of the cluster folder `dir`.
+pub fn load_monmap(dir: &Path) -> Result<MonMap, DaemonError> {
+    let path = dir.join(MonMap::FILE);
+    let bytes = std::fs::read(&path).map_err(|source| DaemonError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    MonMap::parse(&bytes).map_err(|reason| DaemonError::BadFile { path, reason })
+}
+
+/// Entities allowed to read users' keys.
+const KEY_READERS: &[&str] = &["client-admin", "gateway"];
 
 enum Input {
     Peer(Rank, Message),
@@ -159,11 +78,14 @@ impl Service for Handler {
     type Request = MonRequest;
     type Response = MonResponse;
 
-    async fn call(&self, _peer: Peer, request: MonRequest) -> tidepool_proto::Reply<MonResponse> {
+    async fn call(&self, peer: Peer, request: MonRequest) -> tidepool_proto::Reply<MonResponse> {
         let (reply, answer) = oneshot::channel();
         let input = match request {
             MonRequest::Command(request) => Input::Propose(request, reply),
-            MonRequest::Paxos { .. } => return Ok(MonResponse::Busy),
+            MonRequest::Peer { .. } => return Ok(MonResponse::Busy),
+            MonRequest::GetUsers if !KEY_READERS.iter().any(|e| peer.is_entity(e)) => {
+                return Ok(MonResponse::Denied)
+            }
             read => Input::Read(read, reply),
         };
         if self.inputs.try_send(input).is_err() {
@@ -173,17 +95,27 @@ impl Service for Handler {
     }
 
     async fn notify(&self, peer: Peer, message: MonRequest) {
-        if let MonRequest::Paxos { from, message } = message {
-            // Only monitor `from` itself may speak as monitor `from`.
-            if !peer.is_entity(&MonMap::entity(from)) {
-                warn!(peer = %peer.addr, from, "dropping consensus traffic from a non-monitor");
+        let MonRequest::Peer { from, message } = message else {
+            return;
+        };
+        // Only monitor `from` itself may speak as monitor `from`.
+        if from >= self.members || !peer.is_entity(&MonMap::entity(from)) {
+            warn!(peer = %peer.addr, from, "dropping consensus traffic from a non-monitor");
+            return;
+        }
+        let Ok(message) = rmp_serde::from_slice::<Message>(&message) else {
+            warn!(peer = %peer.addr, from, "dropping a malformed consensus message");
+            return;
+        };
+        // A snapshot is checked here, before consensus records that it installed one.
+        if let Message::Snapshot { state, .. } = &message {
+            if rmp_serde::from_slice::<MapState>(state).is_err() {
+                warn!(from, "dropping a snapshot that does not decode");
                 return;
             }
-            if from < self.members {
-                // Consensus tolerates loss; drop rather than block when overloaded.
-                let _ = self.inputs.try_send(Input::Peer(from, message));
-            }
         }
+        // Consensus tolerates loss; drop rather than block when overloaded.
+        let _ = self.inputs.try_send(Input::Peer(from, message));
     }
 }
 
@@ -208,20 +140,54 @@ const PEER_QUEUE_MAX: usize = 1024;
 /// How long a message to a peer may take, connecting included: a monitor that does not answer
 /// within this is as good as gone for this message.
 const PEER_TIMEOUT: Duration = Duration::from_secs(1);
+/// Committed slots (and map epochs) kept for peers and subscribers that lag; further behind,
+/// they get the whole map.
+const RETAIN: u64 = 500;
+/// Trimming happens in steps of this many slots.
+const TRIM_STEP: u64 = 100;
+/// Most incrementals in one answer to a subscriber.
+const SUBSCRIBE_BATCH: usize = 100;
+/// Longest a subscription is held.
+const SUBSCRIBE_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Most subscriptions held at once.
+const SUBSCRIBERS_MAX: usize = 4096;
+
+/// A subscriber waiting for an epoch after `have`.
+struct Subscriber {
+    have: Epoch,
+    until: Instant,
+    reply: oneshot::Sender<MonResponse>,
+}
+
+/// Everything the monitor's task owns.
+struct Monitor {
+    rank: Rank,
+    node: PaxosNode,
+    state: MapState,
+    store: MonStore,
+    started: Instant,
+    outgoing: Vec<mpsc::Sender<Message>>,
+    waiting: BTreeMap<(String, u64), oneshot::Sender<MonResponse>>,
+    subscribers: Vec<Subscriber>,
+    /// The failure policy and the latest beacon per OSD, while leading.
+    leading: Option<(FailurePolicy, HashMap<OsdId, Beacon>)>,
+    /// The leader's own requests (failure policy), with this process's nonce.
+    own_client: String,
+    own_sequence: u64,
+}
 
 /// Runs a monitor until `shutdown` resolves or its store fails.
 pub async fn run(
     config: DaemonConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let monmap = MonMap::load(&config.cluster_dir)?;
+    let monmap = load_monmap(&config.cluster_dir)?;
     let members = monmap.addrs.len() as u8;
     let rank = config.rank;
     let store = MonStore::open(&config.data_dir)?;
-    let (durable, mut state) = store.load()?;
+    let (durable, state) = store.load()?;
     let started = Instant::now();
-    let now_ms = || started.elapsed().as_millis() as u64;
-    let mut node = PaxosNode::new(PaxosConfig::new(rank, members), durable, now_ms());
+    let node = PaxosNode::new(PaxosConfig::new(rank, members), durable, 0);
     info!(
         rank,
         commit = node.commit(),
@@ -250,11 +216,14 @@ pub async fn run(
     for to in 0..members {
         let (queue, mut queue_rx) = mpsc::channel::<Message>(PEER_QUEUE_MAX);
         let messenger = messenger.clone();
-        let addr = monmap.addrs[usize::from(to)];
+        let addr: SocketAddr = monmap.addrs[usize::from(to)];
         senders.push(tokio::spawn(async move {
             let entity = MonMap::entity(to);
             while let Some(message) = queue_rx.recv().await {
-                let request = MonRequest::Paxos {
+                let Ok(message) = rmp_serde::to_vec(&message) else {
+                    continue;
+                };
+                let request = MonRequest::Peer {
                     from: rank,
                     message,
                 };
@@ -264,59 +233,31 @@ pub async fn run(
         outgoing.push(queue);
     }
 
-    let mut waiting: BTreeMap<(String, u64), oneshot::Sender<MonResponse>> = BTreeMap::new();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut monitor = Monitor {
+        rank,
+        node,
+        state,
+        store,
+        started,
+        outgoing,
+        waiting: BTreeMap::new(),
+        subscribers: Vec::new(),
+        leading: None,
+        own_client: format!("mon-{rank}-{}-{nanos}", std::process::id()),
+        own_sequence: 0,
+    };
     let mut ticker = tokio::time::interval(TICK);
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            _ = ticker.tick() => {
-                node.handle_tick(now_ms());
-                if !node.is_leader() {
-                    // Proposals in flight may or may not commit; the client resends to the new
-                    // leader with the same sequence number and gets the one true answer.
-                    let leader = node.leader();
-                    for (_, reply) in std::mem::take(&mut waiting) {
-                        let _ = reply.send(MonResponse::NotLeader { leader });
-                    }
-                }
-            }
-            Some(input) = input_rx.recv() => match input {
-                Input::Peer(from, message) => node.handle_message(from, message),
-                Input::Propose(request, reply) => {
-                    let key = (request.client.clone(), request.sequence);
-                    match node.propose(request.to_proposal()) {
-                        Ok(()) => {
-                            waiting.insert(key, reply);
-                        }
-                        Err(ProposeError::NotLeader { leader }) => {
-                            let _ = reply.send(MonResponse::NotLeader { leader });
-                        }
-                        Err(ProposeError::Busy) => {
-                            let _ = reply.send(MonResponse::Busy);
-                        }
-                    }
-                }
-                Input::Read(request, reply) => {
-                    let response = match request {
-                        MonRequest::GetMap => {
-                            MonResponse::Map(tidepool_placement::encoding::encode(&state.map))
-                        }
-                        _ => MonResponse::Status(MonStatus {
-                            rank,
-                            leader: node.leader(),
-                            commit: node.commit(),
-                            epoch: state.map.epoch,
-                            map_digest: tidepool_placement::hash::fnv1a64(
-                                &tidepool_placement::encoding::encode(&state.map),
-                            ),
-                        }),
-                    };
-                    let _ = reply.send(response);
-                }
-            },
+            _ = ticker.tick() => monitor.tick(),
+            Some(input) = input_rx.recv() => monitor.input(input),
         }
-        if let Err(error) = step(&mut node, &mut state, &store, &outgoing, &mut waiting) {
+        if let Err(error) = monitor.step() {
             break Err(error);
         }
     };
@@ -330,155 +271,327 @@ pub async fn run(
     result
 }
 
-/// Persists the core's ready work with the map it produces, then sends and answers.
-fn step(
-    node: &mut PaxosNode,
-    state: &mut MapState,
-    store: &MonStore,
-    outgoing: &[mpsc::Sender<Message>],
-    waiting: &mut BTreeMap<(String, u64), oneshot::Sender<MonResponse>>,
-) -> Result<(), DaemonError> {
-    let ready = node.poll_ready();
-    if ready.is_empty() {
-        return Ok(());
+impl Monitor {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
-    let mut incrementals = Vec::new();
-    let mut answers = Vec::new();
-    for (_, value) in &ready.committed {
-        let (incremental, results) = state.apply_slot(value);
-        incrementals.extend(incremental);
-        for (proposal, result) in value.iter().zip(results) {
-            if let Ok(request) = rmp_serde::from_slice::<Request>(&proposal.0) {
-                answers.push(((request.client, request.sequence), result));
+
+    fn readable(&self) -> bool {
+        self.node.is_readable(self.now_ms())
+    }
+
+    fn tick(&mut self) {
+        let now = self.now_ms();
+        self.node.handle_tick(now);
+        if !self.node.is_leader() {
+            // Proposals in flight may or may not commit; the client resends to the new leader
+            // with the same sequence number and gets the one true answer.
+            let leader = self.node.leader();
+            for (_, reply) in std::mem::take(&mut self.waiting) {
+                let _ = reply.send(MonResponse::NotLeader { leader });
+            }
+            self.leading = None;
+        } else if self.readable() {
+            // The failure policy acts only once this leader has every chosen value.
+            let (policy, _) = self
+                .leading
+                .get_or_insert_with(|| (FailurePolicy::new(now), HashMap::new()));
+            for command in policy.tick(&self.state, now) {
+                info!(?command, "failure policy");
+                self.propose_own(command);
             }
         }
-    }
-    let changed = !ready.committed.is_empty();
-    let ops = MonStore::ops(&ready.persist, changed.then_some(&*state), &incrementals);
-    if !ops.is_empty() {
-        tokio::task::block_in_place(|| store.write(&ops))?;
-    }
-    for (to, message) in ready.send {
-        if let Some(queue) = outgoing.get(usize::from(to)) {
-            let _ = queue.try_send(message);
-        }
-    }
-    for (key, result) in answers {
-        if let Some(reply) = waiting.remove(&key) {
-            let _ = reply.send(MonResponse::Done(result));
-        }
-    }
-    Ok(())
-}
-
-/// How admin commands reach the monitors: finds the leader, resends on leader changes with the
-/// same sequence number, and gives up with a clear error after a bounded wait.
-#[derive(Debug)]
-pub struct MonClient {
-    messenger: Messenger,
-    monmap: MonMap,
-    client: String,
-    sequence: u64,
-    leader_hint: Option<Rank>,
-    /// How long a command may take before it fails with [`DaemonError::NoQuorum`].
-    pub deadline: Duration,
-}
-
-impl MonClient {
-    /// A client for the cluster in `cluster_dir`, as `identity`.
-    pub fn new(cluster_dir: &Path, identity: &Identity) -> Result<MonClient, DaemonError> {
-        let monmap = MonMap::load(cluster_dir)?;
-        let config = MessengerConfig {
-            request_timeout: Duration::from_secs(2),
-            ..MessengerConfig::default()
-        };
-        let messenger = Messenger::bind(SocketAddr::from(([127, 0, 0, 1], 0)), identity, config)?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        Ok(MonClient {
-            messenger,
-            monmap,
-            client: format!("{}-{}-{nanos}", identity.entity, std::process::id()),
-            sequence: 0,
-            leader_hint: None,
-            deadline: Duration::from_secs(15),
-        })
-    }
-
-    /// The monitor map in use.
-    pub fn monmap(&self) -> &MonMap {
-        &self.monmap
-    }
-
-    async fn ask(&self, rank: Rank, request: &MonRequest) -> Result<MonResponse, MessengerError> {
-        let addr = self.monmap.addrs[usize::from(rank)];
-        self.messenger
-            .call(addr, &MonMap::entity(rank), request)
-            .await
-    }
-
-    /// Applies `command` through the leader; returns its outcome once committed.
-    pub async fn command(
-        &mut self,
-        command: Command,
-    ) -> Result<Result<Outcome, CommandError>, DaemonError> {
-        self.sequence += 1;
-        let request = MonRequest::Command(Request {
-            client: self.client.clone(),
-            sequence: self.sequence,
-            command,
-        });
-        let started = Instant::now();
-        let members = self.monmap.addrs.len() as Rank;
-        let mut next = self.leader_hint.unwrap_or(0);
-        while started.elapsed() < self.deadline {
-            match self.ask(next, &request).await {
-                Ok(MonResponse::Done(result)) => {
-                    self.leader_hint = Some(next);
-                    return Ok(result);
+        // Subscriptions that waited long enough get an empty answer, so they ask again.
+        let instant = Instant::now();
+        let readable = self.readable();
+        let leader = self.node.leader();
+        let (expired, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.subscribers)
+            .into_iter()
+            .partition(|s| s.until <= instant || !readable || s.reply.is_closed());
+        self.subscribers = held;
+        for subscriber in expired {
+            let _ = subscriber.reply.send(if readable {
+                MonResponse::Maps {
+                    full: None,
+                    incrementals: Vec::new(),
                 }
-                Ok(MonResponse::NotLeader {
-                    leader: Some(leader),
-                }) if leader != next => {
-                    next = leader;
-                    continue;
-                }
-                Ok(_) | Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    next = (next + 1) % members;
-                }
-            }
-        }
-        Err(DaemonError::NoQuorum {
-            waited: self.deadline,
-            addrs: self.monmap.addrs.clone(),
-        })
-    }
-
-    /// The current map, from the first monitor that answers.
-    pub async fn map(&self) -> Result<ClusterMap, DaemonError> {
-        for rank in 0..self.monmap.addrs.len() as Rank {
-            if let Ok(MonResponse::Map(bytes)) = self.ask(rank, &MonRequest::GetMap).await {
-                return tidepool_placement::encoding::decode(&bytes)
-                    .map_err(|e| DaemonError::Unexpected(e.to_string()));
-            }
-        }
-        Err(DaemonError::NoQuorum {
-            waited: Duration::from_secs(2),
-            addrs: self.monmap.addrs.clone(),
-        })
-    }
-
-    /// Every monitor's view (`None` for those that do not answer).
-    pub async fn statuses(&self) -> Vec<Option<MonStatus>> {
-        let mut statuses = Vec::new();
-        for rank in 0..self.monmap.addrs.len() as Rank {
-            statuses.push(match self.ask(rank, &MonRequest::Status).await {
-                Ok(MonResponse::Status(status)) => Some(status),
-                _ => None,
+            } else {
+                MonResponse::NotReadable { leader }
             });
         }
-        statuses
+    }
+
+    fn propose_own(&mut self, command: Command) {
+        self.own_sequence += 1;
+        let request = Request {
+            client: self.own_client.clone(),
+            sequence: self.own_sequence,
+            command,
+        };
+        let _ = self.node.propose(service::proposal(&request));
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Peer(from, message) => self.node.handle_message(from, message),
+            Input::Propose(request, reply) => {
+                let key = (request.client.clone(), request.sequence);
+                match self.node.propose(service::proposal(&request)) {
+                    Ok(()) => {
+                        self.waiting.insert(key, reply);
+                    }
+                    Err(ProposeError::NotLeader { leader }) => {
+                        let _ = reply.send(MonResponse::NotLeader { leader });
+                    }
+                    Err(ProposeError::Busy) => {
+                        let _ = reply.send(MonResponse::Busy);
+                    }
+                }
+            }
+            Input::Read(request, reply) => {
+                let _ = match self.read(request, reply) {
+                    Ok(()) => Ok(()),
+                    Err((response, reply)) => reply.send(response),
+                };
+            }
+        }
+    }
+
+    /// Answers a read, or holds it (subscriptions); gives the reply back with an answer.
+    #[allow(clippy::result_large_err)]
+    fn read(
+        &mut self,
+        request: MonRequest,
+        reply: oneshot::Sender<MonResponse>,
+    ) -> Result<(), (MonResponse, oneshot::Sender<MonResponse>)> {
+        let leader = self.node.leader();
+        let answer = match request {
+            MonRequest::Status => MonResponse::Status(MonStatus {
+                rank: self.rank,
+                leader,
+                readable: self.readable(),
+                commit: self.node.commit(),
+                epoch: self.state.map.epoch,
+                map_digest: tidepool_placement::hash::fnv1a64(
+                    &tidepool_placement::encoding::encode(&self.state.map),
+                ),
+            }),
+            _ if !self.readable() => MonResponse::NotReadable { leader },
+            MonRequest::GetMap => {
+                MonResponse::Map(tidepool_placement::encoding::encode(&self.state.map))
+            }
+            MonRequest::Subscribe { have, wait_ms } => {
+                if have < self.state.map.epoch {
+                    self.maps_since(have)
+                } else if self.subscribers.len() >= SUBSCRIBERS_MAX {
+                    MonResponse::Busy
+                } else {
+                    let wait = Duration::from_millis(wait_ms).min(SUBSCRIBE_WAIT_MAX);
+                    self.subscribers.push(Subscriber {
+                        have,
+                        until: Instant::now() + wait,
+                        reply,
+                    });
+                    return Ok(());
+                }
+            }
+            MonRequest::GetUsers => {
+                MonResponse::Users(self.state.users.values().cloned().collect())
+            }
+            MonRequest::GetConfig => MonResponse::Config(self.config()),
+            MonRequest::Beacon(_) | MonRequest::Failure { .. } | MonRequest::GetReport => {
+                let now = self.now_ms();
+                let Some((policy, beacons)) = self.leading.as_mut() else {
+                    return Err((MonResponse::NotLeader { leader }, reply));
+                };
+                match request {
+                    MonRequest::Beacon(beacon) => {
+                        policy.beacon(beacon.osd, now);
+                        beacons.insert(beacon.osd, beacon);
+                        MonResponse::Config(self.config())
+                    }
+                    MonRequest::Failure {
+                        reporter, target, ..
+                    } => {
+                        policy.failure(reporter, target, now);
+                        MonResponse::Ack
+                    }
+                    _ => MonResponse::Report(self.report()),
+                }
+            }
+            MonRequest::Command(_) | MonRequest::Peer { .. } => MonResponse::Busy,
+        };
+        Err((answer, reply))
+    }
+
+    fn config(&self) -> Vec<(String, String)> {
+        self.state
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The latest reports of OSDs still in the map, and of PGs of pools that still exist.
+    fn report(&self) -> Report {
+        let Some((_, beacons)) = &self.leading else {
+            return Report::default();
+        };
+        let map = &self.state.map;
+        let mut pgs: BTreeMap<tidepool_placement::PgId, &tidepool_proto::mon::PgStat> =
+            BTreeMap::new();
+        let mut osds = Vec::new();
+        for (id, beacon) in beacons.iter().filter(|(id, _)| map.osds.contains_key(id)) {
+            osds.push((*id, beacon.stat.clone()));
+            for pg in beacon
+                .pgs
+                .iter()
+                .filter(|pg| map.pools.contains_key(&pg.pg.pool))
+            {
+                // Two primaries may report one PG across a map change: the newer one wins.
+                if pgs.get(&pg.pg).is_none_or(|known| known.epoch < pg.epoch) {
+                    pgs.insert(pg.pg, pg);
+                }
+            }
+        }
+        osds.sort_by_key(|(id, _)| *id);
+        Report {
+            osds,
+            pgs: pgs.into_values().cloned().collect(),
+        }
+    }
+
+    /// The maps a subscriber at `have` lacks: incrementals when they are all kept, else the
+    /// whole map.
+    fn maps_since(&self, have: Epoch) -> MonResponse {
+        let current = self.state.map.epoch;
+        let full = || MonResponse::Maps {
+            full: Some(serde_bytes::ByteBuf::from(
+                tidepool_placement::encoding::encode(&self.state.map),
+            )),
+            incrementals: Vec::new(),
+        };
+        if have.0 == 0 {
+            return full();
+        }
+        let Ok(incrementals) = self.store.incrementals(have.0 + 1, SUBSCRIBE_BATCH) else {
+            return full();
+        };
+        // Only a contiguous run from `have + 1` is of use.
+        let mut expected = have.0 + 1;
+        let mut run = Vec::new();
+        for bytes in incrementals {
+            match tidepool_placement::encoding::decode::<tidepool_placement::Incremental>(&bytes) {
+                Ok(incremental) if incremental.epoch.0 == expected && expected <= current.0 => {
+                    expected += 1;
+                    run.push(serde_bytes::ByteBuf::from(bytes));
+                }
+                _ => break,
+            }
+        }
+        if run.is_empty() {
+            return full();
+        }
+        MonResponse::Maps {
+            full: None,
+            incrementals: run,
+        }
+    }
+
+    /// Persists the core's ready work with the map it produces, then sends and answers.
+    fn step(&mut self) -> Result<(), DaemonError> {
+        self.trim();
+        let ready = self.node.poll_ready();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let mut changed = false;
+        if let Some((slot, bytes)) = &ready.install {
+            // Checked when the message arrived.
+            if let Ok(state) = rmp_serde::from_slice::<MapState>(bytes) {
+                info!(slot, epoch = state.map.epoch.0, "installed a snapshot");
+                self.state = state;
+                changed = true;
+            }
+        }
+        let mut incrementals = Vec::new();
+        let mut answers = Vec::new();
+        for (_, value) in &ready.committed {
+            let (incremental, results) = self.state.apply_slot(value);
+            incrementals.extend(incremental);
+            for (proposal, result) in value.iter().zip(results) {
+                if let Ok(request) = rmp_serde::from_slice::<Request>(&proposal.0) {
+                    answers.push(((request.client, request.sequence), result));
+                }
+            }
+            changed = true;
+        }
+        let mut ops = MonStore::ops(
+            &ready.persist,
+            changed.then_some(&self.state),
+            &incrementals,
+        );
+        if ready.persist.iter().any(|r| {
+            matches!(
+                r,
+                crate::paxos::Record::Trimmed { .. } | crate::paxos::Record::Installed { .. }
+            )
+        }) {
+            let epoch = self.state.map.epoch.0;
+            if epoch > RETAIN {
+                ops.push(MonStore::trim_incrementals(epoch - RETAIN));
+            }
+        }
+        if !ops.is_empty() {
+            tokio::task::block_in_place(|| self.store.write(&ops))?;
+        }
+        for (to, message) in ready.send {
+            if let Some(queue) = self.outgoing.get(usize::from(to)) {
+                let _ = queue.try_send(message);
+            }
+        }
+        if !ready.snapshot_to.is_empty() {
+            let message = Message::Snapshot {
+                slot: self.node.commit(),
+                state: rmp_serde::to_vec_named(&self.state).expect("map states encode"),
+            };
+            for to in ready.snapshot_to {
+                if let Some(queue) = self.outgoing.get(usize::from(to)) {
+                    let _ = queue.try_send(message.clone());
+                }
+            }
+        }
+        for (key, result) in answers {
+            if let Some(reply) = self.waiting.remove(&key) {
+                let _ = reply.send(MonResponse::Done(result));
+            }
+        }
+        if changed {
+            self.wake_subscribers();
+        }
+        Ok(())
+    }
+
+    fn wake_subscribers(&mut self) {
+        if !self.readable() {
+            return;
+        }
+        let epoch = self.state.map.epoch;
+        let (due, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.subscribers)
+            .into_iter()
+            .partition(|s| s.have < epoch);
+        self.subscribers = held;
+        for subscriber in due {
+            let answer = self.maps_since(subscriber.have);
+            let _ = subscriber.reply.send(answer);
+        }
+    }
+
+    /// Keeps the last [`RETAIN`] slots, dropping older ones [`TRIM_STEP`] at a time.
+    fn trim(&mut self) {
+        let commit = self.node.commit();
+        if commit >= self.node.first_kept() + RETAIN + TRIM_STEP {
+            self.node.trim(commit - RETAIN);
+        }
     }
 }

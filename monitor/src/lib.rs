@@ -4,12 +4,13 @@
 //!   lives in `tests/simulation.rs`.
 //! * [`service`]: the map service's replicated state machine: the commands of each committed
 //!   slot turn the map of one epoch into the next.
-//!
-//! The leader's failure policy, the daemon shell and the admin commands come next.
+//! * [`policy`]: the leader's failure policy (beacons and failure reports → down → out).
+//! * [`store`] and [`daemon`] (feature `daemon`): RocksDB and the QUIC shell around them.
 
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod paxos;
+pub mod policy;
 pub mod service;
 #[cfg(feature = "daemon")]
 pub mod store;

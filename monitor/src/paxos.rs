@@ -91,6 +91,8 @@ pub enum Message {
         ballot: Ballot,
         /// The leader's commit index.
         commit: Slot,
+        /// Present when the heartbeat grants a lease.
+        lease: Option<LeaseGrant>,
     },
     /// Answer to a heartbeat: the follower's commit index, so the leader can fill it in.
     HeartbeatAck {
@@ -98,6 +100,8 @@ pub enum Message {
         ballot: Ballot,
         /// The follower's commit index.
         commit: Slot,
+        /// The `sent_ms` of the lease the follower took, if the heartbeat granted one.
+        lease_sent_ms: Option<Millis>,
     },
     /// Chosen values for a follower that is behind, in slot order from its commit index + 1.
     Chosen {
@@ -106,6 +110,25 @@ pub enum Message {
         /// The entries.
         entries: Vec<(Slot, Value)>,
     },
+    /// The sender's whole state at `slot`, for a monitor that is behind the sender's trimmed
+    /// log. Only chosen values are in it, so any monitor may send one.
+    Snapshot {
+        /// The slot the state includes.
+        slot: Slot,
+        /// The state machine's encoding, opaque to consensus.
+        #[serde(with = "serde_bytes")]
+        state: Vec<u8>,
+    },
+}
+
+/// A lease, granted in a heartbeat. The follower that takes it promises no other candidate for
+/// [`PaxosConfig::lease_ms`] of its own clock, and may answer reads for `readable_ms` of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// When the leader sent it, on the leader's clock (echoed in the ack).
+    pub sent_ms: Millis,
+    /// How much longer the leader itself may answer reads (0 when it may not).
+    pub readable_ms: Millis,
 }
 
 /// A change to durable state; the caller persists a batch of these atomically and in order.
@@ -129,6 +152,17 @@ pub enum Record {
         /// The value.
         value: Value,
     },
+    /// The chosen values up to `through` are no longer kept (the state machine holds them).
+    Trimmed {
+        /// The last slot dropped.
+        through: Slot,
+    },
+    /// A snapshot of the state at `slot` replaced the log: everything up to `slot` is chosen,
+    /// and nothing is kept for it.
+    Installed {
+        /// The snapshot's slot.
+        slot: Slot,
+    },
 }
 
 /// Everything a monitor keeps across restarts, rebuilt by replaying [`Record`]s.
@@ -138,8 +172,10 @@ pub struct Durable {
     pub promised: Ballot,
     /// Accepted, not yet committed entries.
     pub accepted: BTreeMap<Slot, (Ballot, Value)>,
-    /// Chosen values, slots `1..=commit`.
+    /// Chosen values still kept, slots `trimmed + 1..=commit`.
     pub log: BTreeMap<Slot, Value>,
+    /// Chosen slots up to here are only in the state machine.
+    pub trimmed: Slot,
 }
 
 impl Durable {
@@ -158,12 +194,24 @@ impl Durable {
                 self.accepted.remove(slot);
                 self.log.insert(*slot, value.clone());
             }
+            Record::Trimmed { through } => {
+                let through = (*through).min(self.commit());
+                self.log = self.log.split_off(&(through + 1));
+                self.trimmed = self.trimmed.max(through);
+            }
+            Record::Installed { slot } => {
+                if *slot > self.commit() {
+                    self.log.clear();
+                    self.accepted = self.accepted.split_off(&(slot + 1));
+                    self.trimmed = *slot;
+                }
+            }
         }
     }
 
     /// The highest committed slot (0 when none).
     pub fn commit(&self) -> Slot {
-        self.log.keys().next_back().copied().unwrap_or(0)
+        self.log.keys().next_back().copied().unwrap_or(self.trimmed)
     }
 }
 
@@ -178,6 +226,10 @@ pub struct PaxosConfig {
     pub heartbeat_interval_ms: Millis,
     /// Silence after which a peer (or the leader) counts as gone.
     pub election_timeout_ms: Millis,
+    /// How long a follower that took a lease refuses other candidates. Must be well below the
+    /// election timeout: a leader cut off from a majority stops granting leases, and every lease
+    /// it granted runs out before the others elect a new leader.
+    pub lease_ms: Millis,
     /// Most proposals in one slot.
     pub batch_proposals_max: usize,
     /// Most proposals queued at the leader; more are refused.
@@ -194,6 +246,7 @@ impl PaxosConfig {
             members,
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
+            lease_ms: 400,
             batch_proposals_max: 256,
             queue_proposals_max: 4096,
             catch_up_entries_max: 64,
@@ -202,6 +255,12 @@ impl PaxosConfig {
 
     fn majority(&self) -> usize {
         usize::from(self.members) / 2 + 1
+    }
+
+    /// How long after sending an acknowledged lease the leader may answer reads: half the lease,
+    /// leaving room for message delay, a tick of stale time and clocks running up to 5 % apart.
+    fn readable_window_ms(&self) -> Millis {
+        self.lease_ms / 2
     }
 }
 
@@ -212,14 +271,23 @@ pub struct Ready {
     pub persist: Vec<Record>,
     /// Messages to send.
     pub send: Vec<(Rank, Message)>,
+    /// A snapshot to install before applying `committed` (which then holds only later slots).
+    pub install: Option<(Slot, Vec<u8>)>,
     /// Newly committed slots, in order.
     pub committed: Vec<(Slot, Value)>,
+    /// Peers that are behind this monitor's trimmed log: the caller sends each a
+    /// [`Message::Snapshot`] of its state.
+    pub snapshot_to: Vec<Rank>,
 }
 
 impl Ready {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.persist.is_empty() && self.send.is_empty() && self.committed.is_empty()
+        self.persist.is_empty()
+            && self.send.is_empty()
+            && self.install.is_none()
+            && self.committed.is_empty()
+            && self.snapshot_to.is_empty()
     }
 }
 
@@ -255,8 +323,22 @@ enum Role {
         in_flight: Option<(Slot, Value, BTreeSet<Rank>)>,
         /// Slots recovered in phase 1 that must be re-proposed before new ones.
         recovered: VecDeque<(Slot, Value)>,
+        /// The last recovered slot: until it commits, this leader may lack chosen values.
+        recovered_through: Slot,
         queue: VecDeque<Proposal>,
+        /// Per peer, the send time of the latest lease it acknowledged.
+        lease_acks: Vec<Option<Millis>>,
     },
+}
+
+/// A lease this monitor took from a leader.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    ballot: Ballot,
+    /// Reads are answered until then (own clock).
+    readable_until_ms: Millis,
+    /// The leader's commit index when it granted the lease; reads wait until we have it.
+    commit: Slot,
 }
 
 /// One monitor's consensus state.
@@ -273,6 +355,16 @@ pub struct PaxosNode {
     last_heartbeat_ms: Millis,
     /// The highest ballot seen anywhere, so a new candidacy outbids it.
     highest_seen: Ballot,
+    /// No candidate but the lease's leader gets a promise before then (own clock). Set for one
+    /// lease at start-up, since leases taken before a crash are forgotten.
+    refuse_candidates_until_ms: Millis,
+    /// The lease ballot (`None` at start-up) that `refuse_candidates_until_ms` protects.
+    lease_ballot: Option<Ballot>,
+    /// The lease this follower holds for reads.
+    lease: Option<Lease>,
+    /// When a snapshot last went to each peer, so a lagging peer gets one at most every
+    /// election timeout.
+    snapshot_sent_ms: Vec<Option<Millis>>,
     ready: Ready,
 }
 
@@ -289,8 +381,84 @@ impl PaxosNode {
             last_heard_ms: vec![None; members],
             leader_heard_ms: now_ms,
             last_heartbeat_ms: now_ms,
+            refuse_candidates_until_ms: if config.members > 1 {
+                now_ms + config.lease_ms
+            } else {
+                now_ms
+            },
+            lease_ballot: None,
+            lease: None,
+            snapshot_sent_ms: vec![None; members],
             config,
             ready: Ready::default(),
+        }
+    }
+
+    /// Whether this monitor may answer reads at `now_ms` (its own clock): the leader while a
+    /// majority holds its lease and it has every chosen value; a follower while its lease from
+    /// that leader lasts and it has caught up to the commit index the lease carried. A read so
+    /// answered reflects every change committed under an earlier leader.
+    pub fn is_readable(&self, now_ms: Millis) -> bool {
+        match &self.role {
+            Role::Leader {
+                recovered_through,
+                lease_acks,
+                ..
+            } => {
+                self.commit() >= *recovered_through
+                    && self.leader_readable_ms(lease_acks, now_ms) > 0
+            }
+            Role::Follower {
+                leader: Some(ballot),
+            } => self.lease.is_some_and(|lease| {
+                lease.ballot == *ballot
+                    && now_ms < lease.readable_until_ms
+                    && self.commit() >= lease.commit
+            }),
+            _ => false,
+        }
+    }
+
+    /// How much longer a leader may answer reads, from the acknowledged leases.
+    fn leader_readable_ms(&self, lease_acks: &[Option<Millis>], now_ms: Millis) -> Millis {
+        let window = self.config.readable_window_ms();
+        // The latest time a majority (counting ourselves, whose lease never lapses) still holds.
+        let mut until: Vec<Millis> = lease_acks
+            .iter()
+            .enumerate()
+            .filter(|(rank, _)| *rank != usize::from(self.config.rank))
+            .filter_map(|(_, sent)| sent.map(|sent| sent + window))
+            .collect();
+        until.sort_unstable_by(|a, b| b.cmp(a));
+        let others_needed = self.config.majority() - 1;
+        if others_needed == 0 {
+            return window;
+        }
+        until
+            .get(others_needed - 1)
+            .map_or(0, |until| until.saturating_sub(now_ms))
+    }
+
+    /// The ballot this monitor leads or follows.
+    pub fn ballot(&self) -> Option<Ballot> {
+        match &self.role {
+            Role::Leader { ballot, .. } => Some(*ballot),
+            Role::Follower { leader } => *leader,
+            Role::Candidate { .. } => None,
+        }
+    }
+
+    /// The first slot still in the log (`commit + 1` when the log is empty).
+    pub fn first_kept(&self) -> Slot {
+        self.durable.trimmed + 1
+    }
+
+    /// Drops chosen values up to `through` (at most the commit index): the caller's state
+    /// machine holds them, and a peer that needs them gets a snapshot instead.
+    pub fn trim(&mut self, through: Slot) {
+        let through = through.min(self.commit());
+        if through > self.durable.trimmed {
+            self.persist(Record::Trimmed { through });
         }
     }
 
@@ -404,10 +572,36 @@ impl PaxosNode {
         let commit = self.commit();
         match &self.role {
             Role::Leader {
-                ballot, in_flight, ..
+                ballot,
+                in_flight,
+                lease_acks,
+                ..
             } => {
                 let (ballot, in_flight) = (*ballot, in_flight.clone());
-                self.broadcast(Message::Heartbeat { ballot, commit });
+                // Leases go out only while a majority was heard from within a lease: a leader
+                // cut off from the majority stops granting before the others may elect.
+                let heard = (0..self.config.members)
+                    .filter(|&rank| {
+                        rank == self.config.rank
+                            || self.last_heard_ms[usize::from(rank)].is_some_and(|at| {
+                                self.now_ms.saturating_sub(at) < self.config.lease_ms
+                            })
+                    })
+                    .count();
+                let lease = (heard >= self.config.majority()).then(|| LeaseGrant {
+                    sent_ms: self.now_ms,
+                    readable_ms: self.leader_readable_ms(lease_acks, self.now_ms),
+                });
+                if lease.is_some() {
+                    // The leader's own vote is part of every majority it counts.
+                    self.refuse_candidates_until_ms = self.now_ms + self.config.lease_ms;
+                    self.lease_ballot = Some(ballot);
+                }
+                self.broadcast(Message::Heartbeat {
+                    ballot,
+                    commit,
+                    lease,
+                });
                 // Retransmit the slot in flight to whoever has not accepted it (lost messages).
                 if let Some((slot, value, accepted)) = in_flight {
                     for to in 0..self.config.members {
@@ -446,6 +640,10 @@ impl PaxosNode {
     }
 
     fn start_election(&mut self) {
+        if self.now_ms < self.refuse_candidates_until_ms {
+            // Our own vote is promised to a lease holder for now.
+            return;
+        }
         let ballot = Ballot {
             round: self.highest_seen.round.max(self.durable.promised.round) + 1,
             rank: self.config.rank,
@@ -493,21 +691,51 @@ impl PaxosNode {
                 value,
             } => self.handle_accept(from, ballot, slot, value),
             Message::Accepted { ballot, slot } => self.handle_accepted(from, ballot, slot),
-            Message::Heartbeat { ballot, commit } => {
+            Message::Heartbeat {
+                ballot,
+                commit,
+                lease,
+            } => {
                 if self.follow(ballot) {
+                    if let Some(grant) = lease {
+                        self.take_lease(ballot, commit, grant);
+                    }
                     self.learn_commit(ballot, commit);
                     let commit = self.commit();
-                    self.send(from, Message::HeartbeatAck { ballot, commit });
+                    self.send(
+                        from,
+                        Message::HeartbeatAck {
+                            ballot,
+                            commit,
+                            lease_sent_ms: lease.map(|grant| grant.sent_ms),
+                        },
+                    );
                 } else {
                     let promised = self.durable.promised;
                     self.send(from, Message::Nack { promised });
                 }
             }
-            Message::HeartbeatAck { ballot, commit } => {
-                if matches!(self.role, Role::Leader { ballot: mine, .. } if mine == ballot) {
-                    self.fill_in(from, commit);
+            Message::HeartbeatAck {
+                ballot,
+                commit,
+                lease_sent_ms,
+            } => {
+                if let Role::Leader {
+                    ballot: mine,
+                    lease_acks,
+                    ..
+                } = &mut self.role
+                {
+                    if *mine == ballot {
+                        if let Some(sent) = lease_sent_ms {
+                            let ack = &mut lease_acks[usize::from(from)];
+                            *ack = Some(ack.map_or(sent, |known| known.max(sent)));
+                        }
+                        self.fill_in(from, commit);
+                    }
                 }
             }
+            Message::Snapshot { slot, state } => self.handle_snapshot(slot, state),
             Message::Chosen { ballot, entries } => {
                 if self.follow(ballot) {
                     for (slot, value) in entries {
@@ -553,7 +781,51 @@ impl PaxosNode {
         true
     }
 
+    /// Takes a lease: refuse other candidates for a lease, answer reads for as long as the
+    /// leader may (less a tenth for clocks that run apart).
+    fn take_lease(&mut self, ballot: Ballot, commit: Slot, grant: LeaseGrant) {
+        self.refuse_candidates_until_ms = self.now_ms + self.config.lease_ms;
+        self.lease_ballot = Some(ballot);
+        self.lease = Some(Lease {
+            ballot,
+            readable_until_ms: self.now_ms + grant.readable_ms * 9 / 10,
+            commit,
+        });
+    }
+
+    /// Installs a peer's snapshot when it is ahead of us (never while leading: a leader has
+    /// every chosen value once it has recovered).
+    fn handle_snapshot(&mut self, slot: Slot, state: Vec<u8>) {
+        if slot <= self.commit() || self.is_leader() {
+            return;
+        }
+        self.persist(Record::Installed { slot });
+        // Slots committed earlier in this batch are inside the snapshot.
+        self.ready.committed.clear();
+        self.ready.install = Some((slot, state));
+    }
+
+    /// Asks the caller to send `to` a snapshot, at most once per election timeout.
+    fn send_snapshot(&mut self, to: Rank) {
+        let last = &mut self.snapshot_sent_ms[usize::from(to)];
+        if last.is_some_and(|at| self.now_ms.saturating_sub(at) < self.config.election_timeout_ms) {
+            return;
+        }
+        *last = Some(self.now_ms);
+        self.ready.snapshot_to.push(to);
+    }
+
     fn handle_prepare(&mut self, from: Rank, ballot: Ballot, from_slot: Slot) {
+        // A lease holder promises nobody else until the lease runs out; the candidate retries.
+        if self.now_ms < self.refuse_candidates_until_ms && self.lease_ballot != Some(ballot) {
+            return;
+        }
+        // A candidate that lacks slots we trimmed cannot learn them from a promise: it gets
+        // our state and asks again.
+        if from_slot <= self.durable.trimmed {
+            self.send_snapshot(from);
+            return;
+        }
         if ballot < self.durable.promised
             || (ballot == self.durable.promised && ballot.rank != from)
         {
@@ -657,10 +929,16 @@ impl PaxosNode {
             ballot,
             in_flight: None,
             recovered,
+            recovered_through: last,
             queue: VecDeque::new(),
+            lease_acks: vec![None; usize::from(self.config.members)],
         };
         let commit = self.commit();
-        self.broadcast(Message::Heartbeat { ballot, commit });
+        self.broadcast(Message::Heartbeat {
+            ballot,
+            commit,
+            lease: None,
+        });
         self.start_next_slot();
     }
 
@@ -673,6 +951,7 @@ impl PaxosNode {
             in_flight,
             recovered,
             queue,
+            ..
         } = &mut self.role
         else {
             return;
@@ -765,7 +1044,11 @@ impl PaxosNode {
         assert_eq!(slot, self.commit() + 1, "the leader commits slots in order");
         self.commit_slot(slot, value);
         let commit = self.commit();
-        self.broadcast(Message::Heartbeat { ballot, commit });
+        self.broadcast(Message::Heartbeat {
+            ballot,
+            commit,
+            lease: None,
+        });
         self.start_next_slot();
     }
 
@@ -801,6 +1084,10 @@ impl PaxosNode {
         };
         let ballot = *ballot;
         if their_commit >= self.commit() {
+            return;
+        }
+        if their_commit < self.durable.trimmed {
+            self.send_snapshot(to);
             return;
         }
         let entries: Vec<(Slot, Value)> = self

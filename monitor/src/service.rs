@@ -9,146 +9,33 @@
 
 use std::collections::BTreeMap;
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 use tidepool_placement::generate::ROOT_NAME;
 use tidepool_placement::{
-    Bucket, BucketType, Change, ClusterMap, Epoch, Incremental, Osd, OsdId, Pool, PoolId, PoolKind,
-    Rule, Weight,
+    Bucket, BucketType, Change, ClusterMap, Incremental, Osd, OsdId, Pool, PoolId, Rule,
 };
+pub use tidepool_proto::mon::{Command, CommandError, Outcome, Request, User};
 
 use crate::paxos::Proposal;
 
-/// A change an operator, an OSD or the leader's failure policy asks for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Command {
-    /// Creates a pool under the root `default`.
-    PoolCreate {
-        /// Unique name.
-        name: String,
-        /// Replication or erasure coding.
-        kind: PoolKind,
-        /// Placement groups.
-        pg_num: u32,
-        /// No two copies share a bucket of this type.
-        failure_domain: BucketType,
-    },
-    /// Removes a pool.
-    PoolRemove {
-        /// Its name.
-        name: String,
-    },
-    /// Creates a bucket (a host, rack or zone) under `parent` (default: the root `default`).
-    BucketCreate {
-        /// Unique name.
-        name: String,
-        /// Its level.
-        kind: BucketType,
-        /// The bucket it sits in.
-        parent: Option<String>,
-    },
-    /// Creates an OSD in `host` (created under the root when new); it starts down and in.
-    OsdCreate {
-        /// The host bucket.
-        host: String,
-        /// Its weight.
-        weight: Weight,
-    },
-    /// An OSD started and listens at `addr`: it is marked up.
-    OsdBoot {
-        /// The OSD.
-        id: OsdId,
-        /// Where it listens.
-        addr: String,
-    },
-    /// Marks an OSD down (failure reports or missed beacons).
-    OsdDown {
-        /// The OSD.
-        id: OsdId,
-    },
-    /// Marks an OSD out: it is given no data.
-    OsdOut {
-        /// The OSD.
-        id: OsdId,
-    },
-    /// Marks an OSD in.
-    OsdIn {
-        /// The OSD.
-        id: OsdId,
-    },
-    /// Changes an OSD's weight.
-    OsdReweight {
-        /// The OSD.
-        id: OsdId,
-        /// The new weight.
-        weight: Weight,
-    },
-    /// Moves an OSD to another bucket.
-    OsdMove {
-        /// The OSD.
-        id: OsdId,
-        /// The bucket's name.
-        bucket: String,
-    },
-    /// Removes an OSD, which must be down.
-    OsdRemove {
-        /// The OSD.
-        id: OsdId,
-    },
+/// The proposal that carries `request` through consensus.
+pub fn proposal(request: &Request) -> Proposal {
+    Proposal(rmp_serde::to_vec_named(request).expect("requests always encode"))
 }
 
-/// A command with the identity that makes retries safe.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    /// Who asks (an entity name, plus a per-process nonce).
-    pub client: String,
-    /// Grows by one per request of that client.
-    pub sequence: u64,
-    /// What is asked.
-    pub command: Command,
-}
-
-impl Request {
-    /// Encodes the request as a consensus proposal.
-    pub fn to_proposal(&self) -> Proposal {
-        Proposal(rmp_serde::to_vec_named(self).expect("requests always encode"))
-    }
-}
-
-/// The result of a command that applied.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// The epoch of the map that holds the change.
-    pub epoch: Epoch,
-    /// The OSD or pool the command created, when it created one.
-    pub created: Option<u32>,
-}
-
-/// Why a command did not apply.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum CommandError {
-    /// A pool or bucket of that name exists.
-    #[error("{0} already exists")]
-    Exists(String),
-    /// No pool, bucket or OSD of that name or id.
-    #[error("{0} does not exist")]
-    Missing(String),
-    /// An OSD must be down before it is removed.
-    #[error("osd.{0} is up; stop it (or wait until it is marked down) before removing it")]
-    OsdUp(u32),
-    /// The change would make the map invalid.
-    #[error("invalid change: {0}")]
-    Invalid(String),
-    /// The proposal bytes are not a request.
-    #[error("malformed request")]
-    Malformed,
-}
-
-/// The replicated state: the map and the answers already given.
+/// The replicated state: the map, what lives beside it, and the answers already given.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapState {
     /// The current cluster map.
     pub map: ClusterMap,
+    /// Users by name.
+    pub users: BTreeMap<String, User>,
+    /// Cluster-wide options that were set, by name (checked by `tidepool_proto::config`).
+    pub config: BTreeMap<String, String>,
+    /// OSDs the failure policy marked out; they come back in when they boot.
+    pub auto_out: BTreeSet<OsdId>,
     /// The last sequence number applied per client, with its answer.
     pub answered: BTreeMap<String, (u64, Result<Outcome, CommandError>)>,
 }
@@ -166,8 +53,19 @@ impl MapState {
         map.buckets.insert(root.id, root);
         MapState {
             map,
+            users: BTreeMap::new(),
+            config: BTreeMap::new(),
+            auto_out: BTreeSet::new(),
             answered: BTreeMap::new(),
         }
+    }
+
+    /// The value of option `name` (its default when not set).
+    pub fn option(&self, name: &str) -> u64 {
+        tidepool_proto::config::get(
+            self.config.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            name,
+        )
     }
 
     /// Applies one committed slot: returns the incremental it produced (none when nothing
@@ -193,19 +91,22 @@ impl MapState {
                     continue;
                 }
             }
-            let answer = plan(&working, &request.command).and_then(|(new_changes, created)| {
-                let next = working
-                    .with_changes(&new_changes)
-                    .map_err(|e| CommandError::Invalid(e.to_string()))?;
-                working = next;
-                changes.extend(new_changes);
-                Ok(Outcome { epoch, created })
-            });
+            let answer =
+                plan(self, &working, &request.command).and_then(|(new_changes, created)| {
+                    let next = working
+                        .with_changes(&new_changes)
+                        .map_err(|e| CommandError::Invalid(e.to_string()))?;
+                    working = next;
+                    changes.extend(new_changes);
+                    self.record(&request.command);
+                    Ok(Outcome { epoch, created })
+                });
             self.answered
                 .insert(request.client, (request.sequence, answer.clone()));
             answers.push(answer);
         }
         if changes.is_empty() {
+            // Users and options change beside the map: no new epoch.
             return (None, answers);
         }
         let incremental = Incremental { epoch, changes };
@@ -213,10 +114,40 @@ impl MapState {
         self.map = working;
         (Some(incremental), answers)
     }
+
+    /// Records what a command that applied changes beside the map.
+    fn record(&mut self, command: &Command) {
+        match command {
+            Command::UserCreate(user) => {
+                self.users.insert(user.name.clone(), user.clone());
+            }
+            Command::UserRemove { name } => {
+                self.users.remove(name);
+            }
+            Command::ConfigSet { key, value } => {
+                self.config.insert(key.clone(), value.clone());
+            }
+            Command::OsdAutoOut { id } => {
+                self.auto_out.insert(*id);
+            }
+            Command::OsdBoot { id, .. }
+            | Command::OsdIn { id }
+            | Command::OsdOut { id }
+            | Command::OsdRemove { id } => {
+                self.auto_out.remove(id);
+            }
+            _ => {}
+        }
+    }
 }
 
-/// The changes a command makes to `map`, and the id it creates.
-fn plan(map: &ClusterMap, command: &Command) -> Result<(Vec<Change>, Option<u32>), CommandError> {
+/// The changes `command` makes to `map` (the working map of the slot), and the id it creates;
+/// checks what lives beside the map in `state` too.
+fn plan(
+    state: &MapState,
+    map: &ClusterMap,
+    command: &Command,
+) -> Result<(Vec<Change>, Option<u32>), CommandError> {
     let osd = |id: OsdId| -> Result<&Osd, CommandError> {
         map.osds
             .get(&id)
@@ -284,20 +215,26 @@ fn plan(map: &ClusterMap, command: &Command) -> Result<(Vec<Change>, Option<u32>
         }
         Command::OsdBoot { id, addr } => {
             osd(*id)?;
-            let changes = vec![
+            let mut changes = vec![
                 Change::SetOsdAddr {
                     id: *id,
                     addr: Some(addr.clone()),
                 },
                 Change::SetOsdUp { id: *id, up: true },
             ];
+            if state.auto_out.contains(id) {
+                changes.push(Change::SetOsdIn {
+                    id: *id,
+                    is_in: true,
+                });
+            }
             (changes, None)
         }
         Command::OsdDown { id } => {
             osd(*id)?;
             (vec![Change::SetOsdUp { id: *id, up: false }], None)
         }
-        Command::OsdOut { id } | Command::OsdIn { id } => {
+        Command::OsdOut { id } | Command::OsdAutoOut { id } | Command::OsdIn { id } => {
             osd(*id)?;
             let is_in = matches!(command, Command::OsdIn { .. });
             (vec![Change::SetOsdIn { id: *id, is_in }], None)
@@ -321,12 +258,47 @@ fn plan(map: &ClusterMap, command: &Command) -> Result<(Vec<Change>, Option<u32>
             }
             (vec![Change::RemoveOsd(*id)], None)
         }
+        Command::UserCreate(user) => {
+            if state.users.contains_key(&user.name) {
+                return Err(CommandError::Exists(format!("user {:?}", user.name)));
+            }
+            if state
+                .users
+                .values()
+                .any(|u| u.access_key == user.access_key)
+            {
+                return Err(CommandError::Exists(format!(
+                    "access key {:?}",
+                    user.access_key
+                )));
+            }
+            let valid = |key: &str| {
+                (16..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+            };
+            if user.name.is_empty() || !valid(&user.access_key) || !valid(&user.secret_key) {
+                return Err(CommandError::Invalid(
+                    "a user needs a name and keys of 16 to 128 printable characters".into(),
+                ));
+            }
+            (Vec::new(), None)
+        }
+        Command::UserRemove { name } => {
+            if !state.users.contains_key(name) {
+                return Err(CommandError::Missing(format!("user {name:?}")));
+            }
+            (Vec::new(), None)
+        }
+        Command::ConfigSet { key, value } => {
+            tidepool_proto::config::check(key, value).map_err(CommandError::Invalid)?;
+            (Vec::new(), None)
+        }
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidepool_placement::{Epoch, PoolKind, Weight};
 
     fn request(client: &str, sequence: u64, command: Command) -> Proposal {
         Request {
@@ -335,6 +307,16 @@ mod tests {
             command,
         }
         .to_proposal()
+    }
+
+    trait ToProposal {
+        fn to_proposal(&self) -> Proposal;
+    }
+
+    impl ToProposal for Request {
+        fn to_proposal(&self) -> Proposal {
+            proposal(self)
+        }
     }
 
     fn pool(name: &str) -> Command {

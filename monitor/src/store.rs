@@ -2,8 +2,9 @@
 //! committed slots, written together in one synced batch per step.
 //!
 //! Keys: `paxos/promised`, `paxos/accepted/<slot>`, `paxos/log/<slot>` (slots as 20-digit
-//! decimals, so key order is slot order), `map/state` (the [`MapState`]) and
-//! `map/inc/<epoch>` (each incremental, for subscribers catching up).
+//! decimals, so key order is slot order), `paxos/trimmed` (the last slot dropped from the log),
+//! `map/state` (the [`MapState`]) and `map/inc/<epoch>` (each incremental, for subscribers
+//! catching up; trimmed with the log).
 
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use crate::paxos::{Ballot, Durable, Record, Slot, Value};
 use crate::service::MapState;
 
 const PROMISED: &[u8] = b"paxos/promised";
+const TRIMMED: &[u8] = b"paxos/trimmed";
 const ACCEPTED: &str = "paxos/accepted/";
 const LOG: &str = "paxos/log/";
 const STATE: &[u8] = b"map/state";
@@ -71,6 +73,9 @@ impl MonStore {
             let (slot, ballot, value): (Slot, Ballot, Value) = decode(&key, &bytes)?;
             durable.accepted.insert(slot, (ballot, value));
         }
+        if let Some(bytes) = self.kv.get(TRIMMED)? {
+            durable.trimmed = decode::<Slot>(TRIMMED, &bytes)?;
+        }
         for (key, bytes) in self.kv.scan_prefix(LOG.as_bytes())? {
             let (slot, value): (Slot, Value) = decode(&key, &bytes)?;
             durable.log.insert(slot, value);
@@ -104,6 +109,15 @@ impl MonStore {
                     ops.push(Op::Delete(key(ACCEPTED, *slot)));
                     ops.push(Op::Put(key(LOG, *slot), encode(&(slot, value))));
                 }
+                Record::Trimmed { through } => {
+                    ops.push(Op::DeleteRange(key(LOG, 0), key(LOG, through + 1)));
+                    ops.push(Op::Put(TRIMMED.to_vec(), encode(through)));
+                }
+                Record::Installed { slot } => {
+                    ops.push(Op::DeleteRange(key(LOG, 0), key(LOG, u64::MAX)));
+                    ops.push(Op::DeleteRange(key(ACCEPTED, 0), key(ACCEPTED, slot + 1)));
+                    ops.push(Op::Put(TRIMMED.to_vec(), encode(slot)));
+                }
             }
         }
         for incremental in incrementals {
@@ -116,6 +130,22 @@ impl MonStore {
             ops.push(Op::Put(STATE.to_vec(), encode(state)));
         }
         ops
+    }
+
+    /// The operation that drops the incrementals up to epoch `through` (subscribers further
+    /// behind get the whole map).
+    pub fn trim_incrementals(through: u64) -> Op {
+        Op::DeleteRange(key(INCREMENTAL, 0), key(INCREMENTAL, through + 1))
+    }
+
+    /// The incrementals from epoch `from` on, as stored (at most `max`).
+    pub fn incrementals(&self, from: u64, max: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .kv
+            .scan_from(&key(INCREMENTAL, from), INCREMENTAL.as_bytes(), max)?
+            .into_iter()
+            .map(|(_, bytes)| bytes)
+            .collect())
     }
 
     /// Writes `ops` atomically, synced.
@@ -151,6 +181,16 @@ mod tests {
                 slot: 1,
                 value: value.clone(),
             },
+            Record::Committed {
+                slot: 2,
+                value: value.clone(),
+            },
+            Record::Trimmed { through: 1 },
+            Record::Accepted {
+                slot: 3,
+                ballot,
+                value: value.clone(),
+            },
         ];
         let mut expected = Durable::default();
         records.iter().for_each(|r| expected.apply(r));
@@ -164,7 +204,8 @@ mod tests {
         let store = MonStore::open(dir.path()).expect("reopen");
         let (durable, loaded) = store.load().expect("load");
         assert_eq!(durable, expected);
-        assert_eq!(durable.commit(), 1);
+        assert_eq!(durable.commit(), 2);
+        assert_eq!(durable.trimmed, 1);
         assert_eq!(loaded, state);
     }
 }

@@ -1,14 +1,17 @@
 //! Deterministic simulation of 3 and 5 monitors: a seeded network that drops, duplicates,
 //! delays and reorders messages and cuts partitions, crash-restarts that keep only what was
-//! persisted, and skewed clocks. The safety invariants are checked after every step; after the
-//! faults stop, every monitor must converge within a bounded simulated time.
+//! persisted, skewed clocks, and logs trimmed at random so that lagging monitors catch up from
+//! snapshots. The safety invariants (one value per slot, nothing committed lost or changed,
+//! contiguous histories, reads under a lease never stale across leaders) are checked after
+//! every step; after the faults stop, every monitor must converge within a bounded simulated
+//! time.
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 1,000 per cluster size); `SIM_SEED=S` replays one seed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tidepool_monitor::paxos::{
-    Durable, Message, Millis, PaxosConfig, PaxosNode, Proposal, Rank, Ready, Slot, Value,
+    Ballot, Durable, Message, Millis, PaxosConfig, PaxosNode, Proposal, Rank, Ready, Slot, Value,
 };
 
 /// splitmix64: small, seeded, and the same on every machine.
@@ -58,6 +61,8 @@ struct Monitor {
     /// Clock skew: this monitor's clock reads `global * rate / 1000 + offset`.
     rate_per_thousand: u64,
     offset_ms: u64,
+    /// The state machine: every chosen value in slot order, persisted with `durable`.
+    history: Vec<Value>,
     /// Highest commit this monitor ever reported; it must never go back, even across restarts.
     commit_high: Slot,
 }
@@ -77,6 +82,10 @@ struct Sim {
     proposing: bool,
     /// The one value chosen per slot, as first reported by any monitor.
     chosen: BTreeMap<Slot, Value>,
+    /// The highest ballot under which a leader committed anything.
+    commit_ballot: Ballot,
+    /// Reads answered under a lease, by leaders and by followers.
+    reads: [u64; 2],
     proposals_made: u64,
     steps: u64,
 }
@@ -102,6 +111,7 @@ impl Sim {
                     durable: Durable::default(),
                     rate_per_thousand: rate,
                     offset_ms: offset,
+                    history: Vec::new(),
                     commit_high: 0,
                 };
                 monitor.node = Some(PaxosNode::new(
@@ -124,6 +134,8 @@ impl Sim {
             healed: false,
             proposing: true,
             chosen: BTreeMap::new(),
+            commit_ballot: Ballot::default(),
+            reads: [0; 2],
             proposals_made: 0,
             steps: 0,
         };
@@ -152,29 +164,73 @@ impl Sim {
         );
     }
 
-    /// Performs a monitor's ready work: persist (into its durable store), check, then send.
+    /// Performs a monitor's ready work: persist (into its durable store and state machine),
+    /// check, then send.
     fn drain(&mut self, rank: Rank) {
-        let ready: Ready = match self.monitors[usize::from(rank)].node.as_mut() {
-            Some(node) => node.poll_ready(),
-            None => return,
-        };
+        let (ready, leading): (Ready, Option<Ballot>) =
+            match self.monitors[usize::from(rank)].node.as_mut() {
+                Some(node) => (
+                    node.poll_ready(),
+                    node.is_leader().then(|| node.ballot()).flatten(),
+                ),
+                None => return,
+            };
         let monitor = &mut self.monitors[usize::from(rank)];
         for record in &ready.persist {
             monitor.durable.apply(record);
         }
+        let mut applied = Vec::new();
+        if let Some((slot, state)) = &ready.install {
+            let history: Vec<Value> = rmp_serde::from_slice(state).expect("snapshots decode");
+            if history.len() as u64 != *slot {
+                self.fail(&format!(
+                    "mon.{rank} got a snapshot of {} slots for slot {slot}",
+                    history.len()
+                ));
+            }
+            applied.extend(
+                history
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(i, v)| (i as u64 + 1, v)),
+            );
+            self.monitors[usize::from(rank)].history = history;
+        }
         for (slot, value) in &ready.committed {
-            match self.chosen.get(slot) {
-                Some(existing) if existing != value => {
+            let applied_len = self.monitors[usize::from(rank)].history.len() as u64;
+            if *slot != applied_len + 1 {
+                self.fail(&format!(
+                    "mon.{rank} applied slot {slot} after {applied_len}"
+                ));
+            }
+            self.monitors[usize::from(rank)].history.push(value.clone());
+            applied.push((*slot, value.clone()));
+        }
+        if let (Some(ballot), false) = (leading, ready.committed.is_empty()) {
+            self.commit_ballot = self.commit_ballot.max(ballot);
+        }
+        for (slot, value) in applied {
+            match self.chosen.get(&slot) {
+                Some(existing) if *existing != value => {
                     self.fail(&format!("two values chosen for slot {slot}"))
                 }
                 Some(_) => {}
                 None => {
-                    self.chosen.insert(*slot, value.clone());
+                    self.chosen.insert(slot, value);
                 }
             }
         }
         self.check(rank);
         for (to, message) in ready.send {
+            self.transmit(rank, to, message);
+        }
+        for to in ready.snapshot_to {
+            let monitor = &self.monitors[usize::from(rank)];
+            let message = Message::Snapshot {
+                slot: monitor.history.len() as u64,
+                state: rmp_serde::to_vec(&monitor.history).expect("histories encode"),
+            };
             self.transmit(rank, to, message);
         }
     }
@@ -202,20 +258,30 @@ impl Sim {
         self.schedule(delay, Event::Deliver { from, to, message });
     }
 
-    /// Invariants of one monitor: its log is contiguous from 1, agrees with what was chosen,
-    /// and never shrinks.
+    /// Invariants of one monitor: its history is contiguous from 1 and agrees with what was
+    /// chosen, its log is the history's tail, its commit never goes back, and a read under a
+    /// lease would not miss anything committed under a later leader.
     fn check(&mut self, rank: Rank) {
+        let now = self.local_time(rank);
         let monitor = &self.monitors[usize::from(rank)];
         let Some(node) = monitor.node.as_ref() else {
             return;
         };
         let commit = node.commit();
+        if monitor.history.len() as u64 != commit {
+            self.fail(&format!(
+                "mon.{rank} applied {} slots but committed {commit}",
+                monitor.history.len()
+            ));
+        }
         let log = node.log();
-        if log.len() as u64 != commit || log.keys().copied().ne(1..=commit) {
-            self.fail(&format!("mon.{rank} log is not contiguous 1..={commit}"));
+        if log.keys().copied().ne(node.first_kept()..=commit) {
+            self.fail(&format!("mon.{rank} log is not contiguous up to {commit}"));
         }
         for (slot, value) in log {
-            if self.chosen.get(slot).is_some_and(|chosen| chosen != value) {
+            if monitor.history[*slot as usize - 1] != *value
+                || self.chosen.get(slot).is_some_and(|chosen| chosen != value)
+            {
                 self.fail(&format!(
                     "mon.{rank} holds a different value in slot {slot}"
                 ));
@@ -226,6 +292,26 @@ impl Sim {
                 "mon.{rank} lost committed slots ({} -> {commit})",
                 monitor.commit_high
             ));
+        }
+        if node.is_readable(now) {
+            let top = self.chosen.keys().next_back().copied().unwrap_or(0);
+            if node.is_leader() {
+                self.reads[0] += 1;
+                if commit < top {
+                    self.fail(&format!(
+                        "mon.{rank} leads readable at slot {commit}, but slot {top} is chosen"
+                    ));
+                }
+            } else {
+                self.reads[1] += 1;
+                if node.ballot().is_none_or(|b| b < self.commit_ballot) {
+                    self.fail(&format!(
+                        "mon.{rank} is readable under {:?}, but {:?} has committed since",
+                        node.ballot(),
+                        self.commit_ballot
+                    ));
+                }
+            }
         }
         self.monitors[usize::from(rank)].commit_high = commit;
     }
@@ -247,6 +333,12 @@ impl Sim {
                         self.proposals_made += 1;
                         let proposal = Proposal(self.proposals_made.to_le_bytes().to_vec());
                         let _ = node.propose(proposal);
+                    }
+                    // Trim now and then, keeping a few slots or none, so that lagging monitors
+                    // need snapshots.
+                    if self.rng.chance(20) {
+                        let keep = self.rng.below(8);
+                        node.trim(node.commit().saturating_sub(keep));
                     }
                 }
                 self.drain(rank);
@@ -331,7 +423,8 @@ impl Sim {
 
 /// Runs one seed: faults for 20 simulated seconds, then a healed network in which every
 /// monitor must catch up with the others and new proposals must commit.
-fn run_seed(seed: u64, members: u8) {
+/// Returns how many steps found a readable leader and a readable follower.
+fn run_seed(seed: u64, members: u8) -> [u64; 2] {
     let mut sim = Sim::new(seed, members);
     sim.run_until(20_000);
     sim.heal();
@@ -352,14 +445,11 @@ fn run_seed(seed: u64, members: u8) {
     if sim.chosen.len() <= before {
         sim.fail("no progress after healing");
     }
-    let logs: BTreeSet<_> = sim
-        .monitors
-        .iter()
-        .map(|m| m.node.as_ref().map(|n| n.log().clone()))
-        .collect();
-    if logs.len() != 1 {
-        sim.fail("logs differ after convergence");
+    let histories: BTreeSet<_> = sim.monitors.iter().map(|m| m.history.clone()).collect();
+    if histories.len() != 1 {
+        sim.fail("histories differ after convergence");
     }
+    sim.reads
 }
 
 fn seeds() -> Vec<u64> {
@@ -373,20 +463,30 @@ fn seeds() -> Vec<u64> {
     (0..count).collect()
 }
 
+/// Runs every seed and checks that leases were in use: reads by leaders and by followers.
+fn run_seeds(members: u8, salt: u64) {
+    let mut reads = [0; 2];
+    for seed in seeds() {
+        let [leader, follower] = run_seed(seed.wrapping_add(salt), members);
+        reads[0] += leader;
+        reads[1] += follower;
+    }
+    assert!(
+        reads[0] > 0 && reads[1] > 0,
+        "leases never allowed a read: {reads:?}"
+    );
+}
+
 /// Rule: with 3 monitors, safety holds under every fault and progress resumes after healing.
 #[test]
 fn three_monitors() {
-    for seed in seeds() {
-        run_seed(seed, 3);
-    }
+    run_seeds(3, 0);
 }
 
 /// Rule: the same with 5 monitors.
 #[test]
 fn five_monitors() {
-    for seed in seeds() {
-        run_seed(seed.wrapping_add(1 << 32), 5);
-    }
+    run_seeds(5, 1 << 32);
 }
 
 /// Rule: a single monitor commits on its own.

@@ -24,7 +24,8 @@ fn check_bytes(name: &str, actual: &[u8]) {
     if std::env::var_os("TIDEPOOL_BLESS").is_some() {
         std::fs::write(&path, actual).expect("write testdata");
     }
-    let expected = std::fs::read(&path).expect("testdata exists (TIDEPOOL_BLESS=1 writes it)");
+    let expected = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (TIDEPOOL_BLESS=1 writes it)", path.display()));
     assert!(
         expected == actual,
         "{} differs from the computed value",

@@ -29,6 +29,7 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
             "tidepool-proto",
             "tidepool-messenger",
             "tidepool-kv",
+            "tidepool-client",
         ],
     ),
     (
