@@ -52,6 +52,10 @@ pub struct MonArgs {
     /// The cluster folder; the monitor keeps its store in `<DIR>/mon-<ID>`.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Committed map changes kept for monitors and subscribers that lag behind (further
+    /// behind, they get the whole map).
+    #[arg(long, default_value_t = DaemonConfig::RETAIN_SLOTS)]
+    retain: u64,
 }
 
 struct MonRun {
@@ -64,6 +68,7 @@ pub fn mon(args: MonArgs) -> Result<()> {
     let (Some(id), Some(data)) = (args.id, args.data) else {
         bail!("usage: tidepool mon --id N --data CLUSTER_DIR (or: tidepool mon dump)");
     };
+    let retain_slots = args.retain;
     let args = MonRun { id, data };
     let cluster_id = load_cluster_id(&args.data)?;
     let entity = MonMap::entity(args.id);
@@ -82,6 +87,7 @@ pub fn mon(args: MonArgs) -> Result<()> {
         cluster_dir: args.data.clone(),
         data_dir: args.data.join(&entity),
         identity,
+        retain_slots,
     };
     runtime()?.block_on(async {
         let shutdown = async {

@@ -130,6 +130,14 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     /// Its certificate.
     pub identity: Identity,
+    /// Committed slots (and map epochs) kept for peers and subscribers that lag; further
+    /// behind, they get the whole map.
+    pub retain_slots: u64,
+}
+
+impl DaemonConfig {
+    /// The default for [`DaemonConfig::retain_slots`].
+    pub const RETAIN_SLOTS: u64 = 500;
 }
 
 /// Bound on queued inputs (peer messages, proposals, reads).
@@ -140,11 +148,6 @@ const PEER_QUEUE_MAX: usize = 1024;
 /// How long a message to a peer may take, connecting included: a monitor that does not answer
 /// within this is as good as gone for this message.
 const PEER_TIMEOUT: Duration = Duration::from_secs(1);
-/// Committed slots (and map epochs) kept for peers and subscribers that lag; further behind,
-/// they get the whole map.
-const RETAIN: u64 = 500;
-/// Trimming happens in steps of this many slots.
-const TRIM_STEP: u64 = 100;
 /// Most incrementals in one answer to a subscriber.
 const SUBSCRIBE_BATCH: usize = 100;
 /// Longest a subscription is held.
@@ -171,6 +174,7 @@ struct Monitor {
     subscribers: Vec<Subscriber>,
     /// The failure policy and the latest beacon per OSD, while leading.
     leading: Option<(FailurePolicy, HashMap<OsdId, Beacon>)>,
+    retain_slots: u64,
     /// The leader's own requests (failure policy), with this process's nonce.
     own_client: String,
     own_sequence: u64,
@@ -246,6 +250,7 @@ pub async fn run(
         waiting: BTreeMap::new(),
         subscribers: Vec::new(),
         leading: None,
+        retain_slots: config.retain_slots.max(1),
         own_client: format!("mon-{rank}-{}-{nanos}", std::process::id()),
         own_sequence: 0,
     };
@@ -538,8 +543,8 @@ impl Monitor {
             )
         }) {
             let epoch = self.state.map.epoch.0;
-            if epoch > RETAIN {
-                ops.push(MonStore::trim_incrementals(epoch - RETAIN));
+            if epoch > self.retain_slots {
+                ops.push(MonStore::trim_incrementals(epoch - self.retain_slots));
             }
         }
         if !ops.is_empty() {
@@ -587,11 +592,12 @@ impl Monitor {
         }
     }
 
-    /// Keeps the last [`RETAIN`] slots, dropping older ones [`TRIM_STEP`] at a time.
+    /// Keeps the last `retain_slots` slots, dropping older ones a fifth of that at a time.
     fn trim(&mut self) {
         let commit = self.node.commit();
-        if commit >= self.node.first_kept() + RETAIN + TRIM_STEP {
-            self.node.trim(commit - RETAIN);
+        let step = (self.retain_slots / 5).max(1);
+        if commit >= self.node.first_kept() + self.retain_slots + step {
+            self.node.trim(commit - self.retain_slots);
         }
     }
 }
