@@ -64,6 +64,8 @@ pub fn load_monmap(dir: &Path) -> Result<MonMap, ClientError> {
 const PER_MONITOR: Duration = Duration::from_secs(2);
 /// Pause before another round over the monitors.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long the others get once one monitor answered a probe for the leader.
+const PROBE_GRACE: Duration = Duration::from_millis(200);
 
 /// A client of the monitors. Commands carry this client's id and a growing sequence number,
 /// so resending one across a leader change applies it once.
@@ -145,12 +147,14 @@ impl MonClient {
         accept: impl Fn(MonResponse) -> Option<Result<T, ClientError>>,
     ) -> Result<T, ClientError> {
         let started = Instant::now();
-        let mut next = self.first_rank().await;
+        let (mut next, silent) = self.first_rank().await;
         while started.elapsed() < self.deadline {
             match self.ask(next, request, PER_MONITOR).await {
+                // A hint that names a monitor which did not answer the probe is stale (the
+                // leader died and no new one is elected yet): ask a live one again shortly.
                 Ok(MonResponse::NotLeader {
                     leader: Some(leader),
-                }) if leader != next && leader < self.members() => {
+                }) if leader != next && leader < self.members() && !silent[usize::from(leader)] => {
                     next = leader;
                     continue;
                 }
@@ -165,6 +169,9 @@ impl MonClient {
             }
             tokio::time::sleep(RETRY_PAUSE).await;
             next = (next + 1) % self.members();
+            while silent[usize::from(next)] && silent.iter().any(|s| !s) {
+                next = (next + 1) % self.members();
+            }
         }
         Err(self.no_quorum())
     }
@@ -177,7 +184,7 @@ impl MonClient {
         accept: impl Fn(MonResponse) -> Option<Result<T, ClientError>>,
     ) -> Result<T, ClientError> {
         let started = Instant::now();
-        let first = self.first_rank().await;
+        let (first, _) = self.first_rank().await;
         let mut next = first;
         while started.elapsed() < self.deadline {
             match self.ask(next, request, timeout).await {
@@ -248,11 +255,16 @@ impl MonClient {
 
     /// Every monitor's view (`None` for those that do not answer), asked all at once.
     pub async fn statuses(&self) -> Vec<Option<MonStatus>> {
-        self.ask_statuses(|_| false).await
+        self.ask_statuses(|_| false, Duration::from_secs(1)).await
     }
 
-    /// Asks every monitor for its view at once; stops early once `enough` holds for an answer.
-    async fn ask_statuses(&self, enough: impl Fn(&MonStatus) -> bool) -> Vec<Option<MonStatus>> {
+    /// Asks every monitor for its view at once; returns when `enough` holds for an answer, or
+    /// [`PROBE_GRACE`] after the first answer (a dead monitor would take a whole timeout).
+    async fn ask_statuses(
+        &self,
+        enough: impl Fn(&MonStatus) -> bool,
+        grace: Duration,
+    ) -> Vec<Option<MonStatus>> {
         let mut asks = tokio::task::JoinSet::new();
         for rank in 0..self.members() {
             let messenger = self.messenger.clone();
@@ -270,27 +282,40 @@ impl MonClient {
             });
         }
         let mut statuses = vec![None; usize::from(self.members())];
-        while let Some(joined) = asks.join_next().await {
+        let mut until: Option<tokio::time::Instant> = None;
+        loop {
+            let joined = match until {
+                Some(until) => match tokio::time::timeout_at(until, asks.join_next()).await {
+                    Ok(joined) => joined,
+                    Err(_) => break,
+                },
+                None => asks.join_next().await,
+            };
+            let Some(joined) = joined else { break };
             if let Ok((rank, Ok(MonResponse::Status(status)))) = joined {
                 let done = enough(&status);
                 statuses[usize::from(rank)] = Some(status);
                 if done {
                     break;
                 }
+                until.get_or_insert_with(|| tokio::time::Instant::now() + grace);
             }
         }
         statuses
     }
 
-    /// Where to start: the last leader, else the first monitor that says it leads (all are
-    /// asked at once, so a dead monitor costs no timeout), else any that answered, else rank 0.
-    async fn first_rank(&mut self) -> Rank {
+    /// Where to start, and which monitors did not answer: the last leader, else the monitor
+    /// that says it leads (all are asked at once, so a dead monitor costs no timeout), else any
+    /// that answered, else rank 0.
+    async fn first_rank(&mut self) -> (Rank, Vec<bool>) {
+        let members = usize::from(self.members());
         if let Some(rank) = self.leader_hint {
-            return rank;
+            return (rank, vec![false; members]);
         }
         let statuses = self
-            .ask_statuses(|status| status.leader == Some(status.rank))
+            .ask_statuses(|status| status.leader == Some(status.rank), PROBE_GRACE)
             .await;
+        let silent = statuses.iter().map(Option::is_none).collect();
         let leader = statuses
             .iter()
             .flatten()
@@ -300,7 +325,7 @@ impl MonClient {
         if let Some(rank) = leader {
             self.leader_hint = Some(rank);
         }
-        leader.unwrap_or(0)
+        (leader.unwrap_or(0), silent)
     }
 
     /// What the OSDs last reported, from the leader.

@@ -167,7 +167,7 @@ impl Messenger {
         config: MessengerConfig,
     ) -> Result<Messenger, MessengerError> {
         let socket = udp_socket(addr).map_err(|source| MessengerError::Bind { addr, source })?;
-        let mut endpoint_config = quinn::EndpointConfig::default();
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(identity.reset_key()));
         endpoint_config
             .max_udp_payload_size(crate::tls::DATAGRAM_BYTES_MAX)
             .map_err(|_| MessengerError::Bind {

@@ -175,6 +175,8 @@ struct Monitor {
     /// The failure policy and the latest beacon per OSD, while leading.
     leading: Option<(FailurePolicy, HashMap<OsdId, Beacon>)>,
     retain_slots: u64,
+    /// The leader followed and whether it is us, as last logged.
+    role: (Option<Rank>, bool),
     /// The leader's own requests (failure policy), with this process's nonce.
     own_client: String,
     own_sequence: u64,
@@ -251,6 +253,7 @@ pub async fn run(
         subscribers: Vec::new(),
         leading: None,
         retain_slots: config.retain_slots.max(1),
+        role: (None, false),
         own_client: format!("mon-{rank}-{}-{nanos}", std::process::id()),
         own_sequence: 0,
     };
@@ -505,6 +508,15 @@ impl Monitor {
 
     /// Persists the core's ready work with the map it produces, then sends and answers.
     fn step(&mut self) -> Result<(), DaemonError> {
+        let role = (self.node.leader(), self.node.is_leader());
+        if role != self.role {
+            self.role = role;
+            match role {
+                (_, true) => info!(commit = self.node.commit(), "leading"),
+                (Some(leader), false) => info!(leader, commit = self.node.commit(), "following"),
+                (None, _) => info!(commit = self.node.commit(), "no leader: electing"),
+            }
+        }
         self.trim();
         let ready = self.node.poll_ready();
         if ready.is_empty() {

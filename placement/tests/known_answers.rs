@@ -14,9 +14,7 @@ use tidepool_placement::{
 };
 
 fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(name)
+    manifest_dir().join("testdata").join(name)
 }
 
 fn check_bytes(name: &str, actual: &[u8]) {
@@ -179,4 +177,12 @@ fn bad_encodings_are_refused() {
     let mut future = bytes.clone();
     future[4] = 9;
     assert!(decode::<ClusterMap>(&future).is_err());
+}
+
+/// This package's folder, read when the test runs: a test binary built from another checkout of
+/// the same tree (sharing the target folder) must still look in this one.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .expect("cargo sets CARGO_MANIFEST_DIR when it runs tests")
 }

@@ -12,7 +12,7 @@ pub fn tidepool() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let output = Command::new(cargo)
             .args(["build", "-q", "-p", "tidepool", "--message-format=json"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(manifest_dir())
             .output()
             .expect("cargo build runs");
         assert!(
@@ -96,4 +96,12 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// This package's folder, read when the test runs: a test binary built from another checkout of
+/// the same tree (sharing the target folder) must still look in this one.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .expect("cargo sets CARGO_MANIFEST_DIR when it runs tests")
 }
