@@ -1,1 +1,8 @@
-//! Storage daemons: object store, replication, erasure coding, peering and recovery. Built in the storage-daemon milestone; see docs/ARCHITECTURE.md.
+//! Storage daemons (docs/osd.md).
+//!
+//! * [`store`]: the object store — [`store::ObjectStore`], with [`store::MemStore`] in memory
+//!   and [`store::RocksStore`] on disk (RocksDB for metadata, blob files for large data).
+//!
+//! The daemon (PGs, replication, recovery) builds on it.
+
+pub mod store;

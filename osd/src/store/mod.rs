@@ -1,0 +1,337 @@
+//! The object store under an OSD: collections (one per PG) of objects with data, xattrs and
+//! omap, changed only by atomic, durable transactions. See docs/osd.md.
+//!
+//! [`MemStore`] keeps everything in memory (unit tests, simulation); [`RocksStore`] is the real
+//! one: metadata in RocksDB, large data in blob files written once. Both pass the same suite
+//! (`osd/tests/store.rs`).
+
+mod mem;
+mod rocks;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use mem::MemStore;
+pub use rocks::RocksStore;
+
+/// A collection: the objects of one PG (and one shard of it, in erasure-coded pools).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CollectionId {
+    /// The pool.
+    pub pool: u32,
+    /// The PG's index in the pool.
+    pub seed: u32,
+    /// The shard ([`CollectionId::NO_SHARD`] in replicated pools).
+    pub shard: u8,
+}
+
+impl CollectionId {
+    /// The shard of collections in replicated pools.
+    pub const NO_SHARD: u8 = u8::MAX;
+
+    /// The collection of a PG of a replicated pool.
+    pub fn replicated(pool: u32, seed: u32) -> CollectionId {
+        CollectionId {
+            pool,
+            seed,
+            shard: Self::NO_SHARD,
+        }
+    }
+}
+
+impl std::fmt::Display for CollectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:x}", self.pool, self.seed)?;
+        if self.shard != Self::NO_SHARD {
+            write!(f, "s{}", self.shard)?;
+        }
+        Ok(())
+    }
+}
+
+/// One change in a [`Transaction`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Creates an empty collection.
+    CreateCollection(CollectionId),
+    /// Removes a collection and every object in it.
+    RemoveCollection(CollectionId),
+    /// Creates an empty object; with `exclusive`, fails if it exists.
+    Create {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+        /// Fail if it exists.
+        exclusive: bool,
+    },
+    /// Writes `data` at `offset` (creating the object; the gap before it reads as zeros).
+    Write {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+        /// Byte offset.
+        offset: u64,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Replaces the object's data with `data` (creating the object).
+    WriteFull {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Cuts or extends (with zeros) the object to `size`.
+    Truncate {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+        /// The new size.
+        size: u64,
+    },
+    /// Removes the object, its xattrs and its omap.
+    Remove {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+    },
+    /// Sets an xattr (creating the object).
+    SetXattr {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+        /// The attribute.
+        key: String,
+        /// Its value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Removes an xattr (nothing when absent).
+    RemoveXattr {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+        /// The attribute.
+        key: String,
+    },
+    /// Sets omap entries (creating the object).
+    OmapSet {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+        /// Keys and values.
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Removes omap entries (absent keys are skipped).
+    OmapRemove {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+        /// The keys.
+        keys: Vec<Vec<u8>>,
+    },
+    /// Removes every omap entry of the object.
+    OmapClear {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+    },
+}
+
+impl Op {
+    /// The collection the op works in.
+    pub fn collection(&self) -> CollectionId {
+        match self {
+            Op::CreateCollection(coll) | Op::RemoveCollection(coll) => *coll,
+            Op::Create { coll, .. }
+            | Op::Write { coll, .. }
+            | Op::WriteFull { coll, .. }
+            | Op::Truncate { coll, .. }
+            | Op::Remove { coll, .. }
+            | Op::SetXattr { coll, .. }
+            | Op::RemoveXattr { coll, .. }
+            | Op::OmapSet { coll, .. }
+            | Op::OmapRemove { coll, .. }
+            | Op::OmapClear { coll, .. } => *coll,
+        }
+    }
+}
+
+/// Changes applied together: all of them or none, durable when [`ObjectStore::apply`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// The changes, in order.
+    pub ops: Vec<Op>,
+}
+
+impl Transaction {
+    /// An empty transaction.
+    pub fn new() -> Transaction {
+        Transaction::default()
+    }
+
+    /// Adds `op`.
+    pub fn push(&mut self, op: Op) -> &mut Transaction {
+        self.ops.push(op);
+        self
+    }
+
+    /// The collections the transaction touches, sorted, without repeats.
+    pub fn collections(&self) -> Vec<CollectionId> {
+        let mut colls: Vec<CollectionId> = self.ops.iter().map(Op::collection).collect();
+        colls.sort_unstable();
+        colls.dedup();
+        colls
+    }
+}
+
+/// An omap key and its value.
+pub type OmapEntry = (Vec<u8>, Vec<u8>);
+
+/// An object's size and attributes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectStat {
+    /// Bytes of data.
+    pub size: u64,
+}
+
+/// Disk usage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// Capacity of the disk the store is on.
+    pub total_bytes: u64,
+    /// Bytes free on it.
+    pub available_bytes: u64,
+    /// Bytes of object data stored.
+    pub stored_bytes: u64,
+}
+
+/// Why a store operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// No such collection.
+    #[error("collection {0} does not exist")]
+    NoCollection(CollectionId),
+    /// The collection exists.
+    #[error("collection {0} already exists")]
+    CollectionExists(CollectionId),
+    /// No such object.
+    #[error("object {name:?} does not exist in {coll}")]
+    NotFound {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+    },
+    /// The object exists (exclusive create).
+    #[error("object {name:?} already exists in {coll}")]
+    Exists {
+        /// Where.
+        coll: CollectionId,
+        /// The object.
+        name: String,
+    },
+    /// The operation asks for something no object may hold.
+    #[error("invalid operation: {0}")]
+    Invalid(String),
+    /// Stored bytes fail their checksum.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The disk failed (a write, a sync, a full disk); the store refuses everything from now on.
+    #[error("the store failed and stopped: {0}")]
+    Failed(String),
+}
+
+/// Objects in collections, changed by atomic, durable transactions.
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Applies `tx`: all of it or nothing; durable when this returns `Ok`.
+    fn apply(&self, tx: &Transaction) -> Result<(), StoreError>;
+
+    /// `len` bytes from `offset` (fewer at the end of the object; `u64::MAX` for the rest).
+    fn read(
+        &self,
+        coll: CollectionId,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError>;
+
+    /// The object's size.
+    fn stat(&self, coll: CollectionId, name: &str) -> Result<ObjectStat, StoreError>;
+
+    /// Every xattr of the object.
+    fn xattrs(
+        &self,
+        coll: CollectionId,
+        name: &str,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError>;
+
+    /// The values of `keys` that exist.
+    fn omap_get(
+        &self,
+        coll: CollectionId,
+        name: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError>;
+
+    /// Up to `limit` omap entries in key order, after `start_after` when given.
+    fn omap_list(
+        &self,
+        coll: CollectionId,
+        name: &str,
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<OmapEntry>, StoreError>;
+
+    /// Up to `limit` object names of the collection in order, after `start_after` when given.
+    fn list(
+        &self,
+        coll: CollectionId,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Every collection.
+    fn collections(&self) -> Result<Vec<CollectionId>, StoreError>;
+
+    /// Disk usage.
+    fn usage(&self) -> Result<StoreUsage, StoreError>;
+}
+
+/// The largest object, as Ceph's `osd_max_object_size`: bigger data is striped over objects.
+pub const OBJECT_BYTES_MAX: u64 = 128 << 20;
+
+/// Checks that `op` keeps its object within [`OBJECT_BYTES_MAX`].
+fn check_size(op: &Op) -> Result<(), StoreError> {
+    let end = match op {
+        Op::Write { offset, data, .. } => offset.checked_add(data.len() as u64),
+        Op::WriteFull { data, .. } => Some(data.len() as u64),
+        Op::Truncate { size, .. } => Some(*size),
+        _ => Some(0),
+    };
+    match end {
+        Some(end) if end <= OBJECT_BYTES_MAX => Ok(()),
+        _ => Err(StoreError::Invalid(format!(
+            "objects hold at most {OBJECT_BYTES_MAX} bytes"
+        ))),
+    }
+}
+
+/// The end of a read of `len` bytes from `offset` in an object of `size` bytes.
+fn read_end(size: u64, offset: u64, len: u64) -> u64 {
+    offset.saturating_add(len).min(size).max(offset.min(size))
+}

@@ -1,0 +1,833 @@
+//! [`RocksStore`]: metadata, omap and small data in RocksDB; large data in blob files written
+//! once and synced before the metadata that points at them commits. See docs/osd.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tidepool_kv::{Kv, Op as KvOp};
+
+use super::{
+    read_end, CollectionId, ObjectStat, ObjectStore, OmapEntry, Op, StoreError, StoreUsage,
+    Transaction,
+};
+
+/// Writes of at least this many bytes go to a blob file; smaller ones stay in RocksDB.
+pub const BLOB_MIN_BYTES: usize = 64 * 1024;
+/// The unit of the crc32c checksums.
+const BLOCK: u64 = 4096;
+/// Lock stripes: transactions on different collections run (and sync) concurrently.
+const STRIPES: usize = 64;
+
+/// Where an extent's bytes are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Place {
+    /// In the onode, with a crc32c per block and a blake3 hash.
+    Inline {
+        bytes: ByteBuf,
+        crcs: Vec<u32>,
+        hash: ByteBuf,
+    },
+    /// In blob `id`, from byte `at`.
+    Blob { id: u64, at: u64 },
+}
+
+/// A range of the object held in one place.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Extent {
+    offset: u64,
+    len: u64,
+    place: Place,
+}
+
+impl Extent {
+    fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+}
+
+/// A blob file's length and checksums.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct BlobMeta {
+    len: u64,
+    crcs: Vec<u32>,
+    hash: ByteBuf,
+}
+
+/// An object's metadata.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Onode {
+    size: u64,
+    xattrs: BTreeMap<String, ByteBuf>,
+    /// Sorted by offset, never overlapping, all below `size` (gaps read as zeros).
+    extents: Vec<Extent>,
+    /// The blobs the extents use.
+    blobs: BTreeMap<u64, BlobMeta>,
+}
+
+fn crcs_of(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks(BLOCK as usize).map(crc32c::crc32c).collect()
+}
+
+fn hash_of(bytes: &[u8]) -> ByteBuf {
+    ByteBuf::from(blake3::hash(bytes).as_bytes().to_vec())
+}
+
+fn inline(bytes: Vec<u8>) -> Place {
+    Place::Inline {
+        crcs: crcs_of(&bytes),
+        hash: hash_of(&bytes),
+        bytes: ByteBuf::from(bytes),
+    }
+}
+
+impl Onode {
+    /// Drops the bytes in `[start, end)`, keeping what is on either side.
+    fn punch(&mut self, start: u64, end: u64) {
+        let mut kept = Vec::with_capacity(self.extents.len() + 1);
+        for extent in self.extents.drain(..) {
+            if extent.end() <= start || extent.offset >= end {
+                kept.push(extent);
+                continue;
+            }
+            if extent.offset < start {
+                kept.push(slice(&extent, extent.offset, start));
+            }
+            if extent.end() > end {
+                kept.push(slice(&extent, end, extent.end()));
+            }
+        }
+        self.extents = kept;
+    }
+
+    /// Puts `place` (holding `len` bytes) at `offset`.
+    fn insert(&mut self, offset: u64, len: u64, place: Place) {
+        self.punch(offset, offset + len);
+        let at = self.extents.partition_point(|e| e.offset < offset);
+        self.extents.insert(at, Extent { offset, len, place });
+        self.size = self.size.max(offset + len);
+    }
+
+    fn truncate(&mut self, size: u64) {
+        self.punch(size, u64::MAX);
+        self.size = size;
+    }
+
+    /// Forgets blobs no extent uses; returns them.
+    fn unused_blobs(&mut self) -> Vec<u64> {
+        let used: BTreeSet<u64> = self
+            .extents
+            .iter()
+            .filter_map(|e| match e.place {
+                Place::Blob { id, .. } => Some(id),
+                Place::Inline { .. } => None,
+            })
+            .collect();
+        let unused: Vec<u64> = self
+            .blobs
+            .keys()
+            .filter(|id| !used.contains(id))
+            .copied()
+            .collect();
+        for id in &unused {
+            self.blobs.remove(id);
+        }
+        unused
+    }
+}
+
+/// The part `[start, end)` of `extent` (which covers it).
+fn slice(extent: &Extent, start: u64, end: u64) -> Extent {
+    let skip = start - extent.offset;
+    let place = match &extent.place {
+        Place::Inline { bytes, .. } => {
+            inline(bytes[skip as usize..(end - extent.offset) as usize].to_vec())
+        }
+        Place::Blob { id, at } => Place::Blob {
+            id: *id,
+            at: at + skip,
+        },
+    };
+    Extent {
+        offset: start,
+        len: end - start,
+        place,
+    }
+}
+
+fn coll_bytes(coll: CollectionId) -> [u8; 9] {
+    let mut out = [0; 9];
+    out[..4].copy_from_slice(&coll.pool.to_be_bytes());
+    out[4..8].copy_from_slice(&coll.seed.to_be_bytes());
+    out[8] = coll.shard;
+    out
+}
+
+fn coll_key(coll: CollectionId) -> Vec<u8> {
+    let mut key = vec![b'C'];
+    key.extend_from_slice(&coll_bytes(coll));
+    key
+}
+
+fn onode_prefix(coll: CollectionId) -> Vec<u8> {
+    let mut key = vec![b'O'];
+    key.extend_from_slice(&coll_bytes(coll));
+    key
+}
+
+fn onode_key(coll: CollectionId, name: &str) -> Vec<u8> {
+    let mut key = onode_prefix(coll);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn omap_coll_prefix(coll: CollectionId) -> Vec<u8> {
+    let mut key = vec![b'M'];
+    key.extend_from_slice(&coll_bytes(coll));
+    key
+}
+
+fn omap_prefix(coll: CollectionId, name: &str) -> Vec<u8> {
+    let mut key = omap_coll_prefix(coll);
+    key.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+fn decode_coll(bytes: &[u8]) -> Option<CollectionId> {
+    let bytes: &[u8; 9] = bytes.try_into().ok()?;
+    Some(CollectionId {
+        pool: u32::from_be_bytes(bytes[..4].try_into().ok()?),
+        seed: u32::from_be_bytes(bytes[4..8].try_into().ok()?),
+        shard: bytes[8],
+    })
+}
+
+fn kv_failed(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Failed(error.to_string())
+}
+
+/// The object store on a disk: RocksDB in `<dir>/db`, blob files in `<dir>/blobs`.
+#[derive(Debug)]
+pub struct RocksStore {
+    kv: Kv,
+    dir: PathBuf,
+    blobs: PathBuf,
+    next_blob: AtomicU64,
+    stored_bytes: AtomicU64,
+    stripes: Vec<RwLock<()>>,
+    failed: Mutex<Option<String>>,
+}
+
+/// What a transaction changes, gathered before anything is written.
+#[derive(Default)]
+struct Plan {
+    /// Final state of each touched object (`None`: removed).
+    onodes: BTreeMap<(CollectionId, String), Option<Onode>>,
+    /// Whether each touched collection exists at the end.
+    collections: BTreeMap<CollectionId, bool>,
+    /// Collections removed by this transaction.
+    removed: BTreeSet<CollectionId>,
+    /// RocksDB operations other than onodes, in transaction order.
+    kv: Vec<KvOp>,
+    /// Blobs to write before the commit.
+    new_blobs: BTreeMap<u64, Vec<u8>>,
+    /// Committed blobs to delete after the commit.
+    freed: Vec<u64>,
+    /// Change in stored bytes.
+    stored_delta: i64,
+}
+
+impl RocksStore {
+    /// Opens (or creates) the store in `dir`; removes blob files no object uses (left by a
+    /// crash between a blob write and its commit, or before a freed blob's deletion).
+    pub fn open(dir: &Path) -> Result<RocksStore, StoreError> {
+        let blobs = dir.join("blobs");
+        std::fs::create_dir_all(&blobs).map_err(kv_failed)?;
+        let kv = Kv::open(&dir.join("db")).map_err(kv_failed)?;
+        let mut referenced = BTreeSet::new();
+        let mut stored = 0;
+        for (key, bytes) in kv.scan_prefix(b"O").map_err(kv_failed)? {
+            let onode: Onode = decode_onode(&key, &bytes)?;
+            stored += onode.size;
+            referenced.extend(onode.blobs.keys().copied());
+        }
+        let mut highest = referenced.iter().next_back().copied().unwrap_or(0);
+        for entry in std::fs::read_dir(&blobs).map_err(kv_failed)? {
+            let entry = entry.map_err(kv_failed)?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) else {
+                continue;
+            };
+            highest = highest.max(id);
+            if !referenced.contains(&id) {
+                std::fs::remove_file(entry.path()).map_err(kv_failed)?;
+            }
+        }
+        Ok(RocksStore {
+            kv,
+            dir: dir.to_owned(),
+            blobs,
+            next_blob: AtomicU64::new(highest + 1),
+            stored_bytes: AtomicU64::new(stored),
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            failed: Mutex::new(None),
+        })
+    }
+
+    fn stripe(coll: CollectionId) -> usize {
+        let mixed = u64::from(coll.pool)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(u64::from(coll.seed))
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+            .wrapping_add(u64::from(coll.shard));
+        (mixed % STRIPES as u64) as usize
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        match &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reason) => Err(StoreError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the store for good: nothing is written or read after a failed write.
+    fn fail(&self, reason: String) -> StoreError {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.get_or_insert(reason.clone());
+        StoreError::Failed(reason)
+    }
+
+    fn blob_path(&self, id: u64) -> PathBuf {
+        self.blobs.join(format!("{id:016x}"))
+    }
+
+    fn collection_exists(&self, plan: &Plan, coll: CollectionId) -> Result<bool, StoreError> {
+        if let Some(exists) = plan.collections.get(&coll) {
+            return Ok(*exists);
+        }
+        Ok(self.kv.get(&coll_key(coll)).map_err(kv_failed)?.is_some())
+    }
+
+    fn load(&self, coll: CollectionId, name: &str) -> Result<Option<Onode>, StoreError> {
+        let key = onode_key(coll, name);
+        match self.kv.get(&key).map_err(kv_failed)? {
+            Some(bytes) => Ok(Some(decode_onode(&key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The working onode of an object in `plan` (loaded on first use).
+    fn working<'p>(
+        &self,
+        plan: &'p mut Plan,
+        coll: CollectionId,
+        name: &str,
+    ) -> Result<&'p mut Option<Onode>, StoreError> {
+        let key = (coll, name.to_owned());
+        if !plan.onodes.contains_key(&key) {
+            // A collection removed earlier in this transaction still has its objects on disk.
+            let loaded = if plan.removed.contains(&coll) {
+                None
+            } else {
+                self.load(coll, name)?
+            };
+            plan.onodes.insert(key.clone(), loaded);
+        }
+        Ok(plan.onodes.get_mut(&key).expect("inserted above"))
+    }
+
+    /// Frees the blobs `onode` no longer uses: blobs of this transaction are not written at
+    /// all; committed ones are deleted after the commit.
+    fn release(plan: &mut Plan, ids: Vec<u64>) {
+        for id in ids {
+            if plan.new_blobs.remove(&id).is_none() {
+                plan.freed.push(id);
+            }
+        }
+    }
+
+    fn write_at(&self, plan: &mut Plan, onode: &mut Onode, offset: u64, data: &[u8]) {
+        let len = data.len() as u64;
+        if data.is_empty() {
+            onode.size = onode.size.max(offset);
+            return;
+        }
+        if data.len() >= BLOB_MIN_BYTES {
+            let id = self.next_blob.fetch_add(1, Ordering::Relaxed);
+            onode.blobs.insert(
+                id,
+                BlobMeta {
+                    len,
+                    crcs: crcs_of(data),
+                    hash: hash_of(data),
+                },
+            );
+            onode.insert(offset, len, Place::Blob { id, at: 0 });
+            plan.new_blobs.insert(id, data.to_vec());
+        } else {
+            onode.insert(offset, len, inline(data.to_vec()));
+        }
+    }
+
+    fn plan_op(&self, plan: &mut Plan, op: &Op) -> Result<(), StoreError> {
+        super::check_size(op)?;
+        let coll = op.collection();
+        let exists = self.collection_exists(plan, coll)?;
+        match op {
+            Op::CreateCollection(_) => {
+                if exists {
+                    return Err(StoreError::CollectionExists(coll));
+                }
+                plan.kv.push(KvOp::Put(coll_key(coll), Vec::new()));
+                plan.collections.insert(coll, true);
+                return Ok(());
+            }
+            Op::RemoveCollection(_) => {
+                if !exists {
+                    return Err(StoreError::NoCollection(coll));
+                }
+                // Every object goes, and with it every blob (committed or planned).
+                let mut names: BTreeSet<String> = BTreeSet::new();
+                let prefix = onode_prefix(coll);
+                for (key, _) in self.kv.scan_prefix(&prefix).map_err(kv_failed)? {
+                    names.insert(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+                }
+                names.extend(
+                    plan.onodes
+                        .keys()
+                        .filter(|(c, _)| *c == coll)
+                        .map(|(_, n)| n.clone()),
+                );
+                for name in names {
+                    if let Some(onode) = self.working(plan, coll, &name)?.take() {
+                        plan.stored_delta -= onode.size as i64;
+                        let ids = onode.blobs.keys().copied().collect();
+                        Self::release(plan, ids);
+                    }
+                    plan.onodes.remove(&(coll, name));
+                }
+                plan.kv
+                    .push(KvOp::DeleteRange(prefix.clone(), prefix_end(&prefix)));
+                let omap = omap_coll_prefix(coll);
+                plan.kv
+                    .push(KvOp::DeleteRange(omap.clone(), prefix_end(&omap)));
+                plan.kv.push(KvOp::Delete(coll_key(coll)));
+                plan.collections.insert(coll, false);
+                plan.removed.insert(coll);
+                return Ok(());
+            }
+            _ if !exists => return Err(StoreError::NoCollection(coll)),
+            _ => {}
+        }
+        let missing = |name: &str| StoreError::NotFound {
+            coll,
+            name: name.to_owned(),
+        };
+        match op {
+            Op::CreateCollection(_) | Op::RemoveCollection(_) => {}
+            Op::Create {
+                name, exclusive, ..
+            } => {
+                let slot = self.working(plan, coll, name)?;
+                if slot.is_some() {
+                    if *exclusive {
+                        return Err(StoreError::Exists {
+                            coll,
+                            name: name.clone(),
+                        });
+                    }
+                } else {
+                    *slot = Some(Onode::default());
+                }
+            }
+            Op::Write {
+                name, offset, data, ..
+            } => {
+                let mut onode = self.working(plan, coll, name)?.take().unwrap_or_default();
+                let before = onode.size;
+                self.write_at(plan, &mut onode, *offset, data);
+                plan.stored_delta += onode.size as i64 - before as i64;
+                let unused = onode.unused_blobs();
+                Self::release(plan, unused);
+                *self.working(plan, coll, name)? = Some(onode);
+            }
+            Op::WriteFull { name, data, .. } => {
+                let mut onode = self.working(plan, coll, name)?.take().unwrap_or_default();
+                plan.stored_delta += data.len() as i64 - onode.size as i64;
+                onode.truncate(0);
+                self.write_at(plan, &mut onode, 0, data);
+                let unused = onode.unused_blobs();
+                Self::release(plan, unused);
+                *self.working(plan, coll, name)? = Some(onode);
+            }
+            Op::Truncate { name, size, .. } => {
+                let mut onode = self
+                    .working(plan, coll, name)?
+                    .take()
+                    .ok_or_else(|| missing(name))?;
+                plan.stored_delta += *size as i64 - onode.size as i64;
+                onode.truncate(*size);
+                let unused = onode.unused_blobs();
+                Self::release(plan, unused);
+                *self.working(plan, coll, name)? = Some(onode);
+            }
+            Op::Remove { name, .. } => {
+                let onode = self
+                    .working(plan, coll, name)?
+                    .take()
+                    .ok_or_else(|| missing(name))?;
+                plan.stored_delta -= onode.size as i64;
+                Self::release(plan, onode.blobs.keys().copied().collect());
+                let prefix = omap_prefix(coll, name);
+                plan.kv
+                    .push(KvOp::DeleteRange(prefix.clone(), prefix_end(&prefix)));
+            }
+            Op::SetXattr {
+                name, key, value, ..
+            } => {
+                let slot = self.working(plan, coll, name)?;
+                slot.get_or_insert_with(Onode::default)
+                    .xattrs
+                    .insert(key.clone(), ByteBuf::from(value.clone()));
+            }
+            Op::RemoveXattr { name, key, .. } => {
+                let slot = self.working(plan, coll, name)?;
+                slot.as_mut()
+                    .ok_or_else(|| missing(name))?
+                    .xattrs
+                    .remove(key);
+            }
+            Op::OmapSet { name, entries, .. } => {
+                self.working(plan, coll, name)?
+                    .get_or_insert_with(Onode::default);
+                let prefix = omap_prefix(coll, name);
+                for (key, value) in entries {
+                    let mut full = prefix.clone();
+                    full.extend_from_slice(key);
+                    plan.kv.push(KvOp::Put(full, value.clone()));
+                }
+            }
+            Op::OmapRemove { name, keys, .. } => {
+                if self.working(plan, coll, name)?.is_none() {
+                    return Err(missing(name));
+                }
+                let prefix = omap_prefix(coll, name);
+                for key in keys {
+                    let mut full = prefix.clone();
+                    full.extend_from_slice(key);
+                    plan.kv.push(KvOp::Delete(full));
+                }
+            }
+            Op::OmapClear { name, .. } => {
+                if self.working(plan, coll, name)?.is_none() {
+                    return Err(missing(name));
+                }
+                let prefix = omap_prefix(coll, name);
+                plan.kv
+                    .push(KvOp::DeleteRange(prefix.clone(), prefix_end(&prefix)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes and syncs the blobs of a plan (then their folder, so their names last too).
+    fn write_blobs(&self, blobs: &BTreeMap<u64, Vec<u8>>) -> std::io::Result<()> {
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        for (id, data) in blobs {
+            let mut file = File::create_new(self.blob_path(*id))?;
+            file.write_all(data)?;
+            file.sync_data()?;
+        }
+        File::open(&self.blobs)?.sync_all()
+    }
+
+    /// Reads `[start, end)` of blob `id`, checking the crc32c of every block it touches, and
+    /// blake3 when it reads the whole blob.
+    fn read_blob(
+        &self,
+        id: u64,
+        meta: &BlobMeta,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let first = start / BLOCK * BLOCK;
+        let last = end.div_ceil(BLOCK) * BLOCK;
+        let last = last.min(meta.len);
+        let corrupt = |what: String| StoreError::Corrupt(format!("blob {id:016x}: {what}"));
+        let mut file = File::open(self.blob_path(id)).map_err(|e| corrupt(e.to_string()))?;
+        file.seek(SeekFrom::Start(first))
+            .map_err(|e| corrupt(e.to_string()))?;
+        let mut buffer = vec![0; (last - first) as usize];
+        file.read_exact(&mut buffer)
+            .map_err(|e| corrupt(format!("short read: {e}")))?;
+        for (i, block) in buffer.chunks(BLOCK as usize).enumerate() {
+            let index = (first / BLOCK) as usize + i;
+            if meta.crcs.get(index) != Some(&crc32c::crc32c(block)) {
+                return Err(corrupt(format!("block {index} fails its crc32c")));
+            }
+        }
+        if first == 0 && last == meta.len && hash_of(&buffer) != meta.hash {
+            return Err(corrupt("fails its blake3 hash".into()));
+        }
+        Ok(buffer[(start - first) as usize..(end - first) as usize].to_vec())
+    }
+
+    fn read_locked<T>(
+        &self,
+        coll: CollectionId,
+        f: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.check()?;
+        let _guard = self.stripes[Self::stripe(coll)]
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        f()
+    }
+
+    fn onode(&self, coll: CollectionId, name: &str) -> Result<Onode, StoreError> {
+        if self.kv.get(&coll_key(coll)).map_err(kv_failed)?.is_none() {
+            return Err(StoreError::NoCollection(coll));
+        }
+        self.load(coll, name)?.ok_or_else(|| StoreError::NotFound {
+            coll,
+            name: name.to_owned(),
+        })
+    }
+}
+
+fn decode_onode(key: &[u8], bytes: &[u8]) -> Result<Onode, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "object metadata under {:?}: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+impl ObjectStore for RocksStore {
+    fn apply(&self, tx: &Transaction) -> Result<(), StoreError> {
+        self.check()?;
+        let mut stripes: Vec<usize> = tx.collections().into_iter().map(Self::stripe).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _guards: Vec<_> = stripes
+            .iter()
+            .map(|&s| self.stripes[s].write().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let mut plan = Plan::default();
+        for op in &tx.ops {
+            self.plan_op(&mut plan, op)?;
+        }
+        // Data first, synced; then the metadata that points at it, in one synced batch.
+        if let Err(error) = self.write_blobs(&plan.new_blobs) {
+            for id in plan.new_blobs.keys() {
+                let _ = std::fs::remove_file(self.blob_path(*id));
+            }
+            return Err(self.fail(format!("writing object data: {error}")));
+        }
+        let mut batch = std::mem::take(&mut plan.kv);
+        for ((coll, name), onode) in &plan.onodes {
+            let key = onode_key(*coll, name);
+            match onode {
+                Some(onode) => batch.push(KvOp::Put(
+                    key,
+                    rmp_serde::to_vec(onode).expect("onodes encode"),
+                )),
+                None => batch.push(KvOp::Delete(key)),
+            }
+        }
+        if let Err(error) = self.kv.write(&batch) {
+            return Err(self.fail(format!("committing metadata: {error}")));
+        }
+        for id in plan.freed {
+            // A crash before this leaves an unreferenced file, removed at the next open.
+            let _ = std::fs::remove_file(self.blob_path(id));
+        }
+        if plan.stored_delta >= 0 {
+            self.stored_bytes
+                .fetch_add(plan.stored_delta as u64, Ordering::Relaxed);
+        } else {
+            self.stored_bytes
+                .fetch_sub(plan.stored_delta.unsigned_abs(), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn read(
+        &self,
+        coll: CollectionId,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.read_locked(coll, || {
+            let onode = self.onode(coll, name)?;
+            let end = read_end(onode.size, offset, len);
+            let start = offset.min(end);
+            let mut out = vec![0; (end - start) as usize];
+            for extent in &onode.extents {
+                let (a, b) = (extent.offset.max(start), extent.end().min(end));
+                if a >= b {
+                    continue;
+                }
+                let target = &mut out[(a - start) as usize..(b - start) as usize];
+                match &extent.place {
+                    Place::Inline { bytes, crcs, hash } => {
+                        if crcs_of(bytes) != *crcs || hash_of(bytes) != *hash {
+                            return Err(StoreError::Corrupt(format!(
+                                "inline data of {name:?} in {coll} fails its checksum"
+                            )));
+                        }
+                        let skip = (a - extent.offset) as usize;
+                        target.copy_from_slice(&bytes[skip..skip + target.len()]);
+                    }
+                    Place::Blob { id, at } => {
+                        let meta = onode.blobs.get(id).ok_or_else(|| {
+                            StoreError::Corrupt(format!("{name:?} in {coll} names a missing blob"))
+                        })?;
+                        let from = at + (a - extent.offset);
+                        let bytes = self.read_blob(*id, meta, from, from + (b - a))?;
+                        target.copy_from_slice(&bytes);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn stat(&self, coll: CollectionId, name: &str) -> Result<ObjectStat, StoreError> {
+        self.read_locked(coll, || {
+            Ok(ObjectStat {
+                size: self.onode(coll, name)?.size,
+            })
+        })
+    }
+
+    fn xattrs(
+        &self,
+        coll: CollectionId,
+        name: &str,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        self.read_locked(coll, || {
+            Ok(self
+                .onode(coll, name)?
+                .xattrs
+                .into_iter()
+                .map(|(k, v)| (k, v.into_vec()))
+                .collect())
+        })
+    }
+
+    fn omap_get(
+        &self,
+        coll: CollectionId,
+        name: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+        self.read_locked(coll, || {
+            self.onode(coll, name)?;
+            let prefix = omap_prefix(coll, name);
+            let mut found = BTreeMap::new();
+            for key in keys {
+                let mut full = prefix.clone();
+                full.extend_from_slice(key);
+                if let Some(value) = self.kv.get(&full).map_err(kv_failed)? {
+                    found.insert(key.clone(), value);
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn omap_list(
+        &self,
+        coll: CollectionId,
+        name: &str,
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<OmapEntry>, StoreError> {
+        self.read_locked(coll, || {
+            self.onode(coll, name)?;
+            let prefix = omap_prefix(coll, name);
+            let mut start = prefix.clone();
+            if let Some(after) = start_after {
+                start.extend_from_slice(after);
+                // The smallest key after `after`.
+                start.push(0);
+            }
+            Ok(self
+                .kv
+                .scan_from(&start, &prefix, limit)
+                .map_err(kv_failed)?
+                .into_iter()
+                .map(|(k, v)| (k[prefix.len()..].to_vec(), v))
+                .collect())
+        })
+    }
+
+    fn list(
+        &self,
+        coll: CollectionId,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read_locked(coll, || {
+            if self.kv.get(&coll_key(coll)).map_err(kv_failed)?.is_none() {
+                return Err(StoreError::NoCollection(coll));
+            }
+            let prefix = onode_prefix(coll);
+            let mut start = prefix.clone();
+            if let Some(after) = start_after {
+                start.extend_from_slice(after.as_bytes());
+                start.push(0);
+            }
+            Ok(self
+                .kv
+                .scan_from(&start, &prefix, limit)
+                .map_err(kv_failed)?
+                .into_iter()
+                .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+                .collect())
+        })
+    }
+
+    fn collections(&self) -> Result<Vec<CollectionId>, StoreError> {
+        self.check()?;
+        Ok(self
+            .kv
+            .scan_prefix(b"C")
+            .map_err(kv_failed)?
+            .into_iter()
+            .filter_map(|(k, _)| decode_coll(&k[1..]))
+            .collect())
+    }
+
+    fn usage(&self) -> Result<StoreUsage, StoreError> {
+        let stat = rustix::fs::statvfs(&self.dir).map_err(kv_failed)?;
+        Ok(StoreUsage {
+            total_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
+            available_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+            stored_bytes: self.stored_bytes.load(Ordering::Relaxed),
+        })
+    }
+}
