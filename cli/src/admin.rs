@@ -27,19 +27,35 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    fn dir(&self) -> PathBuf {
+    pub fn dir(&self) -> PathBuf {
         self.cluster
             .clone()
             .or_else(|| std::env::var_os("TIDEPOOL_CLUSTER").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("tidepool-data"))
     }
 
-    fn client(&self) -> Result<MonClient> {
+    pub fn client(&self) -> Result<MonClient> {
+        Ok(MonClient::new(&self.dir(), &self.identity()?)?)
+    }
+
+    /// The admin certificate of the cluster folder.
+    pub fn identity(&self) -> Result<Identity> {
         let dir = self.dir();
         let cluster_id = load_cluster_id(&dir)?;
-        let identity = Identity::load(&dir, &cluster_id, ADMIN_ENTITY)
-            .context("loading the admin certificate")?;
-        Ok(MonClient::new(&dir, &identity)?)
+        Identity::load(&dir, &cluster_id, ADMIN_ENTITY).context("loading the admin certificate")
+    }
+
+    /// The cluster folder `dir`, printing plainly.
+    pub fn for_dir(dir: PathBuf) -> ClusterArgs {
+        ClusterArgs {
+            cluster: Some(dir),
+            format: OutputFormat::Plain,
+        }
+    }
+
+    /// The output format asked for.
+    pub fn format(&self) -> OutputFormat {
+        self.format
     }
 }
 
@@ -104,7 +120,7 @@ pub fn mon(args: MonArgs) -> Result<()> {
     Ok(())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)

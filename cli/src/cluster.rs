@@ -36,32 +36,39 @@ pub const ADMIN_ENTITY: &str = "client-admin";
 /// Creates the cluster folder: `cluster.json`, the CA (`ca.pem`, `ca.key`) and certificates
 /// under `certs/`.
 pub fn init(args: InitArgs) -> Result<()> {
-    let cluster_file = args.dir.join("cluster.json");
+    create(&args.dir, args.mons, &args.entities)?;
+    Ok(())
+}
+
+/// Creates the cluster folder `dir` for `mons` monitors, with certificates for the admin, the
+/// monitors and `entities`; returns the cluster id.
+pub fn create(dir: &Path, mons: u8, entities: &[String]) -> Result<String> {
+    let cluster_file = dir.join("cluster.json");
     if cluster_file.exists() {
         bail!(
             "{} already holds a cluster (found {})",
-            args.dir.display(),
+            dir.display(),
             cluster_file.display()
         );
     }
     let cluster_id = new_cluster_id()?;
     let ca = ClusterCa::generate(&cluster_id)?;
-    ca.save(&args.dir)?;
-    let certs = args.dir.join("certs");
-    let mons: Vec<String> = (0..args.mons).map(|rank| format!("mon-{rank}")).collect();
-    let entities = std::iter::once(ADMIN_ENTITY)
-        .chain(mons.iter().map(String::as_str))
-        .chain(args.entities.iter().map(String::as_str));
-    for entity in entities {
+    ca.save(dir)?;
+    let certs = dir.join("certs");
+    let mon_names: Vec<String> = (0..mons).map(|rank| format!("mon-{rank}")).collect();
+    let all = std::iter::once(ADMIN_ENTITY)
+        .chain(mon_names.iter().map(String::as_str))
+        .chain(entities.iter().map(String::as_str));
+    for entity in all {
         ca.issue_into(entity, &certs)
             .with_context(|| format!("issuing a certificate for {entity}"))?;
     }
-    write_monmap(&args.dir, args.mons)?;
+    write_monmap(dir, mons)?;
     write_cluster_file(&cluster_file, &cluster_id)?;
-    println!("cluster {cluster_id} created in {}", args.dir.display());
-    println!("  CA certificate: {}", args.dir.join("ca.pem").display());
+    println!("cluster {cluster_id} created in {}", dir.display());
+    println!("  CA certificate: {}", dir.join("ca.pem").display());
     println!("  certificates:   {}", certs.display());
-    Ok(())
+    Ok(cluster_id)
 }
 
 /// Writes `monmap.json`: one free loopback UDP port per monitor, picked by binding port 0.

@@ -2,6 +2,8 @@
 
 mod admin;
 mod cluster;
+mod daemons;
+mod objects;
 mod simulate;
 
 use anyhow::Result;
@@ -37,13 +39,24 @@ enum Command {
     },
     /// The cluster at a glance.
     Status(admin::ClusterArgs),
-    /// OSDs: inspect and change.
+    /// Run an OSD (`tidepool osd --data DIR`), or inspect and change OSDs.
     Osd {
         #[command(flatten)]
         cluster: admin::ClusterArgs,
         #[command(subcommand)]
-        command: OsdCommand,
+        command: Option<OsdCommand>,
+        #[command(flatten)]
+        run: daemons::OsdRunArgs,
     },
+    /// Objects of a pool: put, get, stat, rm, ls.
+    Object {
+        #[command(flatten)]
+        cluster: admin::ClusterArgs,
+        #[command(subcommand)]
+        command: objects::ObjectCommand,
+    },
+    /// Start a local cluster (created on the first run): monitors and OSDs as child processes.
+    Up(daemons::UpArgs),
     /// The failure-domain hierarchy: hosts, racks, zones.
     Bucket {
         #[command(flatten)]
@@ -119,7 +132,17 @@ pub enum OutputFormat {
     Json,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -146,12 +169,21 @@ fn main() -> Result<()> {
         Command::Status(args) => admin::status(args),
         Command::Osd {
             cluster,
-            command: OsdCommand::Dump,
+            command: Some(OsdCommand::Dump),
+            ..
         } => admin::osd_dump(cluster),
         Command::Osd {
             cluster,
-            command: OsdCommand::Change(change),
+            command: Some(OsdCommand::Change(change)),
+            ..
         } => admin::change(cluster, change.into()),
+        Command::Osd {
+            cluster,
+            command: None,
+            run,
+        } => daemons::osd(cluster, run),
+        Command::Object { cluster, command } => objects::run(cluster, command),
+        Command::Up(args) => daemons::up(args),
         Command::Pool {
             cluster,
             command: PoolCommand::Ls,

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod frame;
 pub mod mon;
+pub mod osd;
 
 pub use frame::{
     decode_body, encode_frame, FrameError, FrameHeader, FrameKind, RemoteError, RemoteErrorCode,

@@ -1,0 +1,290 @@
+//! The OSD protocol: clients' object operations (sent to a PG's primary), and what OSDs send
+//! each other to replicate writes and bring a PG's holders up to date.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tidepool_placement::{Epoch, OsdId, PgId};
+
+/// One step of an object transaction. Steps run in order on the primary; guards that fail, and
+/// any step that fails, abort the whole transaction, which then changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectOp {
+    /// Creates the object empty; with `exclusive`, fails if it exists.
+    Create {
+        /// Fail if it exists.
+        exclusive: bool,
+    },
+    /// Replaces the data.
+    WriteFull(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Writes at an offset.
+    Write {
+        /// Byte offset.
+        offset: u64,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Appends to the data.
+    Append(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Cuts or extends the data.
+    Truncate(u64),
+    /// Removes the object.
+    Remove,
+    /// Reads a range (`len` `u64::MAX` for the rest).
+    Read {
+        /// Byte offset.
+        offset: u64,
+        /// Bytes wanted.
+        len: u64,
+    },
+    /// Size and version.
+    Stat,
+    /// Every xattr.
+    GetXattrs,
+    /// Sets an xattr.
+    SetXattr(String, #[serde(with = "serde_bytes")] Vec<u8>),
+    /// Removes an xattr.
+    RemoveXattr(String),
+    /// Omap values of the keys that exist.
+    OmapGet(Vec<serde_bytes::ByteBuf>),
+    /// Sets omap entries.
+    OmapSet(Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>),
+    /// Removes omap keys.
+    OmapRemove(Vec<serde_bytes::ByteBuf>),
+    /// Omap entries in key order after `start_after`, at most `limit`.
+    OmapList {
+        /// Start after this key.
+        start_after: Option<serde_bytes::ByteBuf>,
+        /// At most this many.
+        limit: u32,
+    },
+    /// Guard: the object's version is `0` (absent) or equals this.
+    AssertVersion(u64),
+    /// Guard: the xattr equals this value (`None`: the xattr is absent).
+    CompareXattr(String, Option<serde_bytes::ByteBuf>),
+}
+
+impl ObjectOp {
+    /// Whether the step changes the object.
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            ObjectOp::Read { .. }
+                | ObjectOp::Stat
+                | ObjectOp::GetXattrs
+                | ObjectOp::OmapGet(_)
+                | ObjectOp::OmapList { .. }
+                | ObjectOp::AssertVersion(_)
+                | ObjectOp::CompareXattr(..)
+        )
+    }
+}
+
+/// What a step returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpOutput {
+    /// Nothing to return.
+    None,
+    /// Bytes read.
+    Data(serde_bytes::ByteBuf),
+    /// Size and version.
+    Stat {
+        /// Bytes.
+        size: u64,
+        /// The PG version of the object's last change.
+        version: u64,
+    },
+    /// Xattrs.
+    Xattrs(BTreeMap<String, serde_bytes::ByteBuf>),
+    /// Omap entries.
+    Omap(Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>),
+}
+
+/// Why an object transaction failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OpError {
+    /// The object does not exist.
+    #[error("no such object")]
+    NotFound,
+    /// The object exists (exclusive create).
+    #[error("the object already exists")]
+    Exists,
+    /// A guard did not hold.
+    #[error("a precondition failed: {0}")]
+    GuardFailed(String),
+    /// No such pool.
+    #[error("no such pool")]
+    NoPool,
+    /// Fewer than `min_size` holders are up: writes wait for more.
+    #[error("only {up} of the {min_size} copies needed are up; writes are refused until more are")]
+    Undersized {
+        /// Holders up.
+        up: usize,
+        /// Holders needed.
+        min_size: usize,
+    },
+    /// The request is malformed (a bad name, a range too large).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The OSD's disk failed or holds corrupt data.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+/// A client's object transaction, sent to the PG's primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRequest {
+    /// The map epoch the client computed placement with.
+    pub epoch: Epoch,
+    /// The object's PG.
+    pub pg: PgId,
+    /// The object's name.
+    pub name: String,
+    /// The steps.
+    pub ops: Vec<ObjectOp>,
+    /// Who asks and the request's number, so a resend after a primary change applies once.
+    pub client: String,
+    /// Grows per request of the client.
+    pub sequence: u64,
+}
+
+/// A PG log entry: one change to one object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The PG version it made (grows by one per change).
+    pub version: u64,
+    /// The map epoch of the primary that made it.
+    pub epoch: Epoch,
+    /// The object.
+    pub name: String,
+    /// Whether the change removed the object.
+    pub delete: bool,
+    /// The request that made it (client, sequence).
+    pub reqid: Option<(String, u64)>,
+}
+
+/// A PG holder's summary of its copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgInfo {
+    /// The newest version it holds.
+    pub last_update: u64,
+    /// The epoch of the entry at `last_update`.
+    pub last_epoch: Epoch,
+    /// Entries after this version are in its log; older ones were trimmed.
+    pub log_tail: u64,
+}
+
+/// An object's whole state, as recovery copies it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectState {
+    /// The object.
+    pub name: String,
+    /// Its data.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// Its xattrs (the version among them).
+    pub xattrs: BTreeMap<String, serde_bytes::ByteBuf>,
+    /// Its omap.
+    pub omap: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+}
+
+/// Requests between clients and OSDs, and between OSDs.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum OsdRequest {
+    /// A client's object transaction.
+    Object(ObjectRequest),
+    /// From a primary: apply this change of a PG, the store transaction the primary applied
+    /// (encoded by the OSDs), with its log entry.
+    Replicate {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// The PG.
+        pg: PgId,
+        /// The entry.
+        entry: LogEntry,
+        /// The encoded transaction.
+        #[serde(with = "serde_bytes")]
+        transaction: Vec<u8>,
+    },
+    /// From a primary: this holder's PG summary and newest entry.
+    PgQuery {
+        /// The PG.
+        pg: PgId,
+    },
+    /// From a primary: the log entries after `after` (when still kept).
+    PgLog {
+        /// The PG.
+        pg: PgId,
+        /// Entries after this version.
+        after: u64,
+    },
+    /// From a primary or a client: the names of the PG's objects, in order, after
+    /// `start_after`.
+    PgList {
+        /// The PG.
+        pg: PgId,
+        /// Start after this name.
+        start_after: Option<String>,
+    },
+    /// From a primary: whole objects of the PG (for recovery).
+    PgRead {
+        /// The PG.
+        pg: PgId,
+        /// The objects.
+        names: Vec<String>,
+    },
+    /// From a primary: bring this holder up to date.
+    PgPush {
+        /// The PG.
+        pg: PgId,
+        /// Start over from an empty copy first (backfill).
+        reset: bool,
+        /// Objects to write (whole) or, with `None`, remove.
+        objects: Vec<(String, Option<ObjectState>)>,
+        /// Log entries to append (or the whole log, with `reset`).
+        entries: Vec<LogEntry>,
+        /// The summary once applied (set with the last push of a recovery).
+        info: Option<PgInfo>,
+    },
+    /// Liveness between OSDs that share PGs.
+    Ping {
+        /// The sender.
+        from: OsdId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+}
+
+/// Answers of OSDs.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum OsdResponse {
+    /// The transaction's outcome: the version it made (or read) and one output per step.
+    Object(Result<(u64, Vec<OpOutput>), OpError>),
+    /// The request's epoch is older than this OSD's: fetch the newer map and resend.
+    StaleEpoch {
+        /// This OSD's epoch.
+        have: Epoch,
+    },
+    /// This OSD is not the PG's primary in its map: recompute and resend.
+    NotPrimary,
+    /// Done.
+    Ack,
+    /// A holder's summary (`None`: it holds no copy) and its newest entry.
+    PgInfo(Option<(PgInfo, Option<LogEntry>)>),
+    /// Log entries (`None`: trimmed past the requested version).
+    PgLog(Option<Vec<LogEntry>>),
+    /// Object names; `done` when the list is complete.
+    PgList {
+        /// Names.
+        names: Vec<String>,
+        /// Whether there are no more.
+        done: bool,
+    },
+    /// Whole objects (`None` for those that do not exist).
+    PgObjects(Vec<(String, Option<ObjectState>)>),
+    /// A holder is behind the entry it was sent (it missed earlier ones): recover it first.
+    Behind,
+    /// The request failed on this OSD.
+    Failed(String),
+}
