@@ -6,13 +6,10 @@ DATA ?= tidepool-data
 
 .PHONY: up test deps build check bench bench-placement bench-transport
 
-## Start Tidepool locally. Until the daemons exist this creates a cluster folder in ./tidepool-data
-## and demonstrates placement: spread over 32 OSDs and what adding a 33rd disk to host0 would move.
+## Start Tidepool locally: 3 monitors and 4 OSDs under ./tidepool-data (created on the first run,
+## resumed after), a pool `data`; Ctrl-C stops it.
 up: deps build
-	@test -f $(DATA)/cluster.json || $(CARGO_TARGET_DIR)/release/tidepool cluster init $(DATA)
-	@echo "cluster folder: $(DATA) (monitors and OSDs start here once they exist; see README)"
-	@echo "placement demo: 8 hosts x 4 OSDs, 4096 placement groups, then one more disk in host0"
-	$(CARGO_TARGET_DIR)/release/tidepool placement simulate --hosts 8 --osds-per-host 4 --pgs 4096 --add-osd host0:1
+	$(CARGO_TARGET_DIR)/release/tidepool up --dir $(DATA)
 
 ## Run every test: format, lints, the pure crates without default features, then all tests.
 test: deps check
