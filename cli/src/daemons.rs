@@ -241,6 +241,7 @@ pub fn up(args: UpArgs) -> Result<()> {
     }
     let started = Instant::now();
     let (active, total) = rt.block_on(wait_active(&cluster, Duration::from_secs(90)))?;
+    let shown = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
     let dead = children.dead();
     if !dead.is_empty() {
         bail!("{} stopped; see {}", dead.join(", "), logs.display());
@@ -258,7 +259,7 @@ pub fn up(args: UpArgs) -> Result<()> {
     println!("  logs:     {}", logs.display());
     println!();
     println!("Try:");
-    println!("  export TIDEPOOL_CLUSTER={}", dir.display());
+    println!("  export TIDEPOOL_CLUSTER={}", shown.display());
     println!("  tidepool status");
     println!("  tidepool object put data hello ./README.md");
     println!("  tidepool object get data hello -");

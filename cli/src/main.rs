@@ -1,6 +1,7 @@
 //! The `tidepool` binary: daemons, local clusters and admin commands.
 
 mod admin;
+mod bench;
 mod cluster;
 mod daemons;
 mod objects;
@@ -57,6 +58,8 @@ enum Command {
     },
     /// Start a local cluster (created on the first run): monitors and OSDs as child processes.
     Up(daemons::UpArgs),
+    /// Measure object writes or reads on a pool, like `rados bench`.
+    Bench(bench::BenchArgs),
     /// The failure-domain hierarchy: hosts, racks, zones.
     Bucket {
         #[command(flatten)]
@@ -184,6 +187,7 @@ fn run() -> Result<()> {
         } => daemons::osd(cluster, run),
         Command::Object { cluster, command } => objects::run(cluster, command),
         Command::Up(args) => daemons::up(args),
+        Command::Bench(args) => bench::run(args),
         Command::Pool {
             cluster,
             command: PoolCommand::Ls,

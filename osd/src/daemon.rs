@@ -249,17 +249,22 @@ impl Osd {
             reqid: Some(reqid.clone()),
         };
         let (tx, next) = pg::commit_tx(coll, &request.name, &planned, &entry, &state.info);
-        if let Err(error) = self.apply(&tx) {
-            return storage_failed(error);
-        }
+        let encoded = rmp_serde::to_vec(&tx).expect("transactions encode");
+        // The local write and the replicas' run at once; the client hears back when all are on
+        // disk.
+        let store = self.store.clone();
+        let mut local = Some(tokio::task::spawn_blocking(move || store.apply(&tx)));
         state.info = next;
         state.log.push(entry.clone());
         state.reqids.insert(reqid, entry.version);
-        let encoded = rmp_serde::to_vec(&tx).expect("transactions encode");
-        if let Err(reason) = self
-            .replicate(pg, &mut state, &acting, &entry, encoded)
-            .await
-        {
+        let replicated = self
+            .replicate(pg, &mut state, &acting, &entry, encoded, &mut local)
+            .await;
+        if let Err(error) = finish_local(&mut local).await {
+            // Fail-stop: the store refuses everything from now on, and so does this OSD.
+            return storage_failed(error);
+        }
+        if let Err(reason) = replicated {
             return OsdResponse::Failed(reason);
         }
         OsdResponse::Object(Ok((entry.version, planned.outputs)))
@@ -274,6 +279,7 @@ impl Osd {
         acting: &[OsdId],
         entry: &LogEntry,
         transaction: Vec<u8>,
+        local: &mut Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
     ) -> Result<(), String> {
         let started = Instant::now();
         let mut waiting: BTreeSet<OsdId> =
@@ -300,8 +306,11 @@ impl Osd {
                     _ => {}
                 }
             }
-            // Those that missed changes (they were down) are brought up to date, which includes
-            // this one.
+            // Those that missed changes (they were down) are brought up to date from this copy,
+            // which includes this change once the local write is done.
+            if !behind.is_empty() {
+                finish_local(local).await.map_err(|e| e.to_string())?;
+            }
             for osd in behind {
                 if self.push_to(pg, state, osd).await.is_ok() {
                     waiting.remove(&osd);
@@ -781,6 +790,18 @@ impl Osd {
             });
         }
         stats
+    }
+}
+
+/// Waits for the local write of a change, once.
+async fn finish_local(
+    local: &mut Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+) -> Result<(), StoreError> {
+    match local.take() {
+        Some(handle) => handle
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Failed(format!("local write task: {e}")))),
+        None => Ok(()),
     }
 }
 
