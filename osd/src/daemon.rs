@@ -222,8 +222,8 @@ impl Osd {
             return OsdResponse::Object(Ok((*version, Vec::new())));
         }
         let coll = pg::collection(pg);
-        let planned = match tokio::task::block_in_place(|| {
-            pg::plan(&*self.store, coll, &request.name, &request.ops)
+        let mut planned = match tokio::task::block_in_place(|| {
+            pg::plan(&*self.store, coll, &request.name, request.ops)
         }) {
             Ok(planned) => planned,
             Err(error) => return OsdResponse::Object(Err(error)),
@@ -248,8 +248,8 @@ impl Osd {
             delete: planned.removed,
             reqid: Some(reqid.clone()),
         };
-        let (tx, next) = pg::commit_tx(coll, &request.name, &planned, &entry, &state.info);
-        let encoded = rmp_serde::to_vec(&tx).expect("transactions encode");
+        let (tx, next) = pg::commit_tx(coll, &request.name, &mut planned, &entry, &state.info);
+        let encoded = encode_transaction(&tx);
         // The local write and the replicas' run at once; the client hears back when all are on
         // disk.
         let store = self.store.clone();
@@ -791,6 +791,21 @@ impl Osd {
         }
         stats
     }
+}
+
+/// Encodes a transaction for the replicas into one allocation of about the right size.
+fn encode_transaction(tx: &Transaction) -> Vec<u8> {
+    let data: usize = tx
+        .ops
+        .iter()
+        .map(|op| match op {
+            Op::Write { data, .. } | Op::WriteFull { data, .. } => data.len(),
+            _ => 0,
+        })
+        .sum();
+    let mut bytes = Vec::with_capacity(data + 4096);
+    rmp_serde::encode::write(&mut bytes, tx).expect("transactions encode");
+    bytes
 }
 
 /// Waits for the local write of a change, once.

@@ -148,7 +148,7 @@ pub fn plan(
     store: &dyn ObjectStore,
     coll: CollectionId,
     name: &str,
-    steps: &[ObjectOp],
+    steps: Vec<ObjectOp>,
 ) -> Result<Planned, OpError> {
     let (mut exists, mut size, xattrs) = match store.stat(coll, name) {
         Ok(stat) => (true, stat.size, store.xattrs(coll, name).map_err(storage)?),
@@ -169,10 +169,11 @@ pub fn plan(
         }
         Ok(())
     };
+    // Steps are taken by value so that written data moves into the store ops uncopied.
     for step in steps {
         let output = match step {
             ObjectOp::Create { exclusive } => {
-                if exists && *exclusive {
+                if exists && exclusive {
                     return Err(OpError::Exists);
                 }
                 planned.ops.push(Op::Create {
@@ -184,35 +185,36 @@ pub fn plan(
                 OpOutput::None
             }
             ObjectOp::WriteFull(data) => {
+                size = data.len() as u64;
                 planned.ops.push(Op::WriteFull {
                     coll,
                     name: name.into(),
-                    data: data.clone(),
+                    data,
                 });
                 exists = true;
-                size = data.len() as u64;
                 OpOutput::None
             }
             ObjectOp::Write { offset, data } => {
+                size = size.max(offset.saturating_add(data.len() as u64));
                 planned.ops.push(Op::Write {
                     coll,
                     name: name.into(),
-                    offset: *offset,
-                    data: data.clone(),
+                    offset,
+                    data,
                 });
                 exists = true;
-                size = size.max(offset.saturating_add(data.len() as u64));
                 OpOutput::None
             }
             ObjectOp::Append(data) => {
+                let len = data.len() as u64;
                 planned.ops.push(Op::Write {
                     coll,
                     name: name.into(),
                     offset: size,
-                    data: data.clone(),
+                    data,
                 });
                 exists = true;
-                size += data.len() as u64;
+                size += len;
                 OpOutput::None
             }
             ObjectOp::Truncate(new_size) => {
@@ -222,9 +224,9 @@ pub fn plan(
                 planned.ops.push(Op::Truncate {
                     coll,
                     name: name.into(),
-                    size: *new_size,
+                    size: new_size,
                 });
-                size = *new_size;
+                size = new_size;
                 OpOutput::None
             }
             ObjectOp::Remove => {
@@ -240,25 +242,25 @@ pub fn plan(
                 OpOutput::None
             }
             ObjectOp::SetXattr(key, value) => {
-                user_key(key)?;
+                user_key(&key)?;
                 planned.ops.push(Op::SetXattr {
                     coll,
                     name: name.into(),
-                    key: key.clone(),
-                    value: value.clone(),
+                    key,
+                    value,
                 });
                 exists = true;
                 OpOutput::None
             }
             ObjectOp::RemoveXattr(key) => {
-                user_key(key)?;
+                user_key(&key)?;
                 if !exists {
                     return Err(OpError::NotFound);
                 }
                 planned.ops.push(Op::RemoveXattr {
                     coll,
                     name: name.into(),
-                    key: key.clone(),
+                    key,
                 });
                 OpOutput::None
             }
@@ -267,8 +269,8 @@ pub fn plan(
                     coll,
                     name: name.into(),
                     entries: entries
-                        .iter()
-                        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                        .into_iter()
+                        .map(|(k, v)| (k.into_vec(), v.into_vec()))
                         .collect(),
                 });
                 exists = true;
@@ -281,7 +283,7 @@ pub fn plan(
                 planned.ops.push(Op::OmapRemove {
                     coll,
                     name: name.into(),
-                    keys: keys.iter().map(|k| k.to_vec()).collect(),
+                    keys: keys.into_iter().map(|k| k.into_vec()).collect(),
                 });
                 OpOutput::None
             }
@@ -289,7 +291,7 @@ pub fn plan(
                 if !existed {
                     return Err(OpError::NotFound);
                 }
-                let data = store.read(coll, name, *offset, *len).map_err(storage)?;
+                let data = store.read(coll, name, offset, len).map_err(storage)?;
                 OpOutput::Data(ByteBuf::from(data))
             }
             ObjectOp::Stat => {
@@ -333,7 +335,7 @@ pub fn plan(
                         coll,
                         name,
                         start_after.as_ref().map(|k| k.as_slice()),
-                        *limit as usize,
+                        limit as usize,
                     )
                     .map_err(storage)?;
                 OpOutput::Omap(
@@ -343,7 +345,7 @@ pub fn plan(
                 )
             }
             ObjectOp::AssertVersion(expected) => {
-                if version != *expected {
+                if version != expected {
                     return Err(OpError::GuardFailed(format!(
                         "version is {version}, not {expected}"
                     )));
@@ -351,7 +353,7 @@ pub fn plan(
                 OpOutput::None
             }
             ObjectOp::CompareXattr(key, expected) => {
-                let actual = xattrs.get(key).map(|v| v.as_slice());
+                let actual = xattrs.get(&key).map(|v| v.as_slice());
                 if actual != expected.as_ref().map(|v| v.as_slice()) {
                     return Err(OpError::GuardFailed(format!("xattr {key:?} differs")));
                 }
@@ -369,11 +371,11 @@ pub fn plan(
 pub fn commit_tx(
     coll: CollectionId,
     name: &str,
-    planned: &Planned,
+    planned: &mut Planned,
     entry: &LogEntry,
     info: &PgInfo,
 ) -> (Transaction, PgInfo) {
-    let mut ops = planned.ops.clone();
+    let mut ops = std::mem::take(&mut planned.ops);
     if !planned.removed {
         ops.push(Op::SetXattr {
             coll,

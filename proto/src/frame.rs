@@ -126,7 +126,11 @@ pub fn encode_frame<T: Serialize + ?Sized>(
     message: &T,
     body_bytes_max: u32,
 ) -> Result<Vec<u8>, FrameError> {
-    let mut bytes = Vec::with_capacity(FRAME_HEADER_BYTES + 64);
+    // Measure first, so that large bodies are written into one allocation instead of being
+    // copied each time the buffer doubles.
+    let mut counter = Counter(0);
+    rmp_serde::encode::write_named(&mut counter, message)?;
+    let mut bytes = Vec::with_capacity(FRAME_HEADER_BYTES + counter.0);
     bytes.extend_from_slice(&MAGIC);
     bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     bytes.push(kind as u8);
@@ -142,6 +146,20 @@ pub fn encode_frame<T: Serialize + ?Sized>(
     }
     bytes[8..12].copy_from_slice(&(body_bytes as u32).to_le_bytes());
     Ok(bytes)
+}
+
+/// A writer that only counts bytes.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Decodes a frame body.
