@@ -117,6 +117,8 @@ struct Osd {
     options: Mutex<Vec<(String, String)>>,
     /// When each peer last answered a ping.
     heard: Mutex<HashMap<OsdId, Instant>>,
+    /// Woken when the store fails: the OSD stops rather than serve from a broken disk.
+    stop: tokio::sync::Notify,
 }
 
 fn storage_failed(error: StoreError) -> OsdResponse {
@@ -165,7 +167,17 @@ impl Osd {
     }
 
     fn apply(&self, tx: &Transaction) -> Result<(), StoreError> {
-        tokio::task::block_in_place(|| self.store.apply(tx))
+        let result = tokio::task::block_in_place(|| self.store.apply(tx));
+        self.fail_stop(result)
+    }
+
+    /// Stops the OSD when `result` says the store failed (a write, a sync, a full disk).
+    fn fail_stop<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Failed(reason)) = &result {
+            tracing::error!(%reason, "the store failed; this OSD stops");
+            self.stop.notify_one();
+        }
+        result
     }
 
     async fn call(&self, osd: OsdId, request: &OsdRequest) -> Option<OsdResponse> {
@@ -260,7 +272,7 @@ impl Osd {
         let replicated = self
             .replicate(pg, &mut state, &acting, &entry, encoded, &mut local)
             .await;
-        if let Err(error) = finish_local(&mut local).await {
+        if let Err(error) = self.fail_stop(finish_local(&mut local).await) {
             // Fail-stop: the store refuses everything from now on, and so does this OSD.
             return storage_failed(error);
         }
@@ -901,6 +913,7 @@ pub async fn run(
         pgs: Mutex::new(HashMap::new()),
         options: Mutex::new(Vec::new()),
         heard: Mutex::new(HashMap::new()),
+        stop: tokio::sync::Notify::new(),
     });
     messenger.serve(Arc::new(Handler(osd.clone())));
     let boot = Command::OsdBoot {
@@ -926,12 +939,17 @@ pub async fn run(
         tokio::spawn(heartbeats(osd.clone(), config.monmap.clone())),
         tokio::spawn(activate(osd.clone())),
     ];
-    shutdown.await;
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        _ = osd.stop.notified() => Err(OsdError::Store(StoreError::Failed(
+            "the store failed; see the log".into(),
+        ))),
+    };
     for task in tasks {
         task.abort();
     }
     messenger.shutdown().await;
-    Ok(())
+    result
 }
 
 /// Follows the map; boots again when the map says this OSD is down while it runs.

@@ -487,3 +487,41 @@ fn rocks_store_survives_sigkill() {
         );
     }
 }
+
+/// Rule: once a write fails (here: the blob folder is gone and a file stands in its place, as
+/// a failing disk would refuse), the store refuses everything after it, reads included, and a
+/// reopen on a healthy disk finds every earlier transaction intact.
+#[test]
+fn a_failed_write_stops_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = with_coll(RocksStore::open(dir.path()).expect("open"));
+    store
+        .apply(&tx(vec![write("kept", 0, b"before")]))
+        .expect("write");
+    let blobs = dir.path().join("blobs");
+    std::fs::remove_dir_all(&blobs).expect("remove blobs");
+    std::fs::write(&blobs, b"not a folder").expect("file in its place");
+    assert!(matches!(
+        store.apply(&tx(vec![write("big", 0, &pattern(100_000, 5))])),
+        Err(StoreError::Failed(_))
+    ));
+    assert!(matches!(
+        store.apply(&tx(vec![write("small", 0, b"x")])),
+        Err(StoreError::Failed(_))
+    ));
+    assert!(matches!(
+        store.read(COLL, "kept", 0, u64::MAX),
+        Err(StoreError::Failed(_))
+    ));
+    drop(store);
+    std::fs::remove_file(&blobs).expect("remove the file");
+    let store = RocksStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store.read(COLL, "kept", 0, u64::MAX).expect("read"),
+        b"before"
+    );
+    assert!(matches!(
+        store.stat(COLL, "big"),
+        Err(StoreError::NotFound { .. })
+    ));
+}

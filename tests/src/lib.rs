@@ -60,6 +60,22 @@ impl Daemon {
         Daemon { child }
     }
 
+    /// Sends SIGINT (as Ctrl-C does) and waits up to `limit` for the process to exit; whether
+    /// it did.
+    pub fn interrupt(&mut self, limit: std::time::Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    }
+
     /// Kills the process at once (`kill -9`) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
