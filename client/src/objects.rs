@@ -42,6 +42,38 @@ pub enum ObjectError {
     },
 }
 
+/// Keeps `view` at the newest map: each answer to a held subscription brings the epochs after
+/// the one the client has.
+async fn follow(mut mon: MonClient, view: Arc<RwLock<Arc<View>>>) {
+    loop {
+        let current = view.read().await.clone();
+        match mon
+            .subscribe(current.map.epoch, Duration::from_secs(10))
+            .await
+        {
+            Ok(Some(update)) => {
+                if let Ok(map) = update.apply(Some(&current.map)) {
+                    let mut view = view.write().await;
+                    if map.epoch > view.map.epoch {
+                        *view = Arc::new(View {
+                            placement: Placement::new(&map),
+                            map,
+                        });
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+impl Drop for ObjectClient {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
 /// A compiled map.
 #[derive(Debug)]
 struct View {
@@ -54,7 +86,9 @@ struct View {
 pub struct ObjectClient {
     messenger: Messenger,
     mon: Mutex<MonClient>,
-    view: RwLock<Arc<View>>,
+    view: Arc<RwLock<Arc<View>>>,
+    /// Follows the map through a subscription; stopped when the client is dropped.
+    follower: tokio::task::JoinHandle<()>,
     client: String,
     sequence: AtomicU64,
     /// How long a transaction may take, resends included.
@@ -62,7 +96,8 @@ pub struct ObjectClient {
 }
 
 impl ObjectClient {
-    /// A client that talks to OSDs over `messenger` and follows the map through `mon`.
+    /// A client that talks to OSDs over `messenger` and follows the map through `mon` (and a
+    /// subscription of its own on the same endpoint).
     pub async fn new(
         messenger: Messenger,
         mut mon: MonClient,
@@ -71,13 +106,18 @@ impl ObjectClient {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
+        let view = Arc::new(RwLock::new(Arc::new(View {
+            placement: Placement::new(&map),
+            map,
+        })));
+        let subscriber =
+            MonClient::with_messenger(messenger.clone(), mon.monmap().clone(), "client");
+        let follower = tokio::spawn(follow(subscriber, view.clone()));
         Ok(ObjectClient {
             messenger,
             mon: Mutex::new(mon),
-            view: RwLock::new(Arc::new(View {
-                placement: Placement::new(&map),
-                map,
-            })),
+            view,
+            follower,
             client: format!("client-{}-{nanos}", std::process::id()),
             sequence: AtomicU64::new(0),
             deadline: Duration::from_secs(60),
@@ -89,7 +129,7 @@ impl ObjectClient {
         self.view.read().await.map.clone()
     }
 
-    /// Fetches the newest map.
+    /// Fetches the newest map now (the subscription may not have brought it yet).
     async fn refresh(&self) -> Result<(), ClientError> {
         let map = self.mon.lock().await.map().await?;
         let mut view = self.view.write().await;
