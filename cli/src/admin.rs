@@ -147,6 +147,31 @@ pub fn status(args: ClusterArgs) -> Result<()> {
             .unwrap_or_default();
         let quorum: Vec<u8> = up.iter().map(|s| s.rank).collect();
         let has_quorum = quorum.len() > statuses.len() / 2 && leader.is_some();
+        // PG states as the primaries last reported them; PGs nobody reported are "unknown".
+        let total_pgs: usize = map
+            .as_ref()
+            .map_or(0, |m| m.pools.values().map(|p| p.pg_num as usize).sum());
+        let report = if has_quorum {
+            client.report().await.ok()
+        } else {
+            None
+        };
+        let mut by_state: std::collections::BTreeMap<String, usize> =
+            std::collections::BTreeMap::new();
+        let mut objects = 0;
+        if let Some(report) = &report {
+            for pg in &report.pgs {
+                *by_state.entry(pg.state.clone()).or_default() += 1;
+                objects += pg.objects;
+            }
+        }
+        let reported: usize = by_state.values().sum();
+        if total_pgs > reported {
+            by_state.insert("unknown".into(), total_pgs - reported);
+        }
+        let used: u64 = report
+            .as_ref()
+            .map_or(0, |r| r.osds.iter().map(|(_, s)| s.used_bytes).sum());
         match args.format {
             OutputFormat::Json => println!(
                 "{}",
@@ -155,6 +180,9 @@ pub fn status(args: ClusterArgs) -> Result<()> {
                     "epoch": map.as_ref().map(|m| m.epoch.0),
                     "osds": { "total": osds, "up": osds_up, "in": osds_in },
                     "pools": pools,
+                    "pgs": { "total": total_pgs, "by_state": by_state },
+                    "objects": objects,
+                    "stored_bytes": used,
                 }))?
             ),
             OutputFormat::Plain => {
@@ -166,6 +194,13 @@ pub fn status(args: ClusterArgs) -> Result<()> {
                 println!("  map: epoch {}", map.as_ref().map_or("?".to_owned(), |m| m.epoch.0.to_string()));
                 println!("  osd: {osds} osds: {osds_up} up, {osds_in} in");
                 println!("  pools: {} ({})", pools.len(), pools.join(", "));
+                println!(
+                    "  data: {objects} objects, {:.1} MiB stored (all copies)",
+                    used as f64 / f64::from(1 << 20)
+                );
+                let states: Vec<String> =
+                    by_state.iter().map(|(state, n)| format!("{n} {state}")).collect();
+                println!("  pgs: {total_pgs}: {}", states.join(", "));
             }
         }
         Ok(())

@@ -1022,7 +1022,8 @@ async fn beacons(osd: Arc<Osd>, monmap: MonMap) {
             epoch: view.map.epoch,
             stat: OsdStat {
                 total_bytes: usage.total_bytes,
-                used_bytes: usage.total_bytes.saturating_sub(usage.available_bytes),
+                available_bytes: usage.available_bytes,
+                used_bytes: usage.stored_bytes,
                 pgs: osd.store.collections().map_or(0, |c| c.len() as u32),
             },
             pgs,

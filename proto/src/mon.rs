@@ -227,9 +227,11 @@ pub struct Beacon {
 /// An OSD's disk usage.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OsdStat {
-    /// Capacity in bytes.
+    /// Capacity of its disk in bytes.
     pub total_bytes: u64,
-    /// Bytes in use.
+    /// Bytes free on its disk (other programs may share the disk).
+    pub available_bytes: u64,
+    /// Bytes of object data its store holds.
     pub used_bytes: u64,
     /// Placement groups it holds.
     pub pgs: u32,
