@@ -71,7 +71,10 @@ impl FailurePolicy {
         for osd in state.map.osds.values() {
             let id = osd.id;
             if osd.up {
-                self.down_since_ms.remove(&id);
+                if self.down_since_ms.remove(&id).is_some() {
+                    // It was down and booted since: the boot counts as a beacon.
+                    self.beacon(id, now_ms);
+                }
                 let reporters = self.reports.get_mut(&id).map_or(0, |reports| {
                     reports.retain(|_, at| now_ms.saturating_sub(*at) <= 2 * grace_ms);
                     reports.len()
@@ -229,6 +232,32 @@ mod tests {
         );
         let osd = &state.map.osds[&OsdId(2)];
         assert!(osd.up && osd.is_in, "an auto-out OSD comes back in on boot");
+    }
+
+    /// Rule: an OSD that boots again after being down is not marked down at once for beacons
+    /// it missed while it was down.
+    #[test]
+    fn a_boot_counts_as_a_beacon() {
+        let mut state = state_with_osds(2);
+        let mut policy = FailurePolicy::new(0);
+        policy.beacon(OsdId(1), 0);
+        apply(&mut state, Command::OsdDown { id: OsdId(0) });
+        assert!(policy.tick(&state, 1_000).is_empty());
+        apply(
+            &mut state,
+            Command::OsdBoot {
+                id: OsdId(0),
+                addr: "127.0.0.1:7000".into(),
+            },
+        );
+        policy.beacon(OsdId(1), 40_000);
+        assert!(policy.tick(&state, 40_000).is_empty(), "booted just now");
+        policy.beacon(OsdId(1), 70_000);
+        assert_eq!(
+            policy.tick(&state, 70_000),
+            vec![Command::OsdDown { id: OsdId(0) }],
+            "and silent since"
+        );
     }
 
     /// Rule: an OSD an operator marked out stays out when it boots.
