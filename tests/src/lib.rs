@@ -41,6 +41,29 @@ pub fn run(args: &[&str]) -> Output {
         .expect("tidepool runs")
 }
 
+/// Runs `tidepool ARGS --cluster DIR`, which must succeed; returns its standard output.
+pub fn tidepool_ok(dir: &Path, args: &[&str]) -> String {
+    let mut full = args.to_vec();
+    full.extend(["--cluster", dir.to_str().expect("utf-8 path")]);
+    let output = run(&full);
+    assert!(
+        output.status.success(),
+        "tidepool {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The cluster id of the cluster folder `dir`.
+pub fn cluster_id(dir: &Path) -> String {
+    let bytes = std::fs::read(dir.join("cluster.json")).expect("cluster.json");
+    let cluster: serde_json::Value = serde_json::from_slice(&bytes).expect("cluster.json is JSON");
+    cluster["cluster_id"]
+        .as_str()
+        .expect("cluster id")
+        .to_owned()
+}
+
 /// A long-running `tidepool` process, killed (SIGKILL, by PID) when dropped.
 #[derive(Debug)]
 pub struct Daemon {

@@ -10,26 +10,10 @@ use tidepool_client::MonClient;
 use tidepool_messenger::Identity;
 use tidepool_placement::{Epoch, OsdId};
 use tidepool_proto::mon::{Beacon, Command, OsdStat};
-use tidepool_tests::{run, Daemon, TempDir};
-
-fn tidepool_ok(dir: &Path, args: &[&str]) -> String {
-    let mut full = args.to_vec();
-    full.extend(["--cluster", dir.to_str().expect("utf-8 path")]);
-    let output = run(&full);
-    assert!(
-        output.status.success(),
-        "tidepool {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use tidepool_tests::{cluster_id, run, tidepool_ok, Daemon, TempDir};
 
 fn admin(dir: &Path) -> MonClient {
-    let cluster: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("cluster.json")).expect("cluster.json"))
-            .expect("cluster.json is JSON");
-    let id = cluster["cluster_id"].as_str().expect("cluster id");
-    let identity = Identity::load(dir, id, "client-admin").expect("admin identity");
+    let identity = Identity::load(dir, &cluster_id(dir), "client-admin").expect("admin identity");
     MonClient::new(dir, &identity).expect("client")
 }
 

@@ -13,7 +13,7 @@ use tidepool_client::{MonClient, ObjectClient, ObjectError};
 use tidepool_messenger::{Identity, Messenger, MessengerConfig};
 use tidepool_placement::{PgId, PoolId};
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput, OsdRequest, OsdResponse};
-use tidepool_tests::{run, Daemon, TempDir};
+use tidepool_tests::{cluster_id, run, tidepool_ok, Daemon, TempDir};
 
 const MIB: u64 = 1 << 20;
 
@@ -35,28 +35,8 @@ fn object_bytes(i: u64, max: u64) -> Vec<u8> {
     data
 }
 
-fn tidepool_ok(dir: &Path, args: &[&str]) -> String {
-    let mut full = args.to_vec();
-    full.extend(["--cluster", dir.to_str().expect("utf-8")]);
-    let output = run(&full);
-    assert!(
-        output.status.success(),
-        "tidepool {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn admin_identity(dir: &Path) -> Identity {
-    let cluster: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("cluster.json")).expect("cluster.json"))
-            .expect("JSON");
-    Identity::load(
-        dir,
-        cluster["cluster_id"].as_str().expect("id"),
-        "client-admin",
-    )
-    .expect("admin identity")
+    Identity::load(dir, &cluster_id(dir), "client-admin").expect("admin identity")
 }
 
 async fn object_client(dir: &Path) -> ObjectClient {
