@@ -655,12 +655,7 @@ impl Osd {
             if fresh {
                 // Nothing of the old copy is left: write without looking at it.
                 if let Some(object) = object {
-                    ops.extend(pg::write_state(
-                        &crate::store::MemStore::new(),
-                        coll,
-                        name,
-                        Some(object),
-                    ));
+                    ops.extend(pg::create_state(coll, name, object));
                 }
             } else {
                 ops.extend(pg::write_state(&*self.store, coll, name, object.as_ref()));

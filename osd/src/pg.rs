@@ -453,30 +453,36 @@ pub fn write_state(
         });
     }
     if let Some(state) = state {
-        ops.push(Op::WriteFull {
+        ops.extend(create_state(coll, name, state));
+    }
+    ops
+}
+
+/// The ops that create `name` as `state` where no object of that name exists.
+pub fn create_state(coll: CollectionId, name: &str, state: &ObjectState) -> Vec<Op> {
+    let mut ops = vec![Op::WriteFull {
+        coll,
+        name: name.into(),
+        data: state.data.clone(),
+    }];
+    for (key, value) in &state.xattrs {
+        ops.push(Op::SetXattr {
             coll,
             name: name.into(),
-            data: state.data.clone(),
+            key: key.clone(),
+            value: value.to_vec(),
         });
-        for (key, value) in &state.xattrs {
-            ops.push(Op::SetXattr {
-                coll,
-                name: name.into(),
-                key: key.clone(),
-                value: value.to_vec(),
-            });
-        }
-        if !state.omap.is_empty() {
-            ops.push(Op::OmapSet {
-                coll,
-                name: name.into(),
-                entries: state
-                    .omap
-                    .iter()
-                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .collect(),
-            });
-        }
+    }
+    if !state.omap.is_empty() {
+        ops.push(Op::OmapSet {
+            coll,
+            name: name.into(),
+            entries: state
+                .omap
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect(),
+        });
     }
     ops
 }

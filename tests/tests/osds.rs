@@ -56,6 +56,24 @@ async fn object_client(dir: &Path) -> ObjectClient {
         .expect("object client")
 }
 
+/// Object `name` of pool `data`, whole.
+async fn read_whole(client: &ObjectClient, name: &str) -> Result<Vec<u8>, ObjectError> {
+    let (_, outputs) = client
+        .execute(
+            "data",
+            name,
+            vec![ObjectOp::Read {
+                offset: 0,
+                len: u64::MAX,
+            }],
+        )
+        .await?;
+    match outputs.into_iter().next() {
+        Some(OpOutput::Data(data)) => Ok(data.into_vec()),
+        other => panic!("a read of {name} answered {other:?}"),
+    }
+}
+
 struct Cluster {
     dir: TempDir,
     _mons: Vec<Daemon>,
@@ -207,20 +225,9 @@ fn replicated_pool_survives_an_osd_kill() {
                         if i >= 1000 {
                             break;
                         }
-                        let (_, outputs) = client
-                            .execute(
-                                "data",
-                                &format!("obj-{i}"),
-                                vec![ObjectOp::Read {
-                                    offset: 0,
-                                    len: u64::MAX,
-                                }],
-                            )
+                        let data = read_whole(&client, &format!("obj-{i}"))
                             .await
                             .expect("read");
-                        let OpOutput::Data(data) = &outputs[0] else {
-                            panic!("no data")
-                        };
                         assert!(
                             data.as_slice() == object_bytes(i, 8 * MIB),
                             "obj-{i} differs"
@@ -309,20 +316,9 @@ fn replicated_pool_survives_an_osd_kill() {
     runtime.block_on(async {
         // Every acknowledged write reads back.
         for &i in &acked {
-            let (_, outputs) = client
-                .execute(
-                    "data",
-                    &format!("w-{i}"),
-                    vec![ObjectOp::Read {
-                        offset: 0,
-                        len: u64::MAX,
-                    }],
-                )
+            let data = read_whole(&client, &format!("w-{i}"))
                 .await
                 .expect("read back");
-            let OpOutput::Data(data) = &outputs[0] else {
-                panic!("no data")
-            };
             assert!(data.as_slice() == object_bytes(i, MIB), "w-{i} differs");
         }
         // The restarted OSD caught up: for every PG it holds, its copy has the primary's
