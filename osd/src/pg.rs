@@ -359,6 +359,22 @@ pub fn plan(
                 }
                 OpOutput::None
             }
+            ObjectOp::CompareOmap(key, expected) => {
+                let actual = if existed {
+                    store
+                        .omap_get(coll, name, std::slice::from_ref(&key.to_vec()))
+                        .map_err(storage)?
+                        .into_iter()
+                        .next()
+                        .map(|(_, value)| value)
+                } else {
+                    None
+                };
+                if actual.as_deref() != expected.as_ref().map(|v| v.as_slice()) {
+                    return Err(OpError::GuardFailed("omap value differs".into()));
+                }
+                OpOutput::None
+            }
         };
         planned.outputs.push(output);
     }
@@ -485,4 +501,67 @@ pub fn create_state(coll: CollectionId, name: &str, state: &ObjectState) -> Vec<
         });
     }
     ops
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_bytes::ByteBuf;
+    use tidepool_proto::osd::{ObjectOp, OpError};
+
+    use super::plan;
+    use crate::store::{CollectionId, MemStore, ObjectStore, Op, Transaction};
+
+    fn key(text: &str) -> ByteBuf {
+        ByteBuf::from(text.as_bytes().to_vec())
+    }
+
+    /// Plans `steps` on object `o` and applies what they write; the guard outcome.
+    fn run(store: &MemStore, steps: Vec<ObjectOp>) -> Result<(), OpError> {
+        let coll = CollectionId::replicated(1, 0);
+        let planned = plan(store, coll, "o", steps)?;
+        store
+            .apply(&Transaction { ops: planned.ops })
+            .expect("apply");
+        Ok(())
+    }
+
+    /// Rule: `CompareOmap` passes only when the key's value is exactly the expected one, with
+    /// an absent key (or object) matching `None`; a failed guard writes nothing.
+    #[test]
+    fn compare_omap_guards_the_whole_transaction() {
+        let store = MemStore::new();
+        let coll = CollectionId::replicated(1, 0);
+        store
+            .apply(&Transaction {
+                ops: vec![Op::CreateCollection(coll)],
+            })
+            .expect("collection");
+        let set = |v: &str| ObjectOp::OmapSet(vec![(key("k"), key(v))]);
+        run(
+            &store,
+            vec![ObjectOp::CompareOmap(key("k"), None), set("1")],
+        )
+        .expect("absent");
+        let stale = run(
+            &store,
+            vec![ObjectOp::CompareOmap(key("k"), None), set("2")],
+        );
+        assert!(matches!(stale, Err(OpError::GuardFailed(_))), "{stale:?}");
+        let wrong = run(
+            &store,
+            vec![ObjectOp::CompareOmap(key("k"), Some(key("9"))), set("2")],
+        );
+        assert!(matches!(wrong, Err(OpError::GuardFailed(_))), "{wrong:?}");
+        run(
+            &store,
+            vec![ObjectOp::CompareOmap(key("k"), Some(key("1"))), set("2")],
+        )
+        .expect("matching value");
+        let value = store.omap_get(coll, "o", &[b"k".to_vec()]).expect("get");
+        assert_eq!(
+            value.get(b"k".as_slice()).map(Vec::as_slice),
+            Some(&b"2"[..])
+        );
+        run(&store, vec![ObjectOp::CompareOmap(key("other"), None)]).expect("absent key");
+    }
 }

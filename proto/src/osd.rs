@@ -63,6 +63,9 @@ pub enum ObjectOp {
     AssertVersion(u64),
     /// Guard: the xattr equals this value (`None`: the xattr is absent).
     CompareXattr(String, Option<serde_bytes::ByteBuf>),
+    /// Guard: the omap value of the key equals this (`None`: the key is absent, or the object
+    /// is). Makes a read-modify-write of one omap entry safe, as Ceph's `omap_cmp` does.
+    CompareOmap(serde_bytes::ByteBuf, Option<serde_bytes::ByteBuf>),
 }
 
 impl ObjectOp {
@@ -77,6 +80,7 @@ impl ObjectOp {
                 | ObjectOp::OmapList { .. }
                 | ObjectOp::AssertVersion(_)
                 | ObjectOp::CompareXattr(..)
+                | ObjectOp::CompareOmap(..)
         )
     }
 }

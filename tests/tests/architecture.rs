@@ -37,8 +37,18 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
         &["tidepool-placement", "tidepool-proto", "tidepool-messenger"],
     ),
     (
-        "tidepool-gateway",
+        "tidepool-buckets",
         &["tidepool-client", "tidepool-placement", "tidepool-proto"],
+    ),
+    (
+        "tidepool-gateway",
+        &[
+            "tidepool-buckets",
+            "tidepool-client",
+            "tidepool-messenger",
+            "tidepool-placement",
+            "tidepool-proto",
+        ],
     ),
     (
         "tidepool",
@@ -50,6 +60,7 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
             "tidepool-monitor",
             "tidepool-osd",
             "tidepool-client",
+            "tidepool-buckets",
             "tidepool-gateway",
         ],
     ),
@@ -73,6 +84,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("tidepool-monitor", &["axum"]),
     ("tidepool-osd", &["axum"]),
     ("tidepool-client", &["librocksdb-sys", "axum"]),
+    ("tidepool-buckets", &["librocksdb-sys", "axum", "hyper"]),
     ("tidepool-gateway", &["librocksdb-sys"]),
 ];
 

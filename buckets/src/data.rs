@@ -1,0 +1,295 @@
+//! Object data: a request body written into fresh stripes (several in flight), and stripes
+//! read back as a stream for a range.
+
+use std::ops::Range;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use md5::{Digest, Md5};
+use tidepool_client::ObjectError;
+use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
+
+use crate::records::{BucketInfo, Entry, Segment};
+use crate::{random_id, BucketError, Buckets};
+
+/// Bytes of an object, in order, as they arrive from the stripes.
+pub type DataStream = Pin<Box<dyn Stream<Item = Result<Bytes, BucketError>> + Send>>;
+
+/// Data written and not yet linked into an index.
+#[derive(Debug)]
+pub struct Written {
+    /// The stripes, or `None` when the data is small enough to be inline.
+    pub segment: Option<Segment>,
+    /// The data itself when inline.
+    pub inline: Option<Bytes>,
+    /// Bytes.
+    pub size: u64,
+    /// Hex MD5 of the bytes.
+    pub md5_hex: String,
+    /// The raw MD5.
+    pub md5: [u8; 16],
+}
+
+impl Buckets {
+    /// Writes `body` as new data of `bucket`: into stripes under a fresh data id, or kept in
+    /// memory for an inline object when it ends before `inline_bytes_max` (and `inline` is
+    /// allowed). Nothing is linked: the caller links it, or hands it back with
+    /// [`Buckets::discard`].
+    pub async fn write_data<S, E>(
+        &self,
+        bucket: &BucketInfo,
+        body: S,
+        inline_allowed: bool,
+    ) -> Result<Written, BucketError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let config = self.config();
+        let stripe_bytes = config.stripe_bytes;
+        let segment = Segment {
+            prefix: format!("{}.{}", bucket.id, random_id()),
+            size: 0,
+            stripe_bytes,
+        };
+        let mut md5 = Md5::new();
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut size = 0u64;
+        let mut next_stripe = 0u64;
+        let mut in_flight = FuturesUnordered::new();
+        let mut body = std::pin::pin!(body);
+        let failed = loop {
+            let chunk = match body.next().await {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(error)) => break Some(BucketError::Body(error.to_string())),
+                None => break None,
+            };
+            md5.update(&chunk);
+            size += chunk.len() as u64;
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                if buffer.capacity() == 0 {
+                    buffer.reserve_exact(stripe_bytes as usize);
+                }
+                let room = stripe_bytes as usize - buffer.len();
+                let (now, later) = rest.split_at(room.min(rest.len()));
+                buffer.extend_from_slice(now);
+                rest = later;
+                if buffer.len() as u64 == stripe_bytes {
+                    let name = segment.stripe(next_stripe);
+                    next_stripe += 1;
+                    let data = std::mem::take(&mut buffer);
+                    in_flight.push(self.write_stripe(name, data));
+                }
+            }
+            let mut error = None;
+            while in_flight.len() >= config.stripes_in_flight.max(1) {
+                if let Some(Err(e)) = in_flight.next().await {
+                    error = Some(e);
+                }
+            }
+            if error.is_some() {
+                break error;
+            }
+        };
+        let failed = match failed {
+            Some(error) => Some(error),
+            None if next_stripe == 0 && inline_allowed && size < config.inline_bytes_max => {
+                let digest: [u8; 16] = md5.finalize().into();
+                return Ok(Written {
+                    segment: None,
+                    inline: Some(Bytes::from(buffer)),
+                    size,
+                    md5_hex: hex(&digest),
+                    md5: digest,
+                });
+            }
+            None => {
+                if !buffer.is_empty() {
+                    let name = segment.stripe(next_stripe);
+                    next_stripe += 1;
+                    in_flight.push(self.write_stripe(name, std::mem::take(&mut buffer)));
+                }
+                let mut error = None;
+                while let Some(result) = in_flight.next().await {
+                    if let Err(e) = result {
+                        error = Some(e);
+                    }
+                }
+                error
+            }
+        };
+        let segment = Segment { size, ..segment };
+        if let Some(error) = failed {
+            // Let every write that was sent finish before its stripe is removed.
+            while in_flight.next().await.is_some() {}
+            drop(in_flight);
+            let written = Segment {
+                size: next_stripe * stripe_bytes,
+                ..segment
+            };
+            self.remove_segments(std::slice::from_ref(&written)).await;
+            return Err(error);
+        }
+        let digest: [u8; 16] = md5.finalize().into();
+        Ok(Written {
+            segment: (size > 0).then_some(segment),
+            inline: (size == 0).then(Bytes::new),
+            size,
+            md5_hex: hex(&digest),
+            md5: digest,
+        })
+    }
+
+    async fn write_stripe(&self, name: String, data: Vec<u8>) -> Result<(), BucketError> {
+        self.data_op(&name, vec![ObjectOp::WriteFull(data)]).await?;
+        Ok(())
+    }
+
+    /// Removes data that was written and will not be linked.
+    pub async fn discard(&self, written: Written) {
+        if let Some(segment) = written.segment {
+            self.remove_segments(std::slice::from_ref(&segment)).await;
+        }
+    }
+
+    /// Removes the stripes of `segments`; stripes already gone are fine.
+    pub(crate) async fn remove_segments(&self, segments: &[Segment]) {
+        for segment in segments {
+            for n in 0..segment.stripes() {
+                match self
+                    .data_op(&segment.stripe(n), vec![ObjectOp::Remove])
+                    .await
+                {
+                    Ok(_) | Err(ObjectError::Op(OpError::NotFound)) => {}
+                    Err(error) => {
+                        tracing::warn!(stripe = %segment.stripe(n), %error, "removing a stripe failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bytes `range` of the object `entry` (whose inline data, if any, is `inline`), as a
+    /// stream that reads a few stripes ahead.
+    pub fn read_data(&self, entry: &Entry, inline: Option<Bytes>, range: Range<u64>) -> DataStream {
+        if entry.inline || entry.segments.is_empty() {
+            let data = inline.unwrap_or_default();
+            let end = (range.end as usize).min(data.len());
+            let start = (range.start as usize).min(end);
+            let slice = data.slice(start..end);
+            return Box::pin(futures::stream::iter(
+                (!slice.is_empty()).then_some(Ok(slice)),
+            ));
+        }
+        let pieces = pieces(&entry.segments, range);
+        let this = self.clone();
+        let ahead = self.config().stripes_in_flight.max(1);
+        Box::pin(
+            futures::stream::iter(pieces)
+                .map(move |(name, offset, len)| {
+                    let this = this.clone();
+                    async move { this.read_piece(name, offset, len).await }
+                })
+                .buffered(ahead),
+        )
+    }
+
+    async fn read_piece(&self, name: String, offset: u64, len: u64) -> Result<Bytes, BucketError> {
+        let (_, outputs) = self
+            .data_op(&name, vec![ObjectOp::Read { offset, len }])
+            .await
+            .map_err(|e| match e {
+                ObjectError::Op(OpError::NotFound) => {
+                    BucketError::Corrupt(format!("stripe {name} of a linked object is missing"))
+                }
+                other => other.into(),
+            })?;
+        match outputs.into_iter().next() {
+            Some(OpOutput::Data(data)) if data.len() as u64 == len => {
+                Ok(Bytes::from(data.into_vec()))
+            }
+            Some(OpOutput::Data(data)) => Err(BucketError::Corrupt(format!(
+                "stripe {name} holds {} bytes at {offset}, not {len}",
+                data.len()
+            ))),
+            _ => Err(BucketError::Corrupt(format!(
+                "a read of {name} returned no data"
+            ))),
+        }
+    }
+}
+
+/// The stripe reads that cover `range` of the concatenated `segments`: (stripe, offset in
+/// the stripe, length).
+fn pieces(segments: &[Segment], range: Range<u64>) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    let mut base = 0u64;
+    for segment in segments {
+        let seg_range = base..base + segment.size;
+        base += segment.size;
+        let start = range.start.max(seg_range.start);
+        let end = range.end.min(seg_range.end);
+        if start >= end {
+            continue;
+        }
+        let mut at = start - seg_range.start;
+        let stop = end - seg_range.start;
+        while at < stop {
+            let n = at / segment.stripe_bytes;
+            let within = at % segment.stripe_bytes;
+            let len = (segment.stripe_bytes - within).min(stop - at);
+            out.push((segment.stripe(n), within, len));
+            at += len;
+        }
+    }
+    out
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(prefix: &str, size: u64) -> Segment {
+        Segment {
+            prefix: prefix.into(),
+            size,
+            stripe_bytes: 10,
+        }
+    }
+
+    #[test]
+    fn pieces_cover_exactly_the_range() {
+        let segments = [segment("a", 25), segment("b", 7)];
+        assert_eq!(
+            pieces(&segments, 0..32),
+            vec![
+                ("a.0".to_string(), 0, 10),
+                ("a.1".to_string(), 0, 10),
+                ("a.2".to_string(), 0, 5),
+                ("b.0".to_string(), 0, 7),
+            ]
+        );
+        assert_eq!(
+            pieces(&segments, 12..27),
+            vec![
+                ("a.1".to_string(), 2, 8),
+                ("a.2".to_string(), 0, 5),
+                ("b.0".to_string(), 0, 2),
+            ]
+        );
+        assert!(pieces(&segments, 32..32).is_empty());
+        for start in 0..32 {
+            for end in start..=32 {
+                let total: u64 = pieces(&segments, start..end).iter().map(|p| p.2).sum();
+                assert_eq!(total, end - start);
+            }
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! Bucket indexes: looking up, linking and unlinking entries with guarded shard transactions,
+//! and listing by merging the shards in key order.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use serde_bytes::ByteBuf;
+use tidepool_client::ObjectError;
+use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
+
+use crate::records::{self, keys, BucketInfo, Entry, Garbage, Segment};
+use crate::{omap_output, random_id, BucketError, Buckets};
+
+/// A condition on the entry a write replaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Replace whatever is there.
+    #[default]
+    Always,
+    /// Only when no object has the key (`If-None-Match: *`).
+    Absent,
+    /// Only when the object's ETag is this (`If-Match`; `*`: any object).
+    Matches(String),
+}
+
+impl PutCondition {
+    fn check(&self, old: Option<&Entry>) -> Result<(), BucketError> {
+        let holds = match self {
+            PutCondition::Always => true,
+            PutCondition::Absent => old.is_none(),
+            PutCondition::Matches(etag) => {
+                old.is_some_and(|old| etag == "*" || etag.trim_matches('"') == old.etag)
+            }
+        };
+        if holds {
+            Ok(())
+        } else {
+            Err(BucketError::PreconditionFailed)
+        }
+    }
+}
+
+/// What a link does besides replacing the key's entry.
+#[derive(Debug, Default)]
+pub(crate) struct LinkExtras {
+    /// A multipart upload record that must still exist, and goes.
+    pub upload: Option<(Vec<u8>, Vec<u8>)>,
+    /// More stripes to unlink (parts left out of a completed upload).
+    pub garbage: Vec<Segment>,
+}
+
+/// A listing request.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Only keys that begin with this.
+    pub prefix: String,
+    /// Group keys that contain this after the prefix into common prefixes.
+    pub delimiter: Option<String>,
+    /// Only keys after this one (a marker, start-after or continuation).
+    pub after: Option<String>,
+    /// At most this many keys and common prefixes together.
+    pub limit: usize,
+}
+
+/// A page of a listing.
+#[derive(Clone, Debug, Default)]
+pub struct ListPage {
+    /// Keys and their entries, in order.
+    pub entries: Vec<(String, Entry)>,
+    /// Common prefixes, in order.
+    pub prefixes: Vec<String>,
+    /// Whether more keys follow.
+    pub truncated: bool,
+    /// The last key or common prefix of the page (where the next page starts after).
+    pub last: Option<String>,
+}
+
+/// One shard's position in a merged listing.
+struct Cursor {
+    object: String,
+    buffered: VecDeque<(String, Vec<u8>)>,
+    start_after: Vec<u8>,
+    done: bool,
+}
+
+/// The greatest byte string below every string that begins with `prefix` (UTF-8 never holds
+/// 0xFF, so `prefix` with its last byte lowered and 0xFF after sorts just before it).
+fn just_before(prefix: &[u8]) -> Vec<u8> {
+    let mut out = prefix.to_vec();
+    match out.pop() {
+        Some(0) | None => {}
+        Some(last) => {
+            out.push(last - 1);
+            out.extend_from_slice(&[0xff; 4]);
+        }
+    }
+    out
+}
+
+/// The least byte string after every string that begins with `prefix`.
+fn just_after_all(prefix: &[u8]) -> Vec<u8> {
+    let mut out = prefix.to_vec();
+    out.extend_from_slice(&[0xff; 4]);
+    out
+}
+
+/// Caches bucket infos by name; a stale one is noticed when its shards are gone.
+#[derive(Debug, Default)]
+pub(crate) struct BucketCache(Mutex<HashMap<String, BucketInfo>>);
+
+impl Buckets {
+    /// The bucket `name`, from the cache when `fresh` is false.
+    pub async fn lookup(&self, name: &str, fresh: bool) -> Result<BucketInfo, BucketError> {
+        if !fresh {
+            if let Some(info) = self.inner.cache.0.lock().expect("cache").get(name) {
+                return Ok(info.clone());
+            }
+        }
+        let found = self.bucket(name).await;
+        let mut cache = self.inner.cache.0.lock().expect("cache");
+        match &found {
+            Ok(info) => {
+                cache.insert(name.to_owned(), info.clone());
+            }
+            Err(_) => {
+                cache.remove(name);
+            }
+        }
+        found
+    }
+
+    /// Runs `f` on bucket `name`, once more with a fresh lookup if the cached bucket is gone.
+    async fn on_bucket<T, F, Fut>(&self, name: &str, f: F) -> Result<T, BucketError>
+    where
+        F: Fn(BucketInfo) -> Fut,
+        Fut: Future<Output = Result<T, BucketError>>,
+    {
+        let info = self.lookup(name, false).await?;
+        match f(info).await {
+            Err(BucketError::NoSuchBucket) => f(self.lookup(name, true).await?).await,
+            other => other,
+        }
+    }
+
+    /// Reads omap `keys` of shard `object`; shard gone means the bucket is.
+    async fn shard_get(
+        &self,
+        object: &str,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<HashMap<Vec<u8>, Vec<u8>>, BucketError> {
+        let ops = vec![ObjectOp::OmapGet(
+            keys.into_iter().map(ByteBuf::from).collect(),
+        )];
+        match self.index_op(object, ops).await {
+            Ok((_, outputs)) => Ok(omap_output(outputs)?.into_iter().collect()),
+            Err(ObjectError::Op(OpError::NotFound)) => Err(BucketError::NoSuchBucket),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// The entry of `key` in `bucket`, without its data.
+    pub async fn head(&self, bucket: &str, key: &str) -> Result<Entry, BucketError> {
+        self.on_bucket(bucket, |info| async move {
+            let object = info.shard_object(info.shard_of(key));
+            let found = self.shard_get(&object, vec![keys::entry(key)]).await?;
+            let raw = found.get(&keys::entry(key)).ok_or(BucketError::NoSuchKey)?;
+            records::decode(raw)
+        })
+        .await
+    }
+
+    /// The entry of `key` in `bucket` and its inline data.
+    pub async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(Entry, Option<Bytes>), BucketError> {
+        self.on_bucket(bucket, |info| async move {
+            let object = info.shard_object(info.shard_of(key));
+            let mut found = self
+                .shard_get(&object, vec![keys::entry(key), keys::inline(key)])
+                .await?;
+            let raw = found.get(&keys::entry(key)).ok_or(BucketError::NoSuchKey)?;
+            let entry: Entry = records::decode(raw)?;
+            let inline = found.remove(&keys::inline(key)).map(Bytes::from);
+            if entry.inline && inline.as_ref().map(|d| d.len() as u64) != Some(entry.size) {
+                return Err(BucketError::Corrupt(format!(
+                    "the inline data of {key:?} is missing or of the wrong size"
+                )));
+            }
+            Ok((entry, inline))
+        })
+        .await
+    }
+
+    /// Links `written` data as `key` of `bucket` with `meta`, when `condition` holds; the
+    /// replaced object's stripes become garbage. Returns the new entry.
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        written: crate::Written,
+        meta: crate::ObjectMeta,
+        condition: &PutCondition,
+    ) -> Result<Entry, BucketError> {
+        let entry = Entry {
+            size: written.size,
+            etag: written.md5_hex.clone(),
+            modified_ms: crate::now_ms(),
+            meta,
+            segments: written.segment.iter().cloned().collect(),
+            inline: written.inline.is_some() && written.size > 0,
+            part_sizes: Vec::new(),
+        };
+        let inline = written.inline.clone().filter(|d| !d.is_empty());
+        let linked = self
+            .link(
+                bucket,
+                key,
+                Some((entry.clone(), inline)),
+                condition,
+                LinkExtras::default(),
+            )
+            .await;
+        match linked {
+            Ok(_) => Ok(entry),
+            Err(error) => {
+                self.discard(written).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Removes `key` from `bucket` (no error when it is absent, as S3 does); its stripes
+    /// become garbage.
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), BucketError> {
+        self.link(
+            bucket,
+            key,
+            None,
+            &PutCondition::Always,
+            LinkExtras::default(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Replaces `key`'s entry with `new` (or removes it) in one guarded shard transaction,
+    /// retried while concurrent changes win; returns the replaced entry.
+    pub(crate) async fn link(
+        &self,
+        bucket: &str,
+        key: &str,
+        new: Option<(Entry, Option<Bytes>)>,
+        condition: &PutCondition,
+        extras: LinkExtras,
+    ) -> Result<Option<Entry>, BucketError> {
+        let new = &new;
+        let extras = &extras;
+        self.on_bucket(bucket, |info| async move {
+            let object = info.shard_object(info.shard_of(key));
+            let entry_key = keys::entry(key);
+            // A plain write of a new key needs no read first: assume absence, and read only
+            // when the guard says otherwise.
+            let mut known: Option<Option<Vec<u8>>> = (new.is_some()
+                && extras.upload.is_none()
+                && matches!(condition, PutCondition::Always | PutCondition::Absent))
+            .then_some(None);
+            for _ in 0..self.config().link_attempts_max {
+                let old_raw = match known.take() {
+                    Some(assumed) => assumed,
+                    None => {
+                        let mut wanted = vec![entry_key.clone()];
+                        if let Some((upload_key, _)) = &extras.upload {
+                            wanted.push(upload_key.clone());
+                        }
+                        let mut found = self.shard_get(&object, wanted).await?;
+                        if let Some((upload_key, upload_raw)) = &extras.upload {
+                            if found.get(upload_key) != Some(upload_raw) {
+                                return Err(BucketError::NoSuchUpload);
+                            }
+                        }
+                        found.remove(&entry_key)
+                    }
+                };
+                let old: Option<Entry> = old_raw.as_deref().map(records::decode).transpose()?;
+                if new.is_none() && old.is_none() && extras.upload.is_none() {
+                    return Ok(None);
+                }
+                condition.check(old.as_ref())?;
+                let ops = self.link_ops(key, &old_raw, old.as_ref(), new, extras);
+                match self.index_op(&object, ops).await {
+                    Ok(_) => return Ok(old),
+                    Err(ObjectError::Op(OpError::GuardFailed(_))) => {
+                        if !self.shard_open(&object).await? {
+                            return Err(BucketError::Conflict);
+                        }
+                    }
+                    Err(ObjectError::Op(OpError::NotFound)) => {
+                        return Err(BucketError::NoSuchBucket)
+                    }
+                    Err(other) => return Err(other.into()),
+                }
+            }
+            Err(BucketError::Conflict)
+        })
+        .await
+    }
+
+    fn link_ops(
+        &self,
+        key: &str,
+        old_raw: &Option<Vec<u8>>,
+        old: Option<&Entry>,
+        new: &Option<(Entry, Option<Bytes>)>,
+        extras: &LinkExtras,
+    ) -> Vec<ObjectOp> {
+        let entry_key = keys::entry(key);
+        let mut ops = vec![
+            ObjectOp::CompareXattr(
+                records::STATE_XATTR.into(),
+                Some(ByteBuf::from(records::STATE_OPEN)),
+            ),
+            ObjectOp::CompareOmap(
+                ByteBuf::from(entry_key.clone()),
+                old_raw.clone().map(ByteBuf::from),
+            ),
+        ];
+        if let Some((upload_key, upload_raw)) = &extras.upload {
+            ops.push(ObjectOp::CompareOmap(
+                ByteBuf::from(upload_key.clone()),
+                Some(ByteBuf::from(upload_raw.clone())),
+            ));
+            ops.push(ObjectOp::OmapRemove(vec![ByteBuf::from(
+                upload_key.clone(),
+            )]));
+        }
+        let mut sets = Vec::new();
+        let mut removes = Vec::new();
+        match new {
+            Some((entry, inline)) => {
+                sets.push((
+                    ByteBuf::from(entry_key),
+                    ByteBuf::from(records::encode(entry)),
+                ));
+                match inline {
+                    Some(data) => sets.push((
+                        ByteBuf::from(keys::inline(key)),
+                        ByteBuf::from(data.to_vec()),
+                    )),
+                    None if old.is_some_and(|o| o.inline) => {
+                        removes.push(ByteBuf::from(keys::inline(key)));
+                    }
+                    None => {}
+                }
+            }
+            None => {
+                removes.push(ByteBuf::from(entry_key));
+                if old.is_some_and(|o| o.inline) {
+                    removes.push(ByteBuf::from(keys::inline(key)));
+                }
+            }
+        }
+        let mut garbage: Vec<Segment> = old.map(|o| o.segments.clone()).unwrap_or_default();
+        garbage.extend(extras.garbage.iter().cloned());
+        if !garbage.is_empty() {
+            let due = crate::now_ms() + self.config().gc_delay.as_millis() as u64;
+            sets.push((
+                ByteBuf::from(keys::garbage(due, &random_id())),
+                ByteBuf::from(records::encode(&Garbage { segments: garbage })),
+            ));
+        }
+        if !removes.is_empty() {
+            ops.push(ObjectOp::OmapRemove(removes));
+        }
+        if !sets.is_empty() {
+            ops.push(ObjectOp::OmapSet(sets));
+        }
+        ops
+    }
+
+    /// Whether shard `object` takes links (it exists and is not closing).
+    async fn shard_open(&self, object: &str) -> Result<bool, BucketError> {
+        match self.index_op(object, vec![ObjectOp::GetXattrs]).await {
+            Ok((_, outputs)) => Ok(outputs.into_iter().any(|o| match o {
+                OpOutput::Xattrs(x) => {
+                    x.get(records::STATE_XATTR).map(|v| v.as_slice()) == Some(records::STATE_OPEN)
+                }
+                _ => false,
+            })),
+            Err(ObjectError::Op(OpError::NotFound)) => Err(BucketError::NoSuchBucket),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Up to `limit` omap entries of shard `object` after `start_after`.
+    pub(crate) async fn shard_page(
+        &self,
+        object: &str,
+        start_after: &[u8],
+        limit: u32,
+    ) -> Result<crate::OmapEntries, BucketError> {
+        let ops = vec![ObjectOp::OmapList {
+            start_after: Some(ByteBuf::from(start_after.to_vec())),
+            limit,
+        }];
+        match self.index_op(object, ops).await {
+            Ok((_, outputs)) => omap_output(outputs),
+            Err(ObjectError::Op(OpError::NotFound)) => Err(BucketError::NoSuchBucket),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Lists `bucket` as `query` asks, merging its shards in key order.
+    pub async fn list(&self, bucket: &str, query: &ListQuery) -> Result<ListPage, BucketError> {
+        self.on_bucket(
+            bucket,
+            |info| async move { self.list_in(&info, query).await },
+        )
+        .await
+    }
+
+    async fn list_in(&self, info: &BucketInfo, query: &ListQuery) -> Result<ListPage, BucketError> {
+        let scope = keys::entry(&query.prefix);
+        let mut start = just_before(&scope);
+        if let Some(after) = &query.after {
+            let mut after_key = keys::entry(after);
+            if let Some(delimiter) = &query.delimiter {
+                // A marker that is a common prefix skips everything under it.
+                if after.starts_with(&query.prefix)
+                    && after[query.prefix.len()..].ends_with(delimiter.as_str())
+                {
+                    after_key = just_after_all(&after_key);
+                }
+            }
+            start = start.max(after_key);
+        }
+        let page_size = (query.limit / info.shards.max(1) as usize + 16).min(1000) as u32;
+        let mut cursors: Vec<Cursor> = (0..info.shards)
+            .map(|shard| Cursor {
+                object: info.shard_object(shard),
+                buffered: VecDeque::new(),
+                start_after: start.clone(),
+                done: false,
+            })
+            .collect();
+        let mut page = ListPage::default();
+        let mut skip_prefix: Option<Vec<u8>> = None;
+        loop {
+            // Top up every cursor, dropping keys inside a common prefix already returned.
+            for cursor in &mut cursors {
+                loop {
+                    if let Some(skip) = &skip_prefix {
+                        while cursor
+                            .buffered
+                            .front()
+                            .is_some_and(|(k, _)| keys::entry(k).starts_with(skip))
+                        {
+                            cursor.buffered.pop_front();
+                        }
+                        if cursor.buffered.is_empty() {
+                            cursor.start_after =
+                                cursor.start_after.clone().max(just_after_all(skip));
+                        }
+                    }
+                    if !cursor.buffered.is_empty() || cursor.done {
+                        break;
+                    }
+                    let fetched = self
+                        .shard_page(&cursor.object, &cursor.start_after, page_size)
+                        .await?;
+                    cursor.done = fetched.len() < page_size as usize;
+                    if let Some((last, _)) = fetched.last() {
+                        cursor.start_after = last.clone();
+                    }
+                    for (full, raw) in fetched {
+                        if !full.starts_with(&scope) {
+                            cursor.done = true;
+                            break;
+                        }
+                        let key = String::from_utf8(full[1..].to_vec()).map_err(|_| {
+                            BucketError::Corrupt("an index key is not UTF-8".into())
+                        })?;
+                        cursor.buffered.push_back((key, raw));
+                    }
+                }
+            }
+            let next = cursors
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.buffered.front().map(|(k, _)| (k.clone(), i)))
+                .min();
+            let Some((_, index)) = next else {
+                return Ok(page);
+            };
+            if page.entries.len() + page.prefixes.len() >= query.limit {
+                page.truncated = true;
+                return Ok(page);
+            }
+            let (key, raw) = cursors[index].buffered.pop_front().expect("a head");
+            let grouped = query
+                .delimiter
+                .as_deref()
+                .filter(|d| !d.is_empty())
+                .and_then(|d| {
+                    key[query.prefix.len()..]
+                        .find(d)
+                        .map(|at| key[..query.prefix.len() + at + d.len()].to_owned())
+                });
+            match grouped {
+                Some(common) => {
+                    skip_prefix = Some(keys::entry(&common));
+                    page.last = Some(common.clone());
+                    page.prefixes.push(common);
+                }
+                None => {
+                    page.last = Some(key.clone());
+                    page.entries.push((key, records::decode(&raw)?));
+                }
+            }
+        }
+    }
+
+    /// The garbage records of shard `shard` due at or before `due_ms`.
+    pub(crate) async fn shard_garbage(
+        &self,
+        info: &BucketInfo,
+        shard: u32,
+        due_ms: u64,
+    ) -> Result<Vec<(Vec<u8>, Garbage)>, BucketError> {
+        let object = info.shard_object(shard);
+        let mut out = Vec::new();
+        let mut start_after = b"g".to_vec();
+        loop {
+            let fetched = self.shard_page(&object, &start_after, 256).await?;
+            let full = fetched.len() == 256;
+            for (key, raw) in fetched {
+                if key.first() != Some(&b'g') || keys::garbage_due(&key).is_none_or(|d| d > due_ms)
+                {
+                    return Ok(out);
+                }
+                start_after = key.clone();
+                out.push((key, records::decode(&raw)?));
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_bracket_a_prefix() {
+        let scope = keys::entry("photos/");
+        let before = just_before(&scope);
+        let after = just_after_all(&scope);
+        for key in ["photos/", "photos/a", "photos/\u{10ffff}"] {
+            let full = keys::entry(key);
+            assert!(before < full && full < after, "{key}");
+        }
+        for key in ["photos", "photos.", "photot", "p"] {
+            let full = keys::entry(key);
+            assert!(full < before || full > after, "{key}");
+        }
+        assert!(just_before(&keys::entry("")) > keys::inline("\u{10ffff}"));
+    }
+
+    #[test]
+    fn conditions() {
+        let entry = Entry {
+            size: 1,
+            etag: "abc".into(),
+            modified_ms: 0,
+            meta: Default::default(),
+            segments: Vec::new(),
+            inline: true,
+            part_sizes: Vec::new(),
+        };
+        assert!(PutCondition::Always.check(None).is_ok());
+        assert!(PutCondition::Absent.check(None).is_ok());
+        assert!(PutCondition::Absent.check(Some(&entry)).is_err());
+        assert!(PutCondition::Matches("\"abc\"".into())
+            .check(Some(&entry))
+            .is_ok());
+        assert!(PutCondition::Matches("abd".into())
+            .check(Some(&entry))
+            .is_err());
+        assert!(PutCondition::Matches("*".into()).check(None).is_err());
+    }
+}

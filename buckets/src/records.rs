@@ -1,0 +1,282 @@
+//! What the bucket layer stores: the records of the directory, the index shards and multipart
+//! uploads, their omap keys, and their versioned encoding.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::BucketError;
+
+/// Format version written first in every record.
+const FORMAT: u8 = 1;
+
+/// Encodes a record: the format version, then the record with named fields (so fields can be
+/// added with defaults later).
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(&(FORMAT, record)).expect("records encode")
+}
+
+/// Decodes a record written by [`encode`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BucketError> {
+    let (format, record): (u8, T) = rmp_serde::from_slice(bytes)
+        .map_err(|e| BucketError::Corrupt(format!("a record does not decode: {e}")))?;
+    if format != FORMAT {
+        return Err(BucketError::Corrupt(format!(
+            "record format {format} is not {FORMAT}"
+        )));
+    }
+    Ok(record)
+}
+
+/// A bucket, as the directory holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketInfo {
+    /// The bucket's name.
+    pub name: String,
+    /// Unique per creation: a bucket deleted and created again gets a new one.
+    pub id: String,
+    /// The user who created it.
+    pub owner: String,
+    /// When it was created (milliseconds since the Unix epoch).
+    pub created_ms: u64,
+    /// How many index shards it has.
+    pub shards: u32,
+}
+
+impl BucketInfo {
+    /// The index object of shard `shard`.
+    pub fn shard_object(&self, shard: u32) -> String {
+        format!("index.{}.{shard}", self.id)
+    }
+
+    /// The shard that indexes `key`.
+    pub fn shard_of(&self, key: &str) -> u32 {
+        (tidepool_placement::hash::fnv1a64(key.as_bytes()) % u64::from(self.shards.max(1))) as u32
+    }
+}
+
+/// A run of stripes holding consecutive bytes of an object: stripe `n` is the data-pool
+/// object `<prefix>.<n>`, each `stripe_bytes` long but the last.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// `<bucket id>.<data id>`.
+    pub prefix: String,
+    /// Bytes in the segment.
+    pub size: u64,
+    /// Bytes per stripe.
+    pub stripe_bytes: u64,
+}
+
+impl Segment {
+    /// How many stripes hold it.
+    pub fn stripes(&self) -> u64 {
+        self.size.div_ceil(self.stripe_bytes.max(1))
+    }
+
+    /// The name of stripe `n`.
+    pub fn stripe(&self, n: u64) -> String {
+        format!("{}.{n}", self.prefix)
+    }
+}
+
+/// The standard content headers kept with an object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentHeaders {
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// `Content-Encoding`.
+    pub content_encoding: Option<String>,
+    /// `Content-Disposition`.
+    pub content_disposition: Option<String>,
+    /// `Content-Language`.
+    pub content_language: Option<String>,
+    /// `Cache-Control`.
+    pub cache_control: Option<String>,
+    /// `Expires`, as sent.
+    pub expires: Option<String>,
+}
+
+/// What the caller says about an object besides its data.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// Content headers.
+    pub headers: ContentHeaders,
+    /// User metadata (`x-amz-meta-*`), names in lower case.
+    pub metadata: BTreeMap<String, String>,
+    /// Checksums by algorithm (`CRC32`, `CRC32C`, `SHA1`, `SHA256`, `CRC64NVME`), base64.
+    pub checksums: BTreeMap<String, String>,
+}
+
+/// An object's index entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Bytes.
+    pub size: u64,
+    /// The ETag without quotes: hex MD5, or MD5-of-MD5s with `-N` for multipart.
+    pub etag: String,
+    /// Last modification (milliseconds since the Unix epoch).
+    pub modified_ms: u64,
+    /// Headers, metadata and checksums.
+    pub meta: ObjectMeta,
+    /// Where the data is, in order; empty when the data is inline (or empty).
+    pub segments: Vec<Segment>,
+    /// Whether the data lives in the shard beside the entry.
+    pub inline: bool,
+    /// Sizes of the parts of a multipart object (empty otherwise).
+    #[serde(default)]
+    pub part_sizes: Vec<u64>,
+}
+
+/// A multipart upload in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    /// The key it will create.
+    pub key: String,
+    /// Its id.
+    pub id: String,
+    /// When it began (milliseconds since the Unix epoch).
+    pub initiated_ms: u64,
+    /// The object's headers and metadata; the checksum algorithm, if any, under `checksums`
+    /// with an empty value.
+    pub meta: ObjectMeta,
+}
+
+/// One uploaded part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// Its number (1..=10,000).
+    pub number: u32,
+    /// Hex MD5 of its bytes.
+    pub etag: String,
+    /// Bytes.
+    pub size: u64,
+    /// When it was uploaded (milliseconds since the Unix epoch).
+    pub modified_ms: u64,
+    /// Where its bytes are (`None`: an empty part).
+    pub segment: Option<Segment>,
+    /// Checksums sent with it.
+    pub checksums: BTreeMap<String, String>,
+}
+
+/// Stripes unlinked from the index, to be removed once due.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Garbage {
+    /// The segments whose stripes go.
+    pub segments: Vec<Segment>,
+}
+
+/// The omap namespaces of an index shard (first byte of the key).
+pub mod keys {
+    /// `o<key>`: an object's entry.
+    pub fn entry(key: &str) -> Vec<u8> {
+        prefixed(b'o', key.as_bytes())
+    }
+
+    /// `d<key>`: an object's inline data.
+    pub fn inline(key: &str) -> Vec<u8> {
+        prefixed(b'd', key.as_bytes())
+    }
+
+    /// `u<key>\0<id>`: a multipart upload.
+    pub fn upload(key: &str, id: &str) -> Vec<u8> {
+        let mut out = prefixed(b'u', key.as_bytes());
+        out.push(0);
+        out.extend_from_slice(id.as_bytes());
+        out
+    }
+
+    /// `g<due, 16 hex digits><id>`: garbage due at `due_ms`.
+    pub fn garbage(due_ms: u64, id: &str) -> Vec<u8> {
+        prefixed(b'g', format!("{due_ms:016x}{id}").as_bytes())
+    }
+
+    /// When a garbage key is due.
+    pub fn garbage_due(key: &[u8]) -> Option<u64> {
+        let hex = std::str::from_utf8(key.get(1..17)?).ok()?;
+        u64::from_str_radix(hex, 16).ok()
+    }
+
+    /// `namespace` followed by `rest`.
+    pub fn prefixed(namespace: u8, rest: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(rest.len() + 1);
+        out.push(namespace);
+        out.extend_from_slice(rest);
+        out
+    }
+
+    /// The key of a part in `upload.<id>`: its number, big-endian, so parts list in order.
+    pub fn part(number: u32) -> Vec<u8> {
+        number.to_be_bytes().to_vec()
+    }
+}
+
+/// The directory object.
+pub const DIRECTORY: &str = "buckets";
+
+/// The object holding the parts of upload `id`.
+pub fn upload_object(id: &str) -> String {
+    format!("upload.{id}")
+}
+
+/// The shard xattr that says whether links may land.
+pub const STATE_XATTR: &str = "state";
+
+/// The value of [`STATE_XATTR`] while the bucket takes writes.
+pub const STATE_OPEN: &[u8] = b"open";
+
+/// The value of [`STATE_XATTR`] while the bucket is being deleted.
+pub const STATE_CLOSING: &[u8] = b"closing";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_refuse_other_formats() {
+        let info = BucketInfo {
+            name: "b".into(),
+            id: "0123".into(),
+            owner: "alice".into(),
+            created_ms: 7,
+            shards: 8,
+        };
+        let bytes = encode(&info);
+        assert_eq!(decode::<BucketInfo>(&bytes).expect("decodes"), info);
+        let other = rmp_serde::to_vec_named(&(2u8, &info)).expect("encodes");
+        assert!(matches!(
+            decode::<BucketInfo>(&other),
+            Err(BucketError::Corrupt(_))
+        ));
+        assert!(decode::<BucketInfo>(b"\xff\x00").is_err());
+    }
+
+    #[test]
+    fn keys_keep_namespaces_apart_and_in_order() {
+        assert!(keys::entry("a") < keys::entry("b"));
+        assert!(keys::inline("zzz") < keys::garbage(5, "x"));
+        assert!(keys::garbage(u64::MAX, "x") < keys::entry(""));
+        assert!(keys::entry("\u{10ffff}") < keys::upload("", "id"));
+        assert_eq!(keys::garbage_due(&keys::garbage(1234, "id")), Some(1234));
+        assert!(keys::part(2) < keys::part(10));
+    }
+
+    #[test]
+    fn shards_spread_keys() {
+        let info = BucketInfo {
+            name: "b".into(),
+            id: "i".into(),
+            owner: "o".into(),
+            created_ms: 0,
+            shards: 8,
+        };
+        let mut counts = [0u32; 8];
+        for i in 0..8000 {
+            counts[info.shard_of(&format!("key-{i}")) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
+    }
+}
