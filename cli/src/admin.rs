@@ -626,19 +626,24 @@ fn random_key(len: usize, alphabet: &[u8]) -> Result<String> {
         .collect())
 }
 
-/// `tidepool user create|ls|rm`.
-pub fn user(args: ClusterArgs, command: UserCommand) -> Result<()> {
+/// A new user `name` with fresh random keys.
+pub fn new_user(name: String) -> Result<User> {
     const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    Ok(User {
+        name,
+        access_key: format!("TP{}", random_key(18, UPPER)?),
+        secret_key: random_key(40, SECRET)?,
+    })
+}
+
+/// `tidepool user create|ls|rm`.
+pub fn user(args: ClusterArgs, command: UserCommand) -> Result<()> {
     runtime()?.block_on(async {
         let mut client = args.client()?;
         match command {
             UserCommand::Create { name } => {
-                let user = User {
-                    name,
-                    access_key: format!("TP{}", random_key(18, UPPER)?),
-                    secret_key: random_key(40, SECRET)?,
-                };
+                let user = new_user(name)?;
                 if let Err(error) = client.command(Command::UserCreate(user.clone())).await? {
                     bail!("refused: {error}");
                 }

@@ -46,7 +46,7 @@ struct OsdFile {
 }
 
 /// Until Ctrl-C or SIGTERM.
-async fn signalled() {
+pub(crate) async fn signalled() {
     let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     else {
         let _ = tokio::signal::ctrl_c().await;
@@ -131,6 +131,9 @@ pub struct UpArgs {
     /// OSDs.
     #[arg(long, default_value_t = 4)]
     osds: u32,
+    /// The S3 gateway's port on 127.0.0.1.
+    #[arg(long, default_value_t = 7480)]
+    s3_port: u16,
 }
 
 /// Child processes, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -219,6 +222,14 @@ pub fn up(args: UpArgs) -> Result<()> {
                 .command(pool)
                 .await?
                 .map_err(|e| anyhow::anyhow!("creating pool data: {e}"))?;
+            let size = args.osds.clamp(1, 3) as u8;
+            crate::gateway::ensure_pools(
+                &mut admin,
+                &tidepool_buckets::BucketsConfig::default(),
+                size,
+                BucketType::Osd,
+            )
+            .await?;
         }
         anyhow::Ok(())
     })?;
@@ -241,6 +252,20 @@ pub fn up(args: UpArgs) -> Result<()> {
     }
     let started = Instant::now();
     let (active, total) = rt.block_on(wait_active(&cluster, Duration::from_secs(90)))?;
+    let s3_addr = SocketAddr::from(([127, 0, 0, 1], args.s3_port));
+    children.start(
+        "gateway".into(),
+        &[
+            "gateway",
+            "--cluster",
+            &dir_text,
+            "--bind",
+            &s3_addr.to_string(),
+        ],
+        &logs.join("gateway.log"),
+    )?;
+    let user = rt.block_on(local_user(&cluster))?;
+    wait_listening(s3_addr, Duration::from_secs(30));
     let shown = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
     let dead = children.dead();
     if !dead.is_empty() {
@@ -256,13 +281,21 @@ pub fn up(args: UpArgs) -> Result<()> {
     println!("  OSDs:     {}", args.osds);
     println!("  PGs:      {active} of {total} active");
     println!("  pool:     data (3 copies, writes need 2)");
+    println!("  S3:       http://{s3_addr}");
+    println!("            access key {}", user.access_key);
+    println!("            secret key {}", user.secret_key);
     println!("  logs:     {}", logs.display());
     println!();
     println!("Try:");
+    println!("  export AWS_ACCESS_KEY_ID={}", user.access_key);
+    println!("  export AWS_SECRET_ACCESS_KEY={}", user.secret_key);
+    println!("  aws --endpoint-url http://{s3_addr} s3 mb s3://demo");
+    println!("  aws --endpoint-url http://{s3_addr} s3 cp ./README.md s3://demo/");
+    println!("  aws --endpoint-url http://{s3_addr} s3 ls s3://demo");
+    println!();
     println!("  export TIDEPOOL_CLUSTER={}", shown.display());
     println!("  tidepool status");
     println!("  tidepool object put data hello ./README.md");
-    println!("  tidepool object get data hello -");
     println!("  tidepool bench data write --seconds 10");
     println!();
     println!(
@@ -287,6 +320,31 @@ pub fn up(args: UpArgs) -> Result<()> {
     drop(children);
     println!("stopped");
     Ok(())
+}
+
+/// The S3 user of a local cluster, `local`, created on the first run.
+async fn local_user(cluster: &ClusterArgs) -> Result<tidepool_proto::mon::User> {
+    let mut admin = cluster.client()?;
+    if let Some(user) = admin.users().await?.into_iter().find(|u| u.name == "local") {
+        return Ok(user);
+    }
+    let user = crate::admin::new_user("local".into())?;
+    admin
+        .command(Command::UserCreate(user.clone()))
+        .await?
+        .map_err(|e| anyhow::anyhow!("creating the S3 user: {e}"))?;
+    Ok(user)
+}
+
+/// Waits until something accepts TCP connections at `addr` (or `limit` passes).
+fn wait_listening(addr: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until every PG reports active (or `limit` passes); returns (active, total).

@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod cluster;
 mod daemons;
+mod gateway;
 mod objects;
 mod simulate;
 
@@ -58,6 +59,8 @@ enum Command {
     },
     /// Start a local cluster (created on the first run): monitors and OSDs as child processes.
     Up(daemons::UpArgs),
+    /// Serve S3 over the cluster (default 127.0.0.1:7480).
+    Gateway(gateway::GatewayArgs),
     /// Measure object writes or reads on a pool, like `rados bench`.
     Bench(bench::BenchArgs),
     /// The failure-domain hierarchy: hosts, racks, zones.
@@ -170,6 +173,7 @@ fn run() -> Result<()> {
         } => admin::mon_bench(args),
         Command::Mon { command: None, run } => admin::mon(run),
         Command::Status(args) => admin::status(args),
+        Command::Gateway(args) => gateway::gateway(args),
         Command::Osd {
             cluster,
             command: Some(OsdCommand::Dump),

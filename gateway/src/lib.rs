@@ -1,1 +1,85 @@
-//! S3 gateway on axum. Built in the S3 milestone; see docs/ARCHITECTURE.md.
+//! The S3 gateway: S3's wire protocol (SigV4, presigned URLs, `aws-chunked` bodies and
+//! checksums, XML, error codes) from the `s3s` crate, served inside axum, over the bucket
+//! layer. Stateless: users come from the monitors and everything else from the cluster.
+//! See docs/gateway.md.
+
+mod checksum;
+mod error;
+mod s3;
+mod users;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidepool_buckets::Buckets;
+use tidepool_client::MonClient;
+
+pub use s3::Gateway;
+pub use users::Users;
+
+/// Where and how a gateway serves.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where to listen.
+    pub bind: SocketAddr,
+    /// How often the garbage collector runs.
+    pub gc_interval: Duration,
+}
+
+/// The HTTP application: every request goes to the S3 service.
+pub fn app(buckets: Buckets, users: Arc<Users>) -> axum::Router {
+    let mut builder = s3s::service::S3ServiceBuilder::new(Gateway::new(buckets, users.clone()));
+    builder.set_auth(users::UserKeys(users));
+    let service = builder.build();
+    axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let service = service.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let request = http::Request::from_parts(parts, s3s::Body::http_body_unsync(body));
+            match service.call(request).await {
+                Ok(response) => response.map(axum::body::Body::new),
+                Err(error) => {
+                    tracing::error!(?error, "the S3 service failed");
+                    let mut response = axum::response::Response::new(axum::body::Body::empty());
+                    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    response
+                }
+            }
+        }
+    })
+}
+
+/// Serves S3 on `config.bind` until `shutdown` completes, and collects garbage meanwhile.
+pub async fn serve(
+    buckets: Buckets,
+    mon: MonClient,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let users = Arc::new(Users::new(mon));
+    let listener = tokio::net::TcpListener::bind(config.bind).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving S3");
+    let collector = tokio::spawn(collect_garbage(buckets.clone(), config.gc_interval));
+    let served = axum::serve(listener, app(buckets, users))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    collector.abort();
+    served
+}
+
+async fn collect_garbage(buckets: Buckets, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match buckets.collect_garbage().await {
+            Ok(pass) if pass.records > 0 => {
+                tracing::info!(records = pass.records, stripes = pass.stripes, "garbage collected");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "garbage collection failed"),
+        }
+    }
+}
