@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing Tidepool needs, only when it is missing:
-# Debian packages (RocksDB 7.8 and libclang for its bindings, FUSE 3, pkg-config) and a Python venv with the
-# newest aws-cli in .venv/ (ignored by git). Safe to run again; does nothing when all is there.
+# Debian packages (RocksDB 7.8 and libclang for its bindings, FUSE 3, pkg-config, rclone for the S3
+# tests) and a Python venv in .venv/ (ignored by git) with the newest aws-cli and s3cmd from PyPI. Safe to run again; does nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libclang-dev librocksdb-dev fuse3 libfuse3-dev pkg-config python3-venv)
+packages=(libclang-dev librocksdb-dev fuse3 libfuse3-dev pkg-config python3-venv rclone)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -23,9 +23,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-if [ ! -x .venv/bin/aws ]; then
-  echo "creating .venv with aws-cli"
-  python3 -m venv .venv
+if [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/s3cmd ]; then
+  echo "creating .venv with aws-cli and s3cmd"
+  [ -x .venv/bin/pip ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q awscli
+  .venv/bin/pip install -q --upgrade awscli s3cmd
 fi

@@ -8,16 +8,39 @@ use tidepool_client::ObjectError;
 /// The S3 error for `error`.
 pub fn s3(error: BucketError) -> S3Error {
     match error {
-        BucketError::NoSuchBucket => s3_error!(NoSuchBucket),
-        BucketError::BucketOwned => s3_error!(BucketAlreadyOwnedByYou),
-        BucketError::BucketExists => s3_error!(BucketAlreadyExists),
-        BucketError::BucketNotEmpty => s3_error!(BucketNotEmpty),
-        BucketError::NoSuchKey => s3_error!(NoSuchKey),
-        BucketError::NoSuchUpload => s3_error!(NoSuchUpload),
-        BucketError::PreconditionFailed => s3_error!(PreconditionFailed),
-        BucketError::InvalidPart(reason) => s3_error!(InvalidPart, "{reason}"),
-        BucketError::InvalidPartOrder => s3_error!(InvalidPartOrder),
-        BucketError::EntityTooSmall(_) => s3_error!(EntityTooSmall),
+        BucketError::NoSuchBucket => {
+            s3_error!(NoSuchBucket, "The specified bucket does not exist.")
+        }
+        BucketError::BucketOwned => s3_error!(
+            BucketAlreadyOwnedByYou,
+            "Your previous request to create the named bucket succeeded and you already own it."
+        ),
+        BucketError::BucketExists => s3_error!(
+            BucketAlreadyExists,
+            "The requested bucket name is not available. Please select a different name and try again."
+        ),
+        BucketError::BucketNotEmpty => s3_error!(
+            BucketNotEmpty,
+            "The bucket you tried to delete is not empty."
+        ),
+        BucketError::NoSuchKey => s3_error!(NoSuchKey, "The specified key does not exist."),
+        BucketError::NoSuchUpload => s3_error!(
+            NoSuchUpload,
+            "The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."
+        ),
+        BucketError::PreconditionFailed => precondition_failed(),
+        BucketError::InvalidPart(reason) => s3_error!(
+            InvalidPart,
+            "One or more of the specified parts could not be found or did not match: {reason}."
+        ),
+        BucketError::InvalidPartOrder => s3_error!(
+            InvalidPartOrder,
+            "The list of parts was not in ascending order. Parts must be ordered by part number."
+        ),
+        BucketError::EntityTooSmall(number) => s3_error!(
+            EntityTooSmall,
+            "Your proposed upload is smaller than the minimum allowed object size (part {number})."
+        ),
         BucketError::Invalid(reason) => s3_error!(InvalidArgument, "{reason}"),
         BucketError::Conflict => s3_error!(
             OperationAborted,
@@ -33,4 +56,22 @@ pub fn s3(error: BucketError) -> S3Error {
             s3_error!(InternalError)
         }
     }
+}
+
+/// `PreconditionFailed` as S3 words it.
+pub fn precondition_failed() -> S3Error {
+    s3_error!(
+        PreconditionFailed,
+        "At least one of the pre-conditions you specified did not hold"
+    )
+}
+
+/// `InvalidRange` as S3 words it.
+pub fn invalid_range() -> S3Error {
+    s3_error!(InvalidRange, "The requested range is not satisfiable")
+}
+
+/// `AccessDenied` as S3 words it.
+pub fn access_denied() -> S3Error {
+    s3_error!(AccessDenied, "Access Denied")
 }

@@ -36,10 +36,20 @@ pub fn app(buckets: Buckets, users: Arc<Users>) -> axum::Router {
     axum::Router::new().fallback(move |request: axum::extract::Request| {
         let service = service.clone();
         async move {
+            let close = empty_body_expecting_continue(request.headers());
             let (parts, body) = request.into_parts();
             let request = http::Request::from_parts(parts, s3s::Body::http_body_unsync(body));
             match service.call(request).await {
-                Ok(response) => response.map(axum::body::Body::new),
+                Ok(response) => {
+                    let mut response = response.map(axum::body::Body::new);
+                    if close {
+                        response.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    response
+                }
                 Err(error) => {
                     tracing::error!(?error, "the S3 service failed");
                     let mut response = axum::response::Response::new(axum::body::Body::empty());
@@ -49,6 +59,20 @@ pub fn app(buckets: Buckets, users: Arc<Users>) -> axum::Router {
             }
         }
     })
+}
+
+/// Whether a request says `Expect: 100-continue` over an empty body. HTTP lets the server
+/// answer such a request without `100 Continue` (there is no body to ask for), and hyper
+/// does; botocore (aws-cli, boto3) then loses its place on the kept-alive connection and the
+/// next request on it times out. Closing that one connection after the answer avoids it.
+fn empty_body_expecting_continue(headers: &http::HeaderMap) -> bool {
+    let expects = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let empty = headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    expects && empty
 }
 
 /// Serves S3 on `config.bind` until `shutdown` completes, and collects garbage meanwhile.
@@ -76,7 +100,11 @@ async fn collect_garbage(buckets: Buckets, interval: Duration) {
         tick.tick().await;
         match buckets.collect_garbage().await {
             Ok(pass) if pass.records > 0 => {
-                tracing::info!(records = pass.records, stripes = pass.stripes, "garbage collected");
+                tracing::info!(
+                    records = pass.records,
+                    stripes = pass.stripes,
+                    "garbage collected"
+                );
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "garbage collection failed"),

@@ -49,7 +49,7 @@ impl Gateway {
         let caller = self.caller(req).await?;
         let info = self.buckets.lookup(bucket, false).await.map_err(s3)?;
         if info.owner != caller {
-            return Err(s3_error!(AccessDenied));
+            return Err(crate::error::access_denied());
         }
         Ok(())
     }
@@ -65,13 +65,22 @@ impl Gateway {
     ) -> S3Result<(Written, BTreeMap<String, String>)> {
         let info = self.buckets.lookup(bucket, false).await.map_err(s3)?;
         let mut hasher = check.expected.hasher();
-        let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<Bytes, std::io::Error>>()));
+        let body = body.unwrap_or_else(|| {
+            StreamingBlob::wrap(futures::stream::empty::<Result<Bytes, std::io::Error>>())
+        });
         let stream = body.inspect_ok(|chunk| hasher.update(chunk));
         let written = self
             .buckets
             .write_data(&info, stream, inline_allowed)
             .await
-            .map_err(s3)?;
+            .map_err(|error| match error {
+                // s3s reports a bad chunk signature as an error of the body stream.
+                BucketError::Body(reason) if reason.contains("SignatureMismatch") => s3_error!(
+                    SignatureDoesNotMatch,
+                    "The request signature we calculated does not match the signature you provided."
+                ),
+                other => s3(other),
+            })?;
         let verdict = (|| {
             if let Some(length) = check.content_length {
                 if u64::try_from(length).ok() != Some(written.size) {
@@ -195,7 +204,9 @@ fn object_of(key: String, entry: &Entry, encode: fn(&str) -> String) -> Object {
         size: Some(entry.size as i64),
         e_tag: Some(etag(&entry.etag)),
         last_modified: Some(timestamp(entry.modified_ms)),
-        storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+        storage_class: Some(ObjectStorageClass::from_static(
+            ObjectStorageClass::STANDARD,
+        )),
         ..Default::default()
     }
 }
@@ -208,10 +219,7 @@ fn max_keys(value: Option<i32>) -> S3Result<usize> {
     }
 }
 
-fn meta_of(
-    headers: ContentHeaders,
-    metadata: Option<Metadata>,
-) -> ObjectMeta {
+fn meta_of(headers: ContentHeaders, metadata: Option<Metadata>) -> ObjectMeta {
     ObjectMeta {
         headers,
         metadata: metadata
@@ -276,17 +284,15 @@ fn check_read_conditions(
     let modified = entry.modified_ms / 1000;
     match (if_match, if_unmodified_since) {
         (Some(condition), _) if !etag_matches(condition, &entry.etag) => {
-            return Err(s3_error!(PreconditionFailed));
+            return Err(crate::error::precondition_failed());
         }
         (None, Some(since)) if modified > seconds(since) => {
-            return Err(s3_error!(PreconditionFailed));
+            return Err(crate::error::precondition_failed());
         }
         _ => {}
     }
     match (if_none_match, if_modified_since) {
-        (Some(condition), _) if etag_matches(condition, &entry.etag) => {
-            Err(s3_error!(NotModified))
-        }
+        (Some(condition), _) if etag_matches(condition, &entry.etag) => Err(s3_error!(NotModified)),
         (None, Some(since)) if modified <= seconds(since) => Err(s3_error!(NotModified)),
         _ => Ok(()),
     }
@@ -294,13 +300,15 @@ fn check_read_conditions(
 
 /// Parses `bytes=first-last` of `x-amz-copy-source-range` against an object of `size` bytes.
 fn copy_range(text: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
-    let bad = || s3_error!(InvalidArgument, "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy");
+    let bad = || {
+        s3_error!(InvalidArgument, "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy")
+    };
     let spec = text.strip_prefix("bytes=").ok_or_else(bad)?;
     let (first, last) = spec.split_once('-').ok_or_else(bad)?;
     let first: u64 = first.parse().map_err(|_| bad())?;
     let last: u64 = last.parse().map_err(|_| bad())?;
     if first > last || last >= size {
-        return Err(s3_error!(InvalidRange));
+        return Err(crate::error::invalid_range());
     }
     Ok(first..last + 1)
 }
@@ -308,7 +316,10 @@ fn copy_range(text: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
 fn copy_source(source: &CopySource) -> S3Result<(String, String)> {
     match source {
         CopySource::Bucket { bucket, key, .. } => Ok((bucket.to_string(), key.to_string())),
-        _ => Err(s3_error!(NotImplemented, "Access points are not supported.")),
+        _ => Err(s3_error!(
+            NotImplemented,
+            "Access points are not supported."
+        )),
     }
 }
 
@@ -414,9 +425,7 @@ impl S3 for Gateway {
             content_md5: input.content_md5.as_deref(),
             trailers: req.trailing_headers,
         };
-        let (written, sums) = self
-            .receive(&input.bucket, input.body, true, check)
-            .await?;
+        let (written, sums) = self.receive(&input.bucket, input.body, true, check).await?;
         let mut meta = meta_of(
             ContentHeaders {
                 content_type: input.content_type,
@@ -469,7 +478,7 @@ impl S3 for Gateway {
             Some(range) => {
                 let r = range
                     .check(entry.size)
-                    .map_err(|_| s3_error!(InvalidRange))?;
+                    .map_err(|_| crate::error::invalid_range())?;
                 let text = format!("bytes {}-{}/{}", r.start, r.end - 1, entry.size);
                 (r, Some(text))
             }
@@ -506,7 +515,9 @@ impl S3 for Gateway {
                 .or(headers.content_disposition),
             content_language: input.response_content_language.or(headers.content_language),
             cache_control: input.response_cache_control.or(headers.cache_control),
-            expires: input.response_expires.or_else(|| expires_of(&headers.expires)),
+            expires: input
+                .response_expires
+                .or_else(|| expires_of(&headers.expires)),
             checksum_crc32: sums.checksum_crc32,
             checksum_crc32c: sums.checksum_crc32c,
             checksum_sha1: sums.checksum_sha1,
@@ -540,7 +551,7 @@ impl S3 for Gateway {
             Some(range) => {
                 let r = range
                     .check(entry.size)
-                    .map_err(|_| s3_error!(InvalidRange))?;
+                    .map_err(|_| crate::error::invalid_range())?;
                 (
                     r.end - r.start,
                     Some(format!("bytes {}-{}/{}", r.start, r.end - 1, entry.size)),
@@ -571,7 +582,9 @@ impl S3 for Gateway {
                 .or(headers.content_disposition),
             content_language: input.response_content_language.or(headers.content_language),
             cache_control: input.response_cache_control.or(headers.cache_control),
-            expires: input.response_expires.or_else(|| expires_of(&headers.expires)),
+            expires: input
+                .response_expires
+                .or_else(|| expires_of(&headers.expires)),
             checksum_crc32: sums.checksum_crc32,
             checksum_crc32c: sums.checksum_crc32c,
             checksum_sha1: sums.checksum_sha1,
@@ -666,7 +679,7 @@ impl S3 for Gateway {
             input.copy_source_if_none_match.as_ref(),
             input.copy_source_if_modified_since.as_ref(),
         )
-        .map_err(|_| s3_error!(PreconditionFailed))?;
+        .map_err(|_| crate::error::precondition_failed())?;
         let replace = input
             .metadata_directive
             .as_ref()
@@ -694,7 +707,11 @@ impl S3 for Gateway {
         };
         meta.checksums = source.meta.checksums.clone();
         let data = self.buckets.read_data(&source, inline, 0..source.size);
-        let info = self.buckets.lookup(&input.bucket, false).await.map_err(s3)?;
+        let info = self
+            .buckets
+            .lookup(&input.bucket, false)
+            .await
+            .map_err(s3)?;
         let written = self
             .buckets
             .write_data(&info, data, true)
@@ -702,7 +719,13 @@ impl S3 for Gateway {
             .map_err(s3)?;
         let entry = self
             .buckets
-            .put(&input.bucket, &input.key, written, meta, &PutCondition::Always)
+            .put(
+                &input.bucket,
+                &input.key,
+                written,
+                meta,
+                &PutCondition::Always,
+            )
             .await
             .map_err(s3)?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -736,7 +759,10 @@ impl S3 for Gateway {
             marker: Some(input.marker.as_deref().map(encode).unwrap_or_default()),
             max_keys: Some(limit as i32),
             is_truncated: Some(page.truncated),
-            next_marker: page.truncated.then(|| page.last.as_deref().map(encode)).flatten(),
+            next_marker: page
+                .truncated
+                .then(|| page.last.as_deref().map(encode))
+                .flatten(),
             delimiter: input.delimiter.as_deref().map(encode),
             encoding_type: input.encoding_type,
             contents: Some(
@@ -923,13 +949,17 @@ impl S3 for Gateway {
             input.copy_source_if_none_match.as_ref(),
             input.copy_source_if_modified_since.as_ref(),
         )
-        .map_err(|_| s3_error!(PreconditionFailed))?;
+        .map_err(|_| crate::error::precondition_failed())?;
         let range = match &input.copy_source_range {
             Some(text) => copy_range(text, source.size)?,
             None => 0..source.size,
         };
         let data = self.buckets.read_data(&source, inline, range);
-        let info = self.buckets.lookup(&input.bucket, false).await.map_err(s3)?;
+        let info = self
+            .buckets
+            .lookup(&input.bucket, false)
+            .await
+            .map_err(s3)?;
         let written = self
             .buckets
             .write_data(&info, data, false)
@@ -990,7 +1020,13 @@ impl S3 for Gateway {
         }
         let entry = self
             .buckets
-            .complete_upload(&input.bucket, &input.key, &input.upload_id, &chosen, &condition)
+            .complete_upload(
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                &chosen,
+                &condition,
+            )
             .await
             .map_err(s3)?;
         Ok(S3Response::new(CompleteMultipartUploadOutput {

@@ -76,7 +76,10 @@ impl S3Auth for UserKeys {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
         match self.0.by_access_key(access_key).await {
             Some(user) => Ok(SecretKey::from(user.secret_key)),
-            None => Err(s3_error!(InvalidAccessKeyId)),
+            None => Err(s3_error!(
+                InvalidAccessKeyId,
+                "The AWS Access Key Id you provided does not exist in our records."
+            )),
         }
     }
 }

@@ -137,6 +137,43 @@ impl Drop for TempDir {
     }
 }
 
+/// A program of the project's Python venv (`.venv/bin/NAME`, made by `scripts/deps.sh`).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let path = manifest_dir()
+        .join("..")
+        .join(".venv")
+        .join("bin")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/deps.sh (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound once and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Bytes `len` long from `seed` alone (xorshift), for data compared after a round trip.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(len);
+    data
+}
+
 /// This package's folder, read when the test runs: a test binary built from another checkout of
 /// the same tree (sharing the target folder) must still look in this one.
 fn manifest_dir() -> std::path::PathBuf {

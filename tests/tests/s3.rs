@@ -1,0 +1,1027 @@
+//! The S3 gateway under real clients: aws-cli (`s3` and `s3api`), s3cmd and rclone against a
+//! cluster of real processes (1 monitor, 3 OSDs, the gateway), hostile keys, and requests that
+//! must be refused with S3's error and change nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tidepool_tests::{free_port, pattern, run, tidepool_ok, venv_bin, Daemon, TempDir};
+
+const MIB: usize = 1 << 20;
+
+/// A cluster with an S3 gateway and one user.
+struct S3Cluster {
+    dir: TempDir,
+    _daemons: Vec<Daemon>,
+    endpoint: String,
+    access_key: String,
+    secret_key: String,
+}
+
+impl S3Cluster {
+    fn start(name: &str) -> S3Cluster {
+        let dir = TempDir::new(name);
+        let path = dir.path().to_path_buf();
+        let text = path.to_str().expect("utf-8").to_owned();
+        assert!(run(&["cluster", "init", &text, "--mons", "1"])
+            .status
+            .success());
+        let mut daemons = vec![Daemon::start(
+            &["mon", "--id", "0", "--data", &text],
+            &path.join("mon-0.log"),
+        )];
+        for n in 0..3 {
+            let data = path.join(format!("osd-{n}"));
+            daemons.push(Daemon::start(
+                &[
+                    "osd",
+                    "--data",
+                    data.to_str().expect("utf-8"),
+                    "--cluster",
+                    &text,
+                ],
+                &path.join(format!("osd-{n}.log")),
+            ));
+            // One at a time, so that the map holds all three before the gateway sizes its pools.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !data.join("osd.json").exists() {
+                assert!(Instant::now() < deadline, "osd-{n} never created itself");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let port = free_port();
+        let bind = format!("127.0.0.1:{port}");
+        daemons.push(Daemon::start(
+            &[
+                "gateway",
+                "--cluster",
+                &text,
+                "--bind",
+                &bind,
+                "--gc-delay",
+                "1",
+                "--gc-interval",
+                "1",
+            ],
+            &path.join("gateway.log"),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&bind).is_err() {
+            assert!(Instant::now() < deadline, "the gateway never listened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let user: Value = serde_json::from_str(&tidepool_ok(
+            &path,
+            &["user", "create", "alice", "--format", "json"],
+        ))
+        .expect("JSON");
+        let access_key = user["access_key"].as_str().expect("key").to_owned();
+        let secret_key = user["secret_key"].as_str().expect("secret").to_owned();
+        // Profile `v4` presigns with SigV4 (aws-cli's presign uses SigV2 by default).
+        std::fs::write(
+            path.join("aws-config"),
+            format!(
+                "[default]\nregion = us-east-1\naws_access_key_id = {access_key}\n\
+                 aws_secret_access_key = {secret_key}\n\n[profile v4]\nregion = us-east-1\n\
+                 aws_access_key_id = {access_key}\naws_secret_access_key = {secret_key}\n\
+                 s3 =\n    signature_version = s3v4\n"
+            ),
+        )
+        .expect("aws config");
+        S3Cluster {
+            dir,
+            _daemons: daemons,
+            endpoint: format!("http://{bind}"),
+            access_key,
+            secret_key,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+
+    /// aws-cli with `keys` (access, secret) against the gateway.
+    fn aws_as(&self, keys: (&str, &str), args: &[&str]) -> Output {
+        Command::new(venv_bin("aws"))
+            .arg("--endpoint-url")
+            .arg(&self.endpoint)
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", keys.0)
+            .env("AWS_SECRET_ACCESS_KEY", keys.1)
+            .env("AWS_CONFIG_FILE", self.file("aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("aws runs")
+    }
+
+    fn aws(&self, args: &[&str]) -> Output {
+        self.aws_as((&self.access_key, &self.secret_key), args)
+    }
+
+    /// Runs aws-cli, which must succeed; its standard output.
+    fn aws_ok(&self, args: &[&str]) -> String {
+        let started = Instant::now();
+        let output = self.aws(args);
+        if started.elapsed() > Duration::from_secs(5) {
+            eprintln!("slow: aws {args:?} took {:?}", started.elapsed());
+        }
+        assert!(
+            output.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs `aws s3api`, which must succeed; its JSON answer (`null` when it prints none).
+    fn s3api(&self, args: &[&str]) -> Value {
+        let mut full = vec!["s3api"];
+        full.extend_from_slice(args);
+        let text = self.aws_ok(&full);
+        if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+        }
+    }
+
+    /// Runs `aws s3api`, which must fail with S3 error `code`.
+    fn s3api_fails(&self, code: &str, args: &[&str]) {
+        let mut full = vec!["s3api"];
+        full.extend_from_slice(args);
+        expect_error(&self.aws(&full), code, args);
+    }
+
+    /// How many keys of bucket `bkt` begin with `prefix`.
+    fn key_count(&self, prefix: &str) -> u64 {
+        let listing = self.s3api(&["list-objects-v2", "--bucket", "bkt", "--prefix", prefix]);
+        keys_of(&listing).len() as u64
+    }
+
+    fn raw_request(&self, key: &str, case: &str) -> Value {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("s3/raw_requests.py");
+        let output = Command::new(venv_bin("python"))
+            .arg(script)
+            .args([
+                &self.endpoint,
+                &self.access_key,
+                &self.secret_key,
+                "bkt",
+                key,
+                case,
+            ])
+            .output()
+            .expect("python runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    }
+
+    /// A plain HTTP GET of `url` (no signature of its own): status and body.
+    fn plain_get(&self, url: &str) -> (u16, Vec<u8>) {
+        let script = "import sys, urllib.request, urllib.error\n\
+            try:\n    r = urllib.request.urlopen(sys.argv[1]); status, body = r.status, r.read()\n\
+            except urllib.error.HTTPError as e:\n    status, body = e.code, e.read()\n\
+            sys.stdout.write(str(status) + '\\n'); sys.stdout.flush(); sys.stdout.buffer.write(body)\n";
+        let output = Command::new(venv_bin("python"))
+            .args(["-c", script, url])
+            .output()
+            .expect("python runs");
+        let text = output.stdout;
+        let newline = text
+            .iter()
+            .position(|b| *b == b'\n')
+            .expect("a status line");
+        let status = std::str::from_utf8(&text[..newline])
+            .expect("utf-8")
+            .parse()
+            .expect("a status");
+        (status, text[newline + 1..].to_vec())
+    }
+}
+
+/// Asserts that a client's run failed with S3 error `code`.
+fn expect_error(output: &Output, code: &str, what: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains(code),
+        "{what:?} should fail with {code}: status {:?}, stderr {stderr}",
+        output.status
+    );
+}
+
+/// `s3api put-object` of file `body` as `key` of bucket `bkt`.
+fn put_object_args<'a>(key: &'a str, body: &'a str) -> Vec<&'a str> {
+    vec![
+        "put-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        key,
+        "--body",
+        body,
+    ]
+}
+
+fn keys_of(listing: &Value) -> Vec<String> {
+    listing["Contents"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|o| o["Key"].as_str().expect("key").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn write(path: &Path, data: &[u8]) {
+    std::fs::write(path, data).expect("write");
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).expect("read")
+}
+
+/// Rule: aws-cli's everyday commands work: buckets made and removed, objects of 1 byte to
+/// 100 MiB (multipart) up and down bit-exact, a 200-file tree synced, listed and removed,
+/// and presigned URLs readable with plain HTTP until they expire.
+#[test]
+fn aws_cli_s3_commands() {
+    let started = Instant::now();
+    let s3 = S3Cluster::start("s3-cli");
+    eprintln!("cluster up in {:?}", started.elapsed());
+    s3.aws_ok(&["s3", "mb", "s3://bkt"]);
+    eprintln!("bucket made at {:?}", started.elapsed());
+    assert!(s3.aws_ok(&["s3", "ls"]).contains("bkt"));
+    for (name, size) in [("one", 1), ("seven", 7 * MIB), ("hundred", 100 * MIB)] {
+        let data = pattern(size as u64, size);
+        let up = s3.file(&format!("{name}.up"));
+        let down = s3.file(&format!("{name}.down"));
+        write(&up, &data);
+        let target = format!("s3://bkt/sizes/{name}");
+        s3.aws_ok(&[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            up.to_str().unwrap(),
+            &target,
+        ]);
+        s3.aws_ok(&[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            &target,
+            down.to_str().unwrap(),
+        ]);
+        assert!(read(&down) == data, "{name} came back different");
+        let head = s3.s3api(&[
+            "head-object",
+            "--bucket",
+            "bkt",
+            "--key",
+            &format!("sizes/{name}"),
+        ]);
+        assert_eq!(head["ContentLength"], size as u64);
+        let etag = head["ETag"].as_str().expect("etag");
+        assert_eq!(etag.contains('-'), size > 8 * MIB, "{name}: ETag {etag}");
+    }
+
+    eprintln!("sizes done at {:?}", started.elapsed());
+    // A tree of 200 files: sync up, list, sync down, remove.
+    let tree = s3.file("tree");
+    for i in 0..200 {
+        let dir = tree.join(format!("d{}", i % 7));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        write(
+            &dir.join(format!("f{i}.txt")),
+            &pattern(i, (i as usize * 37) % 5000),
+        );
+    }
+    s3.aws_ok(&[
+        "s3",
+        "sync",
+        "--only-show-errors",
+        tree.to_str().unwrap(),
+        "s3://bkt/tree",
+    ]);
+    let listing = s3.aws_ok(&["s3", "ls", "--recursive", "s3://bkt/tree/"]);
+    assert_eq!(listing.lines().count(), 200, "{listing}");
+    assert_eq!(s3.key_count("tree/"), 200);
+    let back = s3.file("tree-back");
+    s3.aws_ok(&[
+        "s3",
+        "sync",
+        "--only-show-errors",
+        "s3://bkt/tree",
+        back.to_str().unwrap(),
+    ]);
+    for i in 0..200 {
+        let relative = format!("d{}/f{i}.txt", i % 7);
+        assert!(
+            read(&back.join(&relative)) == read(&tree.join(&relative)),
+            "{relative}"
+        );
+    }
+    // A second sync finds nothing to send.
+    let again = s3.aws_ok(&["s3", "sync", tree.to_str().unwrap(), "s3://bkt/tree"]);
+    assert!(again.trim().is_empty(), "{again}");
+    s3.aws_ok(&[
+        "s3",
+        "rm",
+        "--recursive",
+        "--only-show-errors",
+        "s3://bkt/tree",
+    ]);
+    assert_eq!(s3.key_count("tree/"), 0);
+
+    eprintln!("tree done at {:?}", started.elapsed());
+    // Presigned URLs, SigV2 (aws-cli's default for presign) and SigV4, read by plain HTTP.
+    let data = read(&s3.file("one.up"));
+    for profile in ["default", "v4"] {
+        let url = s3.aws_ok(&["--profile", profile, "s3", "presign", "s3://bkt/sizes/one"]);
+        assert_eq!(url.contains("X-Amz-Signature"), profile == "v4", "{url}");
+        let (status, body) = s3.plain_get(url.trim());
+        assert_eq!((status, body), (200, data.clone()), "{profile}");
+        let tampered = url.trim().replacen("bkt/sizes/one", "bkt/sizes/seven", 1);
+        assert_eq!(s3.plain_get(&tampered).0, 403, "{profile}: another key");
+        let short = s3.aws_ok(&[
+            "--profile",
+            profile,
+            "s3",
+            "presign",
+            "s3://bkt/sizes/one",
+            "--expires-in",
+            "1",
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = s3.plain_get(short.trim());
+            if status == 403 {
+                assert!(String::from_utf8_lossy(&body).contains("AccessDenied"));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{profile}: the URL never expired"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    expect_error(
+        &s3.aws(&["s3", "rb", "s3://bkt"]),
+        "BucketNotEmpty",
+        &["rb"],
+    );
+    s3.aws_ok(&["s3", "rm", "--recursive", "--only-show-errors", "s3://bkt"]);
+    s3.aws_ok(&["s3", "rb", "s3://bkt"]);
+    assert!(!s3.aws_ok(&["s3", "ls"]).contains("bkt"));
+}
+
+/// Rule: each S3 operation aws-cli's `s3api` exposes answers as S3 does, keys of any shape
+/// round-trip, and what another client does next sees a change at once.
+#[test]
+fn aws_s3api_operations() {
+    let s3 = S3Cluster::start("s3-api");
+    s3.s3api(&["create-bucket", "--bucket", "bkt"]);
+    s3.s3api_fails(
+        "BucketAlreadyOwnedByYou",
+        &["create-bucket", "--bucket", "bkt"],
+    );
+    s3.s3api_fails(
+        "InvalidBucketName",
+        &["create-bucket", "--bucket", "Bad_Name"],
+    );
+    s3.s3api(&["head-bucket", "--bucket", "bkt"]);
+    s3.s3api(&["get-bucket-location", "--bucket", "bkt"]);
+    let buckets = s3.s3api(&["list-buckets"]);
+    assert_eq!(buckets["Buckets"][0]["Name"], "bkt");
+    s3.s3api_fails("404", &["head-bucket", "--bucket", "nothere"]);
+
+    // Objects with metadata and content headers.
+    let body = s3.file("body");
+    write(&body, b"0123456789");
+    let body = body.to_str().unwrap();
+    let put = s3.s3api(&[
+        "put-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "doc",
+        "--body",
+        body,
+        "--content-type",
+        "text/x-test",
+        "--cache-control",
+        "max-age=60",
+        "--content-disposition",
+        "attachment",
+        "--metadata",
+        "color=blue,size=10",
+    ]);
+    let etag = put["ETag"].as_str().expect("etag").to_owned();
+    assert_eq!(
+        etag, "\"781e5e245d69b566979b86e28d23f2c7\"",
+        "the MD5 of the body"
+    );
+    let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", "doc"]);
+    assert_eq!(head["ContentType"], "text/x-test");
+    assert_eq!(head["CacheControl"], "max-age=60");
+    assert_eq!(head["ContentDisposition"], "attachment");
+    assert_eq!(head["Metadata"]["color"], "blue");
+    assert_eq!(head["ETag"], etag.as_str());
+    let out = s3.file("out");
+    let out_text = out.to_str().unwrap();
+    let got = s3.s3api(&[
+        "get-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "doc",
+        "--range",
+        "bytes=2-5",
+        "--response-content-type",
+        "application/x-other",
+        out_text,
+    ]);
+    assert_eq!(read(&out), b"2345");
+    assert_eq!(got["ContentRange"], "bytes 2-5/10");
+    assert_eq!(got["ContentType"], "application/x-other");
+    s3.s3api(&[
+        "get-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "doc",
+        "--range",
+        "bytes=-3",
+        out_text,
+    ]);
+    assert_eq!(read(&out), b"789");
+    s3.s3api_fails(
+        "InvalidRange",
+        &[
+            "get-object",
+            "--bucket",
+            "bkt",
+            "--key",
+            "doc",
+            "--range",
+            "bytes=10-20",
+            out_text,
+        ],
+    );
+    s3.s3api_fails(
+        "NoSuchKey",
+        &["get-object", "--bucket", "bkt", "--key", "nope", out_text],
+    );
+
+    // Conditional reads.
+    let get_if = |flag: &str, value: &str| {
+        s3.aws(&[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "bkt",
+            "--key",
+            "doc",
+            flag,
+            value,
+            out_text,
+        ])
+    };
+    assert!(get_if("--if-match", &etag).status.success());
+    expect_error(
+        &get_if("--if-match", "\"0000\""),
+        "PreconditionFailed",
+        &["if-match"],
+    );
+    expect_error(&get_if("--if-none-match", &etag), "304", &["if-none-match"]);
+    assert!(get_if("--if-none-match", "\"0000\"").status.success());
+    expect_error(
+        &get_if("--if-modified-since", "2100-01-01T00:00:00Z"),
+        "304",
+        &["ims"],
+    );
+    assert!(get_if("--if-modified-since", "2000-01-01T00:00:00Z")
+        .status
+        .success());
+    expect_error(
+        &get_if("--if-unmodified-since", "2000-01-01T00:00:00Z"),
+        "PreconditionFailed",
+        &["ius"],
+    );
+
+    // Conditional writes.
+    let put_args = |key| put_object_args(key, body);
+    let mut args = put_args("doc");
+    args.extend(["--if-none-match", "*"]);
+    s3.s3api_fails("PreconditionFailed", &args);
+    let mut args = put_args("fresh");
+    args.extend(["--if-none-match", "*"]);
+    s3.s3api(&args);
+    let mut args = put_args("doc");
+    args.extend(["--if-match", "\"0000\""]);
+    s3.s3api_fails("PreconditionFailed", &args);
+    let mut args = put_args("doc");
+    args.extend(["--if-match", &etag]);
+    s3.s3api(&args);
+
+    // Copies: metadata kept (COPY) or replaced (REPLACE); a copy onto itself must change it.
+    s3.s3api(&[
+        "copy-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "copy1",
+        "--copy-source",
+        "bkt/doc",
+    ]);
+    let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", "copy1"]);
+    assert_eq!(head["ContentLength"], 10);
+    s3.s3api(&[
+        "copy-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "copy2",
+        "--copy-source",
+        "bkt/doc",
+        "--metadata-directive",
+        "REPLACE",
+        "--metadata",
+        "color=red",
+        "--content-type",
+        "text/y",
+    ]);
+    let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", "copy2"]);
+    assert_eq!(head["Metadata"]["color"], "red");
+    assert_eq!(head["ContentType"], "text/y");
+    s3.s3api_fails(
+        "InvalidRequest",
+        &[
+            "copy-object",
+            "--bucket",
+            "bkt",
+            "--key",
+            "doc",
+            "--copy-source",
+            "bkt/doc",
+        ],
+    );
+
+    // Listings: v1 and v2, prefix, delimiter, markers, pages, URL encoding.
+    for key in ["dir/a", "dir/b", "dir/sub/c", "dir/sub/d", "top"] {
+        s3.s3api(&put_args(key));
+    }
+    let v2 = s3.s3api(&[
+        "list-objects-v2",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "dir/",
+        "--delimiter",
+        "/",
+    ]);
+    assert_eq!(keys_of(&v2), ["dir/a", "dir/b"]);
+    assert_eq!(v2["CommonPrefixes"][0]["Prefix"], "dir/sub/");
+    let page = s3.s3api(&[
+        "list-objects-v2",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "dir/",
+        "--max-keys",
+        "2",
+        "--no-paginate",
+    ]);
+    assert_eq!(keys_of(&page), ["dir/a", "dir/b"]);
+    assert_eq!(page["IsTruncated"], true);
+    let token = page["NextContinuationToken"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let rest = s3.s3api(&[
+        "list-objects-v2",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "dir/",
+        "--continuation-token",
+        &token,
+        "--no-paginate",
+    ]);
+    assert_eq!(keys_of(&rest), ["dir/sub/c", "dir/sub/d"]);
+    let after = s3.s3api(&[
+        "list-objects-v2",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "dir/",
+        "--start-after",
+        "dir/b",
+    ]);
+    assert_eq!(keys_of(&after), ["dir/sub/c", "dir/sub/d"]);
+    let v1 = s3.s3api(&[
+        "list-objects",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "dir/",
+        "--marker",
+        "dir/a",
+        "--max-keys",
+        "2",
+        "--no-paginate",
+    ]);
+    assert_eq!(keys_of(&v1), ["dir/b", "dir/sub/c"]);
+    assert_eq!(v1["IsTruncated"], true);
+    let v1_grouped = s3.s3api(&["list-objects", "--bucket", "bkt", "--delimiter", "/"]);
+    assert_eq!(v1_grouped["CommonPrefixes"][0]["Prefix"], "dir/");
+
+    // Keys of every shape, written, listed (URL-encoded on request) and read back.
+    // With the `h/` prefix, 1,024 bytes: the longest key S3 accepts.
+    let long_key = "k".repeat(1022);
+    let hostile = [
+        "with space",
+        "plus+sign",
+        "percent%20sign",
+        "unicode-ü-日本",
+        "double//slash",
+        "../dotdot",
+        "question?mark",
+        "amp&ersand",
+        long_key.as_str(),
+    ];
+    for (i, key) in hostile.iter().enumerate() {
+        let file = s3.file(&format!("hostile-{i}"));
+        write(&file, key.as_bytes());
+        s3.s3api(&[
+            "put-object",
+            "--bucket",
+            "bkt",
+            "--key",
+            &format!("h/{key}"),
+            "--body",
+            file.to_str().unwrap(),
+        ]);
+        s3.s3api(&[
+            "get-object",
+            "--bucket",
+            "bkt",
+            "--key",
+            &format!("h/{key}"),
+            out_text,
+        ]);
+        assert_eq!(read(&out), key.as_bytes(), "{key}");
+    }
+    let mut expected: Vec<String> = hostile.iter().map(|k| format!("h/{k}")).collect();
+    expected.sort();
+    assert_eq!(
+        keys_of(&s3.s3api(&["list-objects-v2", "--bucket", "bkt", "--prefix", "h/"])),
+        expected
+    );
+    let encoded = s3.s3api(&[
+        "list-objects-v2",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "h/with",
+        "--encoding-type",
+        "url",
+    ]);
+    assert_eq!(keys_of(&encoded), ["h/with%20space"]);
+    let too_long = "k".repeat(1025);
+    let mut args = put_args("x");
+    args[4] = too_long.as_str();
+    expect_error(
+        &s3.aws(&[&["s3api"], &args[..]].concat()),
+        "KeyTooLongError",
+        &["1,025 bytes"],
+    );
+
+    // Deletes: one, and several at once (absent keys count as deleted, as in S3).
+    s3.s3api(&["delete-object", "--bucket", "bkt", "--key", "copy1"]);
+    s3.s3api(&["delete-object", "--bucket", "bkt", "--key", "copy1"]);
+    let deleted = s3.s3api(&[
+        "delete-objects",
+        "--bucket",
+        "bkt",
+        "--delete",
+        "Objects=[{Key=copy2},{Key=fresh},{Key=never}]",
+    ]);
+    assert_eq!(deleted["Deleted"].as_array().map(Vec::len), Some(3));
+    s3.s3api_fails("404", &["head-object", "--bucket", "bkt", "--key", "copy2"]);
+
+    // Multipart: upload, copy a range as a part, list, complete; bad completions refused.
+    let source = pattern(7, 6 * MIB);
+    let source_file = s3.file("source");
+    write(&source_file, &source);
+    s3.s3api(&[
+        "put-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "source",
+        "--body",
+        source_file.to_str().unwrap(),
+    ]);
+    let upload = s3.s3api(&[
+        "create-multipart-upload",
+        "--bucket",
+        "bkt",
+        "--key",
+        "multi",
+    ]);
+    let id = upload["UploadId"].as_str().expect("upload id").to_owned();
+    let part1 = pattern(1, 5 * MIB);
+    let part3 = pattern(3, MIB);
+    let (p1, p3) = (s3.file("p1"), s3.file("p3"));
+    write(&p1, &part1);
+    write(&p3, &part3);
+    fn upload_args<'a>(id: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["--bucket", "bkt", "--key", "multi", "--upload-id", id];
+        args.extend_from_slice(extra);
+        args
+    }
+    let e1 = s3.s3api(
+        &[
+            &["upload-part"],
+            &upload_args(&id, &["--part-number", "1", "--body", p1.to_str().unwrap()])[..],
+        ]
+        .concat(),
+    )["ETag"]
+        .clone();
+    let e2 = s3.s3api(
+        &[
+            &["upload-part-copy"],
+            &upload_args(
+                &id,
+                &[
+                    "--part-number",
+                    "2",
+                    "--copy-source",
+                    "bkt/source",
+                    "--copy-source-range",
+                    "bytes=0-5242879",
+                ],
+            )[..],
+        ]
+        .concat(),
+    )["CopyPartResult"]["ETag"]
+        .clone();
+    let e3 = s3.s3api(
+        &[
+            &["upload-part"],
+            &upload_args(&id, &["--part-number", "3", "--body", p3.to_str().unwrap()])[..],
+        ]
+        .concat(),
+    )["ETag"]
+        .clone();
+    let parts = s3.s3api(&[&["list-parts"], &upload_args(&id, &[])[..]].concat());
+    assert_eq!(parts["Parts"].as_array().map(Vec::len), Some(3));
+    let uploads = s3.s3api(&["list-multipart-uploads", "--bucket", "bkt"]);
+    assert_eq!(uploads["Uploads"][0]["UploadId"], id.as_str());
+    let completion = |parts: &[(u32, &Value)]| {
+        let list: Vec<String> = parts
+            .iter()
+            .map(|(n, e)| format!("{{\"PartNumber\":{n},\"ETag\":{e}}}"))
+            .collect();
+        format!("{{\"Parts\":[{}]}}", list.join(","))
+    };
+    let wrong = Value::String("\"00000000000000000000000000000000\"".into());
+    s3.s3api_fails(
+        "InvalidPart",
+        &[
+            &["complete-multipart-upload"],
+            &upload_args(
+                &id,
+                &["--multipart-upload", &completion(&[(1, &e1), (2, &wrong)])],
+            )[..],
+        ]
+        .concat(),
+    );
+    s3.s3api_fails(
+        "InvalidPartOrder",
+        &[
+            &["complete-multipart-upload"],
+            &upload_args(
+                &id,
+                &["--multipart-upload", &completion(&[(2, &e2), (1, &e1)])],
+            )[..],
+        ]
+        .concat(),
+    );
+    s3.s3api_fails(
+        "EntityTooSmall",
+        &[
+            &["complete-multipart-upload"],
+            &upload_args(
+                &id,
+                &["--multipart-upload", &completion(&[(3, &e3), (4, &e3)])],
+            )[..],
+        ]
+        .concat(),
+    );
+    let done = s3.s3api(
+        &[
+            &["complete-multipart-upload"],
+            &upload_args(
+                &id,
+                &[
+                    "--multipart-upload",
+                    &completion(&[(1, &e1), (2, &e2), (3, &e3)]),
+                ],
+            )[..],
+        ]
+        .concat(),
+    );
+    assert!(
+        done["ETag"].as_str().expect("etag").ends_with("-3\""),
+        "{done}"
+    );
+    s3.s3api(&["get-object", "--bucket", "bkt", "--key", "multi", out_text]);
+    let mut expected = part1.clone();
+    expected.extend_from_slice(&source[..5 * MIB]);
+    expected.extend_from_slice(&part3);
+    assert!(
+        read(&out) == expected,
+        "the completed object is its parts in order"
+    );
+    s3.s3api_fails(
+        "NoSuchUpload",
+        &[&["list-parts"], &upload_args(&id, &[])[..]].concat(),
+    );
+
+    let aborted = s3.s3api(&[
+        "create-multipart-upload",
+        "--bucket",
+        "bkt",
+        "--key",
+        "gone",
+    ]);
+    let aborted_id = aborted["UploadId"].as_str().expect("id").to_owned();
+    s3.s3api(&[
+        "upload-part",
+        "--bucket",
+        "bkt",
+        "--key",
+        "gone",
+        "--upload-id",
+        &aborted_id,
+        "--part-number",
+        "1",
+        "--body",
+        p3.to_str().unwrap(),
+    ]);
+    s3.s3api(&[
+        "abort-multipart-upload",
+        "--bucket",
+        "bkt",
+        "--key",
+        "gone",
+        "--upload-id",
+        &aborted_id,
+    ]);
+    s3.s3api_fails(
+        "NoSuchUpload",
+        &[
+            "list-parts",
+            "--bucket",
+            "bkt",
+            "--key",
+            "gone",
+            "--upload-id",
+            &aborted_id,
+        ],
+    );
+    let uploads = s3.s3api(&["list-multipart-uploads", "--bucket", "bkt"]);
+    assert!(
+        uploads["Uploads"].as_array().is_none_or(Vec::is_empty),
+        "{uploads}"
+    );
+
+    // Strong consistency: each aws run is a new client, and sees the write before it at once.
+    for i in 0..5 {
+        let key = format!("consistent-{i}");
+        let file = s3.file(&key);
+        write(&file, &pattern(100 + i, 100 + i as usize));
+        s3.s3api(&[
+            "put-object",
+            "--bucket",
+            "bkt",
+            "--key",
+            &key,
+            "--body",
+            file.to_str().unwrap(),
+        ]);
+        let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", &key]);
+        assert_eq!(head["ContentLength"], 100 + i);
+        s3.s3api(&["get-object", "--bucket", "bkt", "--key", &key, out_text]);
+        assert!(read(&out) == read(&file));
+        let listed = s3.s3api(&["list-objects-v2", "--bucket", "bkt", "--prefix", &key]);
+        assert_eq!(keys_of(&listed), std::slice::from_ref(&key));
+        s3.s3api(&["delete-object", "--bucket", "bkt", "--key", &key]);
+        s3.s3api_fails("404", &["head-object", "--bucket", "bkt", "--key", &key]);
+    }
+}
+
+/// Rule: a request with a bad signature, an unknown key, a tampered chunk, a wrong checksum,
+/// a body shorter than declared, or no signature at all gets S3's error and changes nothing;
+/// so does removing a bucket that holds objects, and reaching another user's bucket.
+#[test]
+fn refused_requests_change_nothing() {
+    let s3 = S3Cluster::start("s3-refused");
+    s3.s3api(&["create-bucket", "--bucket", "bkt"]);
+    let body = s3.file("body");
+    write(&body, &pattern(1, 100_000));
+    let body = body.to_str().unwrap();
+    s3.s3api(&[
+        "put-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "kept",
+        "--body",
+        body,
+    ]);
+    let absent =
+        |key: &str| s3.s3api_fails("404", &["head-object", "--bucket", "bkt", "--key", key]);
+
+    let put = [
+        "s3api",
+        "put-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "bad",
+        "--body",
+        body,
+    ];
+    let wrong_secret = "x".repeat(40);
+    expect_error(
+        &s3.aws_as((&s3.access_key, &wrong_secret), &put),
+        "SignatureDoesNotMatch",
+        &["bad secret"],
+    );
+    expect_error(
+        &s3.aws_as(("TPUNKNOWNKEY00000000", &wrong_secret), &put),
+        "InvalidAccessKeyId",
+        &["unknown key"],
+    );
+    let mut anonymous = put.to_vec();
+    anonymous.push("--no-sign-request");
+    expect_error(&s3.aws(&anonymous), "AccessDenied", &["anonymous"]);
+    let mut wrong_sum = put.to_vec();
+    wrong_sum.extend(["--checksum-crc32", "AAAAAA=="]);
+    expect_error(&s3.aws(&wrong_sum), "BadDigest", &["wrong checksum"]);
+    let mut wrong_md5 = put.to_vec();
+    wrong_md5.extend(["--content-md5", "1B2M2Y8AsgTpgAmY7PhCfg=="]);
+    expect_error(&s3.aws(&wrong_md5), "BadDigest", &["wrong MD5"]);
+    absent("bad");
+
+    assert_eq!(s3.raw_request("chunks", "signed-chunks")["status"], 200);
+    let tampered = s3.raw_request("tampered", "tampered-chunk");
+    assert_eq!(tampered["code"], "SignatureDoesNotMatch", "{tampered}");
+    absent("tampered");
+    let short = s3.raw_request("short", "short-body");
+    assert_ne!(short["status"], 200, "{short}");
+    absent("short");
+
+    s3.s3api_fails("BucketNotEmpty", &["delete-bucket", "--bucket", "bkt"]);
+    s3.s3api(&["head-object", "--bucket", "bkt", "--key", "kept"]);
+
+    let other: Value = serde_json::from_str(&tidepool_ok(
+        s3.path(),
+        &["user", "create", "mallory", "--format", "json"],
+    ))
+    .expect("JSON");
+    let keys = (
+        other["access_key"].as_str().expect("key"),
+        other["secret_key"].as_str().expect("secret"),
+    );
+    let get = [
+        "s3api",
+        "get-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "kept",
+        "/dev/null",
+    ];
+    expect_error(&s3.aws_as(keys, &get), "AccessDenied", &["another user"]);
+    let listing = s3.aws_as(keys, &["s3api", "list-buckets"]);
+    assert!(!String::from_utf8_lossy(&listing.stdout).contains("\"bkt\""));
+    s3.s3api(&["head-object", "--bucket", "bkt", "--key", "kept"]);
+}
