@@ -1025,3 +1025,111 @@ fn refused_requests_change_nothing() {
     assert!(!String::from_utf8_lossy(&listing.stdout).contains("\"bkt\""));
     s3.s3api(&["head-object", "--bucket", "bkt", "--key", "kept"]);
 }
+
+/// Rule: s3cmd and rclone upload (multipart included), list, download and delete; once
+/// everything is deleted, the garbage collector leaves no stripe behind.
+#[test]
+fn s3cmd_and_rclone() {
+    let s3 = S3Cluster::start("s3-tools");
+    let host = s3.endpoint.trim_start_matches("http://").to_owned();
+    let config = s3.file("s3cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "[default]\naccess_key = {}\nsecret_key = {}\nhost_base = {host}\nhost_bucket = {host}\n\
+             use_https = False\nsignature_v2 = False\nbucket_location = us-east-1\n",
+            s3.access_key, s3.secret_key
+        ),
+    )
+    .expect("s3cfg");
+    let s3cmd = |args: &[&str]| -> String {
+        let output = Command::new(venv_bin("s3cmd"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("s3cmd runs");
+        assert!(
+            output.status.success(),
+            "s3cmd {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let rclone = |args: &[&str]| -> String {
+        let output = Command::new("rclone")
+            .args(args)
+            // A CA bundle for AWS's HTTPS endpoints means nothing to a plain-HTTP gateway, and
+            // rclone refuses to start with one.
+            .env_remove("AWS_CA_BUNDLE")
+            .env("RCLONE_CONFIG", s3.file("rclone.conf"))
+            .env("RCLONE_CONFIG_TP_TYPE", "s3")
+            .env("RCLONE_CONFIG_TP_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_TP_ACCESS_KEY_ID", &s3.access_key)
+            .env("RCLONE_CONFIG_TP_SECRET_ACCESS_KEY", &s3.secret_key)
+            .env("RCLONE_CONFIG_TP_ENDPOINT", &s3.endpoint)
+            .env("RCLONE_CONFIG_TP_FORCE_PATH_STYLE", "true")
+            .output()
+            .expect("rclone runs (installed by scripts/deps.sh)");
+        assert!(
+            output.status.success(),
+            "rclone {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    // s3cmd: a bucket, a small file and a 20 MiB one (multipart at s3cmd's 15 MiB chunks).
+    s3cmd(&["mb", "s3://bkt"]);
+    let small = s3.file("small");
+    let large = s3.file("large");
+    write(&small, b"small file\n");
+    write(&large, &pattern(20, 20 * MIB));
+    for file in [&small, &large] {
+        s3cmd(&["put", file.to_str().unwrap(), "s3://bkt/s3cmd/"]);
+    }
+    let listing = s3cmd(&["ls", "s3://bkt/s3cmd/"]);
+    assert_eq!(listing.lines().count(), 2, "{listing}");
+    let back = s3.file("large.back");
+    s3cmd(&["get", "s3://bkt/s3cmd/large", back.to_str().unwrap()]);
+    assert!(read(&back) == read(&large));
+    s3cmd(&["del", "s3://bkt/s3cmd/small", "s3://bkt/s3cmd/large"]);
+    assert!(s3cmd(&["ls", "s3://bkt/s3cmd/"]).trim().is_empty());
+
+    // rclone: a tree copied up, listed, copied down, deleted.
+    write(&s3.file("rclone.conf"), b"");
+    let tree = s3.file("tree");
+    for i in 0..30u64 {
+        let dir = tree.join(format!("d{}", i % 3));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        write(&dir.join(format!("f{i}")), &pattern(i, (i as usize) * 1000));
+    }
+    write(&tree.join("big"), &pattern(99, 9 * MIB));
+    rclone(&["copy", tree.to_str().unwrap(), "tp:bkt/rclone"]);
+    let stripes = tidepool_ok(s3.path(), &["object", "ls", "buckets.data"]);
+    assert!(stripes.lines().count() >= 3, "9 MiB takes 3 stripes: {stripes}");
+    let listed = rclone(&["lsf", "-R", "--files-only", "tp:bkt/rclone"]);
+    assert_eq!(listed.lines().count(), 31, "{listed}");
+    let down = s3.file("tree.back");
+    rclone(&["copy", "tp:bkt/rclone", down.to_str().unwrap()]);
+    rclone(&["check", tree.to_str().unwrap(), down.to_str().unwrap()]);
+    assert!(read(&down.join("big")) == read(&tree.join("big")));
+    rclone(&["delete", "tp:bkt/rclone"]);
+    assert!(rclone(&["lsf", "-R", "tp:bkt/rclone"]).trim().is_empty());
+
+    // Everything written is deleted: the collector (1 s delay here) removes every stripe.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stripes = tidepool_ok(s3.path(), &["object", "ls", "buckets.data"]);
+        if stripes.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stripes left: {}",
+            stripes.lines().count()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    s3cmd(&["rb", "s3://bkt"]);
+}
