@@ -1107,7 +1107,10 @@ fn s3cmd_and_rclone() {
     write(&tree.join("big"), &pattern(99, 9 * MIB));
     rclone(&["copy", tree.to_str().unwrap(), "tp:bkt/rclone"]);
     let stripes = tidepool_ok(s3.path(), &["object", "ls", "buckets.data"]);
-    assert!(stripes.lines().count() >= 3, "9 MiB takes 3 stripes: {stripes}");
+    assert!(
+        stripes.lines().count() >= 3,
+        "9 MiB takes 3 stripes: {stripes}"
+    );
     let listed = rclone(&["lsf", "-R", "--files-only", "tp:bkt/rclone"]);
     assert_eq!(listed.lines().count(), 31, "{listed}");
     let down = s3.file("tree.back");

@@ -4,19 +4,42 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tidepool_tests::{run, Daemon, TempDir};
+use tidepool_tests::{free_port, run, venv_bin, Daemon, TempDir};
 
-fn start(dir: &Path, log: &Path) -> Daemon {
+/// Starts `tidepool up` with S3 on `port` and waits until it says it is up; the process and
+/// the S3 access and secret keys it printed.
+fn start(dir: &Path, port: u16, log: &Path) -> (Daemon, (String, String)) {
+    let port = port.to_string();
     let daemon = Daemon::start(
-        &["up", "--dir", dir.to_str().expect("utf-8"), "--osds", "3"],
+        &[
+            "up",
+            "--dir",
+            dir.to_str().expect("utf-8"),
+            "--osds",
+            "3",
+            "--s3-port",
+            &port,
+        ],
         log,
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains("Tidepool is up") {
-            assert!(text.contains("PGs:      32 of 32 active"), "{text}");
-            return daemon;
+        if text.contains("Ctrl-C stops the cluster") {
+            // Pools data (32 PGs), buckets.index (8) and buckets.data (32).
+            assert!(text.contains("PGs:      72 of 72 active"), "{text}");
+            assert!(
+                text.contains(&format!("S3:       http://127.0.0.1:{port}")),
+                "{text}"
+            );
+            let key = |label: &str| {
+                text.lines()
+                    .find_map(|l| l.trim().strip_prefix(label))
+                    .expect("printed keys")
+                    .trim()
+                    .to_owned()
+            };
+            return (daemon, (key("access key"), key("secret key")));
         }
         assert!(
             Instant::now() < deadline,
@@ -26,10 +49,24 @@ fn start(dir: &Path, log: &Path) -> Daemon {
     }
 }
 
+/// aws-cli against the gateway on `port` with `keys`.
+fn aws(port: u16, keys: &(String, String), args: &[&str]) -> std::process::Output {
+    std::process::Command::new(venv_bin("aws"))
+        .args(["--endpoint-url", &format!("http://127.0.0.1:{port}")])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", &keys.0)
+        .env("AWS_SECRET_ACCESS_KEY", &keys.1)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .expect("aws runs")
+}
+
 /// The cluster's daemons still running (by their command lines naming `dir`).
 fn running(dir: &Path) -> Vec<String> {
     let output = std::process::Command::new("pgrep")
-        .args(["-af", &format!("--data {}", dir.display())])
+        .args(["-af", &dir.display().to_string()])
         .output()
         .expect("pgrep");
     String::from_utf8_lossy(&output.stdout)
@@ -38,14 +75,15 @@ fn running(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Rule: `tidepool up` starts a working cluster, Ctrl-C stops every process it started, and a
-/// second run serves the same objects.
+/// Rule: `tidepool up` starts a working cluster with S3 and a ready user, Ctrl-C stops every
+/// process it started, and a second run serves the same objects, through S3 too.
 #[test]
 fn up_starts_stops_and_resumes() {
     let dir = TempDir::new("up");
     let cluster = dir.path().join("cluster");
     let text = cluster.to_str().expect("utf-8").to_owned();
-    let mut up = start(&cluster, &dir.path().join("up-1.log"));
+    let port = free_port();
+    let (mut up, keys) = start(&cluster, port, &dir.path().join("up-1.log"));
     let file = dir.path().join("hello.txt");
     std::fs::write(&file, b"hello from tidepool up").expect("file");
     let put = run(&[
@@ -62,6 +100,18 @@ fn up_starts_stops_and_resumes() {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
+    let file_text = file.to_str().expect("utf-8");
+    for args in [
+        &["s3", "mb", "s3://demo"][..],
+        &["s3", "cp", file_text, "s3://demo/hello.txt"],
+    ] {
+        let output = aws(port, &keys, args);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     assert!(
         up.interrupt(Duration::from_secs(30)),
         "Ctrl-C stops tidepool up"
@@ -72,7 +122,15 @@ fn up_starts_stops_and_resumes() {
         running(&cluster)
     );
 
-    let mut up = start(&cluster, &dir.path().join("up-2.log"));
+    let (mut up, keys_again) = start(&cluster, port, &dir.path().join("up-2.log"));
+    assert_eq!(keys_again, keys, "the second run keeps the user");
+    let output = aws(port, &keys, &["s3", "cp", "s3://demo/hello.txt", "-"]);
+    assert_eq!(
+        output.stdout,
+        b"hello from tidepool up",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let get = run(&["object", "get", "data", "hello", "-", "--cluster", &text]);
     assert!(
         get.status.success(),
