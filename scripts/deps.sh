@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Tidepool needs, only when it is missing:
 # Debian packages (RocksDB 7.8 and libclang for its bindings, FUSE 3, pkg-config, rclone for the S3
-# tests) and a Python venv in .venv/ (ignored by git) with the newest aws-cli and s3cmd from PyPI. Safe to run again; does nothing when all is there.
+# tests) and a Python venv in .venv/ (ignored by git) with the newest aws-cli, awscrt and s3cmd from
+# PyPI. Safe to run again; does nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,9 +24,10 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-if [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/s3cmd ]; then
+# awscrt gives aws-cli the CRC32C and CRC64NVME checksums.
+if [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/s3cmd ] || ! .venv/bin/python -c "import awscrt" 2>/dev/null; then
   echo "creating .venv with aws-cli and s3cmd"
   [ -x .venv/bin/pip ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q --upgrade awscli s3cmd
+  .venv/bin/pip install -q --upgrade awscli s3cmd awscrt
 fi

@@ -4,62 +4,25 @@
 Content-Length. Prints one JSON line: the HTTP status and the S3 error code, if any.
 
 usage: raw_requests.py ENDPOINT ACCESS_KEY SECRET_KEY BUCKET KEY CASE
-CASE: signed-chunks | tampered-chunk | short-body
+CASE: signed-chunks | tampered-chunk | unsigned-trailer | wrong-trailer | short-body
 """
 
+import base64
 import datetime
 import hashlib
 import hmac
 import http.client
 import json
+import os
 import re
 import sys
 import urllib.parse
+import zlib
 
-REGION = "us-east-1"
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+from sigv4 import sign_headers  # noqa: E402
+
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-
-
-def hmac_sha256(key, text):
-    return hmac.new(key, text.encode(), hashlib.sha256).digest()
-
-
-def signing_key(secret, day):
-    key = hmac_sha256(("AWS4" + secret).encode(), day)
-    for part in (REGION, "s3", "aws4_request"):
-        key = hmac_sha256(key, part)
-    return key
-
-
-def sign_headers(method, host, path, headers, secret, access, now):
-    """Adds x-amz-date and Authorization (SigV4, every header signed) to `headers`."""
-    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-    day = now.strftime("%Y%m%d")
-    headers["host"] = host
-    headers["x-amz-date"] = amz_date
-    names = sorted(headers)
-    canonical_headers = "".join(f"{n}:{headers[n].strip()}\n" for n in names)
-    signed = ";".join(names)
-    canonical = "\n".join([
-        method,
-        urllib.parse.quote(path, safe="/~"),
-        "",
-        canonical_headers,
-        signed,
-        headers["x-amz-content-sha256"],
-    ])
-    scope = f"{day}/{REGION}/s3/aws4_request"
-    to_sign = "\n".join([
-        "AWS4-HMAC-SHA256", amz_date, scope,
-        hashlib.sha256(canonical.encode()).hexdigest(),
-    ])
-    key = signing_key(secret, day)
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = (
-        f"AWS4-HMAC-SHA256 Credential={access}/{scope}, "
-        f"SignedHeaders={signed}, Signature={signature}"
-    )
-    return key, scope, amz_date, signature
 
 
 def chunked_body(chunks, key, scope, amz_date, seed, tamper):
@@ -104,6 +67,28 @@ def main():
         }
         signing, scope, amz_date, seed = sign_headers("PUT", host, path, headers, secret, access, now)
         body = chunked_body(chunks, signing, scope, amz_date, seed, case == "tampered-chunk")
+        headers["content-length"] = str(len(body))
+        connection.request("PUT", path, body=body, headers=headers)
+        respond(connection)
+    elif case in ("unsigned-trailer", "wrong-trailer"):
+        # What aws-cli and the SDKs send over HTTPS by default: an unsigned aws-chunked body
+        # whose CRC32 comes in a trailer after the last chunk.
+        data = b"trailing checksums " * 5000
+        crc = zlib.crc32(data).to_bytes(4, "big")
+        if case == "wrong-trailer":
+            crc = bytes(b ^ 0xFF for b in crc)
+        headers = {
+            "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+            "x-amz-decoded-content-length": str(len(data)),
+            "content-encoding": "aws-chunked",
+            "x-amz-trailer": "x-amz-checksum-crc32",
+        }
+        sign_headers("PUT", host, path, headers, secret, access, now)
+        body = b""
+        for start in range(0, len(data), 65536):
+            chunk = data[start:start + 65536]
+            body += f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+        body += b"0\r\nx-amz-checksum-crc32:" + base64.b64encode(crc) + b"\r\n\r\n"
         headers["content-length"] = str(len(body))
         connection.request("PUT", path, body=body, headers=headers)
         respond(connection)

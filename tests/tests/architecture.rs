@@ -42,13 +42,7 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
     ),
     (
         "tidepool-gateway",
-        &[
-            "tidepool-buckets",
-            "tidepool-client",
-            "tidepool-messenger",
-            "tidepool-placement",
-            "tidepool-proto",
-        ],
+        &["tidepool-buckets", "tidepool-client", "tidepool-proto"],
     ),
     (
         "tidepool",

@@ -379,6 +379,29 @@ fn aws_cli_s3_commands() {
         }
     }
 
+    // Presigned PUTs (SigV2 and SigV4), made by botocore and sent as plain HTTP PUTs.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("s3/presign_put.py");
+    let output = Command::new(venv_bin("python"))
+        .arg(script)
+        .args([&s3.endpoint, &s3.access_key, &s3.secret_key])
+        .args(["bkt", "presigned-put", "sent by URL"])
+        .output()
+        .expect("python runs");
+    let statuses = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        statuses.split_whitespace().collect::<Vec<_>>(),
+        ["200", "200"],
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    s3.aws_ok(&[
+        "s3",
+        "cp",
+        "s3://bkt/presigned-put",
+        s3.file("put.back").to_str().unwrap(),
+    ]);
+    assert_eq!(read(&s3.file("put.back")), b"sent by URL");
+
     expect_error(
         &s3.aws(&["s3", "rb", "s3://bkt"]),
         "BucketNotEmpty",
@@ -486,6 +509,39 @@ fn aws_s3api_operations() {
         "NoSuchKey",
         &["get-object", "--bucket", "bkt", "--key", "nope", out_text],
     );
+
+    // Checksums of every algorithm: checked on arrival, kept, returned when asked for.
+    for algorithm in ["CRC32", "CRC32C", "SHA1", "SHA256", "CRC64NVME"] {
+        let key = format!("sum-{algorithm}");
+        let put = s3.s3api(&[
+            "put-object",
+            "--bucket",
+            "bkt",
+            "--key",
+            &key,
+            "--body",
+            body,
+            "--checksum-algorithm",
+            algorithm,
+        ]);
+        let field = format!("Checksum{algorithm}");
+        let sent = put[&field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{algorithm}: {put}"))
+            .to_owned();
+        let head = s3.s3api(&[
+            "head-object",
+            "--bucket",
+            "bkt",
+            "--key",
+            &key,
+            "--checksum-mode",
+            "ENABLED",
+        ]);
+        assert_eq!(head[&field], sent.as_str(), "{algorithm}");
+        let plain = s3.s3api(&["head-object", "--bucket", "bkt", "--key", &key]);
+        assert!(plain[&field].is_null(), "returned only when asked for");
+    }
 
     // Conditional reads.
     let get_if = |flag: &str, value: &str| {
@@ -992,6 +1048,23 @@ fn refused_requests_change_nothing() {
     absent("bad");
 
     assert_eq!(s3.raw_request("chunks", "signed-chunks")["status"], 200);
+    assert_eq!(s3.raw_request("trailer", "unsigned-trailer")["status"], 200);
+    let head = s3.s3api(&[
+        "head-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "trailer",
+        "--checksum-mode",
+        "ENABLED",
+    ]);
+    assert!(
+        head["ChecksumCRC32"].is_string(),
+        "the trailing checksum is kept: {head}"
+    );
+    let wrong = s3.raw_request("wrong", "wrong-trailer");
+    assert_eq!(wrong["code"], "BadDigest", "{wrong}");
+    absent("wrong");
     let tampered = s3.raw_request("tampered", "tampered-chunk");
     assert_eq!(tampered["code"], "SignatureDoesNotMatch", "{tampered}");
     absent("tampered");

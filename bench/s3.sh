@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# S3 throughput of Tidepool's gateway beside Ceph's radosgw (and Garage, when GARAGE_ENDPOINT
+# is set), in one run: bench/s3load.py PUT then GET of 4 MiB and of 4 KiB objects, 16 in flight,
+# RUNS times per system, alternating systems so that both see the same machine.
+#
+#   bench/s3.sh                 # Tidepool (release build, `tidepool up` in a temporary folder)
+#   CEPH=1 bench/s3.sh          # and radosgw, from ../shared/bench/ceph/up.sh (Debian's Ceph 16.2)
+#
+# Env: RUNS=3 SECONDS_PER_PHASE=20 TIDEPOOL_PORT=17480 CEPH_DIR=/tmp/cephanchor
+#      GARAGE_ENDPOINT, GARAGE_ACCESS, GARAGE_SECRET (a running Garage to compare with)
+# Prints one JSON line per phase and run; records RSS of the gateway idle and under load.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidepool-target}"
+RUNS="${RUNS:-3}"
+SECS="${SECONDS_PER_PHASE:-20}"
+PORT="${TIDEPOOL_PORT:-17480}"
+SHARED="$(cd .. && pwd)/shared/bench"
+PY=.venv/bin/python
+scripts/deps.sh
+cargo build --release -q -p tidepool
+BIN="$CARGO_TARGET_DIR/release/tidepool"
+
+DIR="$(mktemp -d /tmp/tidepool-s3bench.XXXXXX)"
+UP_PID=""
+cleanup() {
+  [ -n "$UP_PID" ] && kill -INT "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true
+  [ "${CEPH:-0}" = 1 ] && "$SHARED/ceph/down.sh" "${CEPH_DIR:-/tmp/cephanchor}" >/dev/null 2>&1 || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+"$BIN" up --dir "$DIR/cluster" --s3-port "$PORT" > "$DIR/up.log" 2>&1 &
+UP_PID=$!
+for _ in $(seq 120); do grep -q 'Ctrl-C stops' "$DIR/up.log" && break; sleep 1; done
+grep -q 'Ctrl-C stops' "$DIR/up.log" || { cat "$DIR/up.log"; exit 1; }
+TP_ACCESS="$(awk '/access key/ {print $3; exit}' "$DIR/up.log")"
+TP_SECRET="$(awk '/secret key/ {print $3; exit}' "$DIR/up.log")"
+gateway_rss() { ps -o rss= -C tidepool -o args= | awk '/ gateway / {printf "%.0f MiB\n", $1/1024}'; }
+echo "tidepool gateway RSS idle: $(gateway_rss)" >&2
+
+if [ "${CEPH:-0}" = 1 ]; then
+  FRESH=1 "$SHARED/ceph/up.sh" "${CEPH_DIR:-/tmp/cephanchor}" >&2
+fi
+
+load() { # system endpoint access secret bucket size run
+  "$PY" bench/s3load.py --endpoint "$2" --access "$3" --secret "$4" --bucket "$5" \
+    --size "$6" --concurrency 16 --seconds "$SECS" | while read -r line; do
+    echo "{\"system\":\"$1\",\"run\":$7,${line#\{}"
+  done
+}
+
+for run in $(seq "$RUNS"); do
+  for size in 4M 4K; do
+    bucket="bench-${size,,}-r$run"
+    load tidepool "http://127.0.0.1:$PORT" "$TP_ACCESS" "$TP_SECRET" "$bucket" "$size" "$run"
+    [ "$size" = 4M ] && [ "$run" = 1 ] && echo "tidepool gateway RSS after 4 MiB load: $(gateway_rss)" >&2
+    if [ "${CEPH:-0}" = 1 ]; then
+      load radosgw "http://127.0.0.1:7480" ANCHORACCESSKEY00001 \
+        anchorsecretkey0000000000000000000000001 "$bucket" "$size" "$run"
+    fi
+    if [ -n "${GARAGE_ENDPOINT:-}" ]; then
+      load garage "$GARAGE_ENDPOINT" "$GARAGE_ACCESS" "$GARAGE_SECRET" "$bucket" "$size" "$run"
+    fi
+  done
+done
