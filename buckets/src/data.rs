@@ -16,6 +16,16 @@ use crate::{random_id, BucketError, Buckets};
 /// Bytes of an object, in order, as they arrive from the stripes.
 pub type DataStream = Pin<Box<dyn Stream<Item = Result<Bytes, BucketError>> + Send>>;
 
+/// How [`Buckets::write_data`] may store data.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOptions {
+    /// Whether small data may stay in memory to be linked inline (objects may; multipart
+    /// parts may not).
+    pub inline_allowed: bool,
+    /// The size the caller expects (`Content-Length`), to size buffers; not trusted.
+    pub size_hint: Option<u64>,
+}
+
 /// Data written and not yet linked into an index.
 #[derive(Debug)]
 pub struct Written {
@@ -33,14 +43,14 @@ pub struct Written {
 
 impl Buckets {
     /// Writes `body` as new data of `bucket`: into stripes under a fresh data id, or kept in
-    /// memory for an inline object when it ends before `inline_bytes_max` (and `inline` is
-    /// allowed). Nothing is linked: the caller links it, or hands it back with
+    /// memory for an inline object when it ends before `inline_bytes_max` (and
+    /// `options.inline_allowed`). Nothing is linked: the caller links it, or hands it back with
     /// [`Buckets::discard`].
     pub async fn write_data<S, E>(
         &self,
         bucket: &BucketInfo,
         body: S,
-        inline_allowed: bool,
+        options: WriteOptions,
     ) -> Result<Written, BucketError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
@@ -70,7 +80,11 @@ impl Buckets {
             let mut rest = &chunk[..];
             while !rest.is_empty() {
                 if buffer.capacity() == 0 {
-                    buffer.reserve_exact(stripe_bytes as usize);
+                    // A whole stripe, or what the caller expects is left when that is less.
+                    let left = options.size_hint.map_or(stripe_bytes, |hint| {
+                        hint.saturating_sub(next_stripe * stripe_bytes).max(1)
+                    });
+                    buffer.reserve_exact(left.min(stripe_bytes) as usize);
                 }
                 let room = stripe_bytes as usize - buffer.len();
                 let (now, later) = rest.split_at(room.min(rest.len()));
@@ -95,7 +109,10 @@ impl Buckets {
         };
         let failed = match failed {
             Some(error) => Some(error),
-            None if next_stripe == 0 && inline_allowed && size < config.inline_bytes_max => {
+            None if next_stripe == 0
+                && options.inline_allowed
+                && size < config.inline_bytes_max =>
+            {
                 let digest: [u8; 16] = md5.finalize().into();
                 return Ok(Written {
                     segment: None,

@@ -132,16 +132,30 @@ impl Buckets {
     }
 
     /// Runs `f` on bucket `name`, once more with a fresh lookup if the cached bucket is gone.
+    /// A bucket of the same name created since by another owner is not the one the caller
+    /// meant (nor may be allowed to use): that is `NoSuchBucket`.
     async fn on_bucket<T, F, Fut>(&self, name: &str, f: F) -> Result<T, BucketError>
     where
         F: Fn(BucketInfo) -> Fut,
         Fut: Future<Output = Result<T, BucketError>>,
     {
         let info = self.lookup(name, false).await?;
+        let owner = info.owner.clone();
         match f(info).await {
-            Err(BucketError::NoSuchBucket) => f(self.lookup(name, true).await?).await,
+            Err(BucketError::NoSuchBucket) => {
+                let fresh = self.lookup(name, true).await?;
+                if fresh.owner != owner {
+                    return Err(BucketError::NoSuchBucket);
+                }
+                f(fresh).await
+            }
             other => other,
         }
+    }
+
+    /// Forgets the cached bucket `name`.
+    pub(crate) fn forget(&self, name: &str) {
+        self.inner.cache.0.lock().expect("cache").remove(name);
     }
 
     /// Reads omap `keys` of shard `object`; shard gone means the bucket is.

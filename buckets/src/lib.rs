@@ -16,7 +16,7 @@ use serde_bytes::ByteBuf;
 use tidepool_client::{ObjectClient, ObjectError};
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
 
-pub use data::{DataStream, Written};
+pub use data::{DataStream, WriteOptions, Written};
 pub use index::{ListPage, ListQuery, PutCondition};
 pub use multipart::CompletedPart;
 pub use records::{BucketInfo, ContentHeaders, Entry, ObjectMeta, Part, Segment, Upload};
@@ -332,6 +332,7 @@ impl Buckets {
             ObjectError::Op(OpError::GuardFailed(_)) => BucketError::NoSuchBucket,
             other => other.into(),
         })?;
+        self.forget(name);
         // Garbage still waiting in the shards goes now: nothing can read it any more.
         for (_, record) in garbage {
             self.remove_segments(&record.segments).await;

@@ -11,7 +11,7 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 use tidepool_buckets::{
     BucketError, Buckets, CompletedPart as BucketPart, ContentHeaders, Entry, ListQuery,
-    ObjectMeta, PutCondition, Written,
+    ObjectMeta, PutCondition, WriteOptions, Written,
 };
 
 use crate::checksum::{self, Expected};
@@ -44,10 +44,15 @@ impl Gateway {
             .ok_or_else(|| s3_error!(InvalidAccessKeyId))
     }
 
-    /// Checks that the caller of `req` owns `bucket`.
+    /// Checks that the caller of `req` owns `bucket` (as cached; the bucket layer notices a
+    /// bucket deleted since, and one created again by someone else).
     async fn owned<T>(&self, req: &S3Request<T>, bucket: &str) -> S3Result<()> {
+        self.check_owner(req, bucket, false).await
+    }
+
+    async fn check_owner<T>(&self, req: &S3Request<T>, bucket: &str, fresh: bool) -> S3Result<()> {
         let caller = self.caller(req).await?;
-        let info = self.buckets.lookup(bucket, false).await.map_err(s3)?;
+        let info = self.buckets.lookup(bucket, fresh).await.map_err(s3)?;
         if info.owner != caller {
             return Err(crate::error::access_denied());
         }
@@ -71,7 +76,14 @@ impl Gateway {
         let stream = body.inspect_ok(|chunk| hasher.update(chunk));
         let written = self
             .buckets
-            .write_data(&info, stream, inline_allowed)
+            .write_data(
+                &info,
+                stream,
+                WriteOptions {
+                    inline_allowed,
+                    size_hint: check.content_length.and_then(|n| u64::try_from(n).ok()),
+                },
+            )
             .await
             .map_err(|error| match error {
                 // s3s reports a bad chunk signature as an error of the body stream.
@@ -379,7 +391,8 @@ impl S3 for Gateway {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
+        // Asked to tell whether the bucket exists now: no cached answer.
+        self.check_owner(&req, &req.input.bucket, true).await?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
@@ -714,7 +727,14 @@ impl S3 for Gateway {
             .map_err(s3)?;
         let written = self
             .buckets
-            .write_data(&info, data, true)
+            .write_data(
+                &info,
+                data,
+                WriteOptions {
+                    inline_allowed: true,
+                    size_hint: Some(source.size),
+                },
+            )
             .await
             .map_err(s3)?;
         let entry = self
@@ -954,6 +974,7 @@ impl S3 for Gateway {
             Some(text) => copy_range(text, source.size)?,
             None => 0..source.size,
         };
+        let range_len = range.end - range.start;
         let data = self.buckets.read_data(&source, inline, range);
         let info = self
             .buckets
@@ -962,7 +983,14 @@ impl S3 for Gateway {
             .map_err(s3)?;
         let written = self
             .buckets
-            .write_data(&info, data, false)
+            .write_data(
+                &info,
+                data,
+                WriteOptions {
+                    inline_allowed: false,
+                    size_hint: Some(range_len),
+                },
+            )
             .await
             .map_err(s3)?;
         let part = self
