@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -21,6 +22,52 @@ use super::{
 pub const BLOB_MIN_BYTES: usize = 64 * 1024;
 /// The unit of the crc32c checksums.
 const BLOCK: u64 = 4096;
+
+/// `O_DIRECT` and `EINVAL` of Linux (x86-64 and aarch64 agree on both).
+const O_DIRECT: i32 = if cfg!(target_arch = "aarch64") {
+    0o200000
+} else {
+    0o40000
+};
+const EINVAL: i32 = 22;
+
+/// Blob data at a block-aligned address, followed by zeros to a whole block, as direct IO
+/// needs it; made with the one copy a blob's data takes anyway.
+#[derive(Debug)]
+struct AlignedBlob {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBlob {
+    fn new(data: &[u8]) -> AlignedBlob {
+        let block = BLOCK as usize;
+        let padded = data.len().div_ceil(block) * block;
+        let mut storage = Vec::with_capacity(padded + block);
+        let start = (block - storage.as_ptr() as usize % block) % block;
+        // Only the bytes around the data are zeroed; the data is copied once.
+        storage.resize(start, 0);
+        storage.extend_from_slice(data);
+        storage.resize(start + padded, 0);
+        AlignedBlob {
+            storage,
+            start,
+            len: data.len(),
+        }
+    }
+
+    /// The data.
+    fn data(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+
+    /// The data and its padding: whole blocks from an aligned address.
+    fn padded(&self) -> &[u8] {
+        let padded = self.len.div_ceil(BLOCK as usize) * BLOCK as usize;
+        &self.storage[self.start..self.start + padded]
+    }
+}
 /// Lock stripes: transactions on different collections run (and sync) concurrently.
 const STRIPES: usize = 64;
 
@@ -248,7 +295,7 @@ struct Plan {
     /// RocksDB operations other than onodes, in transaction order.
     kv: Vec<KvOp>,
     /// Blobs to write before the commit.
-    new_blobs: BTreeMap<u64, Vec<u8>>,
+    new_blobs: BTreeMap<u64, AlignedBlob>,
     /// Committed blobs to delete after the commit.
     freed: Vec<u64>,
     /// Change in stored bytes.
@@ -381,7 +428,7 @@ impl RocksStore {
                 },
             );
             onode.insert(offset, len, Place::Blob { id, at: 0 });
-            plan.new_blobs.insert(id, data.to_vec());
+            plan.new_blobs.insert(id, AlignedBlob::new(data));
         } else {
             onode.insert(offset, len, inline(data.to_vec()));
         }
@@ -549,13 +596,37 @@ impl RocksStore {
     }
 
     /// Writes and syncs the blobs of a plan (then their folder, so their names last too).
-    fn write_blobs(&self, blobs: &BTreeMap<u64, Vec<u8>>) -> std::io::Result<()> {
+    /// Blob data goes straight to the disk (`O_DIRECT`), not through the page cache: it is
+    /// written once and read back rarely soon after, and copying it into the cache cost a
+    /// fifth of all CPU under 4 MiB writes. Where the file system refuses direct IO, the write
+    /// is buffered.
+    fn write_blobs(&self, blobs: &BTreeMap<u64, AlignedBlob>) -> std::io::Result<()> {
         if blobs.is_empty() {
             return Ok(());
         }
-        for (id, data) in blobs {
-            let mut file = File::create_new(self.blob_path(*id))?;
-            file.write_all(data)?;
+        for (id, blob) in blobs {
+            let path = self.blob_path(*id);
+            let direct = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(O_DIRECT)
+                .open(&path);
+            let mut file = match direct {
+                Ok(file) => file,
+                Err(error) if error.raw_os_error() == Some(EINVAL) => File::create_new(&path)?,
+                Err(error) => return Err(error),
+            };
+            // Direct writes move whole blocks; the padding after the data is never read
+            // (the blob's length is in its metadata).
+            match file.write_all(blob.padded()) {
+                Err(error) if error.raw_os_error() == Some(EINVAL) => {
+                    let mut file = File::create(&path)?;
+                    file.write_all(blob.data())?;
+                    file.sync_data()?;
+                    continue;
+                }
+                other => other?,
+            }
             file.sync_data()?;
         }
         File::open(&self.blobs)?.sync_all()
@@ -854,5 +925,28 @@ impl ObjectStore for RocksStore {
             available_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
             stored_bytes: self.stored_bytes.load(Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod aligned_tests {
+    use super::{AlignedBlob, BLOCK};
+
+    #[test]
+    fn aligned_blobs_hold_the_data_then_zeros_to_a_whole_block() {
+        for len in [1usize, 4095, 4096, 4097, 65_536, 100_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+            let blob = AlignedBlob::new(&data);
+            assert_eq!(blob.data(), &data[..]);
+            let padded = blob.padded();
+            assert_eq!(
+                padded.as_ptr() as usize % BLOCK as usize,
+                0,
+                "aligned address"
+            );
+            assert_eq!(padded.len() % BLOCK as usize, 0, "whole blocks");
+            assert!(padded.len() - len < BLOCK as usize);
+            assert!(padded[len..].iter().all(|&b| b == 0), "zero padding");
+        }
     }
 }
