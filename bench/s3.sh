@@ -36,7 +36,11 @@ for _ in $(seq 120); do grep -q 'Ctrl-C stops' "$DIR/up.log" && break; sleep 1; 
 grep -q 'Ctrl-C stops' "$DIR/up.log" || { cat "$DIR/up.log"; exit 1; }
 TP_ACCESS="$(awk '/access key/ {print $3; exit}' "$DIR/up.log")"
 TP_SECRET="$(awk '/secret key/ {print $3; exit}' "$DIR/up.log")"
-gateway_rss() { ps -o rss= -C tidepool -o args= | awk '/ gateway / {printf "%.0f MiB\n", $1/1024}'; }
+gateway_rss() {
+  local pid
+  pid="$(pgrep -f "tidepool gateway --cluster $DIR/cluster" | head -1)"
+  ps -o rss= -p "$pid" | awk '{printf "%.0f MiB\n", $1/1024}'
+}
 echo "tidepool gateway RSS idle: $(gateway_rss)" >&2
 
 if [ "${CEPH:-0}" = 1 ]; then
