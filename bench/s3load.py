@@ -37,7 +37,9 @@ class Client:
         self.address = (url.hostname, url.port or 80)
         self.connection = None
 
-    def request(self, method, path, body=b""):
+    def request(self, method, path, body=b"", into=None):
+        """Sends one signed request; the status and the body (read into `into`, a bytearray,
+        when given, to spare the client an allocation and a copy per response)."""
         headers = {"x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
         now = datetime.datetime.now(datetime.timezone.utc)
         sign_headers(method, self.host, path, headers, self.args.secret, self.args.access, now)
@@ -48,8 +50,17 @@ class Client:
             try:
                 self.connection.request(method, path, body=body, headers=headers)
                 response = self.connection.getresponse()
-                data = response.read()
-                return response.status, data
+                if into is None:
+                    return response.status, response.read()
+                view = memoryview(into)
+                got = 0
+                while True:
+                    n = response.readinto(view[got:]) if got < len(into) else 0
+                    if not n:
+                        break
+                    got += n
+                rest = response.read()
+                return response.status, view[:got].nbytes + len(rest)
             except (http.client.HTTPException, OSError):
                 self.connection.close()
                 self.connection = None
@@ -62,6 +73,7 @@ def worker(args, phase, index, deadline, keys_per_worker, queue):
     """One in-flight request stream: its latencies (s), bytes moved and errors."""
     client = Client(args)
     payload = os.urandom(args.size)
+    buffer = bytearray(args.size)
     latencies, moved, errors = [], 0, 0
     n = 0
     while time.time() < deadline:
@@ -74,8 +86,8 @@ def worker(args, phase, index, deadline, keys_per_worker, queue):
                 status, _ = client.request("PUT", key, payload)
                 moved += args.size
             else:
-                status, data = client.request("GET", key)
-                moved += len(data)
+                status, length = client.request("GET", key, into=buffer)
+                moved += length
         except Exception:  # noqa: BLE001 -- every failure counts as an error
             status = None
         latencies.append(time.perf_counter() - started)
