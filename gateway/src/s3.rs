@@ -276,6 +276,56 @@ fn put_condition(
     }
 }
 
+/// The bytes a GET or HEAD asks for: all, a `Range`, or part `partNumber` (of a multipart
+/// object; part 1 is all of any other). Returns them, the `Content-Range` to answer, and the
+/// part count S3 reports with `partNumber`.
+fn selection(
+    entry: &Entry,
+    range: Option<&Range>,
+    part_number: Option<i32>,
+) -> S3Result<(std::ops::Range<u64>, Option<String>, Option<i32>)> {
+    let content_range =
+        |r: &std::ops::Range<u64>| format!("bytes {}-{}/{}", r.start, r.end.max(1) - 1, entry.size);
+    match (range, part_number) {
+        (Some(_), Some(_)) => Err(s3_error!(
+            InvalidRequest,
+            "Cannot specify both Range header and partNumber query parameter"
+        )),
+        (Some(range), None) => {
+            let r = range
+                .check(entry.size)
+                .map_err(|_| crate::error::invalid_range())?;
+            let text = content_range(&r);
+            Ok((r, Some(text), None))
+        }
+        (None, None) => Ok((0..entry.size, None, None)),
+        (None, Some(number)) => {
+            let sizes: &[u64] = if entry.part_sizes.is_empty() {
+                std::slice::from_ref(&entry.size)
+            } else {
+                &entry.part_sizes
+            };
+            let index = usize::try_from(number)
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .filter(|&i| i < sizes.len())
+                .ok_or_else(|| {
+                    let mut error = s3s::S3Error::with_message(
+                        s3s::S3ErrorCode::Custom("InvalidPartNumber".into()),
+                        "The requested partnumber is not satisfiable",
+                    );
+                    error.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+                    error
+                })?;
+            let start: u64 = sizes[..index].iter().sum();
+            let r = start..start + sizes[index];
+            let text = content_range(&r);
+            let count = (!entry.part_sizes.is_empty()).then_some(sizes.len() as i32);
+            Ok((r, Some(text), count))
+        }
+    }
+}
+
 fn etag_matches(condition: &ETagCondition, value: &str) -> bool {
     match condition.as_etag() {
         None => true,
@@ -486,16 +536,8 @@ impl S3 for Gateway {
             input.if_none_match.as_ref(),
             input.if_modified_since.as_ref(),
         )?;
-        let (range, content_range) = match &input.range {
-            None => (0..entry.size, None),
-            Some(range) => {
-                let r = range
-                    .check(entry.size)
-                    .map_err(|_| crate::error::invalid_range())?;
-                let text = format!("bytes {}-{}/{}", r.start, r.end - 1, entry.size);
-                (r, Some(text))
-            }
-        };
+        let (range, content_range, parts_count) =
+            selection(&entry, input.range.as_ref(), input.part_number)?;
         let whole = content_range.is_none();
         let length = range.end - range.start;
         let stream = self
@@ -536,7 +578,7 @@ impl S3 for Gateway {
             checksum_sha1: sums.checksum_sha1,
             checksum_sha256: sums.checksum_sha256,
             checksum_crc64nvme: sums.checksum_crc64nvme,
-            parts_count: (!entry.part_sizes.is_empty()).then_some(entry.part_sizes.len() as i32),
+            parts_count,
             ..Default::default()
         }))
     }
@@ -559,18 +601,9 @@ impl S3 for Gateway {
             input.if_none_match.as_ref(),
             input.if_modified_since.as_ref(),
         )?;
-        let (length, content_range) = match &input.range {
-            None => (entry.size, None),
-            Some(range) => {
-                let r = range
-                    .check(entry.size)
-                    .map_err(|_| crate::error::invalid_range())?;
-                (
-                    r.end - r.start,
-                    Some(format!("bytes {}-{}/{}", r.start, r.end - 1, entry.size)),
-                )
-            }
-        };
+        let (range, content_range, parts_count) =
+            selection(&entry, input.range.as_ref(), input.part_number)?;
+        let length = range.end - range.start;
         let sums = if input
             .checksum_mode
             .as_ref()
@@ -603,7 +636,7 @@ impl S3 for Gateway {
             checksum_sha1: sums.checksum_sha1,
             checksum_sha256: sums.checksum_sha256,
             checksum_crc64nvme: sums.checksum_crc64nvme,
-            parts_count: (!entry.part_sizes.is_empty()).then_some(entry.part_sizes.len() as i32),
+            parts_count,
             ..Default::default()
         }))
     }

@@ -915,6 +915,36 @@ fn aws_s3api_operations() {
         read(&out) == expected,
         "the completed object is its parts in order"
     );
+    let part = s3.s3api(&[
+        "get-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "multi",
+        "--part-number",
+        "2",
+        out_text,
+    ]);
+    assert_eq!(part["PartsCount"], 3);
+    assert!(read(&out) == source[..5 * MIB], "part 2 alone");
+    let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", "multi"]);
+    assert!(
+        head["PartsCount"].is_null(),
+        "the count comes with partNumber only"
+    );
+    s3.s3api_fails(
+        "InvalidPartNumber",
+        &[
+            "get-object",
+            "--bucket",
+            "bkt",
+            "--key",
+            "multi",
+            "--part-number",
+            "4",
+            out_text,
+        ],
+    );
     s3.s3api_fails(
         "NoSuchUpload",
         &[&["list-parts"], &upload_args(&id, &[])[..]].concat(),
