@@ -1185,19 +1185,57 @@ impl S3 for Gateway {
                 _ => u.key > key_marker || key_marker.is_empty(),
             })
             .collect();
-        let truncated = after.len() > limit;
-        let page: Vec<_> = after.into_iter().take(limit).collect();
+        // Keys with the delimiter after the prefix group into common prefixes, each counted
+        // once toward the limit, as in object listings.
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let mut page = Vec::new();
+        let mut prefixes: Vec<String> = Vec::new();
+        let mut truncated = false;
+        let mut next: Option<(String, Option<String>)> = None;
+        for upload in after {
+            let common = delimiter.as_deref().and_then(|d| {
+                upload.key[prefix.len()..]
+                    .find(d)
+                    .map(|at| upload.key[..prefix.len() + at + d.len()].to_owned())
+            });
+            if common.is_some() && common.as_ref() == prefixes.last() {
+                continue;
+            }
+            if page.len() + prefixes.len() >= limit {
+                truncated = true;
+                break;
+            }
+            match common {
+                Some(common) => {
+                    next = Some((common.clone(), None));
+                    prefixes.push(common);
+                }
+                None => {
+                    next = Some((upload.key.clone(), Some(upload.id.clone())));
+                    page.push(upload);
+                }
+            }
+        }
         let encode = encoder(input.encoding_type.as_ref());
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
             prefix: Some(encode(&prefix)),
+            delimiter: input.delimiter.as_deref().map(encode),
             key_marker: input.key_marker,
             upload_id_marker: input.upload_id_marker,
-            next_key_marker: page.last().map(|u| encode(&u.key)),
-            next_upload_id_marker: page.last().map(|u| u.id.clone()),
+            next_key_marker: next.as_ref().map(|(key, _)| encode(key)),
+            next_upload_id_marker: next.and_then(|(_, id)| id),
             max_uploads: Some(limit as i32),
             is_truncated: Some(truncated),
             encoding_type: input.encoding_type,
+            common_prefixes: Some(
+                prefixes
+                    .into_iter()
+                    .map(|p| CommonPrefix {
+                        prefix: Some(encode(&p)),
+                    })
+                    .collect(),
+            ),
             uploads: Some(
                 page.into_iter()
                     .map(|u| MultipartUpload {

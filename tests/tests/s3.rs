@@ -849,6 +849,35 @@ fn aws_s3api_operations() {
     assert_eq!(parts["Parts"].as_array().map(Vec::len), Some(3));
     let uploads = s3.s3api(&["list-multipart-uploads", "--bucket", "bkt"]);
     assert_eq!(uploads["Uploads"][0]["UploadId"], id.as_str());
+    let nested = s3.s3api(&[
+        "create-multipart-upload",
+        "--bucket",
+        "bkt",
+        "--key",
+        "in/side",
+    ]);
+    let grouped = s3.s3api(&[
+        "list-multipart-uploads",
+        "--bucket",
+        "bkt",
+        "--delimiter",
+        "/",
+    ]);
+    assert_eq!(grouped["CommonPrefixes"][0]["Prefix"], "in/", "{grouped}");
+    assert_eq!(
+        grouped["Uploads"].as_array().map(Vec::len),
+        Some(1),
+        "{grouped}"
+    );
+    s3.s3api(&[
+        "abort-multipart-upload",
+        "--bucket",
+        "bkt",
+        "--key",
+        "in/side",
+        "--upload-id",
+        nested["UploadId"].as_str().expect("id"),
+    ]);
     let completion = |parts: &[(u32, &Value)]| {
         let list: Vec<String> = parts
             .iter()
