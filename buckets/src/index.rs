@@ -87,7 +87,7 @@ struct Cursor {
 
 /// The greatest byte string below every string that begins with `prefix` (UTF-8 never holds
 /// 0xFF, so `prefix` with its last byte lowered and 0xFF after sorts just before it).
-fn just_before(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn just_before(prefix: &[u8]) -> Vec<u8> {
     let mut out = prefix.to_vec();
     match out.pop() {
         Some(0) | None => {}
@@ -544,19 +544,38 @@ impl Buckets {
         shard: u32,
         due_ms: u64,
     ) -> Result<Vec<(Vec<u8>, Garbage)>, BucketError> {
-        let object = info.shard_object(shard);
+        let due = |key: &[u8]| {
+            key.first() == Some(&b'g') && keys::garbage_due(key).is_some_and(|d| d <= due_ms)
+        };
+        let found = self
+            .shard_scan(&info.shard_object(shard), b"g", due)
+            .await?;
+        found
+            .into_iter()
+            .map(|(key, raw)| Ok((key, records::decode(&raw)?)))
+            .collect()
+    }
+
+    /// The omap entries of shard `object` after `start_after`, in key order, for as long as
+    /// `wanted` holds of their keys.
+    pub(crate) async fn shard_scan(
+        &self,
+        object: &str,
+        start_after: &[u8],
+        wanted: impl Fn(&[u8]) -> bool,
+    ) -> Result<crate::OmapEntries, BucketError> {
+        const PAGE: u32 = 256;
         let mut out = Vec::new();
-        let mut start_after = b"g".to_vec();
+        let mut start_after = start_after.to_vec();
         loop {
-            let fetched = self.shard_page(&object, &start_after, 256).await?;
-            let full = fetched.len() == 256;
+            let fetched = self.shard_page(object, &start_after, PAGE).await?;
+            let full = fetched.len() == PAGE as usize;
             for (key, raw) in fetched {
-                if key.first() != Some(&b'g') || keys::garbage_due(&key).is_none_or(|d| d > due_ms)
-                {
+                if !wanted(&key) {
                     return Ok(out);
                 }
-                start_after = key.clone();
-                out.push((key, records::decode(&raw)?));
+                start_after.clone_from(&key);
+                out.push((key, raw));
             }
             if !full {
                 return Ok(out);

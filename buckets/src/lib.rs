@@ -142,10 +142,7 @@ impl Buckets {
         object: &str,
         ops: Vec<ObjectOp>,
     ) -> Result<(u64, Vec<OpOutput>), ObjectError> {
-        self.inner
-            .client
-            .execute(&self.inner.config.index_pool, object, ops)
-            .await
+        self.op(&self.inner.config.index_pool, object, ops).await
     }
 
     async fn data_op(
@@ -153,40 +150,49 @@ impl Buckets {
         object: &str,
         ops: Vec<ObjectOp>,
     ) -> Result<(u64, Vec<OpOutput>), ObjectError> {
-        self.inner
-            .client
-            .execute(&self.inner.config.data_pool, object, ops)
-            .await
+        self.op(&self.inner.config.data_pool, object, ops).await
     }
 
-    /// Every bucket, in name order.
-    pub async fn list_buckets(&self) -> Result<Vec<BucketInfo>, BucketError> {
-        let mut buckets = Vec::new();
+    async fn op(
+        &self,
+        pool: &str,
+        object: &str,
+        ops: Vec<ObjectOp>,
+    ) -> Result<(u64, Vec<OpOutput>), ObjectError> {
+        self.inner.client.execute(pool, object, ops).await
+    }
+
+    /// Every omap value of index object `object`, in key order (none when it does not exist).
+    async fn omap_values(&self, object: &str) -> Result<Vec<Vec<u8>>, BucketError> {
+        const PAGE: u32 = 1000;
+        let mut values = Vec::new();
         let mut start_after: Option<ByteBuf> = None;
         loop {
-            let page = match self
-                .index_op(
-                    records::DIRECTORY,
-                    vec![ObjectOp::OmapList {
-                        start_after: start_after.clone(),
-                        limit: 1000,
-                    }],
-                )
-                .await
-            {
+            let ops = vec![ObjectOp::OmapList {
+                start_after: start_after.take(),
+                limit: PAGE,
+            }];
+            let page = match self.index_op(object, ops).await {
                 Ok((_, outputs)) => omap_output(outputs)?,
                 Err(ObjectError::Op(OpError::NotFound)) => Vec::new(),
                 Err(other) => return Err(other.into()),
             };
-            let done = page.len() < 1000;
+            let done = page.len() < PAGE as usize;
             start_after = page.last().map(|(k, _)| ByteBuf::from(k.clone()));
-            for (_, value) in page {
-                buckets.push(records::decode(&value)?);
-            }
+            values.extend(page.into_iter().map(|(_, v)| v));
             if done {
-                return Ok(buckets);
+                return Ok(values);
             }
         }
+    }
+
+    /// Every bucket, in name order.
+    pub async fn list_buckets(&self) -> Result<Vec<BucketInfo>, BucketError> {
+        self.omap_values(records::DIRECTORY)
+            .await?
+            .iter()
+            .map(|raw| records::decode(raw))
+            .collect()
     }
 
     /// The bucket `name`.

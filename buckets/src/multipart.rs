@@ -148,27 +148,11 @@ impl Buckets {
 
     /// Every part of upload `id`, in number order.
     pub async fn parts(&self, id: &str) -> Result<Vec<Part>, BucketError> {
-        let mut parts = Vec::new();
-        let mut start_after: Option<ByteBuf> = None;
-        loop {
-            let ops = vec![ObjectOp::OmapList {
-                start_after: start_after.clone(),
-                limit: 1000,
-            }];
-            let page = match self.index_op(&upload_object(id), ops).await {
-                Ok((_, outputs)) => omap_output(outputs)?,
-                Err(ObjectError::Op(OpError::NotFound)) => Vec::new(),
-                Err(other) => return Err(other.into()),
-            };
-            let done = page.len() < 1000;
-            start_after = page.last().map(|(k, _)| ByteBuf::from(k.clone()));
-            for (_, raw) in page {
-                parts.push(records::decode(&raw)?);
-            }
-            if done {
-                return Ok(parts);
-            }
-        }
+        self.omap_values(&upload_object(id))
+            .await?
+            .iter()
+            .map(|raw| records::decode(raw))
+            .collect()
     }
 
     /// Completes upload `id` with `chosen` parts: links the object whose manifest lists their
@@ -288,25 +272,16 @@ impl Buckets {
     pub async fn uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<Upload>, BucketError> {
         let info = self.lookup(bucket, false).await?;
         let scope = keys::prefixed(b'u', prefix.as_bytes());
+        let start = crate::index::just_before(&scope);
         let mut uploads = Vec::new();
         for shard in 0..info.shards {
-            let object = info.shard_object(shard);
-            let mut start_after = b"u".to_vec();
-            'pages: loop {
-                let page = self.shard_page(&object, &start_after, 256).await?;
-                let full = page.len() == 256;
-                for (key, raw) in page {
-                    if key.first() != Some(&b'u') {
-                        break 'pages;
-                    }
-                    start_after = key.clone();
-                    if key.starts_with(&scope) {
-                        uploads.push(records::decode::<Upload>(&raw)?);
-                    }
-                }
-                if !full {
-                    break;
-                }
+            let found = self
+                .shard_scan(&info.shard_object(shard), &start, |key| {
+                    key.starts_with(&scope)
+                })
+                .await?;
+            for (_, raw) in found {
+                uploads.push(records::decode::<Upload>(&raw)?);
             }
         }
         uploads

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use tidepool_buckets::{Buckets, BucketsConfig};
-use tidepool_client::{MonClient, ObjectClient};
+use tidepool_client::MonClient;
 use tidepool_gateway::GatewayConfig;
-use tidepool_messenger::{ClusterCa, Identity, Messenger, MessengerConfig};
+use tidepool_messenger::{ClusterCa, Identity};
 use tidepool_placement::{BucketType, PoolKind};
 use tidepool_proto::mon::{Command, CommandError};
 
@@ -63,16 +63,7 @@ pub fn gateway(args: GatewayArgs) -> Result<()> {
             BucketType::Osd
         };
         ensure_pools(&mut mon, &config, size, domain).await?;
-        let messenger = Messenger::bind(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            &identity,
-            MessengerConfig {
-                body_bytes_max: tidepool_osd::daemon::BODY_BYTES_MAX,
-                request_timeout: Duration::from_secs(30),
-                ..MessengerConfig::default()
-            },
-        )?;
-        let client = ObjectClient::new(messenger, MonClient::new(&dir, &identity)?).await?;
+        let client = crate::objects::object_client(&dir, &identity).await?;
         let buckets = Buckets::new(Arc::new(client), config);
         let gateway = GatewayConfig {
             bind: args.bind,

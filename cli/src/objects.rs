@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::json;
-use tidepool_client::ObjectClient;
-use tidepool_messenger::{Messenger, MessengerConfig};
+use tidepool_client::{MonClient, ObjectClient};
+use tidepool_messenger::{Identity, Messenger, MessengerConfig};
 use tidepool_proto::osd::{ObjectOp, OpOutput};
 
 use crate::admin::{runtime, ClusterArgs};
@@ -56,13 +56,17 @@ pub enum ObjectCommand {
     },
 }
 
-/// An object client for the cluster of `cluster`.
+/// An object client for the cluster of `cluster`, as its admin.
 pub async fn connect(cluster: &ClusterArgs) -> Result<ObjectClient> {
-    let mon = cluster.client()?;
-    let identity = cluster.identity()?;
+    object_client(&cluster.dir(), &cluster.identity()?).await
+}
+
+/// An object client for the cluster folder `dir`, speaking as `identity`.
+pub async fn object_client(dir: &std::path::Path, identity: &Identity) -> Result<ObjectClient> {
+    let mon = MonClient::new(dir, identity)?;
     let messenger = Messenger::bind(
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        &identity,
+        identity,
         MessengerConfig {
             body_bytes_max: tidepool_osd::daemon::BODY_BYTES_MAX,
             request_timeout: Duration::from_secs(30),

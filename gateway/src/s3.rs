@@ -385,8 +385,60 @@ fn copy_source(source: &CopySource) -> S3Result<(String, String)> {
     }
 }
 
-fn headers_of(entry: &Entry) -> &ContentHeaders {
-    &entry.meta.headers
+/// GetObject and HeadObject answer alike, and their inputs and outputs share field names, so
+/// one macro serves both: it checks the read conditions, picks the bytes (all, a range or a
+/// part) and fills the output's headers; checksums go only with the whole object. Yields the
+/// byte range and the output.
+macro_rules! read_answer {
+    ($output:ident, $input:expr, $entry:expr) => {{
+        let input = $input;
+        let entry: &Entry = &$entry;
+        check_read_conditions(
+            entry,
+            input.if_match.as_ref(),
+            input.if_unmodified_since.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+        )?;
+        let (range, content_range, parts_count) =
+            selection(entry, input.range.as_ref(), input.part_number)?;
+        let checksums_asked = input
+            .checksum_mode
+            .as_ref()
+            .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        let sums = if checksums_asked && content_range.is_none() {
+            checksum::to_dto(&entry.meta.checksums)
+        } else {
+            Checksum::default()
+        };
+        let headers = entry.meta.headers.clone();
+        let output = $output {
+            content_length: Some((range.end - range.start) as i64),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(etag(&entry.etag)),
+            last_modified: Some(timestamp(entry.modified_ms)),
+            metadata: Some(entry.meta.metadata.clone().into_iter().collect()),
+            content_type: input.response_content_type.or(headers.content_type),
+            content_encoding: input.response_content_encoding.or(headers.content_encoding),
+            content_disposition: input
+                .response_content_disposition
+                .or(headers.content_disposition),
+            content_language: input.response_content_language.or(headers.content_language),
+            cache_control: input.response_cache_control.or(headers.cache_control),
+            expires: input
+                .response_expires
+                .or_else(|| expires_of(&headers.expires)),
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
+            parts_count,
+            ..Default::default()
+        };
+        (range, output)
+    }};
 }
 
 #[async_trait::async_trait]
@@ -529,57 +581,14 @@ impl S3 for Gateway {
             .get(&input.bucket, &input.key)
             .await
             .map_err(s3)?;
-        check_read_conditions(
-            &entry,
-            input.if_match.as_ref(),
-            input.if_unmodified_since.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-        )?;
-        let (range, content_range, parts_count) =
-            selection(&entry, input.range.as_ref(), input.part_number)?;
-        let whole = content_range.is_none();
-        let length = range.end - range.start;
+        let (range, output) = read_answer!(GetObjectOutput, input, entry);
         let stream = self
             .buckets
             .read_data(&entry, inline, range)
             .map_err(|e| std::io::Error::other(e.to_string()));
-        let sums = if whole
-            && input
-                .checksum_mode
-                .as_ref()
-                .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
-        {
-            checksum::to_dto(&entry.meta.checksums)
-        } else {
-            Checksum::default()
-        };
-        let headers = headers_of(&entry).clone();
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(sync_wrapper::SyncStream::new(stream))),
-            content_length: Some(length as i64),
-            content_range,
-            accept_ranges: Some("bytes".into()),
-            e_tag: Some(etag(&entry.etag)),
-            last_modified: Some(timestamp(entry.modified_ms)),
-            metadata: Some(entry.meta.metadata.clone().into_iter().collect()),
-            content_type: input.response_content_type.or(headers.content_type),
-            content_encoding: input.response_content_encoding.or(headers.content_encoding),
-            content_disposition: input
-                .response_content_disposition
-                .or(headers.content_disposition),
-            content_language: input.response_content_language.or(headers.content_language),
-            cache_control: input.response_cache_control.or(headers.cache_control),
-            expires: input
-                .response_expires
-                .or_else(|| expires_of(&headers.expires)),
-            checksum_crc32: sums.checksum_crc32,
-            checksum_crc32c: sums.checksum_crc32c,
-            checksum_sha1: sums.checksum_sha1,
-            checksum_sha256: sums.checksum_sha256,
-            checksum_crc64nvme: sums.checksum_crc64nvme,
-            parts_count,
-            ..Default::default()
+            ..output
         }))
     }
 
@@ -594,51 +603,8 @@ impl S3 for Gateway {
             .head(&input.bucket, &input.key)
             .await
             .map_err(s3)?;
-        check_read_conditions(
-            &entry,
-            input.if_match.as_ref(),
-            input.if_unmodified_since.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-        )?;
-        let (range, content_range, parts_count) =
-            selection(&entry, input.range.as_ref(), input.part_number)?;
-        let length = range.end - range.start;
-        let sums = if input
-            .checksum_mode
-            .as_ref()
-            .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
-        {
-            checksum::to_dto(&entry.meta.checksums)
-        } else {
-            Checksum::default()
-        };
-        let headers = headers_of(&entry).clone();
-        Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(length as i64),
-            content_range,
-            accept_ranges: Some("bytes".into()),
-            e_tag: Some(etag(&entry.etag)),
-            last_modified: Some(timestamp(entry.modified_ms)),
-            metadata: Some(entry.meta.metadata.clone().into_iter().collect()),
-            content_type: input.response_content_type.or(headers.content_type),
-            content_encoding: input.response_content_encoding.or(headers.content_encoding),
-            content_disposition: input
-                .response_content_disposition
-                .or(headers.content_disposition),
-            content_language: input.response_content_language.or(headers.content_language),
-            cache_control: input.response_cache_control.or(headers.cache_control),
-            expires: input
-                .response_expires
-                .or_else(|| expires_of(&headers.expires)),
-            checksum_crc32: sums.checksum_crc32,
-            checksum_crc32c: sums.checksum_crc32c,
-            checksum_sha1: sums.checksum_sha1,
-            checksum_sha256: sums.checksum_sha256,
-            checksum_crc64nvme: sums.checksum_crc64nvme,
-            parts_count,
-            ..Default::default()
-        }))
+        let (_, output) = read_answer!(HeadObjectOutput, input, entry);
+        Ok(S3Response::new(output))
     }
 
     async fn delete_object(
@@ -931,10 +897,6 @@ impl S3 for Gateway {
         let input = req.input;
         let number = u32::try_from(input.part_number)
             .map_err(|_| s3_error!(InvalidArgument, "Part numbers are 1 to 10,000."))?;
-        self.buckets
-            .upload(&input.bucket, &input.key, &input.upload_id)
-            .await
-            .map_err(s3)?;
         let sent = Checksum {
             checksum_crc32: input.checksum_crc32,
             checksum_crc32c: input.checksum_crc32c,
@@ -986,10 +948,6 @@ impl S3 for Gateway {
         let input = req.input;
         let number = u32::try_from(input.part_number)
             .map_err(|_| s3_error!(InvalidArgument, "Part numbers are 1 to 10,000."))?;
-        self.buckets
-            .upload(&input.bucket, &input.key, &input.upload_id)
-            .await
-            .map_err(s3)?;
         let (source, inline) = self
             .buckets
             .get(&source_bucket, &source_key)
