@@ -292,6 +292,34 @@ fn plan(
             tidepool_proto::config::check(key, value).map_err(CommandError::Invalid)?;
             (Vec::new(), None)
         }
+        Command::PgTemp { pg, osds } => {
+            let pool = map
+                .pools
+                .get(&pg.pool)
+                .filter(|pool| pg.seed < pool.pg_num)
+                .ok_or_else(|| CommandError::Missing(format!("PG {pg}")))?;
+            for id in osds {
+                osd(*id)?;
+            }
+            let distinct: std::collections::BTreeSet<_> = osds.iter().collect();
+            if distinct.len() != osds.len() || osds.len() > pool.kind.width() {
+                return Err(CommandError::Invalid(format!(
+                    "pg_temp for {pg} must name at most {} distinct OSDs",
+                    pool.kind.width()
+                )));
+            }
+            let wanted: Vec<Option<OsdId>> = osds.iter().map(|&o| Some(o)).collect();
+            let changes = match (map.pg_temp.get(pg), osds.is_empty()) {
+                (None, true) => Vec::new(),
+                (Some(_), true) => vec![Change::ClearPgTemp(*pg)],
+                (Some(current), false) if *current == wanted => Vec::new(),
+                (_, false) => vec![Change::SetPgTemp {
+                    pg: *pg,
+                    osds: wanted,
+                }],
+            };
+            (changes, None)
+        }
     })
 }
 

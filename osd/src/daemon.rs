@@ -2,23 +2,24 @@
 //! leads, replicates writes to the other holders, brings holders up to date when a PG's
 //! holders change (from the log, or by backfill), sends beacons and heartbeats its peers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tidepool_client::MonClient;
 use tidepool_messenger::{Identity, Messenger, MessengerConfig, Peer, Service};
 use tidepool_placement::{ClusterMap, Epoch, OsdId, PgId, Placement, PoolKind, Scratch};
-use tidepool_proto::mon::{Beacon, Command, MonMap, OsdStat, PgStat};
-use tidepool_proto::osd::{
-    LogEntry, ObjectRequest, ObjectState, OpError, OsdRequest, OsdResponse, PgInfo,
-};
+use tidepool_proto::mon::{Beacon, Command, IoRates, MonMap, OsdStat, PgStat};
+use tidepool_proto::osd::{LogEntry, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse, PgInfo};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::pg::{self, META};
+use crate::recovery::Progress;
+use crate::throttle::{Rate, Slots};
 use crate::store::{ObjectStore, Op, StoreError, Transaction};
 
 /// Largest message: an object of the store's maximum size, with room for its metadata.
@@ -29,8 +30,6 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write may wait for its replicas in all, across map changes.
 const WRITE_DEADLINE: Duration = Duration::from_secs(60);
-/// Objects read or pushed per recovery message.
-const RECOVERY_BATCH: usize = 16;
 
 /// What an OSD needs to run.
 #[derive(Debug)]
@@ -65,13 +64,22 @@ impl MapView {
         MapView { map, placement }
     }
 
-    /// The acting OSDs of `pg` and its primary (`None` for an unknown pool or PG).
-    pub fn acting(&self, pg: PgId) -> Option<(Vec<OsdId>, Option<OsdId>)> {
+    /// Who holds `pg` and who serves it (`None` for an unknown pool or PG).
+    pub fn holders(&self, pg: PgId) -> Option<Holders> {
+        let pool = self.map.pools.get(&pg.pool)?;
         let mapping = self.placement.map_pg(pg, &mut Scratch::default())?;
-        Some((
-            mapping.acting.into_iter().flatten().collect(),
-            mapping.primary,
-        ))
+        let min_size = match pool.kind {
+            PoolKind::Replicated { min_size, .. } => usize::from(min_size),
+            PoolKind::Erasure { k, .. } => usize::from(k),
+        };
+        Some(Holders {
+            up: mapping.up.into_iter().flatten().collect(),
+            acting: mapping.acting.into_iter().flatten().collect(),
+            primary: mapping.primary,
+            temp: self.map.pg_temp.contains_key(&pg),
+            size: pool.kind.width(),
+            min_size,
+        })
     }
 
     fn addr(&self, osd: OsdId) -> Option<SocketAddr> {
@@ -89,48 +97,123 @@ impl MapView {
     }
 }
 
+/// A PG's holders under one map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holders {
+    /// Where placement puts it, in order.
+    pub up: Vec<OsdId>,
+    /// Who serves it: `pg_temp` while set (without its down members), else `up`.
+    pub acting: Vec<OsdId>,
+    /// The first of `acting`.
+    pub primary: Option<OsdId>,
+    /// Whether `pg_temp` is set for it.
+    pub temp: bool,
+    /// Copies wanted.
+    pub size: usize,
+    /// Copies needed to take writes.
+    pub min_size: usize,
+}
+
 /// One PG's state on this OSD.
 #[derive(Debug, Default)]
-struct PgState {
-    loaded: bool,
+pub(crate) struct PgState {
+    pub loaded: bool,
     /// Whether this OSD holds a copy.
-    present: bool,
-    info: PgInfo,
-    log: Vec<LogEntry>,
-    reqids: HashMap<(String, u64), u64>,
+    pub present: bool,
+    pub info: PgInfo,
+    pub log: Vec<LogEntry>,
+    pub reqids: HashMap<(String, u64), u64>,
     /// The acting set this OSD (as primary) last brought up to date.
-    peered: Option<Vec<OsdId>>,
+    pub peered: Option<Vec<OsdId>>,
+    /// The `pg_temp` this primary asked for, and under which epoch.
+    pub remap_asked: Option<(Epoch, Vec<OsdId>)>,
+    /// Objects and bytes of the copy, as counted at a version.
+    pub usage: Option<(u64, u64, u64)>,
 }
 
 impl PgState {
-    fn last_entry(&self) -> Option<LogEntry> {
+    pub fn last_entry(&self) -> Option<LogEntry> {
         self.log.last().cloned()
     }
 }
 
-struct Osd {
-    id: OsdId,
-    store: Arc<dyn ObjectStore>,
+/// Counters of client and recovery traffic, turned into rates by the beacons.
+#[derive(Debug, Default)]
+pub(crate) struct IoCounters {
+    read_bytes: AtomicU64,
+    write_bytes: AtomicU64,
+    ops: AtomicU64,
+    recovery_bytes: AtomicU64,
+    recovery_objects: AtomicU64,
+}
+
+impl IoCounters {
+    pub fn recovered(&self, objects: u64, bytes: u64) {
+        self.recovery_objects.fetch_add(objects, Ordering::Relaxed);
+        self.recovery_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> [u64; 5] {
+        [
+            &self.read_bytes,
+            &self.write_bytes,
+            &self.ops,
+            &self.recovery_bytes,
+            &self.recovery_objects,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+pub(crate) struct Osd {
+    pub id: OsdId,
+    pub store: Arc<dyn ObjectStore>,
     messenger: Messenger,
-    maps: watch::Receiver<Arc<MapView>>,
+    pub maps: watch::Receiver<Arc<MapView>>,
     pgs: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<PgState>>>>,
     options: Mutex<Vec<(String, String)>>,
     /// When each peer last answered a ping.
     heard: Mutex<HashMap<OsdId, Instant>>,
     /// Woken when the store fails: the OSD stops rather than serve from a broken disk.
     stop: tokio::sync::Notify,
+    /// Commands to the monitors (`pg_temp`).
+    pub mon: tokio::sync::Mutex<MonClient>,
+    /// Backfills this OSD drives at once (`osd_max_backfills`).
+    pub backfills: Slots,
+    /// Recovery pushes this OSD sends at once (`osd_recovery_max_active`).
+    pub recovery_out: Slots,
+    /// Recovery pushes this OSD applies at once (`osd_recovery_max_active`).
+    pub recovery_in: Slots,
+    /// Recovery bytes per second (`osd_recovery_max_bytes_per_sec`).
+    pub recovery_rate: Rate,
+    /// Background backfills, by PG.
+    pub progress: Mutex<HashMap<PgId, Progress>>,
+    /// The statistics last reported per PG.
+    last_stats: Mutex<HashMap<PgId, PgStat>>,
+    pub io: IoCounters,
 }
 
-fn storage_failed(error: StoreError) -> OsdResponse {
+pub(crate) fn storage_failed(error: StoreError) -> OsdResponse {
     OsdResponse::Failed(error.to_string())
 }
 
 impl Osd {
-    fn view(&self) -> Arc<MapView> {
+    pub fn view(&self) -> Arc<MapView> {
         self.maps.borrow().clone()
     }
 
-    fn pg(&self, pg: PgId) -> Arc<tokio::sync::Mutex<PgState>> {
+    /// The map, once it is at least `epoch` (waiting up to 5 s for it).
+    pub async fn view_at(&self, epoch: Epoch) -> Arc<MapView> {
+        let mut maps = self.maps.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            maps.wait_for(|v| v.map.epoch >= epoch),
+        )
+        .await;
+        self.view()
+    }
+
+    pub fn pg(&self, pg: PgId) -> Arc<tokio::sync::Mutex<PgState>> {
         self.pgs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -139,24 +222,25 @@ impl Osd {
             .clone()
     }
 
-    fn option(&self, name: &str) -> u64 {
+    pub fn option(&self, name: &str) -> u64 {
         let options = self.options.lock().unwrap_or_else(|p| p.into_inner());
         tidepool_proto::config::get(options.iter().map(|(k, v)| (k.as_str(), v.as_str())), name)
     }
 
     /// Loads the PG's state from the store the first time it is used.
-    fn ensure_loaded(&self, pg: PgId, state: &mut PgState) -> Result<(), StoreError> {
+    pub fn ensure_loaded(&self, pg: PgId, state: &mut PgState) -> Result<(), StoreError> {
         if state.loaded {
             return Ok(());
         }
         self.reload(pg, state)
     }
 
-    fn reload(&self, pg: PgId, state: &mut PgState) -> Result<(), StoreError> {
+    pub fn reload(&self, pg: PgId, state: &mut PgState) -> Result<(), StoreError> {
         let loaded = tokio::task::block_in_place(|| pg::load(&*self.store, pg))?;
         state.loaded = true;
         state.present = loaded.is_some();
         let (info, log) = loaded.unwrap_or_default();
+        state.usage = None;
         state.reqids = log
             .iter()
             .filter_map(|e| e.reqid.clone().map(|r| (r, e.version)))
@@ -166,7 +250,7 @@ impl Osd {
         Ok(())
     }
 
-    fn apply(&self, tx: &Transaction) -> Result<(), StoreError> {
+    pub fn apply(&self, tx: &Transaction) -> Result<(), StoreError> {
         let result = tokio::task::block_in_place(|| self.store.apply(tx));
         self.fail_stop(result)
     }
@@ -180,7 +264,7 @@ impl Osd {
         result
     }
 
-    async fn call(&self, osd: OsdId, request: &OsdRequest) -> Option<OsdResponse> {
+    pub async fn call(&self, osd: OsdId, request: &OsdRequest) -> Option<OsdResponse> {
         let addr = self.view().addr(osd)?;
         self.messenger
             .call_within(addr, &entity(osd), request, REPLICA_TIMEOUT)
@@ -189,29 +273,19 @@ impl Osd {
     }
 
     async fn handle_object(&self, request: ObjectRequest) -> OsdResponse {
-        let mut view = self.view();
+        let view = self.view();
         if request.epoch < view.map.epoch {
             return OsdResponse::StaleEpoch {
                 have: view.map.epoch,
             };
         }
-        if request.epoch > view.map.epoch {
-            // The client saw a newer map: wait (briefly) until this OSD has it too.
-            let mut maps = self.maps.clone();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                maps.wait_for(|v| v.map.epoch >= request.epoch),
-            )
-            .await;
-            view = self.view();
-        }
-        let Some(pool) = view.map.pools.get(&request.pg.pool).cloned() else {
+        // The client may have seen a newer map: wait (briefly) until this OSD has it too.
+        let view = self.view_at(request.epoch).await;
+        let Some(holders) = view.holders(request.pg) else {
             return OsdResponse::Object(Err(OpError::NoPool));
         };
-        let Some((acting, primary)) = view.acting(request.pg) else {
-            return OsdResponse::Object(Err(OpError::NoPool));
-        };
-        if primary != Some(self.id) {
+        let acting = holders.acting.clone();
+        if holders.primary != Some(self.id) {
             return OsdResponse::NotPrimary;
         }
         if let Err(error) = pg::check_name(&request.name) {
@@ -224,7 +298,7 @@ impl Osd {
             return storage_failed(error);
         }
         if state.peered.as_ref() != Some(&acting) {
-            if let Err(reason) = self.peer(pg, &mut state, &acting).await {
+            if let Err(reason) = self.peer(pg, &mut state, &holders).await {
                 return OsdResponse::Failed(format!("PG {pg} could not peer: {reason}"));
             }
         }
@@ -240,13 +314,22 @@ impl Osd {
             Ok(planned) => planned,
             Err(error) => return OsdResponse::Object(Err(error)),
         };
+        self.io.ops.fetch_add(1, Ordering::Relaxed);
+        let read: usize = planned
+            .outputs
+            .iter()
+            .map(|o| match o {
+                OpOutput::Data(data) => data.len(),
+                _ => 0,
+            })
+            .sum();
+        self.io
+            .read_bytes
+            .fetch_add(read as u64, Ordering::Relaxed);
         if planned.ops.is_empty() {
             return OsdResponse::Object(Ok((planned.version, planned.outputs)));
         }
-        let min_size = match pool.kind {
-            PoolKind::Replicated { min_size, .. } => usize::from(min_size),
-            PoolKind::Erasure { k, .. } => usize::from(k),
-        };
+        let min_size = holders.min_size;
         if acting.len() < min_size {
             return OsdResponse::Object(Err(OpError::Undersized {
                 up: acting.len(),
@@ -262,6 +345,9 @@ impl Osd {
         };
         let (tx, next) = pg::commit_tx(coll, &request.name, &mut planned, &entry, &state.info);
         let encoded = encode_transaction(&tx);
+        self.io
+            .write_bytes
+            .fetch_add(written_bytes(&tx), Ordering::Relaxed);
         // The local write and the replicas' run at once; the client hears back when all are on
         // disk.
         let store = self.store.clone();
@@ -334,8 +420,8 @@ impl Osd {
             // A holder that does not answer is waited for until the map drops it.
             let view = self.view();
             let still: BTreeSet<OsdId> = view
-                .acting(pg)
-                .map(|(acting, _)| acting.into_iter().collect())
+                .holders(pg)
+                .map(|h| h.acting.into_iter().collect())
                 .unwrap_or_default();
             waiting.retain(|osd| still.contains(osd));
             if started.elapsed() > WRITE_DEADLINE {
@@ -387,292 +473,6 @@ impl Osd {
         OsdResponse::Ack
     }
 
-    /// Brings the PG's holders up to date: the one with the newest history is the authority;
-    /// this primary copies from it when it is another, then updates the others.
-    async fn peer(&self, pg: PgId, state: &mut PgState, acting: &[OsdId]) -> Result<(), String> {
-        let coll = pg::collection(pg);
-        if !state.present {
-            self.apply(&Transaction {
-                ops: vec![Op::CreateCollection(coll)],
-            })
-            .map_err(|e| e.to_string())?;
-            state.present = true;
-        }
-        let mut infos: BTreeMap<OsdId, Option<(PgInfo, Option<LogEntry>)>> = BTreeMap::new();
-        for &osd in acting.iter().filter(|o| **o != self.id) {
-            if let Some(OsdResponse::PgInfo(info)) =
-                self.call(osd, &OsdRequest::PgQuery { pg }).await
-            {
-                infos.insert(osd, info);
-            }
-        }
-        let newest = infos
-            .iter()
-            .filter_map(|(osd, info)| info.as_ref().map(|(i, _)| (*osd, i.clone())))
-            .max_by_key(|(_, i)| (i.last_epoch, i.last_update));
-        if let Some((source, info)) = newest {
-            if (info.last_epoch, info.last_update) > (state.info.last_epoch, state.info.last_update)
-            {
-                info!(%pg, from = source.0, "recovering this primary's copy");
-                self.pull_from(pg, state, source).await?;
-            }
-        }
-        for (osd, info) in infos {
-            let same = info.as_ref().is_some_and(|(i, last)| {
-                i.last_update == state.info.last_update && *last == state.last_entry()
-            });
-            if !same {
-                self.push_to(pg, state, osd).await?;
-            }
-        }
-        state.peered = Some(acting.to_vec());
-        Ok(())
-    }
-
-    /// Copies the newer history of `source` into this OSD's copy.
-    async fn pull_from(&self, pg: PgId, state: &mut PgState, source: OsdId) -> Result<(), String> {
-        let coll = pg::collection(pg);
-        let Some(OsdResponse::PgInfo(Some((source_info, _)))) =
-            self.call(source, &OsdRequest::PgQuery { pg }).await
-        else {
-            return Err(format!("osd.{} did not answer", source.0));
-        };
-        let have = state.info.last_update;
-        let entries = match self
-            .call(
-                source,
-                &OsdRequest::PgLog {
-                    pg,
-                    after: have.saturating_sub(1),
-                },
-            )
-            .await
-        {
-            Some(OsdResponse::PgLog(Some(entries))) => Some(entries),
-            _ => None,
-        };
-        // Log-based when the source still logs our newest entry and agrees on it.
-        let missing = entries.and_then(|entries| {
-            if have == 0 {
-                return Some(entries);
-            }
-            let first = entries.first()?;
-            (Some(first) == state.log.last()).then(|| entries[1..].to_vec())
-        });
-        let (reset, names, entries) = match missing {
-            Some(entries) => {
-                let names: BTreeSet<String> = entries.iter().map(|e| e.name.clone()).collect();
-                (false, names.into_iter().collect::<Vec<_>>(), entries)
-            }
-            None => {
-                let names = self.list_remote(pg, source).await?;
-                let Some(OsdResponse::PgLog(Some(entries))) = self
-                    .call(
-                        source,
-                        &OsdRequest::PgLog {
-                            pg,
-                            after: source_info.log_tail,
-                        },
-                    )
-                    .await
-                else {
-                    return Err(format!("osd.{} did not send its log", source.0));
-                };
-                (true, names, entries)
-            }
-        };
-        if reset {
-            self.apply(&Transaction {
-                ops: vec![Op::RemoveCollection(coll), Op::CreateCollection(coll)],
-            })
-            .map_err(|e| e.to_string())?;
-        }
-        for batch in names.chunks(RECOVERY_BATCH) {
-            let Some(OsdResponse::PgObjects(objects)) = self
-                .call(
-                    source,
-                    &OsdRequest::PgRead {
-                        pg,
-                        names: batch.to_vec(),
-                    },
-                )
-                .await
-            else {
-                return Err(format!("osd.{} did not send objects", source.0));
-            };
-            let mut ops = Vec::new();
-            for (name, object) in &objects {
-                ops.extend(pg::write_state(&*self.store, coll, name, object.as_ref()));
-            }
-            self.apply(&Transaction { ops })
-                .map_err(|e| e.to_string())?;
-        }
-        self.apply(&Transaction {
-            ops: pg::record(coll, &entries, &source_info, None),
-        })
-        .map_err(|e| e.to_string())?;
-        self.reload(pg, state).map_err(|e| e.to_string())?;
-        state.info = source_info;
-        Ok(())
-    }
-
-    async fn list_remote(&self, pg: PgId, osd: OsdId) -> Result<Vec<String>, String> {
-        let mut names = Vec::new();
-        let mut start_after = None;
-        loop {
-            let Some(OsdResponse::PgList { names: page, done }) = self
-                .call(
-                    osd,
-                    &OsdRequest::PgList {
-                        pg,
-                        start_after: start_after.clone(),
-                    },
-                )
-                .await
-            else {
-                return Err(format!("osd.{} did not list its objects", osd.0));
-            };
-            start_after = page.last().cloned();
-            names.extend(page);
-            if done {
-                return Ok(names);
-            }
-        }
-    }
-
-    /// Brings `target`'s copy up to this primary's: from the log when it still covers the
-    /// target's newest entry, else by backfill (a full copy).
-    async fn push_to(&self, pg: PgId, state: &mut PgState, target: OsdId) -> Result<(), String> {
-        let coll = pg::collection(pg);
-        let their = match self.call(target, &OsdRequest::PgQuery { pg }).await {
-            Some(OsdResponse::PgInfo(info)) => info,
-            _ => return Err(format!("osd.{} did not answer", target.0)),
-        };
-        let whole_log = state.info.log_tail == 0;
-        let log_based = match &their {
-            // No copy yet: the log still holds every change, so it covers one from nothing.
-            None if whole_log => Some(state.log.clone()),
-            None => None,
-            Some(_) => None,
-        };
-        let log_based = log_based.or_else(|| {
-            their.as_ref().and_then(|(info, last)| {
-                if info.last_update > state.info.last_update {
-                    return None;
-                }
-                if info.last_update == 0 {
-                    return Some(state.log.clone());
-                }
-                let position = state.log.iter().position(|e| Some(e) == last.as_ref())?;
-                Some(state.log[position + 1..].to_vec())
-            })
-        });
-        let (reset, names, entries) = match log_based {
-            Some(entries) => {
-                let names: BTreeSet<String> = entries.iter().map(|e| e.name.clone()).collect();
-                (false, names.into_iter().collect::<Vec<_>>(), entries)
-            }
-            None => {
-                info!(%pg, to = target.0, "backfilling");
-                let names = tokio::task::block_in_place(|| list_all(&*self.store, coll))
-                    .map_err(|e| e.to_string())?;
-                (true, names, state.log.clone())
-            }
-        };
-        let mut first = true;
-        for batch in names.chunks(RECOVERY_BATCH) {
-            let objects = tokio::task::block_in_place(|| {
-                batch
-                    .iter()
-                    .map(|name| Ok((name.clone(), pg::read_state(&*self.store, coll, name)?)))
-                    .collect::<Result<Vec<_>, StoreError>>()
-            })
-            .map_err(|e| e.to_string())?;
-            self.push(target, pg, reset && first, objects, Vec::new(), None)
-                .await?;
-            first = false;
-        }
-        self.push(
-            target,
-            pg,
-            reset && first,
-            Vec::new(),
-            entries,
-            Some(state.info.clone()),
-        )
-        .await
-    }
-
-    async fn push(
-        &self,
-        target: OsdId,
-        pg: PgId,
-        reset: bool,
-        objects: Vec<(String, Option<ObjectState>)>,
-        entries: Vec<LogEntry>,
-        info: Option<PgInfo>,
-    ) -> Result<(), String> {
-        let request = OsdRequest::PgPush {
-            pg,
-            reset,
-            objects,
-            entries,
-            info,
-        };
-        match self.call(target, &request).await {
-            Some(OsdResponse::Ack) => Ok(()),
-            Some(OsdResponse::Failed(reason)) => Err(reason),
-            _ => Err(format!("osd.{} did not take the recovery push", target.0)),
-        }
-    }
-
-    async fn handle_push(
-        &self,
-        pg: PgId,
-        reset: bool,
-        objects: Vec<(String, Option<ObjectState>)>,
-        entries: Vec<LogEntry>,
-        info: Option<PgInfo>,
-    ) -> OsdResponse {
-        let coll = pg::collection(pg);
-        let lock = self.pg(pg);
-        let mut state = lock.lock().await;
-        if let Err(error) = self.ensure_loaded(pg, &mut state) {
-            return storage_failed(error);
-        }
-        let mut ops = Vec::new();
-        if reset && state.present {
-            ops.push(Op::RemoveCollection(coll));
-        }
-        if reset || !state.present {
-            ops.push(Op::CreateCollection(coll));
-        }
-        let fresh = reset || !state.present;
-        for (name, object) in &objects {
-            if pg::check_name(name).is_err() {
-                return OsdResponse::Failed(format!("bad object name {name:?}"));
-            }
-            if fresh {
-                // Nothing of the old copy is left: write without looking at it.
-                if let Some(object) = object {
-                    ops.extend(pg::create_state(coll, name, object));
-                }
-            } else {
-                ops.extend(pg::write_state(&*self.store, coll, name, object.as_ref()));
-            }
-        }
-        if let Some(info) = &info {
-            ops.extend(pg::record(coll, &entries, info, None));
-        }
-        if let Err(error) = self.apply(&Transaction { ops }) {
-            return storage_failed(error);
-        }
-        if let Err(error) = self.reload(pg, &mut state) {
-            return storage_failed(error);
-        }
-        OsdResponse::Ack
-    }
-
     fn handle_query(state: &PgState) -> OsdResponse {
         OsdResponse::PgInfo(
             state
@@ -697,6 +497,7 @@ impl Osd {
                 entries,
                 info,
             } => self.handle_push(pg, reset, objects, entries, info).await,
+            OsdRequest::PgRemove { pg, epoch } => self.handle_remove(pg, epoch).await,
             OsdRequest::Ping { .. } => OsdResponse::Ack,
             OsdRequest::PgQuery { pg } => {
                 let lock = self.pg(pg);
@@ -726,6 +527,14 @@ impl Osd {
             }
             OsdRequest::PgList { pg, start_after } => {
                 let coll = pg::collection(pg);
+                // A primary lists for clients only once its copy is the PG's.
+                if let Some(holders) = self.view().holders(pg) {
+                    if holders.primary == Some(self.id)
+                        && self.pg(pg).lock().await.peered.as_ref() != Some(&holders.acting)
+                    {
+                        return OsdResponse::Failed(format!("{pg} is peering"));
+                    }
+                }
                 match tokio::task::block_in_place(|| {
                     self.store.list(coll, start_after.as_deref(), 1024)
                 }) {
@@ -758,61 +567,136 @@ impl Osd {
         }
     }
 
-    /// The PG statistics for the PGs this OSD leads.
+    /// The PG statistics for the PGs this OSD leads. A PG busy with a write keeps the state
+    /// it was last seen in.
     fn pg_stats(&self, view: &MapView) -> Vec<PgStat> {
         let mut stats = Vec::new();
+        let mut last = self.last_stats.lock().unwrap_or_else(|p| p.into_inner());
         for pg in view.pgs() {
-            let Some((acting, primary)) = view.acting(pg) else {
+            let Some(holders) = view.holders(pg) else {
                 continue;
             };
-            if primary != Some(self.id) {
+            if holders.primary != Some(self.id) {
                 continue;
             }
-            let size = view.map.pools.get(&pg.pool).map_or(0, |p| p.kind.width());
-            let peered = self
-                .pgs
+            let lock = self.pg(pg);
+            let Ok(mut state) = lock.try_lock() else {
+                if let Some(stat) = last.get(&pg).filter(|s| s.acting == holders.acting) {
+                    stats.push(PgStat {
+                        epoch: view.map.epoch,
+                        ..stat.clone()
+                    });
+                }
+                continue;
+            };
+            let (objects, bytes) = self.usage(pg, &mut state);
+            let peered = state.peered.as_ref() == Some(&holders.acting);
+            let progress = self
+                .progress
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&pg)
-                .and_then(|s| {
-                    s.try_lock()
-                        .ok()
-                        .map(|s| s.peered.as_ref() == Some(&acting))
-                })
-                .unwrap_or(false);
-            let objects = list_all(&*self.store, pg::collection(pg)).map_or(0, |n| n.len() as u64);
-            let state = match (peered, acting.len() >= size) {
-                (false, _) => "peering",
-                (true, true) => "active+clean",
-                (true, false) => "active+undersized+degraded",
-            };
-            stats.push(PgStat {
+                .cloned();
+            let (state, degraded, misplaced) =
+                pg_state(&holders, peered, progress.as_ref(), objects);
+            let stat = PgStat {
                 pg,
-                state: state.into(),
+                state,
                 objects,
-                bytes: 0,
-                degraded: if acting.len() < size { objects } else { 0 },
-                misplaced: 0,
+                bytes,
+                degraded,
+                misplaced,
+                up: holders.up,
+                acting: holders.acting,
                 epoch: view.map.epoch,
-            });
+            };
+            last.insert(pg, stat.clone());
+            stats.push(stat);
         }
         stats
     }
+
+    /// The objects and bytes of this OSD's copy of `pg`, counted again only after it changed.
+    fn usage(&self, pg: PgId, state: &mut PgState) -> (u64, u64) {
+        if let Some((version, objects, bytes)) = state.usage {
+            if version == state.info.last_update {
+                return (objects, bytes);
+            }
+        }
+        let coll = pg::collection(pg);
+        let names = list_all(&*self.store, coll).unwrap_or_default();
+        let bytes = names
+            .iter()
+            .filter_map(|name| self.store.stat(coll, name).ok())
+            .map(|stat| stat.size)
+            .sum();
+        let objects = names.len() as u64;
+        state.usage = Some((state.info.last_update, objects, bytes));
+        (objects, bytes)
+    }
+}
+
+/// A PG's state in Ceph's words, and its degraded and misplaced object copies.
+fn pg_state(
+    holders: &Holders,
+    peered: bool,
+    progress: Option<&Progress>,
+    objects: u64,
+) -> (String, u64, u64) {
+    let missing = holders.size.saturating_sub(holders.acting.len()) as u64;
+    let degraded = objects * missing;
+    let targets = holders
+        .up
+        .iter()
+        .filter(|o| !holders.acting.contains(o))
+        .count() as u64;
+    let copied = progress.map_or(0, |p| p.copied);
+    let misplaced = if holders.temp {
+        (objects * targets).saturating_sub(copied)
+    } else {
+        0
+    };
+    if !peered {
+        return ("peering".into(), degraded, misplaced);
+    }
+    let mut parts = vec![if holders.acting.len() >= holders.min_size {
+        "active"
+    } else {
+        "peered"
+    }];
+    if missing > 0 {
+        parts.extend(["undersized", "degraded"]);
+    }
+    if holders.temp {
+        parts.push("remapped");
+        match progress {
+            Some(p) if p.waiting => parts.push("backfill_wait"),
+            Some(_) => parts.push("backfilling"),
+            None => {}
+        }
+    }
+    if missing == 0 && !holders.temp {
+        parts.push("clean");
+    }
+    (parts.join("+"), degraded, misplaced)
 }
 
 /// Encodes a transaction for the replicas into one allocation of about the right size.
 fn encode_transaction(tx: &Transaction) -> Vec<u8> {
-    let data: usize = tx
-        .ops
-        .iter()
-        .map(|op| match op {
-            Op::Write { data, .. } | Op::WriteFull { data, .. } => data.len(),
-            _ => 0,
-        })
-        .sum();
-    let mut bytes = Vec::with_capacity(data + 4096);
+    let mut bytes = Vec::with_capacity(written_bytes(tx) as usize + 4096);
     rmp_serde::encode::write(&mut bytes, tx).expect("transactions encode");
     bytes
+}
+
+/// The data bytes a transaction writes.
+fn written_bytes(tx: &Transaction) -> u64 {
+    tx.ops
+        .iter()
+        .map(|op| match op {
+            Op::Write { data, .. } | Op::WriteFull { data, .. } => data.len() as u64,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Waits for the local write of a change, once.
@@ -828,7 +712,7 @@ async fn finish_local(
 }
 
 /// Every object name of a collection (without the meta object).
-fn list_all(
+pub(crate) fn list_all(
     store: &dyn ObjectStore,
     coll: crate::store::CollectionId,
 ) -> Result<Vec<String>, StoreError> {
@@ -909,6 +793,18 @@ pub async fn run(
         options: Mutex::new(Vec::new()),
         heard: Mutex::new(HashMap::new()),
         stop: tokio::sync::Notify::new(),
+        mon: tokio::sync::Mutex::new(MonClient::with_messenger(
+            messenger.clone(),
+            config.monmap.clone(),
+            &entity(config.id),
+        )),
+        backfills: Slots::default(),
+        recovery_out: Slots::default(),
+        recovery_in: Slots::default(),
+        recovery_rate: Rate::default(),
+        progress: Mutex::new(HashMap::new()),
+        last_stats: Mutex::new(HashMap::new()),
+        io: IoCounters::default(),
     });
     messenger.serve(Arc::new(Handler(osd.clone())));
     let boot = Command::OsdBoot {
@@ -979,26 +875,47 @@ async fn follow_maps(
 }
 
 /// Peers every PG this OSD leads whose holders changed, so they recover without waiting for
-/// a client.
+/// a client, and starts the backfill of PGs it serves through `pg_temp`.
 async fn activate(osd: Arc<Osd>) {
     let mut maps = osd.maps.clone();
     loop {
         let view = osd.view();
         for pg in view.pgs().collect::<Vec<_>>() {
-            let Some((acting, Some(primary))) = view.acting(pg) else {
+            let Some(holders) = view.holders(pg) else {
                 continue;
             };
-            if primary != osd.id {
+            if holders.primary != Some(osd.id) {
                 continue;
             }
             let lock = osd.pg(pg);
             let mut state = lock.lock().await;
-            if osd.ensure_loaded(pg, &mut state).is_err() || state.peered.as_ref() == Some(&acting)
-            {
+            if osd.ensure_loaded(pg, &mut state).is_err() {
                 continue;
             }
-            if let Err(reason) = osd.peer(pg, &mut state, &acting).await {
-                warn!(%pg, %reason, "peering failed; will retry");
+            if state.peered.as_ref() != Some(&holders.acting) {
+                if let Err(reason) = osd.peer(pg, &mut state, &holders).await {
+                    warn!(%pg, %reason, "not active yet; will retry");
+                    continue;
+                }
+            }
+            drop(state);
+            if holders.temp {
+                let start = {
+                    let mut progress = osd.progress.lock().unwrap_or_else(|p| p.into_inner());
+                    match progress.entry(pg) {
+                        std::collections::hash_map::Entry::Occupied(_) => false,
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(Progress {
+                                waiting: true,
+                                ..Progress::default()
+                            });
+                            true
+                        }
+                    }
+                };
+                if start {
+                    tokio::spawn(osd.clone().backfill(pg));
+                }
             }
         }
         // Retry failed peering now and then; react to new maps at once.
@@ -1008,9 +925,21 @@ async fn activate(osd: Arc<Osd>) {
 
 async fn beacons(osd: Arc<Osd>, monmap: MonMap) {
     let mut mon = MonClient::with_messenger(osd.messenger.clone(), monmap, &entity(osd.id));
+    let mut before = (Instant::now(), osd.io.snapshot());
     loop {
         let view = osd.view();
         let pgs = tokio::task::block_in_place(|| osd.pg_stats(&view));
+        let now = (Instant::now(), osd.io.snapshot());
+        let seconds = now.0.duration_since(before.0).as_secs_f64().max(0.001);
+        let rate = |i: usize| ((now.1[i] - before.1[i]) as f64 / seconds) as u64;
+        let io = IoRates {
+            read_bytes_per_sec: rate(0),
+            write_bytes_per_sec: rate(1),
+            ops_per_sec: rate(2),
+            recovery_bytes_per_sec: rate(3),
+            recovery_objects_per_sec: rate(4),
+        };
+        before = now;
         let usage = osd.store.usage().unwrap_or_default();
         let beacon = Beacon {
             osd: osd.id,
@@ -1020,6 +949,7 @@ async fn beacons(osd: Arc<Osd>, monmap: MonMap) {
                 available_bytes: usage.available_bytes,
                 used_bytes: usage.stored_bytes,
                 pgs: osd.store.collections().map_or(0, |c| c.len() as u32),
+                io,
             },
             pgs,
         };
@@ -1039,9 +969,15 @@ async fn heartbeats(osd: Arc<Osd>, monmap: MonMap) {
         let view = osd.view();
         let mut peers = BTreeSet::new();
         for pg in view.pgs() {
-            if let Some((acting, _)) = view.acting(pg) {
-                if acting.contains(&osd.id) {
-                    peers.extend(acting.into_iter().filter(|o| *o != osd.id));
+            if let Some(holders) = view.holders(pg) {
+                if holders.acting.contains(&osd.id) || holders.up.contains(&osd.id) {
+                    peers.extend(
+                        holders
+                            .acting
+                            .into_iter()
+                            .chain(holders.up)
+                            .filter(|o| *o != osd.id),
+                    );
                 }
             }
         }

@@ -341,11 +341,24 @@ impl Placement {
                 .map(|slot| slot.filter(|osd| is_up(osd)))
                 .collect(),
         };
+        // `pg_temp` without its down members; when none is left, placement serves again.
         let acting = self
             .map
             .pg_temp
             .get(&pg)
-            .cloned()
+            .map(|temp| match pool.kind {
+                PoolKind::Replicated { .. } => temp
+                    .iter()
+                    .flatten()
+                    .filter(|osd| is_up(osd))
+                    .map(|&osd| Some(osd))
+                    .collect(),
+                PoolKind::Erasure { .. } => temp
+                    .iter()
+                    .map(|slot| slot.filter(|osd| is_up(osd)))
+                    .collect::<Vec<_>>(),
+            })
+            .filter(|temp: &Vec<Option<OsdId>>| temp.iter().any(Option::is_some))
             .unwrap_or_else(|| up.clone());
         let primary = acting.iter().flatten().next().copied();
         Some(PgMapping {

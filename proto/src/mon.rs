@@ -133,6 +133,14 @@ pub enum Command {
         /// Its name.
         name: String,
     },
+    /// From a PG's primary: let `osds` serve the PG instead of its placement while new holders
+    /// backfill (`pg_temp`); an empty list gives the PG back to its placement.
+    PgTemp {
+        /// The PG.
+        pg: PgId,
+        /// Who serves it, primary first.
+        osds: Vec<OsdId>,
+    },
     /// Sets a cluster-wide option (see [`crate::config`]).
     ConfigSet {
         /// The option.
@@ -235,6 +243,24 @@ pub struct OsdStat {
     pub used_bytes: u64,
     /// Placement groups it holds.
     pub pgs: u32,
+    /// Its traffic over the last beacon interval.
+    #[serde(default)]
+    pub io: IoRates,
+}
+
+/// Traffic rates of one OSD, averaged over its last beacon interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoRates {
+    /// Client bytes read per second (as primary).
+    pub read_bytes_per_sec: u64,
+    /// Client bytes written per second (as primary).
+    pub write_bytes_per_sec: u64,
+    /// Client object transactions per second (as primary).
+    pub ops_per_sec: u64,
+    /// Bytes copied to other holders by recovery and backfill per second.
+    pub recovery_bytes_per_sec: u64,
+    /// Objects copied by recovery and backfill per second.
+    pub recovery_objects_per_sec: u64,
 }
 
 /// A placement group's state as its primary reports it.
@@ -252,6 +278,12 @@ pub struct PgStat {
     pub degraded: u64,
     /// Object copies on a holder that is not where placement wants them.
     pub misplaced: u64,
+    /// The OSDs placement puts it on (up), in order.
+    #[serde(default)]
+    pub up: Vec<OsdId>,
+    /// The OSDs serving it (acting), primary first.
+    #[serde(default)]
+    pub acting: Vec<OsdId>,
     /// The map epoch of the report.
     pub epoch: Epoch,
 }

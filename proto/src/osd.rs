@@ -251,6 +251,14 @@ pub enum OsdRequest {
         /// The summary once applied (set with the last push of a recovery).
         info: Option<PgInfo>,
     },
+    /// From a PG's primary, once the PG is clean elsewhere: remove this stray copy (refused
+    /// when this OSD is up or acting for the PG in its map of at least `epoch`).
+    PgRemove {
+        /// The PG.
+        pg: PgId,
+        /// The primary's epoch.
+        epoch: Epoch,
+    },
     /// Liveness between OSDs that share PGs.
     Ping {
         /// The sender.

@@ -1,0 +1,575 @@
+//! Peering, recovery and backfill: how a PG's primary brings its holders to one history after
+//! a map change, serves through `pg_temp` while new holders backfill in the background, and
+//! removes stray copies once the PG is clean (docs/osd.md, "Peering").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidepool_placement::{OsdId, PgId};
+use tidepool_proto::mon::Command;
+use tidepool_proto::osd::{LogEntry, ObjectState, OsdRequest, OsdResponse, PgInfo};
+use tracing::{info, warn};
+
+use crate::daemon::{list_all, storage_failed, Holders, Osd, PgState};
+use crate::peering::{self, Catchup, Copy};
+use crate::pg::{self, META};
+use crate::store::{Op, StoreError, Transaction};
+
+/// Objects read or pushed per recovery message.
+const RECOVERY_BATCH: usize = 16;
+
+/// A background backfill's progress, for the PG's statistics.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Progress {
+    /// Waiting for a backfill slot.
+    pub waiting: bool,
+    /// New holders still to fill.
+    pub targets: u64,
+    /// Objects copied so far to the holder being filled.
+    pub copied: u64,
+}
+
+impl Osd {
+    /// Brings the PG's acting holders to one history. Asks every up OSD for its copy (an OSD
+    /// outside the acting set may hold the newest one from an earlier map), takes the newest
+    /// history as the authority, and then either asks the monitors for `pg_temp` (when members
+    /// of the placement must backfill and holders with the data can serve meanwhile), or
+    /// brings this primary and every acting holder up to date from the log. Once the PG is
+    /// clean, copies outside its placement are removed.
+    pub(crate) async fn peer(
+        &self,
+        pg: PgId,
+        state: &mut PgState,
+        holders: &Holders,
+    ) -> Result<(), String> {
+        let coll = pg::collection(pg);
+        if !state.present {
+            self.apply(&Transaction {
+                ops: vec![Op::CreateCollection(coll)],
+            })
+            .map_err(|e| e.to_string())?;
+            state.present = true;
+        }
+        let view = self.view();
+        let others: Vec<OsdId> = view
+            .map
+            .osds
+            .values()
+            .filter(|o| o.up && o.id != self.id)
+            .map(|o| o.id)
+            .collect();
+        let query = OsdRequest::PgQuery { pg };
+        let query = &query;
+        let answers = futures_util::future::join_all(
+            others
+                .iter()
+                .map(|&osd| async move { (osd, self.call(osd, query).await) }),
+        )
+        .await;
+        let mut copies: Vec<(OsdId, Copy)> =
+            vec![(self.id, Some((state.info.clone(), state.last_entry())))];
+        for (osd, answer) in answers {
+            match answer {
+                Some(OsdResponse::PgInfo(copy)) => copies.push((osd, copy)),
+                _ if holders.acting.contains(&osd) => {
+                    return Err(format!("acting holder osd.{} did not answer", osd.0))
+                }
+                _ => {}
+            }
+        }
+        let authority = peering::authority(&copies).unwrap_or(self.id);
+        let (auth_info, auth_log) = if authority == self.id {
+            (state.info.clone(), state.log.clone())
+        } else {
+            self.fetch_log(pg, authority, &copies).await?
+        };
+        let plans: BTreeMap<OsdId, Catchup> = copies
+            .iter()
+            .map(|(osd, copy)| (*osd, peering::catchup(&auth_info, &auth_log, copy)))
+            .collect();
+        if !holders.temp {
+            let usable: Vec<OsdId> = copies
+                .iter()
+                .map(|(osd, _)| *osd)
+                .filter(|osd| plans[osd].usable())
+                .collect();
+            let want = peering::choose_acting(&holders.up, &usable, holders.size);
+            if want != holders.up {
+                let asked = (view.map.epoch, want.clone());
+                if state.remap_asked.as_ref() != Some(&asked) {
+                    info!(%pg, up = ?holders.up, serving = ?want, "asking for pg_temp while new holders backfill");
+                    self.mon_command(Command::PgTemp {
+                        pg,
+                        osds: want.clone(),
+                    })
+                    .await?;
+                    state.remap_asked = Some(asked);
+                }
+                return Err(format!("{pg} is being remapped to {want:?}"));
+            }
+        }
+        state.remap_asked = None;
+        if plans[&self.id] != Catchup::UpToDate {
+            info!(%pg, from = authority.0, "recovering this primary's copy");
+            self.pull_from(pg, state, authority, &auth_info, &plans[&self.id])
+                .await?;
+        }
+        for &osd in holders.acting.iter().filter(|o| **o != self.id) {
+            if plans.get(&osd) != Some(&Catchup::UpToDate) {
+                self.push_to(pg, state, osd).await?;
+            }
+        }
+        state.peered = Some(holders.acting.clone());
+        if !holders.temp && holders.acting.len() >= holders.size {
+            let remove = OsdRequest::PgRemove {
+                pg,
+                epoch: view.map.epoch,
+            };
+            for (osd, copy) in &copies {
+                if copy.is_some() && !holders.up.contains(osd) {
+                    info!(%pg, stray = osd.0, "removing a stray copy");
+                    let _ = self.call(*osd, &remove).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The summary and kept log of `source`.
+    async fn fetch_log(
+        &self,
+        pg: PgId,
+        source: OsdId,
+        copies: &[(OsdId, Copy)],
+    ) -> Result<(PgInfo, Vec<LogEntry>), String> {
+        let info = copies
+            .iter()
+            .find(|(osd, _)| *osd == source)
+            .and_then(|(_, copy)| copy.as_ref())
+            .map(|(info, _)| info.clone())
+            .unwrap_or_default();
+        let request = OsdRequest::PgLog {
+            pg,
+            after: info.log_tail,
+        };
+        match self.call(source, &request).await {
+            Some(OsdResponse::PgLog(Some(log))) => Ok((info, log)),
+            _ => Err(format!("osd.{} did not send its log", source.0)),
+        }
+    }
+
+    /// Makes this OSD's copy `source`'s (whose summary is `info`), by `plan`.
+    async fn pull_from(
+        &self,
+        pg: PgId,
+        state: &mut PgState,
+        source: OsdId,
+        info: &PgInfo,
+        plan: &Catchup,
+    ) -> Result<(), String> {
+        let coll = pg::collection(pg);
+        let (names, entries) = match plan {
+            Catchup::UpToDate => return Ok(()),
+            Catchup::Log(entries) => (names_of(entries), entries.clone()),
+            Catchup::Backfill => {
+                let names = self.list_remote(pg, source).await?;
+                let Some(OsdResponse::PgLog(Some(entries))) = self
+                    .call(
+                        source,
+                        &OsdRequest::PgLog {
+                            pg,
+                            after: info.log_tail,
+                        },
+                    )
+                    .await
+                else {
+                    return Err(format!("osd.{} did not send its log", source.0));
+                };
+                self.apply(&Transaction {
+                    ops: vec![Op::RemoveCollection(coll), Op::CreateCollection(coll)],
+                })
+                .map_err(|e| e.to_string())?;
+                (names, entries)
+            }
+        };
+        for batch in names.chunks(RECOVERY_BATCH) {
+            let Some(OsdResponse::PgObjects(objects)) = self
+                .call(
+                    source,
+                    &OsdRequest::PgRead {
+                        pg,
+                        names: batch.to_vec(),
+                    },
+                )
+                .await
+            else {
+                return Err(format!("osd.{} did not send objects", source.0));
+            };
+            let mut ops = Vec::new();
+            for (name, object) in &objects {
+                ops.extend(pg::write_state(&*self.store, coll, name, object.as_ref()));
+            }
+            self.apply(&Transaction { ops })
+                .map_err(|e| e.to_string())?;
+        }
+        self.apply(&Transaction {
+            ops: pg::record(coll, &entries, info, None),
+        })
+        .map_err(|e| e.to_string())?;
+        self.reload(pg, state).map_err(|e| e.to_string())?;
+        state.info = info.clone();
+        Ok(())
+    }
+
+    async fn list_remote(&self, pg: PgId, osd: OsdId) -> Result<Vec<String>, String> {
+        let mut names = Vec::new();
+        let mut start_after = None;
+        loop {
+            let Some(OsdResponse::PgList { names: page, done }) = self
+                .call(
+                    osd,
+                    &OsdRequest::PgList {
+                        pg,
+                        start_after: start_after.clone(),
+                    },
+                )
+                .await
+            else {
+                return Err(format!("osd.{} did not list its objects", osd.0));
+            };
+            start_after = page.last().cloned();
+            names.extend(page);
+            if done {
+                return Ok(names);
+            }
+        }
+    }
+
+    /// Brings `target`'s copy up to this primary's, at once: from the log when it still
+    /// covers the target's newest entry, else by a full copy.
+    pub(crate) async fn push_to(
+        &self,
+        pg: PgId,
+        state: &mut PgState,
+        target: OsdId,
+    ) -> Result<(), String> {
+        let coll = pg::collection(pg);
+        let their = match self.call(target, &OsdRequest::PgQuery { pg }).await {
+            Some(OsdResponse::PgInfo(copy)) => copy,
+            _ => return Err(format!("osd.{} did not answer", target.0)),
+        };
+        let (reset, names, entries) = match peering::catchup(&state.info, &state.log, &their) {
+            Catchup::UpToDate => return Ok(()),
+            Catchup::Log(entries) => (false, names_of(&entries), entries),
+            Catchup::Backfill => {
+                info!(%pg, to = target.0, "copying the whole PG");
+                let names = tokio::task::block_in_place(|| list_all(&*self.store, coll))
+                    .map_err(|e| e.to_string())?;
+                (true, names, state.log.clone())
+            }
+        };
+        let mut first = true;
+        for batch in names.chunks(RECOVERY_BATCH) {
+            let objects = self.read_objects(pg, batch)?;
+            self.push(target, pg, reset && first, objects, Vec::new(), None)
+                .await?;
+            first = false;
+        }
+        self.push(
+            target,
+            pg,
+            reset && first,
+            Vec::new(),
+            entries,
+            Some(state.info.clone()),
+        )
+        .await
+    }
+
+    /// Whole objects of this OSD's copy of `pg`.
+    fn read_objects(
+        &self,
+        pg: PgId,
+        names: &[String],
+    ) -> Result<Vec<(String, Option<ObjectState>)>, String> {
+        let coll = pg::collection(pg);
+        tokio::task::block_in_place(|| {
+            names
+                .iter()
+                .map(|name| Ok((name.clone(), pg::read_state(&*self.store, coll, name)?)))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    async fn push(
+        &self,
+        target: OsdId,
+        pg: PgId,
+        reset: bool,
+        objects: Vec<(String, Option<ObjectState>)>,
+        entries: Vec<LogEntry>,
+        info: Option<PgInfo>,
+    ) -> Result<(), String> {
+        let count = objects.len() as u64;
+        let bytes: u64 = objects
+            .iter()
+            .filter_map(|(_, o)| o.as_ref())
+            .map(|o| o.data.len() as u64)
+            .sum();
+        let _slot = self
+            .recovery_out
+            .acquire(|| self.option("osd_recovery_max_active"))
+            .await;
+        self.recovery_rate
+            .take(bytes, self.option("osd_recovery_max_bytes_per_sec"))
+            .await;
+        let request = OsdRequest::PgPush {
+            pg,
+            reset,
+            objects,
+            entries,
+            info,
+        };
+        match self.call(target, &request).await {
+            Some(OsdResponse::Ack) => {
+                self.io.recovered(count, bytes);
+                Ok(())
+            }
+            Some(OsdResponse::Failed(reason)) => Err(reason),
+            _ => Err(format!("osd.{} did not take the recovery push", target.0)),
+        }
+    }
+
+    pub(crate) async fn handle_push(
+        &self,
+        pg: PgId,
+        reset: bool,
+        objects: Vec<(String, Option<ObjectState>)>,
+        entries: Vec<LogEntry>,
+        info: Option<PgInfo>,
+    ) -> OsdResponse {
+        let coll = pg::collection(pg);
+        let _slot = self
+            .recovery_in
+            .acquire(|| self.option("osd_recovery_max_active"))
+            .await;
+        let lock = self.pg(pg);
+        let mut state = lock.lock().await;
+        if let Err(error) = self.ensure_loaded(pg, &mut state) {
+            return storage_failed(error);
+        }
+        let mut ops = Vec::new();
+        if reset && state.present {
+            ops.push(Op::RemoveCollection(coll));
+        }
+        if reset || !state.present {
+            ops.push(Op::CreateCollection(coll));
+        }
+        let fresh = reset || !state.present;
+        for (name, object) in &objects {
+            if pg::check_name(name).is_err() {
+                return OsdResponse::Failed(format!("bad object name {name:?}"));
+            }
+            if fresh {
+                // Nothing of the old copy is left: write without looking at it.
+                if let Some(object) = object {
+                    ops.extend(pg::create_state(coll, name, object));
+                }
+            } else {
+                ops.extend(pg::write_state(&*self.store, coll, name, object.as_ref()));
+            }
+        }
+        if let Some(info) = &info {
+            ops.extend(pg::record(coll, &entries, info, None));
+        }
+        if let Err(error) = self.apply(&Transaction { ops }) {
+            return storage_failed(error);
+        }
+        if let Err(error) = self.reload(pg, &mut state) {
+            return storage_failed(error);
+        }
+        OsdResponse::Ack
+    }
+
+    /// Removes this OSD's stray copy of `pg`, unless its map (at least `epoch`) still places
+    /// the PG here.
+    pub(crate) async fn handle_remove(&self, pg: PgId, epoch: tidepool_placement::Epoch) -> OsdResponse {
+        let view = self.view_at(epoch).await;
+        if view
+            .holders(pg)
+            .is_some_and(|h| h.up.contains(&self.id) || h.acting.contains(&self.id))
+        {
+            return OsdResponse::Failed(format!("{pg} is still placed on osd.{}", self.id.0));
+        }
+        let lock = self.pg(pg);
+        let mut state = lock.lock().await;
+        if let Err(error) = self.ensure_loaded(pg, &mut state) {
+            return storage_failed(error);
+        }
+        if state.present {
+            if let Err(error) = self.apply(&Transaction {
+                ops: vec![Op::RemoveCollection(pg::collection(pg))],
+            }) {
+                return storage_failed(error);
+            }
+        }
+        *state = PgState {
+            loaded: true,
+            ..PgState::default()
+        };
+        OsdResponse::Ack
+    }
+
+    /// Fills the PG's new holders (placement members outside `pg_temp`) while the `pg_temp`
+    /// holders serve it, one after another, each under a backfill slot; then gives the PG
+    /// back to its placement. Ends when this OSD no longer serves the PG through `pg_temp`.
+    pub(crate) async fn backfill(self: Arc<Self>, pg: PgId) {
+        let mut done: BTreeSet<OsdId> = BTreeSet::new();
+        loop {
+            let view = self.view();
+            let Some(holders) = view.holders(pg) else {
+                break;
+            };
+            if holders.primary != Some(self.id) || !holders.temp {
+                break;
+            }
+            let targets: Vec<OsdId> = holders
+                .up
+                .iter()
+                .filter(|o| !holders.acting.contains(o) && !done.contains(o))
+                .copied()
+                .collect();
+            self.set_progress(pg, |p| p.targets = targets.len() as u64);
+            if targets.is_empty() {
+                info!(%pg, "backfill complete; giving the PG back to its placement");
+                let clear = Command::PgTemp {
+                    pg,
+                    osds: Vec::new(),
+                };
+                if let Err(reason) = self.mon_command(clear).await {
+                    warn!(%pg, %reason, "clearing pg_temp failed; will retry");
+                }
+                let mut maps = self.maps.clone();
+                let _ = tokio::time::timeout(Duration::from_secs(5), maps.changed()).await;
+                continue;
+            }
+            for target in targets {
+                self.set_progress(pg, |p| {
+                    p.waiting = true;
+                    p.copied = 0;
+                });
+                let _slot = self
+                    .backfills
+                    .acquire(|| self.option("osd_max_backfills"))
+                    .await;
+                self.set_progress(pg, |p| p.waiting = false);
+                match self.backfill_one(pg, &holders, target).await {
+                    Ok(()) => {
+                        info!(%pg, to = target.0, "backfilled");
+                        done.insert(target);
+                    }
+                    Err(reason) => {
+                        warn!(%pg, to = target.0, %reason, "backfill stopped; will retry");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
+            }
+        }
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pg);
+    }
+
+    fn set_progress(&self, pg: PgId, change: impl FnOnce(&mut Progress)) {
+        let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        change(progress.entry(pg).or_default());
+    }
+
+    /// Copies this copy of `pg` to `target` in name order, a batch at a time (client
+    /// operations go on between batches), then the changes made meanwhile, the log and the
+    /// summary under the PG's lock, so the target ends as a copy of one point in history that
+    /// the log reaches from now on.
+    async fn backfill_one(&self, pg: PgId, holders: &Holders, target: OsdId) -> Result<(), String> {
+        let coll = pg::collection(pg);
+        let lock = self.pg(pg);
+        let still = |state: &PgState| -> Result<(), String> {
+            let current = self.view().holders(pg);
+            let same = current.as_ref().is_some_and(|h| {
+                h.acting == holders.acting && h.up.contains(&target) && h.primary == Some(self.id)
+            });
+            if same && state.peered.as_ref() == Some(&holders.acting) {
+                Ok(())
+            } else {
+                Err("the PG's holders changed".into())
+            }
+        };
+        let start = {
+            let state = lock.lock().await;
+            still(&state)?;
+            state.info.last_update
+        };
+        info!(%pg, to = target.0, "backfilling");
+        self.push(target, pg, true, Vec::new(), Vec::new(), None)
+            .await?;
+        let mut after: Option<String> = None;
+        loop {
+            let objects = {
+                let state = lock.lock().await;
+                still(&state)?;
+                let page = tokio::task::block_in_place(|| {
+                    self.store.list(coll, after.as_deref(), RECOVERY_BATCH)
+                })
+                .map_err(|e| e.to_string())?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.clone());
+                let names: Vec<String> = page.into_iter().filter(|n| n != META).collect();
+                self.read_objects(pg, &names)?
+            };
+            let count = objects.len() as u64;
+            self.push(target, pg, false, objects, Vec::new(), None)
+                .await?;
+            self.set_progress(pg, |p| p.copied += count);
+        }
+        let state = lock.lock().await;
+        still(&state)?;
+        if state.info.log_tail > start {
+            return Err("the log moved past the backfill's start; starting again".into());
+        }
+        let changed: Vec<LogEntry> = state
+            .log
+            .iter()
+            .filter(|e| e.version > start)
+            .cloned()
+            .collect();
+        let objects = self.read_objects(pg, &names_of(&changed))?;
+        self.push(
+            target,
+            pg,
+            false,
+            objects,
+            state.log.clone(),
+            Some(state.info.clone()),
+        )
+        .await
+    }
+
+    /// Sends a command to the monitors; its refusal is an error too.
+    pub(crate) async fn mon_command(&self, command: Command) -> Result<(), String> {
+        let mut mon = self.mon.lock().await;
+        match mon.command(command).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(refused)) => Err(refused.to_string()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+/// The distinct object names of `entries`, in order.
+fn names_of(entries: &[LogEntry]) -> Vec<String> {
+    let names: BTreeSet<&String> = entries.iter().map(|e| &e.name).collect();
+    names.into_iter().cloned().collect()
+}
