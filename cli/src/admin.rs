@@ -259,7 +259,7 @@ pub fn osd_dump(args: ClusterArgs) -> Result<()> {
     runtime()?.block_on(async {
         let map: ClusterMap = args.client()?.map().await?;
         match args.format {
-            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&map)?),
+            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&map_json(&map)?)?),
             OutputFormat::Plain => {
                 println!("epoch {}", map.epoch.0);
                 for pool in map.pools.values() {
@@ -282,6 +282,21 @@ pub fn osd_dump(args: ClusterArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The map as JSON. JSON keys are strings, so `pg_temp` (keyed by PG) becomes a list of
+/// `{"pg": "1.1f", "osds": [...]}`.
+pub fn map_json(map: &ClusterMap) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(ClusterMap {
+        pg_temp: Default::default(),
+        ..map.clone()
+    })?;
+    value["pg_temp"] = map
+        .pg_temp
+        .iter()
+        .map(|(pg, osds)| json!({ "pg": pg.to_string(), "osds": osds }))
+        .collect();
+    Ok(value)
 }
 
 /// Pool changes.

@@ -894,7 +894,11 @@ async fn activate(osd: Arc<Osd>) {
             }
             if state.peered.as_ref() != Some(&holders.acting) {
                 if let Err(reason) = osd.peer(pg, &mut state, &holders).await {
-                    warn!(%pg, %reason, "not active yet; will retry");
+                    if state.remap_asked.is_some() {
+                        tracing::debug!(%pg, %reason, "not active yet");
+                    } else {
+                        warn!(%pg, %reason, "peering failed; will retry");
+                    }
                     continue;
                 }
             }

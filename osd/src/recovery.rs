@@ -89,10 +89,13 @@ impl Osd {
             .map(|(osd, copy)| (*osd, peering::catchup(&auth_info, &auth_log, copy)))
             .collect();
         if !holders.temp {
+            // Stand-ins must hold data; an up member may also be empty when the PG is.
             let usable: Vec<OsdId> = copies
                 .iter()
+                .filter(|(osd, copy)| {
+                    plans[osd].usable() && (holders.up.contains(osd) || peering::rank(copy).1 > 0)
+                })
                 .map(|(osd, _)| *osd)
-                .filter(|osd| plans[osd].usable())
                 .collect();
             let want = peering::choose_acting(&holders.up, &usable, holders.size);
             if want != holders.up {
@@ -106,7 +109,7 @@ impl Osd {
                     .await?;
                     state.remap_asked = Some(asked);
                 }
-                return Err(format!("{pg} is being remapped to {want:?}"));
+                return Err(format!("{pg} waits for pg_temp {want:?}"));
             }
         }
         state.remap_asked = None;
