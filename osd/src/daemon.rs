@@ -497,7 +497,9 @@ impl Osd {
                 entries,
                 info,
             } => self.handle_push(pg, reset, objects, entries, info).await,
-            OsdRequest::PgRemove { pg, epoch } => self.handle_remove(pg, epoch).await,
+            OsdRequest::StrayCheck { pg, from, epoch } => {
+                self.handle_stray_check(pg, from, epoch).await
+            }
             OsdRequest::Ping { .. } => OsdResponse::Ack,
             OsdRequest::PgQuery { pg } => {
                 let lock = self.pg(pg);
@@ -922,6 +924,7 @@ async fn activate(osd: Arc<Osd>) {
                 }
             }
         }
+        osd.remove_strays().await;
         // Retry failed peering now and then; react to new maps at once.
         let _ = tokio::time::timeout(Duration::from_secs(2), maps.changed()).await;
     }

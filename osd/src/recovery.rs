@@ -124,18 +124,6 @@ impl Osd {
             }
         }
         state.peered = Some(holders.acting.clone());
-        if !holders.temp && holders.acting.len() >= holders.size {
-            let remove = OsdRequest::PgRemove {
-                pg,
-                epoch: view.map.epoch,
-            };
-            for (osd, copy) in &copies {
-                if copy.is_some() && !holders.up.contains(osd) {
-                    info!(%pg, stray = osd.0, "removing a stray copy");
-                    let _ = self.call(*osd, &remove).await;
-                }
-            }
-        }
         Ok(())
     }
 
@@ -396,33 +384,85 @@ impl Osd {
         OsdResponse::Ack
     }
 
-    /// Removes this OSD's stray copy of `pg`, unless its map (at least `epoch`) still places
-    /// the PG here.
-    pub(crate) async fn handle_remove(&self, pg: PgId, epoch: tidepool_placement::Epoch) -> OsdResponse {
+    /// As primary: whether `from`'s copy of `pg` is a stray that may go, i.e. the PG is
+    /// active and clean under a map at least as new as the asker's, and not placed on `from`.
+    pub(crate) async fn handle_stray_check(
+        &self,
+        pg: PgId,
+        from: OsdId,
+        epoch: tidepool_placement::Epoch,
+    ) -> OsdResponse {
         let view = self.view_at(epoch).await;
-        if view
-            .holders(pg)
-            .is_some_and(|h| h.up.contains(&self.id) || h.acting.contains(&self.id))
-        {
-            return OsdResponse::Failed(format!("{pg} is still placed on osd.{}", self.id.0));
-        }
-        let lock = self.pg(pg);
-        let mut state = lock.lock().await;
-        if let Err(error) = self.ensure_loaded(pg, &mut state) {
-            return storage_failed(error);
-        }
-        if state.present {
-            if let Err(error) = self.apply(&Transaction {
-                ops: vec![Op::RemoveCollection(pg::collection(pg))],
-            }) {
-                return storage_failed(error);
-            }
-        }
-        *state = PgState {
-            loaded: true,
-            ..PgState::default()
+        let Some(holders) = view.holders(pg) else {
+            return OsdResponse::Failed(format!("no PG {pg}"));
         };
-        OsdResponse::Ack
+        let clean = holders.primary == Some(self.id)
+            && !holders.temp
+            && holders.acting.len() >= holders.size
+            && !holders.up.contains(&from)
+            && self.pg(pg).lock().await.peered.as_ref() == Some(&holders.acting);
+        if clean {
+            OsdResponse::Ack
+        } else {
+            OsdResponse::Failed(format!("{pg} is not clean without osd.{}", from.0))
+        }
+    }
+
+    /// Removes the copies this OSD holds of PGs placed elsewhere, each once the PG's primary
+    /// says the PG is clean without it.
+    pub(crate) async fn remove_strays(&self) {
+        let Ok(collections) = self.store.collections() else {
+            return;
+        };
+        let view = self.view();
+        for coll in collections {
+            let pg = PgId {
+                pool: tidepool_placement::PoolId(coll.pool),
+                seed: coll.seed,
+            };
+            // The copy of a removed pool goes at once; others once the primary agrees.
+            if let Some(holders) = view.holders(pg) {
+                if holders.up.contains(&self.id) || holders.acting.contains(&self.id) {
+                    continue;
+                }
+                let Some(primary) = holders.primary else {
+                    continue;
+                };
+                let check = OsdRequest::StrayCheck {
+                    pg,
+                    from: self.id,
+                    epoch: view.map.epoch,
+                };
+                if !matches!(self.call(primary, &check).await, Some(OsdResponse::Ack)) {
+                    continue;
+                }
+            } else if view.map.pools.contains_key(&pg.pool) {
+                continue;
+            }
+            let lock = self.pg(pg);
+            let mut state = lock.lock().await;
+            // Placed here again meanwhile: keep it.
+            if self
+                .view()
+                .holders(pg)
+                .is_some_and(|h| h.up.contains(&self.id) || h.acting.contains(&self.id))
+            {
+                continue;
+            }
+            info!(%pg, "removing a stray copy");
+            if self
+                .apply(&Transaction {
+                    ops: vec![Op::RemoveCollection(coll)],
+                })
+                .is_err()
+            {
+                return;
+            }
+            *state = PgState {
+                loaded: true,
+                ..PgState::default()
+            };
+        }
     }
 
     /// Fills the PG's new holders (placement members outside `pg_temp`) while the `pg_temp`

@@ -251,12 +251,14 @@ pub enum OsdRequest {
         /// The summary once applied (set with the last push of a recovery).
         info: Option<PgInfo>,
     },
-    /// From a PG's primary, once the PG is clean elsewhere: remove this stray copy (refused
-    /// when this OSD is up or acting for the PG in its map of at least `epoch`).
-    PgRemove {
+    /// From an OSD that holds a copy of a PG outside the PG's placement, to the PG's primary:
+    /// may that stray copy go? `Ack` when the PG is active and clean without it.
+    StrayCheck {
         /// The PG.
         pg: PgId,
-        /// The primary's epoch.
+        /// The OSD holding the stray copy.
+        from: OsdId,
+        /// The asker's epoch.
         epoch: Epoch,
     },
     /// Liveness between OSDs that share PGs.
