@@ -126,87 +126,6 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// `tidepool status`.
-pub fn status(args: ClusterArgs) -> Result<()> {
-    runtime()?.block_on(async {
-        let mut client = args.client()?;
-        let statuses = client.statuses().await;
-        let up: Vec<_> = statuses.iter().flatten().collect();
-        let leader = up.iter().find_map(|s| s.leader);
-        let map = client.map().await.ok();
-        let (osds, osds_up, osds_in) = map.as_ref().map_or((0, 0, 0), |m| {
-            (
-                m.osds.len(),
-                m.osds.values().filter(|o| o.up).count(),
-                m.osds.values().filter(|o| o.is_in).count(),
-            )
-        });
-        let pools: Vec<String> = map
-            .as_ref()
-            .map(|m| m.pools.values().map(|p| p.name.clone()).collect())
-            .unwrap_or_default();
-        let quorum: Vec<u8> = up.iter().map(|s| s.rank).collect();
-        let has_quorum = quorum.len() > statuses.len() / 2 && leader.is_some();
-        // PG states as the primaries last reported them; PGs nobody reported are "unknown".
-        let total_pgs: usize = map
-            .as_ref()
-            .map_or(0, |m| m.pools.values().map(|p| p.pg_num as usize).sum());
-        let report = if has_quorum {
-            client.report().await.ok()
-        } else {
-            None
-        };
-        let mut by_state: std::collections::BTreeMap<String, usize> =
-            std::collections::BTreeMap::new();
-        let mut objects = 0;
-        if let Some(report) = &report {
-            for pg in &report.pgs {
-                *by_state.entry(pg.state.clone()).or_default() += 1;
-                objects += pg.objects;
-            }
-        }
-        let reported: usize = by_state.values().sum();
-        if total_pgs > reported {
-            by_state.insert("unknown".into(), total_pgs - reported);
-        }
-        let used: u64 = report
-            .as_ref()
-            .map_or(0, |r| r.osds.iter().map(|(_, s)| s.used_bytes).sum());
-        match args.format {
-            OutputFormat::Json => println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({
-                    "monitors": { "total": statuses.len(), "quorum": quorum, "leader": leader, "has_quorum": has_quorum },
-                    "epoch": map.as_ref().map(|m| m.epoch.0),
-                    "osds": { "total": osds, "up": osds_up, "in": osds_in },
-                    "pools": pools,
-                    "pgs": { "total": total_pgs, "by_state": by_state },
-                    "objects": objects,
-                    "stored_bytes": used,
-                }))?
-            ),
-            OutputFormat::Plain => {
-                println!("  mon: {} monitors, quorum {:?}, leader {}", statuses.len(), quorum,
-                    leader.map_or("none".to_owned(), |l| format!("mon.{l}")));
-                if !has_quorum {
-                    println!("       NO QUORUM: a majority of monitors must be running");
-                }
-                println!("  map: epoch {}", map.as_ref().map_or("?".to_owned(), |m| m.epoch.0.to_string()));
-                println!("  osd: {osds} osds: {osds_up} up, {osds_in} in");
-                println!("  pools: {} ({})", pools.len(), pools.join(", "));
-                println!(
-                    "  data: {objects} objects, {:.1} MiB stored (all copies)",
-                    used as f64 / f64::from(1 << 20)
-                );
-                let states: Vec<String> =
-                    by_state.iter().map(|(state, n)| format!("{n} {state}")).collect();
-                println!("  pgs: {total_pgs}: {}", states.join(", "));
-            }
-        }
-        Ok(())
-    })
-}
-
 /// `tidepool mon dump`.
 pub fn mon_dump(args: ClusterArgs) -> Result<()> {
     runtime()?.block_on(async {
@@ -338,15 +257,21 @@ pub enum OsdChange {
         #[arg(long, default_value = "1")]
         weight: Weight,
     },
-    /// Mark an OSD out.
+    /// Mark an OSD out: its data moves to the others.
     Out {
         /// The OSD id.
         id: u32,
+        /// Print what would move, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Mark an OSD in.
     In {
         /// The OSD id.
         id: u32,
+        /// Print what would move, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Change an OSD's weight.
     Reweight {
@@ -354,11 +279,20 @@ pub enum OsdChange {
         id: u32,
         /// Its new weight.
         weight: Weight,
+        /// Print what would move, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
-    /// Remove a down OSD.
+    /// Remove a down OSD; refused while it may hold the only copy of some data.
     Rm {
         /// The OSD id.
         id: u32,
+        /// Remove it even if it is not safe to destroy.
+        #[arg(long)]
+        force: bool,
+        /// Print what would move, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Move an OSD into another host (or rack, zone) bucket.
     Move {
@@ -454,21 +388,38 @@ impl From<PoolChange> for Command {
     }
 }
 
-impl From<OsdChange> for Command {
-    fn from(change: OsdChange) -> Command {
-        match change {
-            OsdChange::Create { host, weight } => Command::OsdCreate { host, weight },
-            OsdChange::Out { id } => Command::OsdOut { id: OsdId(id) },
-            OsdChange::In { id } => Command::OsdIn { id: OsdId(id) },
-            OsdChange::Reweight { id, weight } => Command::OsdReweight {
-                id: OsdId(id),
+impl OsdChange {
+    /// The command, whether only to preview it, and whether to skip the safety check.
+    pub fn into_command(self) -> (Command, bool, bool) {
+        match self {
+            OsdChange::Create { host, weight } => {
+                (Command::OsdCreate { host, weight }, false, false)
+            }
+            OsdChange::Out { id, dry_run } => (Command::OsdOut { id: OsdId(id) }, dry_run, false),
+            OsdChange::In { id, dry_run } => (Command::OsdIn { id: OsdId(id) }, dry_run, false),
+            OsdChange::Reweight {
+                id,
                 weight,
-            },
-            OsdChange::Rm { id } => Command::OsdRemove { id: OsdId(id) },
-            OsdChange::Move { id, bucket } => Command::OsdMove {
-                id: OsdId(id),
-                bucket,
-            },
+                dry_run,
+            } => (
+                Command::OsdReweight {
+                    id: OsdId(id),
+                    weight,
+                },
+                dry_run,
+                false,
+            ),
+            OsdChange::Rm { id, force, dry_run } => {
+                (Command::OsdRemove { id: OsdId(id) }, dry_run, force)
+            }
+            OsdChange::Move { id, bucket } => (
+                Command::OsdMove {
+                    id: OsdId(id),
+                    bucket,
+                },
+                false,
+                false,
+            ),
         }
     }
 }

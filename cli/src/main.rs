@@ -5,7 +5,9 @@ mod bench;
 mod cluster;
 mod daemons;
 mod gateway;
+mod health;
 mod objects;
+mod operate;
 mod simulate;
 
 use anyhow::Result;
@@ -39,8 +41,20 @@ enum Command {
         #[command(flatten)]
         run: admin::MonArgs,
     },
-    /// The cluster at a glance.
+    /// The cluster at a glance, in the shape of `ceph -s`.
     Status(admin::ClusterArgs),
+    /// The status, redrawn live, with a line per event (OSDs up/down/in/out, PG states,
+    /// recovery finished).
+    Watch {
+        #[command(flatten)]
+        cluster: admin::ClusterArgs,
+        /// Seconds between redraws.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many redraws (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Run an OSD (`tidepool osd --data DIR`), or inspect and change OSDs.
     Osd {
         #[command(flatten)]
@@ -105,6 +119,17 @@ enum MonCommand {
 enum OsdCommand {
     /// Show the cluster map: pools and OSDs.
     Dump,
+    /// The failure-domain hierarchy with each OSD's weight and state.
+    Tree,
+    /// Per OSD: size, use, PGs and utilisation variance.
+    Df,
+    /// Create, start and place a new OSD (`--dry-run`: what would move to it).
+    Add(operate::AddArgs),
+    /// Whether an OSD can be removed without losing data or redundancy.
+    SafeToDestroy {
+        /// The OSD id.
+        id: u32,
+    },
     #[command(flatten)]
     Change(admin::OsdChange),
 }
@@ -172,7 +197,16 @@ fn run() -> Result<()> {
             ..
         } => admin::mon_bench(args),
         Command::Mon { command: None, run } => admin::mon(run),
-        Command::Status(args) => admin::status(args),
+        Command::Status(args) => health::status_command(args),
+        Command::Watch {
+            cluster,
+            interval,
+            count,
+        } => health::watch_command(
+            cluster,
+            std::time::Duration::from_secs_f64(interval.max(0.1)),
+            count,
+        ),
         Command::Gateway(args) => gateway::gateway(args),
         Command::Osd {
             cluster,
@@ -183,7 +217,30 @@ fn run() -> Result<()> {
             cluster,
             command: Some(OsdCommand::Change(change)),
             ..
-        } => admin::change(cluster, change.into()),
+        } => {
+            let (command, dry_run, force) = change.into_command();
+            operate::change(cluster, command, dry_run, force)
+        }
+        Command::Osd {
+            cluster,
+            command: Some(OsdCommand::Tree),
+            ..
+        } => health::tree_command(cluster),
+        Command::Osd {
+            cluster,
+            command: Some(OsdCommand::Df),
+            ..
+        } => health::df_command(cluster),
+        Command::Osd {
+            cluster,
+            command: Some(OsdCommand::Add(add)),
+            ..
+        } => operate::add(cluster, add),
+        Command::Osd {
+            cluster,
+            command: Some(OsdCommand::SafeToDestroy { id }),
+            ..
+        } => operate::safe_to_destroy(cluster, id),
         Command::Osd {
             cluster,
             command: None,

@@ -13,14 +13,16 @@ use tidepool_client::MonClient;
 use tidepool_messenger::{Identity, Messenger, MessengerConfig, Peer, Service};
 use tidepool_placement::{ClusterMap, Epoch, OsdId, PgId, Placement, PoolKind, Scratch};
 use tidepool_proto::mon::{Beacon, Command, IoRates, MonMap, OsdStat, PgStat};
-use tidepool_proto::osd::{LogEntry, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse, PgInfo};
+use tidepool_proto::osd::{
+    LogEntry, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse, PgInfo,
+};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::pg::{self, META};
 use crate::recovery::Progress;
-use crate::throttle::{Rate, Slots};
 use crate::store::{ObjectStore, Op, StoreError, Transaction};
+use crate::throttle::{Rate, Slots};
 
 /// Largest message: an object of the store's maximum size, with room for its metadata.
 pub const BODY_BYTES_MAX: u32 = (crate::store::OBJECT_BYTES_MAX as u32) + (8 << 20);
@@ -323,9 +325,7 @@ impl Osd {
                 _ => 0,
             })
             .sum();
-        self.io
-            .read_bytes
-            .fetch_add(read as u64, Ordering::Relaxed);
+        self.io.read_bytes.fetch_add(read as u64, Ordering::Relaxed);
         if planned.ops.is_empty() {
             return OsdResponse::Object(Ok((planned.version, planned.outputs)));
         }

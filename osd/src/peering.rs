@@ -146,7 +146,10 @@ mod tests {
         let kept = log(3, 10);
         let auth = info(10, 2);
         assert_eq!(catchup(&auth, &kept, &copy(10, 1, 0)), Catchup::UpToDate);
-        assert_eq!(catchup(&auth, &kept, &copy(7, 1, 0)), Catchup::Log(log(8, 10)));
+        assert_eq!(
+            catchup(&auth, &kept, &copy(7, 1, 0)),
+            Catchup::Log(log(8, 10))
+        );
         assert_eq!(catchup(&auth, &kept, &copy(1, 1, 0)), Catchup::Backfill);
         // Same version, other epoch: its entry 7 is not the authority's entry 7.
         assert_eq!(catchup(&auth, &kept, &copy(7, 2, 0)), Catchup::Backfill);

@@ -101,7 +101,10 @@ mod tests {
         let _b = slots.acquire(|| 2).await;
         assert_eq!(slots.held(), 2);
         let third = tokio::time::timeout(Duration::from_millis(50), slots.acquire(|| 2)).await;
-        assert!(third.is_err(), "a third slot was granted under a limit of 2");
+        assert!(
+            third.is_err(),
+            "a third slot was granted under a limit of 2"
+        );
         drop(a);
         let _c = tokio::time::timeout(Duration::from_millis(500), slots.acquire(|| 2))
             .await
