@@ -137,6 +137,18 @@ impl PgState {
     pub fn last_entry(&self) -> Option<LogEntry> {
         self.log.last().cloned()
     }
+
+    /// Drops the entries the summary no longer keeps (in batches, so that a write does not
+    /// move the whole log), and their request ids.
+    fn trim(&mut self) {
+        const BATCH: u64 = 128;
+        let tail = self.info.log_tail;
+        if self.log.first().is_some_and(|e| e.version + BATCH <= tail) {
+            let cut = self.log.partition_point(|e| e.version <= tail);
+            self.log.drain(..cut);
+            self.reqids.retain(|_, version| *version > tail);
+        }
+    }
 }
 
 /// Counters of client and recovery traffic, turned into rates by the beacons.
@@ -343,7 +355,9 @@ impl Osd {
             delete: planned.removed,
             reqid: Some(reqid.clone()),
         };
-        let (tx, next) = pg::commit_tx(coll, &request.name, &mut planned, &entry, &state.info);
+        let keep = self.option("osd_pg_log_entries");
+        let (tx, next) =
+            pg::commit_tx(coll, &request.name, &mut planned, &entry, &state.info, keep);
         let encoded = encode_transaction(&tx);
         self.io
             .write_bytes
@@ -355,6 +369,7 @@ impl Osd {
         state.info = next;
         state.log.push(entry.clone());
         state.reqids.insert(reqid, entry.version);
+        state.trim();
         let replicated = self
             .replicate(pg, &mut state, &acting, &entry, encoded, &mut local)
             .await;
@@ -465,11 +480,13 @@ impl Osd {
             return storage_failed(error);
         }
         state.present = true;
-        state.info = pg::advance(&state.info, &entry);
+        state.info = pg::recorded_info(&tx)
+            .unwrap_or_else(|| pg::advance(&state.info, &entry, self.option("osd_pg_log_entries")));
         if let Some(reqid) = entry.reqid.clone() {
             state.reqids.insert(reqid, entry.version);
         }
         state.log.push(entry);
+        state.trim();
         OsdResponse::Ack
     }
 
@@ -840,6 +857,11 @@ pub async fn run(
     };
     for task in tasks {
         task.abort();
+    }
+    if result.is_ok() {
+        // A clean stop says so, so that peers need not wait out the heartbeat grace.
+        let down = Command::OsdDown { id: config.id };
+        let _ = tokio::time::timeout(Duration::from_secs(3), mon.command(down)).await;
     }
     messenger.shutdown().await;
     result

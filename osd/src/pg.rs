@@ -18,8 +18,6 @@ use crate::store::{CollectionId, ObjectStore, Op, StoreError, Transaction};
 pub const META: &str = "\0pgmeta";
 /// The xattr holding an object's PG version (clients may not use names starting with NUL).
 pub const VERSION_XATTR: &str = "\0v";
-/// Log entries kept per PG; older ones are trimmed, and a holder further behind is backfilled.
-pub const LOG_KEEP: u64 = 3000;
 const INFO_KEY: &[u8] = b"info";
 const LOG_PREFIX: &str = "log.";
 
@@ -383,13 +381,15 @@ pub fn plan(
 }
 
 /// The transaction that makes a planned change as PG version `entry.version` after `info`,
-/// with its log entry, and the summary after it (trimming the log to [`LOG_KEEP`] entries).
+/// with its log entry, and the summary after it (trimming the log to `keep` entries; a holder
+/// further behind is backfilled).
 pub fn commit_tx(
     coll: CollectionId,
     name: &str,
     planned: &mut Planned,
     entry: &LogEntry,
     info: &PgInfo,
+    keep: u64,
 ) -> (Transaction, PgInfo) {
     let mut ops = std::mem::take(&mut planned.ops);
     if !planned.removed {
@@ -400,23 +400,35 @@ pub fn commit_tx(
             value: entry.version.to_le_bytes().to_vec(),
         });
     }
-    let next = advance(info, entry);
+    let next = advance(info, entry, keep);
     let trim = (next.log_tail > info.log_tail).then(|| (info.log_tail + 1, next.log_tail));
     ops.extend(record(coll, std::slice::from_ref(entry), &next, trim));
     (Transaction { ops }, next)
 }
 
-/// The summary after appending `entry` to `info`.
-pub fn advance(info: &PgInfo, entry: &LogEntry) -> PgInfo {
+/// The summary after appending `entry` to `info`, keeping `keep` entries.
+pub fn advance(info: &PgInfo, entry: &LogEntry, keep: u64) -> PgInfo {
     let mut next = PgInfo {
         last_update: entry.version,
         last_epoch: entry.epoch,
         log_tail: info.log_tail,
     };
-    if next.last_update.saturating_sub(next.log_tail) > LOG_KEEP {
-        next.log_tail = next.last_update - LOG_KEEP;
+    if next.last_update.saturating_sub(next.log_tail) > keep {
+        next.log_tail = next.last_update - keep;
     }
     next
+}
+
+/// The summary a transaction of [`commit_tx`] records (what a replica takes over from its
+/// primary, trimming included).
+pub fn recorded_info(tx: &Transaction) -> Option<PgInfo> {
+    tx.ops.iter().find_map(|op| match op {
+        Op::OmapSet { name, entries, .. } if name == META => entries
+            .iter()
+            .find(|(key, _)| key == INFO_KEY)
+            .and_then(|(_, value)| rmp_serde::from_slice(value).ok()),
+        _ => None,
+    })
 }
 
 /// Reads an object whole (`None` when it does not exist).

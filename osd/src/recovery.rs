@@ -252,7 +252,10 @@ impl Osd {
         };
         let (reset, names, entries) = match peering::catchup(&state.info, &state.log, &their) {
             Catchup::UpToDate => return Ok(()),
-            Catchup::Log(entries) => (false, names_of(&entries), entries),
+            Catchup::Log(entries) => {
+                info!(%pg, to = target.0, entries = entries.len(), "recovering from the log");
+                (false, names_of(&entries), entries)
+            }
             Catchup::Backfill => {
                 info!(%pg, to = target.0, "copying the whole PG");
                 let names = tokio::task::block_in_place(|| list_all(&*self.store, coll))

@@ -45,13 +45,19 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "osd_max_backfills",
         default: 1,
         min: 1,
-        help: "backfills an OSD takes part in at once",
+        help: "backfills an OSD drives at once as a PG's primary",
+    },
+    OptionSpec {
+        name: "osd_pg_log_entries",
+        default: 3000,
+        min: 10,
+        help: "log entries kept per PG; a holder further behind is backfilled",
     },
     OptionSpec {
         name: "osd_recovery_max_active",
         default: 3,
         min: 1,
-        help: "recovery operations an OSD runs at once",
+        help: "recovery pushes an OSD sends, and applies, at once",
     },
     OptionSpec {
         name: "osd_recovery_max_bytes_per_sec",
