@@ -167,8 +167,9 @@ fn pct(part: u64, whole: u64) -> f64 {
     }
 }
 
-/// The PG states of every PG: reported ones as reported, others `down` when no OSD of theirs
-/// is up and `unknown` otherwise.
+/// The PG states of every PG: as reported when the report is of the PG's current holders;
+/// `peering` when the map moved it since; `down` when none of its OSDs is up; `unknown` when
+/// nobody reported it yet.
 pub fn pg_states(map: &ClusterMap, report: &Report) -> BTreeMap<tidepool_placement::PgId, String> {
     let reported: BTreeMap<_, _> = report.pgs.iter().map(|s| (s.pg, s)).collect();
     let placement = Placement::new(map);
@@ -180,12 +181,16 @@ pub fn pg_states(map: &ClusterMap, report: &Report) -> BTreeMap<tidepool_placeme
                 pool: pool.id,
                 seed,
             };
+            let Some(mapping) = placement.map_pg(pg, &mut scratch) else {
+                continue;
+            };
+            let up: Vec<OsdId> = mapping.up.iter().flatten().copied().collect();
+            let acting: Vec<OsdId> = mapping.acting.iter().flatten().copied().collect();
             let state = match reported.get(&pg) {
-                Some(stat) => stat.state.clone(),
-                None => match placement.map_pg(pg, &mut scratch) {
-                    Some(m) if m.primary.is_none() => "down".to_owned(),
-                    _ => "unknown".to_owned(),
-                },
+                _ if mapping.primary.is_none() => "down".to_owned(),
+                Some(stat) if stat.up == up && stat.acting == acting => stat.state.clone(),
+                Some(_) => "peering".to_owned(),
+                None => "unknown".to_owned(),
             };
             states.insert(pg, state);
         }
@@ -1002,6 +1007,13 @@ mod tests {
         let pool = data.id;
         map.pools.insert(pool, data);
         map.osds.get_mut(&OsdId(3)).expect("osd.3").up = false;
+        let placement = Placement::new(&map);
+        let holders = |seed: u32| -> Vec<OsdId> {
+            placement
+                .map_pg(PgId { pool, seed }, &mut Scratch::default())
+                .map(|m| m.up.into_iter().flatten().collect())
+                .unwrap_or_default()
+        };
         let pgs = (0..7)
             .map(|seed| PgStat {
                 pg: PgId { pool, seed },
@@ -1014,8 +1026,8 @@ mod tests {
                 bytes: 10 << 20,
                 degraded: if seed < 5 { 0 } else { 10 },
                 misplaced: 0,
-                up: vec![OsdId(0), OsdId(1)],
-                acting: vec![OsdId(0), OsdId(1)],
+                up: holders(seed),
+                acting: holders(seed),
                 epoch: Epoch(5),
             })
             .collect();
