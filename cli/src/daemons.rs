@@ -233,7 +233,8 @@ pub fn up(args: UpArgs) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    for n in 0..args.osds {
+    let osds = osd_numbers(&dir, args.osds);
+    for &n in &osds {
         let osd_dir = dir.join(format!("osd-{n}"));
         let osd_dir = osd_dir.to_str().context("UTF-8 folder")?.to_owned();
         children.start(
@@ -278,7 +279,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("  monitors: {} at {:?}", monmap.addrs.len(), monmap.addrs);
-    println!("  OSDs:     {}", args.osds);
+    println!("  OSDs:     {}", osds.len());
     println!("  PGs:      {active} of {total} active");
     println!("  pool:     data (3 copies, writes need 2)");
     println!("  S3:       http://{s3_addr}");
@@ -317,9 +318,57 @@ pub fn up(args: UpArgs) -> Result<()> {
         }
     });
     println!("stopping…");
+    stop_added_osds(&dir, &children);
     drop(children);
     println!("stopped");
     Ok(())
+}
+
+/// The OSD folders `osd-<n>` to start: the first `count`, and those `tidepool osd add` made
+/// in the folder since (they hold an `osd.json`).
+fn osd_numbers(dir: &Path, count: u32) -> Vec<u32> {
+    let mut numbers: Vec<u32> = (0..count).collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let added = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("osd-"))
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|n| *n >= count && entry.path().join("osd.json").exists());
+            numbers.extend(added);
+        }
+    }
+    numbers.sort_unstable();
+    numbers
+}
+
+/// Stops the OSDs `tidepool osd add` started in the folder while this `up` ran (they are not
+/// its children): SIGTERM to the pid in `osd-<n>/osd.pid`, if that process is still an OSD of
+/// that folder.
+fn stop_added_osds(dir: &Path, children: &Children) {
+    let ours: Vec<u32> = children.0.iter().map(|(_, c)| c.id()).collect();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let pid_file = entry.path().join("osd.pid");
+        let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let folder = entry.file_name();
+        let is_that_osd = String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .any(|arg| Path::new(arg).file_name() == Some(folder.as_os_str()));
+        if !ours.contains(&pid) && is_that_osd {
+            let _ = Process::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        let _ = std::fs::remove_file(&pid_file);
+    }
 }
 
 /// The S3 user of a local cluster, `local`, created on the first run.
