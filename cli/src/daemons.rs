@@ -365,7 +365,9 @@ fn stop_added_osds(dir: &Path, children: &Children) {
             .split('\0')
             .any(|arg| Path::new(arg).file_name() == Some(folder.as_os_str()));
         if !ours.contains(&pid) && is_that_osd {
-            let _ = Process::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = Process::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
         let _ = std::fs::remove_file(&pid_file);
     }

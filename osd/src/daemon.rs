@@ -992,8 +992,10 @@ async fn beacons(osd: Arc<Osd>, monmap: MonMap) {
 /// Pings the OSDs this one shares PGs with; reports those silent for `osd_heartbeat_grace`.
 async fn heartbeats(osd: Arc<Osd>, monmap: MonMap) {
     let mut mon = MonClient::with_messenger(osd.messenger.clone(), monmap, &entity(osd.id));
-    let started = Instant::now();
     let mut reported: HashMap<OsdId, Instant> = HashMap::new();
+    // When each peer, at its current address, was first pinged: a peer that just booted (or
+    // just became a peer) gets the whole grace before it is reported.
+    let mut since: HashMap<OsdId, (Option<SocketAddr>, Instant)> = HashMap::new();
     loop {
         let view = osd.view();
         let mut peers = BTreeSet::new();
@@ -1032,6 +1034,14 @@ async fn heartbeats(osd: Arc<Osd>, monmap: MonMap) {
         }))
         .await;
         let grace = Duration::from_secs(osd.option("osd_heartbeat_grace"));
+        since.retain(|peer, _| peers.contains(peer));
+        for &peer in &peers {
+            let addr = view.addr(peer);
+            let first = since.entry(peer).or_insert((addr, Instant::now()));
+            if first.0 != addr {
+                *first = (addr, Instant::now());
+            }
+        }
         for (peer, answered) in answers {
             let last = {
                 let mut heard = osd.heard.lock().unwrap_or_else(|p| p.into_inner());
@@ -1039,7 +1049,8 @@ async fn heartbeats(osd: Arc<Osd>, monmap: MonMap) {
                     heard.insert(peer, Instant::now());
                     continue;
                 }
-                heard.get(&peer).copied().unwrap_or(started)
+                let first = since.get(&peer).map_or_else(Instant::now, |(_, at)| *at);
+                heard.get(&peer).map_or(first, |at| (*at).max(first))
             };
             let recently = reported
                 .get(&peer)

@@ -64,7 +64,7 @@ pub fn cluster_id(dir: &Path) -> String {
         .to_owned()
 }
 
-/// A long-running `tidepool` process, killed (SIGKILL, by PID) when dropped.
+/// A long-running `tidepool` process, stopped (by PID) when dropped.
 #[derive(Debug)]
 pub struct Daemon {
     child: Child,
@@ -107,7 +107,19 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGTERM first, so that a process with children of its own (`tidepool up`) stops them;
+    /// SIGKILL after 5 s.
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None))
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         self.kill();
     }
 }

@@ -75,8 +75,16 @@ fn running(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Rule: `tidepool up` starts a working cluster with S3 and a ready user, Ctrl-C stops every
-/// process it started, and a second run serves the same objects, through S3 too.
+/// OSDs up, as `tidepool status` says.
+fn osds_up(cluster: &str) -> u64 {
+    let output = run(&["status", "--format", "json", "--cluster", cluster]);
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("status JSON");
+    status["osds"]["up"].as_u64().expect("osds.up")
+}
+
+/// Rule: `tidepool up` starts a working cluster with S3 and a ready user, an OSD added with
+/// `tidepool osd add` joins it, Ctrl-C stops every process (the added OSD too), and a second
+/// run starts them all again and serves the same objects, through S3 too.
 #[test]
 fn up_starts_stops_and_resumes() {
     let dir = TempDir::new("up");
@@ -112,6 +120,22 @@ fn up_starts_stops_and_resumes() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // An OSD added to the running cluster joins it, and stops with it.
+    let added = cluster.join("osd-3");
+    let add = run(&[
+        "osd",
+        "add",
+        "--data",
+        added.to_str().expect("utf-8"),
+        "--cluster",
+        &text,
+    ]);
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    assert_eq!(osds_up(&text), 4);
     assert!(
         up.interrupt(Duration::from_secs(30)),
         "Ctrl-C stops tidepool up"
@@ -124,6 +148,7 @@ fn up_starts_stops_and_resumes() {
 
     let (mut up, keys_again) = start(&cluster, port, &dir.path().join("up-2.log"));
     assert_eq!(keys_again, keys, "the second run keeps the user");
+    assert_eq!(osds_up(&text), 4, "the second run starts the added OSD too");
     let output = aws(port, &keys, &["s3", "cp", "s3://demo/hello.txt", "-"]);
     assert_eq!(
         output.stdout,
