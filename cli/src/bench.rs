@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// Object size in bytes (write).
     #[arg(long, default_value_t = 4 << 20)]
     size: usize,
+    /// Stop after this many operations, even before `--seconds` (to write a fixed data set).
+    #[arg(long)]
+    objects: Option<u64>,
 }
 
 const META: &str = "bench-meta";
@@ -109,6 +112,7 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
     );
     let next = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let limit = args.objects.unwrap_or(u64::MAX);
     let started = Instant::now();
     let workers: Vec<_> = (0..args.threads)
         .map(|worker| {
@@ -124,6 +128,9 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
                 let mut random = (worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                 while Instant::now() < deadline {
                     let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= limit {
+                        break;
+                    }
                     let op_started = Instant::now();
                     let result = match mode {
                         Mode::Write => client

@@ -108,13 +108,13 @@ impl Daemon {
 
 impl Drop for Daemon {
     /// SIGTERM first, so that a process with children of its own (`tidepool up`) stops them;
-    /// SIGKILL after 5 s.
+    /// SIGKILL after 12 s.
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = Command::new("kill")
                 .args(["-TERM", &self.child.id().to_string()])
                 .status();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
             while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None))
             {
                 std::thread::sleep(std::time::Duration::from_millis(50));
