@@ -9,7 +9,9 @@
 #        rounds): seconds to clean, and client MiB/s during the recovery against the same load
 #        idle just before.
 #   Ceph (CEPH=1): ../shared/bench/ceph/rebalance.sh add on a fresh 3-OSD Ceph filled with the
-#     same amount through radosgw, with PROFILE=default (Ceph's own throttles) and fast.
+#     same amount through radosgw, with PROFILE=default (Ceph's own throttles) and fast. Its
+#     timer starts once the new OSD is up and in; Tidepool's is reported both from `osd add`
+#     and from the moment `osd add` returns with the OSD up.
 # Profiles: default = each system's defaults; fast = throttles lifted (Tidepool:
 # osd_max_backfills 8, osd_recovery_max_active 8; Ceph: recovery sleep 0, max_backfills 8,
 # recovery_max_active 8).
@@ -23,6 +25,7 @@ PROFILES="${PROFILES:-default fast}"
 RUNS="${RUNS:-1}"
 CEPH="${CEPH:-0}"
 WORK="${WORK:-$(mktemp -d /tmp/tidepool-rebalance.XXXXXX)}"
+mkdir -p "$WORK"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidepool-target}"
 cargo build --release -q -p tidepool
 T="$CARGO_TARGET_DIR/release/tidepool"
@@ -74,8 +77,10 @@ tidepool_run() { # profile run
   log "tidepool $profile: osd add"
   t0="$(now)"
   "$T" osd add --data "$dir/osd-3" --format json > /dev/null
+  t_up="$(now)"
   wait_clean
   add_s="$(python3 -c "print($(now) - $t0)")"
+  up_s="$(python3 -c "print($(now) - $t_up)")"
   "$T" osd df --format json > "$dir.df-after-add.json"
   idle="$("$T" bench data rand --seconds 10 --threads 8 --format json | mibs)"
   log "tidepool $profile: osd out 3 under client load"
@@ -92,16 +97,17 @@ sys.exit(0 if s["pgs"]["by_state"].get("active+clean", 0) == s["pgs"]["total"] a
   done
   wait_clean
   out_s="$(python3 -c "print($(now) - $t0)")"
-  python3 - "$dir" "$profile" "$run" "$add_s" "$out_s" "$idle" "${during[@]}" >> "$RESULTS" <<'EOF'
+  python3 - "$dir" "$profile" "$run" "$add_s" "$up_s" "$out_s" "$idle" "${during[@]}" >> "$RESULTS" <<'EOF'
 import json, statistics, sys
-d, profile, run, add_s, out_s, idle = sys.argv[1:7]
-during = [float(x) for x in sys.argv[7:]]
+d, profile, run, add_s, up_s, out_s, idle = sys.argv[1:8]
+during = [float(x) for x in sys.argv[8:]]
 preview = json.load(open(d + ".preview.json"))
 before = json.load(open(d + ".before.json"))
 raw = before["data"]["stored_bytes"] * 3
 print(json.dumps({
     "system": "tidepool", "profile": profile, "run": int(run), "op": "add",
     "seconds_to_clean": float(add_s),
+    "seconds_to_clean_after_up": float(up_s),
     "moved_bytes": preview["bytes"], "raw_bytes": raw,
     "moved_fraction": preview["bytes"] / raw if raw else 0, "ideal_fraction": 0.25,
     "recovery_mib_s": preview["bytes"] / float(add_s) / 2**20,
@@ -129,9 +135,12 @@ d, profile, run = sys.argv[1:4]
 text = open(d + "/add/analysis.txt").read()
 secs = re.search(r"seconds from trigger to all PGs active\+clean: ([0-9.]+)", text)
 moved = re.search(r"= ([0-9.]+)% of raw", text)
+gib = re.search(r"placement moved \(PG-stat estimate\): ([0-9.]+) GiB", text)
+rate = float(gib.group(1)) * 1024 / float(secs.group(1)) if gib and secs else None
 print(json.dumps({"system": "ceph", "profile": profile, "run": int(run), "op": "add",
-                  "seconds_to_clean": float(secs.group(1)) if secs else None,
+                  "seconds_to_clean_after_up": float(secs.group(1)) if secs else None,
                   "moved_fraction": float(moved.group(1)) / 100 if moved else None,
+                  "recovery_mib_s": rate,
                   "analysis": text[-1500:]}))
 EOF
   "$bench/down.sh" "$dir" --purge > /dev/null 2>&1 || true
@@ -150,18 +159,19 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
-print("| system | profile | runs | s to clean after add | moved / raw | recovery MiB/s | client during recovery / idle |")
-print("|---|---|---|---|---|---|---|")
+print("| system | profile | runs | s from `osd add` to clean | s from up to clean | moved / raw | recovery MiB/s | client during recovery / idle |")
+print("|---|---|---|---|---|---|---|---|")
 for system in ("tidepool", "ceph"):
     for profile in ("default", "fast"):
         rs = [r for r in rows if r["system"] == system and r["profile"] == profile]
         if not rs:
             continue
-        secs = med([r["seconds_to_clean"] for r in rs])
+        secs = med([r.get("seconds_to_clean") for r in rs])
+        after_up = med([r.get("seconds_to_clean_after_up") for r in rs])
         moved = med([r.get("moved_fraction") for r in rs])
         rate = med([r.get("recovery_mib_s") for r in rs])
         frac = med([r.get("client_fraction") for r in rs])
         fmt = lambda v, f: "-" if v is None else f.format(v)
-        print(f"| {system} | {profile} | {len(rs)} | {fmt(secs, '{:.1f}')} | {fmt(moved, '{:.1%}')} | {fmt(rate, '{:.0f}')} | {fmt(frac, '{:.0%}')} |")
+        print(f"| {system} | {profile} | {len(rs)} | {fmt(secs, '{:.1f}')} | {fmt(after_up, '{:.1f}')} | {fmt(moved, '{:.1%}')} | {fmt(rate, '{:.0f}')} | {fmt(frac, '{:.0%}')} |")
 EOF
 echo "raw results: $RESULTS" >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Tidepool needs, only when it is missing:
 # Debian packages (RocksDB 7.8 and libclang for its bindings, FUSE 3, pkg-config, rclone for the S3
-# tests) and a Python venv in .venv/ (ignored by git) with the newest aws-cli, awscrt and s3cmd from
+# tests) and a Python venv in .venv/ (ignored by git) with the newest aws-cli, awscrt, s3cmd and
+# jsonschema (the schema checks of the JSON outputs) from
 # PyPI. Safe to run again; does nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,9 +26,9 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # awscrt gives aws-cli the CRC32C and CRC64NVME checksums.
-if [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/s3cmd ] || ! .venv/bin/python -c "import awscrt" 2>/dev/null; then
-  echo "creating .venv with aws-cli and s3cmd"
+if [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/s3cmd ] || ! .venv/bin/python -c "import awscrt, jsonschema" 2>/dev/null; then
+  echo "creating .venv with aws-cli, s3cmd and jsonschema"
   [ -x .venv/bin/pip ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q --upgrade awscli s3cmd awscrt
+  .venv/bin/pip install -q --upgrade awscli s3cmd awscrt jsonschema
 fi

@@ -268,9 +268,15 @@ pub fn status(snapshot: &Snapshot) -> Status {
             .filter(|(_, s)| s.is_none())
             .map(|(rank, _)| format!("mon.{rank}"))
             .collect();
+        // Without a majority nothing can change: an error, not a warning.
+        let severity = if quorum.len() * 2 > snapshot.mons.len() {
+            "HEALTH_WARN"
+        } else {
+            "HEALTH_ERR"
+        };
         check(
             "MON_DOWN",
-            "HEALTH_WARN",
+            severity,
             format!(
                 "{}/{} mons down: {}",
                 out.len(),

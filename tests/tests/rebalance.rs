@@ -19,7 +19,7 @@ use tidepool_client::MonClient;
 use tidepool_placement::{ClusterMap, OsdId, Placement, Scratch};
 use tidepool_proto::mon::Report;
 use tidepool_proto::osd::ObjectOp;
-use tidepool_tests::{run, tidepool_ok};
+use tidepool_tests::{run, tidepool_ok, venv_bin};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -98,6 +98,32 @@ fn strip_colours(line: &str) -> String {
     out
 }
 
+/// Checks `value` against the JSON schema `docs/schemas/<schema>` (with Python's jsonschema from
+/// the project's venv).
+fn check_schema(value: &serde_json::Value, schema: &str, scratch: &Path) {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/schemas")
+        .join(schema);
+    let file = scratch.join("value.json");
+    std::fs::write(&file, value.to_string()).expect("value file");
+    let output = std::process::Command::new(venv_bin("python"))
+        .args([
+            "-c",
+            "import json, sys, jsonschema; jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))",
+            file.to_str().expect("utf-8"),
+            schema.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "{} does not match {}: {}",
+        value,
+        schema.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Rule: a fifth OSD added under traffic fills with its share and no more, the workload sees
 /// no error, and every byte reads back; marked out, it drains, is safe to destroy, holds
 /// nothing, and is removed.
@@ -118,6 +144,34 @@ fn grow_and_shrink_while_traffic_flows() {
     let added = cluster.json(&["osd", "add", "--data", data.to_str().expect("utf-8")]);
     let new_osd = Pid(added["pid"].as_u64().expect("pid") as u32);
     assert_eq!(added["osd"], 4);
+    // While data moves: the outputs keep their schemas, and watch reports the change.
+    check_schema(&cluster.json(&["status"]), "status.schema.json", &path);
+    check_schema(&cluster.json(&["osd", "df"]), "osd-df.schema.json", &path);
+    check_schema(
+        &cluster.json(&["osd", "tree"]),
+        "osd-tree.schema.json",
+        &path,
+    );
+    let watched = tidepool_ok(
+        &path,
+        &[
+            "watch",
+            "--count",
+            "3",
+            "--interval",
+            "0.5",
+            "--format",
+            "json",
+        ],
+    );
+    let frames: Vec<serde_json::Value> = watched
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line per redraw"))
+        .collect();
+    assert_eq!(frames.len(), 3, "{watched}");
+    for frame in &frames {
+        check_schema(&frame["status"], "status.schema.json", &path);
+    }
     let took = cluster.wait_clean(Duration::from_secs(180));
     eprintln!("clean {took:?} after osd add");
     std::thread::sleep(Duration::from_secs(1));
@@ -159,6 +213,13 @@ fn grow_and_shrink_while_traffic_flows() {
     );
     check_objects(&runtime, &client, 2000, 64 * KIB);
     check_acked(&runtime, &client, &acked, 64 * KIB);
+    for (args, schema) in [
+        (&["status"][..], "status.schema.json"),
+        (&["osd", "df"], "osd-df.schema.json"),
+        (&["osd", "tree"], "osd-tree.schema.json"),
+    ] {
+        check_schema(&cluster.json(args), schema, &path);
+    }
 
     // Shrink: out, clean, safe to destroy with nothing left on it, stopped, removed.
     let dry = tidepool_ok(&path, &["osd", "out", "4", "--dry-run"]);
