@@ -86,6 +86,30 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Waits (up to 60 s) until the monitors of `path` have a leader; shows their logs if not.
+fn wait_quorum(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cluster = path.to_str().expect("utf-8");
+    loop {
+        let output = run(&["status", "--format", "json", "--cluster", cluster]);
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        if status["monitors"]["leader"].is_u64() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = (0..3)
+                .map(|rank| {
+                    let log = std::fs::read_to_string(path.join(format!("mon-{rank}.log")))
+                        .unwrap_or_default();
+                    format!("mon-{rank}.log:\n{log}")
+                })
+                .collect();
+            panic!("no monitor quorum within 60 s\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Monitors and OSDs in a temporary folder, with a pool `data` of size 3 / min_size 2 whose
 /// failure domain is the OSD.
 pub struct Cluster {
@@ -132,6 +156,7 @@ impl Cluster {
                 )
             })
             .collect();
+        wait_quorum(path);
         tidepool_ok(path, &["config", "set", "osd_heartbeat_grace", "3"]);
         for (key, value) in options {
             tidepool_ok(path, &["config", "set", key, value]);
