@@ -120,6 +120,9 @@ EOF
   kill -INT "$up_pid"
   wait "$up_pid" || true
   unset TIDEPOOL_CLUSTER
+  # Keep the logs, not the data (a run writes SIZE_MIB × 3 copies, and more while it moves).
+  mv "$dir/logs" "$dir.logs" 2>/dev/null || true
+  rm -rf "$dir"
 }
 
 ceph_run() { # profile run

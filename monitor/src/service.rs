@@ -292,32 +292,35 @@ fn plan(
             tidepool_proto::config::check(key, value).map_err(CommandError::Invalid)?;
             (Vec::new(), None)
         }
-        Command::PgTemp { pg, osds } => {
-            let pool = map
-                .pools
-                .get(&pg.pool)
-                .filter(|pool| pg.seed < pool.pg_num)
-                .ok_or_else(|| CommandError::Missing(format!("PG {pg}")))?;
-            for id in osds {
-                osd(*id)?;
+        Command::PgTemp(entries) => {
+            let mut changes = Vec::new();
+            for (pg, osds) in entries {
+                let pool = map
+                    .pools
+                    .get(&pg.pool)
+                    .filter(|pool| pg.seed < pool.pg_num)
+                    .ok_or_else(|| CommandError::Missing(format!("PG {pg}")))?;
+                for id in osds {
+                    osd(*id)?;
+                }
+                let distinct: BTreeSet<_> = osds.iter().collect();
+                if distinct.len() != osds.len() || osds.len() > pool.kind.width() {
+                    return Err(CommandError::Invalid(format!(
+                        "pg_temp for {pg} must name at most {} distinct OSDs",
+                        pool.kind.width()
+                    )));
+                }
+                let wanted: Vec<Option<OsdId>> = osds.iter().map(|&o| Some(o)).collect();
+                match (map.pg_temp.get(pg), osds.is_empty()) {
+                    (None, true) => {}
+                    (Some(_), true) => changes.push(Change::ClearPgTemp(*pg)),
+                    (Some(current), false) if *current == wanted => {}
+                    (_, false) => changes.push(Change::SetPgTemp {
+                        pg: *pg,
+                        osds: wanted,
+                    }),
+                }
             }
-            let distinct: std::collections::BTreeSet<_> = osds.iter().collect();
-            if distinct.len() != osds.len() || osds.len() > pool.kind.width() {
-                return Err(CommandError::Invalid(format!(
-                    "pg_temp for {pg} must name at most {} distinct OSDs",
-                    pool.kind.width()
-                )));
-            }
-            let wanted: Vec<Option<OsdId>> = osds.iter().map(|&o| Some(o)).collect();
-            let changes = match (map.pg_temp.get(pg), osds.is_empty()) {
-                (None, true) => Vec::new(),
-                (Some(_), true) => vec![Change::ClearPgTemp(*pg)],
-                (Some(current), false) if *current == wanted => Vec::new(),
-                (_, false) => vec![Change::SetPgTemp {
-                    pg: *pg,
-                    osds: wanted,
-                }],
-            };
             (changes, None)
         }
     })
@@ -357,6 +360,58 @@ mod tests {
             pg_num: 64,
             failure_domain: BucketType::Osd,
         }
+    }
+
+    /// Rule: one pg_temp command sets and clears many PGs in one epoch; asking again for what
+    /// is set changes nothing; a bad entry refuses the whole command.
+    #[test]
+    fn pg_temp_sets_and_clears_in_one_epoch() {
+        let mut state = MapState::genesis();
+        let mut setup = vec![request("s", 1, pool("data"))];
+        for n in 0..4 {
+            setup.push(request(
+                "s",
+                n + 2,
+                Command::OsdCreate {
+                    host: "host0".into(),
+                    weight: Weight::ONE,
+                },
+            ));
+        }
+        state.apply_slot(&setup);
+        let pool_id = state.map.pool_by_name("data").expect("pool").id;
+        let pg = |seed| tidepool_placement::PgId {
+            pool: pool_id,
+            seed,
+        };
+        let set = Command::PgTemp(vec![
+            (pg(0), vec![OsdId(1), OsdId(2), OsdId(3)]),
+            (pg(1), vec![OsdId(0), OsdId(2)]),
+        ]);
+        let epoch = state.map.epoch;
+        let (incremental, answers) = state.apply_slot(&[request("p", 1, set.clone())]);
+        assert!(answers[0].is_ok());
+        assert_eq!(incremental.expect("changes").epoch, epoch.next());
+        assert_eq!(state.map.pg_temp.len(), 2);
+        let (again, _) = state.apply_slot(&[request("p", 2, set)]);
+        assert!(again.is_none(), "the same pg_temp again is no change");
+        let clear = Command::PgTemp(vec![(pg(0), vec![]), (pg(1), vec![]), (pg(2), vec![])]);
+        let (_, answers) = state.apply_slot(&[request("p", 3, clear)]);
+        assert!(answers[0].is_ok());
+        assert!(state.map.pg_temp.is_empty());
+        let bad = Command::PgTemp(vec![
+            (pg(0), vec![OsdId(1)]),
+            (pg(1), vec![OsdId(1), OsdId(1)]),
+        ]);
+        let (_, answers) = state.apply_slot(&[request("p", 4, bad)]);
+        assert!(matches!(answers[0], Err(CommandError::Invalid(_))));
+        assert!(
+            state.map.pg_temp.is_empty(),
+            "nothing of a refused command applies"
+        );
+        let missing = Command::PgTemp(vec![(pg(999), vec![OsdId(1)])]);
+        let (_, answers) = state.apply_slot(&[request("p", 5, missing)]);
+        assert!(matches!(answers[0], Err(CommandError::Missing(_))));
     }
 
     /// Rule: a slot's commands apply in order into one new epoch; a failing command changes

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::pg::{self, META};
-use crate::recovery::Progress;
+use crate::recovery::{NotActive, Progress};
 use crate::store::{ObjectStore, Op, StoreError, Transaction};
 use crate::throttle::{Rate, Slots};
 
@@ -30,6 +30,9 @@ const BEACON_EVERY: Duration = Duration::from_secs(2);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// How long a replica may take to apply one change before the primary checks the map again.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a holder may take to take or send one batch of recovery (tens of MiB, on a disk
+/// busy with the clients' writes too).
+pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a write may wait for its replicas in all, across map changes.
 const WRITE_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -127,8 +130,6 @@ pub(crate) struct PgState {
     pub reqids: HashMap<(String, u64), u64>,
     /// The acting set this OSD (as primary) last brought up to date.
     pub peered: Option<Vec<OsdId>>,
-    /// The `pg_temp` this primary asked for, and under which epoch.
-    pub remap_asked: Option<(Epoch, Vec<OsdId>)>,
     /// Objects and bytes of the copy, as counted at a version.
     pub usage: Option<(u64, u64, u64)>,
 }
@@ -202,6 +203,8 @@ pub(crate) struct Osd {
     pub recovery_rate: Rate,
     /// Background backfills, by PG.
     pub progress: Mutex<HashMap<PgId, Progress>>,
+    /// The `pg_temp` asked for per PG, and under which epoch (asked once per map).
+    pub remaps_asked: Mutex<HashMap<PgId, (Epoch, Vec<OsdId>)>>,
     /// The statistics last reported per PG.
     last_stats: Mutex<HashMap<PgId, PgStat>>,
     pub io: IoCounters,
@@ -279,9 +282,39 @@ impl Osd {
     }
 
     pub async fn call(&self, osd: OsdId, request: &OsdRequest) -> Option<OsdResponse> {
+        self.call_within(osd, request, REPLICA_TIMEOUT).await
+    }
+
+    /// [`Osd::call_within`], given up as soon as the map has `osd` down: a recovery batch may
+    /// take long on a busy disk, but not on a dead OSD.
+    pub async fn call_while_up(
+        &self,
+        osd: OsdId,
+        request: &OsdRequest,
+        limit: Duration,
+    ) -> Option<OsdResponse> {
+        let mut maps = self.maps.clone();
+        let down = async move {
+            let _ = maps
+                .wait_for(|v| !v.map.osds.get(&osd).is_some_and(|o| o.up))
+                .await;
+        };
+        tokio::select! {
+            answer = self.call_within(osd, request, limit) => answer,
+            _ = down => None,
+        }
+    }
+
+    /// [`Osd::call`] with another time limit.
+    pub async fn call_within(
+        &self,
+        osd: OsdId,
+        request: &OsdRequest,
+        limit: Duration,
+    ) -> Option<OsdResponse> {
         let addr = self.view().addr(osd)?;
         self.messenger
-            .call_within(addr, &entity(osd), request, REPLICA_TIMEOUT)
+            .call_within(addr, &entity(osd), request, limit)
             .await
             .ok()
     }
@@ -312,8 +345,16 @@ impl Osd {
             return storage_failed(error);
         }
         if state.peered.as_ref() != Some(&acting) {
-            if let Err(reason) = self.peer(pg, &mut state, &holders).await {
-                return OsdResponse::Failed(format!("PG {pg} could not peer: {reason}"));
+            match self.peer(pg, &mut state, &holders).await {
+                Ok(()) => {}
+                Err(NotActive::Remap(want)) => {
+                    drop(state);
+                    self.ask_pg_temp(vec![(pg, want)]).await;
+                    return OsdResponse::Failed(format!("PG {pg} is being remapped"));
+                }
+                Err(NotActive::Failed(reason)) => {
+                    return OsdResponse::Failed(format!("PG {pg} could not peer: {reason}"));
+                }
             }
         }
         // A resend of a change already made gets its version back, not a second change.
@@ -490,12 +531,23 @@ impl Osd {
         OsdResponse::Ack
     }
 
-    fn handle_query(state: &PgState) -> OsdResponse {
-        OsdResponse::PgInfo(
-            state
+    /// Runs `f` over this OSD's copy of `pg` (its summary and log, `None` for no copy)
+    /// without waiting behind whatever holds the PG (a write, or this OSD's own peering, which
+    /// may be waiting for the asker): from memory when the PG is free, else as last committed.
+    fn with_copy<R>(
+        &self,
+        pg: PgId,
+        f: impl FnOnce(Option<(&PgInfo, &[LogEntry])>) -> R,
+    ) -> Result<R, StoreError> {
+        let lock = self.pg(pg);
+        if let Ok(mut state) = lock.try_lock() {
+            self.ensure_loaded(pg, &mut state)?;
+            return Ok(f(state
                 .present
-                .then(|| (state.info.clone(), state.last_entry())),
-        )
+                .then_some((&state.info, state.log.as_slice()))));
+        }
+        let loaded = tokio::task::block_in_place(|| pg::load(&*self.store, pg))?;
+        Ok(f(loaded.as_ref().map(|(info, log)| (info, log.as_slice()))))
     }
 
     async fn handle(&self, request: OsdRequest) -> OsdResponse {
@@ -518,32 +570,18 @@ impl Osd {
                 self.handle_stray_check(pg, from, epoch).await
             }
             OsdRequest::Ping { .. } => OsdResponse::Ack,
-            OsdRequest::PgQuery { pg } => {
-                let lock = self.pg(pg);
-                let mut state = lock.lock().await;
-                match self.ensure_loaded(pg, &mut state) {
-                    Ok(()) => Self::handle_query(&state),
-                    Err(error) => storage_failed(error),
-                }
-            }
-            OsdRequest::PgLog { pg, after } => {
-                let lock = self.pg(pg);
-                let mut state = lock.lock().await;
-                if let Err(error) = self.ensure_loaded(pg, &mut state) {
-                    return storage_failed(error);
-                }
-                if !state.present || after < state.info.log_tail {
-                    return OsdResponse::PgLog(None);
-                }
-                OsdResponse::PgLog(Some(
-                    state
-                        .log
-                        .iter()
-                        .filter(|e| e.version > after)
-                        .cloned()
-                        .collect(),
-                ))
-            }
+            OsdRequest::PgQuery { pg } => self
+                .with_copy(pg, |copy| {
+                    OsdResponse::PgInfo(copy.map(|(info, log)| (info.clone(), log.last().cloned())))
+                })
+                .unwrap_or_else(storage_failed),
+            OsdRequest::PgLog { pg, after } => self
+                .with_copy(pg, |copy| {
+                    OsdResponse::PgLog(copy.filter(|(info, _)| after >= info.log_tail).map(
+                        |(_, log)| log.iter().filter(|e| e.version > after).cloned().collect(),
+                    ))
+                })
+                .unwrap_or_else(storage_failed),
             OsdRequest::PgList { pg, start_after } => {
                 let coll = pg::collection(pg);
                 // A primary lists for clients only once its copy is the PG's.
@@ -822,6 +860,7 @@ pub async fn run(
         recovery_in: Slots::default(),
         recovery_rate: Rate::default(),
         progress: Mutex::new(HashMap::new()),
+        remaps_asked: Mutex::new(HashMap::new()),
         last_stats: Mutex::new(HashMap::new()),
         io: IoCounters::default(),
     });
@@ -898,57 +937,74 @@ async fn follow_maps(
     }
 }
 
-/// Peers every PG this OSD leads whose holders changed, so they recover without waiting for
-/// a client, and starts the backfill of PGs it serves through `pg_temp`.
+/// Peers every PG this OSD leads whose holders changed (all at once: one slow holder must
+/// not hold up the others), so they recover without waiting for a client; asks for the
+/// `pg_temp`s they need in one command; starts the backfill of PGs it serves through
+/// `pg_temp`; removes stray copies.
 async fn activate(osd: Arc<Osd>) {
     let mut maps = osd.maps.clone();
     loop {
         let view = osd.view();
-        for pg in view.pgs().collect::<Vec<_>>() {
-            let Some(holders) = view.holders(pg) else {
-                continue;
-            };
-            if holders.primary != Some(osd.id) {
-                continue;
-            }
-            let lock = osd.pg(pg);
-            let mut state = lock.lock().await;
-            if osd.ensure_loaded(pg, &mut state).is_err() {
-                continue;
-            }
-            if state.peered.as_ref() != Some(&holders.acting) {
-                if let Err(reason) = osd.peer(pg, &mut state, &holders).await {
-                    if state.remap_asked.is_some() {
-                        tracing::debug!(%pg, %reason, "not active yet");
-                    } else {
-                        warn!(%pg, %reason, "peering failed; will retry");
-                    }
-                    continue;
+        let led: Vec<(PgId, Holders)> = view
+            .pgs()
+            .filter_map(|pg| Some((pg, view.holders(pg)?)))
+            .filter(|(_, holders)| holders.primary == Some(osd.id))
+            .collect();
+        let outcomes = futures_util::future::join_all(led.into_iter().map(|(pg, holders)| {
+            let osd = &osd;
+            async move { (pg, osd.activate_pg(pg, &holders).await) }
+        }))
+        .await;
+        let remaps = outcomes
+            .into_iter()
+            .filter_map(|(pg, outcome)| match outcome {
+                Err(NotActive::Remap(want)) => Some((pg, want)),
+                Err(NotActive::Failed(reason)) => {
+                    warn!(%pg, %reason, "peering failed; will retry");
+                    None
                 }
-            }
-            drop(state);
-            if holders.temp {
-                let start = {
-                    let mut progress = osd.progress.lock().unwrap_or_else(|p| p.into_inner());
-                    match progress.entry(pg) {
-                        std::collections::hash_map::Entry::Occupied(_) => false,
-                        std::collections::hash_map::Entry::Vacant(slot) => {
-                            slot.insert(Progress {
-                                waiting: true,
-                                ..Progress::default()
-                            });
-                            true
-                        }
-                    }
-                };
-                if start {
-                    tokio::spawn(osd.clone().backfill(pg));
-                }
-            }
-        }
+                Ok(()) => None,
+            })
+            .collect();
+        osd.ask_pg_temp(remaps).await;
         osd.remove_strays().await;
         // Retry failed peering now and then; react to new maps at once.
         let _ = tokio::time::timeout(Duration::from_secs(2), maps.changed()).await;
+    }
+}
+
+impl Osd {
+    /// Peers `pg` if its holders changed, and starts its backfill when it is served through
+    /// `pg_temp`.
+    async fn activate_pg(self: &Arc<Self>, pg: PgId, holders: &Holders) -> Result<(), NotActive> {
+        {
+            let lock = self.pg(pg);
+            let mut state = lock.lock().await;
+            self.ensure_loaded(pg, &mut state)
+                .map_err(|e| NotActive::Failed(e.to_string()))?;
+            if state.peered.as_ref() != Some(&holders.acting) {
+                self.peer(pg, &mut state, holders).await?;
+            }
+        }
+        if holders.temp {
+            let start = {
+                let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+                match progress.entry(pg) {
+                    std::collections::hash_map::Entry::Occupied(_) => false,
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(Progress {
+                            waiting: true,
+                            ..Progress::default()
+                        });
+                        true
+                    }
+                }
+            };
+            if start {
+                tokio::spawn(self.clone().backfill(pg));
+            }
+        }
+        Ok(())
     }
 }
 

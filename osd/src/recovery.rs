@@ -11,13 +11,37 @@ use tidepool_proto::mon::Command;
 use tidepool_proto::osd::{LogEntry, ObjectState, OsdRequest, OsdResponse, PgInfo};
 use tracing::{info, warn};
 
-use crate::daemon::{list_all, storage_failed, Holders, Osd, PgState};
+use crate::daemon::{list_all, storage_failed, Holders, Osd, PgState, RECOVERY_TIMEOUT};
 use crate::peering::{self, Catchup, Copy};
 use crate::pg::{self, META};
 use crate::store::{Op, StoreError, Transaction};
 
 /// Objects read or pushed per recovery message.
 const RECOVERY_BATCH: usize = 16;
+
+/// Why a PG is not active after peering.
+#[derive(Debug)]
+pub(crate) enum NotActive {
+    /// It waits for the monitors to make this `pg_temp` (the caller asks for it).
+    Remap(Vec<OsdId>),
+    /// Peering failed; it is tried again.
+    Failed(String),
+}
+
+impl From<String> for NotActive {
+    fn from(reason: String) -> NotActive {
+        NotActive::Failed(reason)
+    }
+}
+
+impl std::fmt::Display for NotActive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotActive::Remap(want) => write!(f, "waits for pg_temp {want:?}"),
+            NotActive::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
 
 /// A background backfill's progress, for the PG's statistics.
 #[derive(Clone, Debug, Default)]
@@ -33,16 +57,15 @@ pub(crate) struct Progress {
 impl Osd {
     /// Brings the PG's acting holders to one history. Asks every up OSD for its copy (an OSD
     /// outside the acting set may hold the newest one from an earlier map), takes the newest
-    /// history as the authority, and then either asks the monitors for `pg_temp` (when members
-    /// of the placement must backfill and holders with the data can serve meanwhile), or
-    /// brings this primary and every acting holder up to date from the log. Once the PG is
-    /// clean, copies outside its placement are removed.
+    /// history as the authority, and then either answers the `pg_temp` to ask for (when
+    /// members of the placement must backfill and holders with the data can serve meanwhile),
+    /// or brings this primary and every acting holder up to date from the log.
     pub(crate) async fn peer(
         &self,
         pg: PgId,
         state: &mut PgState,
         holders: &Holders,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotActive> {
         let coll = pg::collection(pg);
         if !state.present {
             self.apply(&Transaction {
@@ -73,7 +96,7 @@ impl Osd {
             match answer {
                 Some(OsdResponse::PgInfo(copy)) => copies.push((osd, copy)),
                 _ if holders.acting.contains(&osd) => {
-                    return Err(format!("acting holder osd.{} did not answer", osd.0))
+                    return Err(format!("acting holder osd.{} did not answer", osd.0).into())
                 }
                 _ => {}
             }
@@ -99,20 +122,9 @@ impl Osd {
                 .collect();
             let want = peering::choose_acting(&holders.up, &usable, holders.size);
             if want != holders.up {
-                let asked = (view.map.epoch, want.clone());
-                if state.remap_asked.as_ref() != Some(&asked) {
-                    info!(%pg, up = ?holders.up, serving = ?want, "asking for pg_temp while new holders backfill");
-                    self.mon_command(Command::PgTemp {
-                        pg,
-                        osds: want.clone(),
-                    })
-                    .await?;
-                    state.remap_asked = Some(asked);
-                }
-                return Err(format!("{pg} waits for pg_temp {want:?}"));
+                return Err(NotActive::Remap(want));
             }
         }
-        state.remap_asked = None;
         if plans[&self.id] != Catchup::UpToDate {
             info!(%pg, from = authority.0, "recovering this primary's copy");
             self.pull_from(pg, state, authority, &auth_info, &plans[&self.id])
@@ -186,12 +198,13 @@ impl Osd {
         };
         for batch in names.chunks(RECOVERY_BATCH) {
             let Some(OsdResponse::PgObjects(objects)) = self
-                .call(
+                .call_while_up(
                     source,
                     &OsdRequest::PgRead {
                         pg,
                         names: batch.to_vec(),
                     },
+                    RECOVERY_TIMEOUT,
                 )
                 .await
             else {
@@ -326,7 +339,7 @@ impl Osd {
             entries,
             info,
         };
-        match self.call(target, &request).await {
+        match self.call_while_up(target, &request, RECOVERY_TIMEOUT).await {
             Some(OsdResponse::Ack) => {
                 self.io.recovered(count, bytes);
                 Ok(())
@@ -490,10 +503,7 @@ impl Osd {
             self.set_progress(pg, |p| p.targets = targets.len() as u64);
             if targets.is_empty() {
                 info!(%pg, "backfill complete; giving the PG back to its placement");
-                let clear = Command::PgTemp {
-                    pg,
-                    osds: Vec::new(),
-                };
+                let clear = Command::PgTemp(vec![(pg, Vec::new())]);
                 if let Err(reason) = self.mon_command(clear).await {
                     warn!(%pg, %reason, "clearing pg_temp failed; will retry");
                 }
@@ -601,6 +611,39 @@ impl Osd {
             Some(state.info.clone()),
         )
         .await
+    }
+
+    /// Asks the monitors for the `pg_temp`s in `wanted` (one command, one new epoch), except
+    /// those already asked for under the current map.
+    pub(crate) async fn ask_pg_temp(&self, wanted: Vec<(PgId, Vec<OsdId>)>) {
+        let epoch = self.view().map.epoch;
+        let fresh: Vec<(PgId, Vec<OsdId>)> = {
+            let mut asked = self.remaps_asked.lock().unwrap_or_else(|p| p.into_inner());
+            wanted
+                .into_iter()
+                .filter(|(pg, want)| {
+                    let again = asked.get(pg) == Some(&(epoch, want.clone()));
+                    if !again {
+                        asked.insert(*pg, (epoch, want.clone()));
+                    }
+                    !again
+                })
+                .collect()
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        info!(
+            pgs = fresh.len(),
+            "asking for pg_temp while new holders backfill"
+        );
+        if let Err(reason) = self.mon_command(Command::PgTemp(fresh.clone())).await {
+            warn!(%reason, "asking for pg_temp failed; will ask again");
+            let mut asked = self.remaps_asked.lock().unwrap_or_else(|p| p.into_inner());
+            for (pg, _) in fresh {
+                asked.remove(&pg);
+            }
+        }
     }
 
     /// Sends a command to the monitors; its refusal is an error too.

@@ -133,14 +133,10 @@ pub enum Command {
         /// Its name.
         name: String,
     },
-    /// From a PG's primary: let `osds` serve the PG instead of its placement while new holders
-    /// backfill (`pg_temp`); an empty list gives the PG back to its placement.
-    PgTemp {
-        /// The PG.
-        pg: PgId,
-        /// Who serves it, primary first.
-        osds: Vec<OsdId>,
-    },
+    /// From PG primaries: for each PG, let the OSDs listed serve it instead of its placement
+    /// while new holders backfill (`pg_temp`, primary first); an empty list gives the PG back
+    /// to its placement. One command for many PGs, so a map change costs one new epoch.
+    PgTemp(Vec<(PgId, Vec<OsdId>)>),
     /// Sets a cluster-wide option (see [`crate::config`]).
     ConfigSet {
         /// The option.

@@ -124,7 +124,7 @@ impl Drop for Daemon {
     }
 }
 
-/// A temporary folder removed when dropped.
+/// A temporary folder removed when dropped (kept when `TIDEPOOL_KEEP_TEST_DIRS` is set).
 #[derive(Debug)]
 pub struct TempDir(PathBuf);
 
@@ -144,8 +144,12 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// Removes the folder, unless `TIDEPOOL_KEEP_TEST_DIRS` is set (to read the logs of a
+    /// failed test).
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::env::var_os("TIDEPOOL_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
