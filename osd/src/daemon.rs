@@ -153,16 +153,44 @@ impl PgState {
 }
 
 /// Counters of client and recovery traffic, turned into rates by the beacons.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct IoCounters {
     read_bytes: AtomicU64,
     write_bytes: AtomicU64,
     ops: AtomicU64,
     recovery_bytes: AtomicU64,
     recovery_objects: AtomicU64,
+    /// When the last client operation arrived, in milliseconds after `clock`.
+    last_client_ms: AtomicU64,
+    clock: Instant,
+}
+
+impl Default for IoCounters {
+    fn default() -> IoCounters {
+        IoCounters {
+            read_bytes: AtomicU64::new(0),
+            write_bytes: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+            recovery_bytes: AtomicU64::new(0),
+            recovery_objects: AtomicU64::new(0),
+            last_client_ms: AtomicU64::new(0),
+            clock: Instant::now(),
+        }
+    }
 }
 
 impl IoCounters {
+    fn client_op(&self) {
+        let now = self.clock.elapsed().as_millis() as u64;
+        self.last_client_ms.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether clients used this OSD within the last second.
+    pub fn clients_active(&self) -> bool {
+        let last = self.last_client_ms.load(Ordering::Relaxed);
+        last > 0 && (self.clock.elapsed().as_millis() as u64).saturating_sub(last) < 1000
+    }
+
     pub fn recovered(&self, objects: u64, bytes: u64) {
         self.recovery_objects.fetch_add(objects, Ordering::Relaxed);
         self.recovery_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -370,6 +398,7 @@ impl Osd {
             Err(error) => return OsdResponse::Object(Err(error)),
         };
         self.io.ops.fetch_add(1, Ordering::Relaxed);
+        self.io.client_op();
         let read: usize = planned
             .outputs
             .iter()

@@ -573,6 +573,7 @@ impl Osd {
             .await?;
         let mut after: Option<String> = None;
         loop {
+            let batch_started = std::time::Instant::now();
             let objects = {
                 let state = lock.lock().await;
                 still(&state)?;
@@ -589,6 +590,10 @@ impl Osd {
             self.push(target, pg, false, objects, Vec::new(), None)
                 .await?;
             self.set_progress(pg, |p| p.copied += count);
+            // Clients first: while they use this OSD, a backfill works at most half the time.
+            if self.io.clients_active() {
+                tokio::time::sleep(batch_started.elapsed()).await;
+            }
         }
         let state = lock.lock().await;
         still(&state)?;
