@@ -235,6 +235,8 @@ pub(crate) struct Osd {
     pub remaps_asked: Mutex<HashMap<PgId, (Epoch, Vec<OsdId>)>>,
     /// The statistics last reported per PG.
     last_stats: Mutex<HashMap<PgId, PgStat>>,
+    /// PGs whose peering copies objects from the log, with the object copies to make.
+    pub recovering: Mutex<HashMap<PgId, u64>>,
     pub io: IoCounters,
 }
 
@@ -667,7 +669,27 @@ impl Osd {
             }
             let lock = self.pg(pg);
             let Ok(mut state) = lock.try_lock() else {
-                if let Some(stat) = last.get(&pg).filter(|s| s.acting == holders.acting) {
+                let recovering = self
+                    .recovering
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&pg)
+                    .copied();
+                if let Some(copies) = recovering {
+                    // Peering holds the PG while it copies what holders miss from the log.
+                    let known = last.get(&pg);
+                    stats.push(PgStat {
+                        pg,
+                        state: "recovering+degraded".into(),
+                        objects: known.map_or(0, |s| s.objects),
+                        bytes: known.map_or(0, |s| s.bytes),
+                        degraded: copies,
+                        misplaced: 0,
+                        up: holders.up,
+                        acting: holders.acting,
+                        epoch: view.map.epoch,
+                    });
+                } else if let Some(stat) = last.get(&pg).filter(|s| s.acting == holders.acting) {
                     stats.push(PgStat {
                         epoch: view.map.epoch,
                         ..stat.clone()
@@ -891,6 +913,7 @@ pub async fn run(
         progress: Mutex::new(HashMap::new()),
         remaps_asked: Mutex::new(HashMap::new()),
         last_stats: Mutex::new(HashMap::new()),
+        recovering: Mutex::new(HashMap::new()),
         io: IoCounters::default(),
     });
     messenger.serve(Arc::new(Handler(osd.clone())));

@@ -125,6 +125,15 @@ impl Osd {
                 return Err(NotActive::Remap(want));
             }
         }
+        let missing: u64 = holders
+            .acting
+            .iter()
+            .filter_map(|osd| match plans.get(osd) {
+                Some(Catchup::Log(entries)) => Some(names_of(entries).len() as u64),
+                _ => None,
+            })
+            .sum();
+        let _recovering = (missing > 0).then(|| Recovering::start(self, pg, missing));
         if plans[&self.id] != Catchup::UpToDate {
             info!(%pg, from = authority.0, "recovering this primary's copy");
             self.pull_from(pg, state, authority, &auth_info, &plans[&self.id])
@@ -659,6 +668,32 @@ impl Osd {
             Ok(Err(refused)) => Err(refused.to_string()),
             Err(error) => Err(error.to_string()),
         }
+    }
+}
+
+/// Marks a PG as recovering (for its statistics) while it lives.
+struct Recovering<'a> {
+    osd: &'a Osd,
+    pg: PgId,
+}
+
+impl<'a> Recovering<'a> {
+    fn start(osd: &'a Osd, pg: PgId, copies: u64) -> Recovering<'a> {
+        osd.recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pg, copies);
+        Recovering { osd, pg }
+    }
+}
+
+impl Drop for Recovering<'_> {
+    fn drop(&mut self) {
+        self.osd
+            .recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.pg);
     }
 }
 
