@@ -154,7 +154,7 @@ pub struct ClientIo {
 }
 
 /// The PG states a PG in `state` counts as active and clean.
-fn is_active_clean(state: &str) -> bool {
+pub fn is_active_clean(state: &str) -> bool {
     let parts: Vec<&str> = state.split('+').collect();
     parts.contains(&"active") && parts.contains(&"clean")
 }
@@ -984,13 +984,13 @@ fn chrono_like_now() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tidepool_placement::{Epoch, PgId};
     use tidepool_proto::mon::{IoRates, OsdStat, PgStat};
 
-    /// A 4-OSD map with one pool of 8 PGs, one OSD down, and reports for 7 PGs.
-    fn snapshot() -> Snapshot {
+    /// One host of 4 equal OSDs and a pool `data` of size 3 over `pg_num` PGs.
+    pub(crate) fn four_osd_map(pg_num: u32) -> ClusterMap {
         use tidepool_placement::generate::{pool, Layout};
         use tidepool_placement::{BucketType, PoolKind, Weight};
         let mut map = Layout {
@@ -1006,12 +1006,18 @@ mod tests {
                 size: 3,
                 min_size: 2,
             },
-            8,
+            pg_num,
             BucketType::Osd,
         )
         .expect("pool");
-        let pool = data.id;
-        map.pools.insert(pool, data);
+        map.pools.insert(data.id, data);
+        map
+    }
+
+    /// A 4-OSD map with one pool of 8 PGs, one OSD down, and reports for 7 PGs.
+    fn snapshot() -> Snapshot {
+        let mut map = four_osd_map(8);
+        let pool = *map.pools.keys().next().expect("pool");
         map.osds.get_mut(&OsdId(3)).expect("osd.3").up = false;
         let placement = Placement::new(&map);
         let holders = |seed: u32| -> Vec<OsdId> {

@@ -17,7 +17,7 @@ use tidepool_placement::{ClusterMap, OsdId, PgId, Placement, Scratch, Weight};
 use tidepool_proto::mon::{Command, Report, Request};
 
 use crate::admin::{runtime, ClusterArgs};
-use crate::health::{pg_states, Snapshot};
+use crate::health::{is_active_clean, pg_states, Snapshot};
 use crate::OutputFormat;
 
 /// `map` after `commands`, as the monitors would make it; refused commands are errors.
@@ -262,7 +262,7 @@ pub fn destroy_blockers(snapshot: &Snapshot, osd: OsdId) -> Vec<String> {
         // What a down OSD holds is unknown: every PG must be whole elsewhere.
         let unclean = pg_states(map, &snapshot.report)
             .values()
-            .filter(|s| !(s.contains("active") && s.contains("clean")))
+            .filter(|s| !is_active_clean(s))
             .count();
         if unclean > 0 {
             blockers.push(format!(
@@ -447,29 +447,9 @@ pub fn add(args: ClusterArgs, add: AddArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidepool_placement::generate::{pool, Layout};
-    use tidepool_placement::{BucketType, PoolKind};
 
     fn map() -> ClusterMap {
-        let mut map = Layout {
-            hosts: 1,
-            osds_per_host: 4,
-            weight: Weight::ONE,
-        }
-        .build();
-        let data = pool(
-            &map,
-            "data",
-            PoolKind::Replicated {
-                size: 3,
-                min_size: 2,
-            },
-            128,
-            BucketType::Osd,
-        )
-        .expect("pool");
-        map.pools.insert(data.id, data);
-        map
+        crate::health::tests::four_osd_map(128)
     }
 
     /// Rule: adding a fifth OSD moves about a fifth of the copies, all of them to it, and

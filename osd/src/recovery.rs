@@ -48,8 +48,6 @@ impl std::fmt::Display for NotActive {
 pub(crate) struct Progress {
     /// Waiting for a backfill slot.
     pub waiting: bool,
-    /// New holders still to fill.
-    pub targets: u64,
     /// Objects copied so far to the holder being filled.
     pub copied: u64,
 }
@@ -509,7 +507,6 @@ impl Osd {
                 .filter(|o| !holders.acting.contains(o) && !done.contains(o))
                 .copied()
                 .collect();
-            self.set_progress(pg, |p| p.targets = targets.len() as u64);
             if targets.is_empty() {
                 info!(%pg, "backfill complete; giving the PG back to its placement");
                 let clear = Command::PgTemp(vec![(pg, Vec::new())]);

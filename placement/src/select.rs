@@ -328,37 +328,30 @@ impl Placement {
         }
         let mut raw = Vec::with_capacity(pool.kind.width());
         self.raw_into(pg, scratch, &mut raw);
-        let is_up = |osd: &OsdId| self.map.osds.get(osd).is_some_and(|o| o.up);
-        let up: Vec<Option<OsdId>> = match pool.kind {
-            PoolKind::Replicated { .. } => raw
-                .iter()
-                .flatten()
-                .filter(|osd| is_up(osd))
-                .map(|&osd| Some(osd))
-                .collect(),
-            PoolKind::Erasure { .. } => raw
-                .iter()
-                .map(|slot| slot.filter(|osd| is_up(osd)))
-                .collect(),
-        };
-        // `pg_temp` without its down members; when none is left, placement serves again.
-        let acting = self
-            .map
-            .pg_temp
-            .get(&pg)
-            .map(|temp| match pool.kind {
-                PoolKind::Replicated { .. } => temp
+        // Down OSDs are removed (replicated) or leave their position empty (erasure).
+        let only_up = |slots: &[Option<OsdId>]| -> Vec<Option<OsdId>> {
+            let is_up = |osd: &OsdId| self.map.osds.get(osd).is_some_and(|o| o.up);
+            match pool.kind {
+                PoolKind::Replicated { .. } => slots
                     .iter()
                     .flatten()
                     .filter(|osd| is_up(osd))
                     .map(|&osd| Some(osd))
                     .collect(),
-                PoolKind::Erasure { .. } => temp
+                PoolKind::Erasure { .. } => slots
                     .iter()
                     .map(|slot| slot.filter(|osd| is_up(osd)))
-                    .collect::<Vec<_>>(),
-            })
-            .filter(|temp: &Vec<Option<OsdId>>| temp.iter().any(Option::is_some))
+                    .collect(),
+            }
+        };
+        let up = only_up(&raw);
+        // `pg_temp` without its down members; when none is left, placement serves again.
+        let acting = self
+            .map
+            .pg_temp
+            .get(&pg)
+            .map(|temp| only_up(temp))
+            .filter(|temp| temp.iter().any(Option::is_some))
             .unwrap_or_else(|| up.clone());
         let primary = acting.iter().flatten().next().copied();
         Some(PgMapping {
