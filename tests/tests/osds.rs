@@ -33,7 +33,7 @@ fn replicated_pool_survives_an_osd_kill() {
 
     // A write/read workload while osd.1 is killed; every acknowledged write must read back.
     let workload = Workload::start(&runtime, client.clone(), (1000, 8 * MIB), MIB);
-    std::thread::sleep(Duration::from_secs(3));
+    workload.wait_acked(10);
     cluster.osds[1].take().expect("osd.1").kill();
     let killed_at = Instant::now();
     // The monitors mark it down (peers report it within the 3 s grace).

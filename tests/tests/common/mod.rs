@@ -336,6 +336,15 @@ impl Workload {
         }
     }
 
+    /// Waits (up to 60 s) until it has acknowledged `writes` writes.
+    pub fn wait_acked(&self, writes: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.acked.lock().expect("acked").len() < writes {
+            assert!(Instant::now() < deadline, "the workload made no progress");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops it; the writes it had acknowledged, and the errors it saw.
     pub fn stop(self, runtime: &tokio::runtime::Runtime) -> (Vec<u64>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -348,6 +357,38 @@ impl Workload {
     }
 }
 
+/// Runs `each(client, i)` for every `i` below `count`, 8 at a time.
+fn for_each_object<F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    client: &Arc<ObjectClient>,
+    count: u64,
+    each: F,
+) where
+    F: Fn(Arc<ObjectClient>, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    runtime.block_on(async {
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let (client, next, each) = (client.clone(), next.clone(), each.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= count {
+                            break;
+                        }
+                        each(client.clone(), i).await;
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.expect("worker");
+        }
+    });
+}
+
 /// Writes `obj-0` … `obj-<count - 1>` of up to `max` bytes, 8 at a time.
 pub fn write_objects(
     runtime: &tokio::runtime::Runtime,
@@ -355,32 +396,15 @@ pub fn write_objects(
     count: u64,
     max: u64,
 ) {
-    runtime.block_on(async {
-        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let writers: Vec<_> = (0..8)
-            .map(|_| {
-                let (client, next) = (client.clone(), next.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= count {
-                            break;
-                        }
-                        client
-                            .execute(
-                                "data",
-                                &format!("obj-{i}"),
-                                vec![ObjectOp::WriteFull(object_bytes(i, max))],
-                            )
-                            .await
-                            .expect("write");
-                    }
-                })
-            })
-            .collect();
-        for writer in writers {
-            writer.await.expect("writer");
-        }
+    for_each_object(runtime, client, count, move |client, i| async move {
+        client
+            .execute(
+                "data",
+                &format!("obj-{i}"),
+                vec![ObjectOp::WriteFull(object_bytes(i, max))],
+            )
+            .await
+            .expect("write");
     });
 }
 
@@ -391,28 +415,11 @@ pub fn check_objects(
     count: u64,
     max: u64,
 ) {
-    runtime.block_on(async {
-        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let readers: Vec<_> = (0..8)
-            .map(|_| {
-                let (client, next) = (client.clone(), next.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= count {
-                            break;
-                        }
-                        let data = read_whole(&client, &format!("obj-{i}"))
-                            .await
-                            .expect("read");
-                        assert!(data == object_bytes(i, max), "obj-{i} differs");
-                    }
-                })
-            })
-            .collect();
-        for reader in readers {
-            reader.await.expect("reader");
-        }
+    for_each_object(runtime, client, count, move |client, i| async move {
+        let data = read_whole(&client, &format!("obj-{i}"))
+            .await
+            .expect("read");
+        assert!(data == object_bytes(i, max), "obj-{i} differs");
     });
 }
 
