@@ -160,7 +160,8 @@ impl Buckets {
     }
 
     async fn write_stripe(&self, name: String, data: Vec<u8>) -> Result<(), BucketError> {
-        self.data_op(&name, vec![ObjectOp::WriteFull(data)]).await?;
+        self.data_op(&name, vec![ObjectOp::WriteFull(data.into())])
+            .await?;
         Ok(())
     }
 
@@ -224,9 +225,7 @@ impl Buckets {
                 other => other.into(),
             })?;
         match outputs.into_iter().next() {
-            Some(OpOutput::Data(data)) if data.len() as u64 == len => {
-                Ok(Bytes::from(data.into_vec()))
-            }
+            Some(OpOutput::Data(data)) if data.len() as u64 == len => Ok(data.into_bytes()),
             Some(OpOutput::Data(data)) => Err(BucketError::Corrupt(format!(
                 "stripe {name} holds {} bytes at {offset}, not {len}",
                 data.len()

@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use tidepool_client::ObjectClient;
 use tidepool_proto::osd::{ObjectOp, OpOutput};
+use tidepool_proto::Payload;
 
 use crate::admin::{runtime, ClusterArgs};
 use crate::OutputFormat;
@@ -105,7 +106,8 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
     if mode != Mode::Write && count == 0 {
         bail!("no objects to read: run `tidepool bench POOL write` first");
     }
-    let data = Arc::new(
+    // One buffer shared by every write, as a client writing from its own memory would.
+    let data = Payload::from(
         (0..args.size)
             .map(|i| (i as u8).wrapping_mul(167))
             .collect::<Vec<u8>>(),
@@ -137,7 +139,7 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
                             .execute(
                                 &pool,
                                 &object_name(n),
-                                vec![ObjectOp::WriteFull(data.to_vec())],
+                                vec![ObjectOp::WriteFull(data.clone())],
                             )
                             .await
                             .map(|_| data.len() as u64),
@@ -191,7 +193,7 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
                 &args.pool,
                 META,
                 vec![ObjectOp::WriteFull(
-                    format!("{written} {size}").into_bytes(),
+                    format!("{written} {size}").into_bytes().into(),
                 )],
             )
             .await?;

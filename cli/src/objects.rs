@@ -90,7 +90,7 @@ pub fn run(cluster: ClusterArgs, command: ObjectCommand) -> Result<()> {
                         .with_context(|| format!("reading {}", file.display()))?;
                 }
                 let (version, _) = client
-                    .execute(&pool, &name, vec![ObjectOp::WriteFull(data.clone())])
+                    .execute(&pool, &name, vec![ObjectOp::WriteFull(data.clone().into())])
                     .await?;
                 if cluster.format() == OutputFormat::Json {
                     println!(

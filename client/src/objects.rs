@@ -178,7 +178,7 @@ impl ObjectClient {
                 .and_then(|a| a.parse().ok());
             match (primary, addr) {
                 (Some(primary), Some(addr)) => {
-                    let request = OsdRequest::Object(ObjectRequest {
+                    let request: OsdRequest = OsdRequest::Object(ObjectRequest {
                         epoch: view.map.epoch,
                         pg,
                         name: name.to_owned(),
@@ -269,7 +269,7 @@ impl ObjectClient {
                 .and_then(|o| o.addr.as_deref())
                 .and_then(|a| a.parse().ok());
             if let (Some(primary), Some(addr)) = (primary, addr) {
-                let request = OsdRequest::PgList {
+                let request: OsdRequest = OsdRequest::PgList {
                     pg,
                     start_after: start_after.clone(),
                 };

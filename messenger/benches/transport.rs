@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
 use tidepool_messenger::{ClusterCa, Identity, Messenger, MessengerConfig, Peer, Service};
 use tidepool_proto::{
-    decode_body, encode_frame, FrameHeader, FrameKind, Reply, FRAME_HEADER_BYTES,
+    decode_frame, encode_frame, Frame, FrameHeader, FrameKind, Payload, Reply, FRAME_HEADER_BYTES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,7 +18,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 const LIMIT: u32 = 64 << 20;
 
 #[derive(Serialize, Deserialize)]
-struct Put(#[serde(with = "serde_bytes")] Vec<u8>);
+struct Put(Payload);
 
 struct Sink;
 
@@ -40,13 +40,27 @@ fn identities() -> (Identity, Identity) {
     (make("osd-0"), make("client-admin"))
 }
 
-async fn read_frame<S: AsyncReadExt + Unpin>(stream: &mut S) -> Vec<u8> {
+/// Reads one frame and decodes it; `None` when the stream has ended.
+async fn read_message<S, T>(stream: &mut S) -> Option<T>
+where
+    S: AsyncReadExt + Unpin,
+    T: serde::de::DeserializeOwned,
+{
     let mut header = [0u8; FRAME_HEADER_BYTES];
-    stream.read_exact(&mut header).await.expect("header");
+    stream.read_exact(&mut header).await.ok()?;
     let header = FrameHeader::parse(&header, LIMIT).expect("valid header");
     let mut body = vec![0u8; header.body_bytes as usize];
     stream.read_exact(&mut body).await.expect("body");
-    body
+    let mut data = vec![0u8; header.data_bytes as usize];
+    stream.read_exact(&mut data).await.expect("data");
+    Some(decode_frame(&body, data.into()).expect("message"))
+}
+
+async fn write_frame<S: AsyncWriteExt + Unpin>(stream: &mut S, frame: &Frame) {
+    for chunk in frame.chunks() {
+        stream.write_all(&chunk).await.expect("write");
+    }
+    stream.flush().await.expect("flush");
 }
 
 /// A TLS-over-TCP echo of the same protocol: one request frame in, one reply frame out.
@@ -60,19 +74,10 @@ async fn tcp_server(server_tls: Arc<rustls::ServerConfig>) -> SocketAddr {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let mut tls = acceptor.accept(tcp).await.expect("handshake");
-                loop {
-                    let mut header = [0u8; FRAME_HEADER_BYTES];
-                    if tls.read_exact(&mut header).await.is_err() {
-                        return;
-                    }
-                    let header = FrameHeader::parse(&header, LIMIT).expect("valid header");
-                    let mut body = vec![0u8; header.body_bytes as usize];
-                    tls.read_exact(&mut body).await.expect("body");
-                    let Put(bytes) = decode_body(&body).expect("request");
+                while let Some(Put(bytes)) = read_message(&mut tls).await {
                     let reply: Reply<u64> = Ok(bytes.len() as u64);
                     let frame = encode_frame(FrameKind::Reply, &reply, LIMIT).expect("frame");
-                    tls.write_all(&frame).await.expect("write");
-                    tls.flush().await.expect("flush");
+                    write_frame(&mut tls, &frame).await;
                 }
             });
         }
@@ -112,7 +117,7 @@ fn transport(c: &mut Criterion) {
         if bytes > 4096 {
             group.sample_size(30);
         }
-        let payload = Put(vec![0xa5; bytes]);
+        let payload = Put(vec![0xa5; bytes].into());
         let frame = encode_frame(FrameKind::Request, &payload, LIMIT).expect("frame");
         group.bench_function("quic_messenger", |b| {
             b.to_async(&runtime).iter(|| async {
@@ -123,10 +128,8 @@ fn transport(c: &mut Criterion) {
         group.bench_function("tls_over_tcp", |b| {
             b.iter(|| {
                 runtime.block_on(async {
-                    tcp.write_all(&frame).await.expect("write");
-                    tcp.flush().await.expect("flush");
-                    let reply: Reply<u64> =
-                        decode_body(&read_frame(&mut tcp).await).expect("reply");
+                    write_frame(&mut tcp, &frame).await;
+                    let reply: Reply<u64> = read_message(&mut tcp).await.expect("reply");
                     assert_eq!(reply.expect("ok") as usize, bytes);
                 })
             })

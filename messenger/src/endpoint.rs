@@ -16,8 +16,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tidepool_proto::{
-    decode_body, encode_frame, FrameError, FrameHeader, FrameKind, RemoteError, RemoteErrorCode,
-    Reply, FRAME_HEADER_BYTES,
+    decode_frame, encode_frame, Frame, FrameError, FrameHeader, FrameKind, RemoteError,
+    RemoteErrorCode, Reply, FRAME_HEADER_BYTES,
 };
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -268,12 +268,11 @@ impl Messenger {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        // Bytes hand the encoded frame to QUIC without another copy.
-        let frame = Bytes::from(encode_frame(
+        let frame = encode_frame(
             FrameKind::Request,
             request,
             self.inner.config.body_bytes_max,
-        )?);
+        )?;
         let _permit = self
             .inner
             .in_flight
@@ -282,16 +281,15 @@ impl Messenger {
             .map_err(|_| MessengerError::Closed)?;
         let exchange = async {
             let (mut send, mut recv) = self.open(addr, entity, |c| Box::pin(c.open_bi())).await?;
-            send.write_chunk(frame.clone()).await?;
+            write_frame(&mut send, &frame).await?;
             // The peer may already have answered and closed; the reply below tells.
             let _ = send.finish();
-            let body = read_frame(
+            let reply: Reply<Resp> = read_message(
                 &mut recv,
                 FrameKind::Reply,
                 self.inner.config.body_bytes_max,
             )
             .await?;
-            let reply: Reply<Resp> = decode_body(&body)?;
             Ok(reply?)
         };
         tokio::time::timeout(timeout, exchange)
@@ -309,15 +307,11 @@ impl Messenger {
     where
         M: Serialize + ?Sized,
     {
-        let frame = Bytes::from(encode_frame(
-            FrameKind::OneWay,
-            message,
-            self.inner.config.body_bytes_max,
-        )?);
+        let frame = encode_frame(FrameKind::OneWay, message, self.inner.config.body_bytes_max)?;
         let timeout = self.inner.config.request_timeout;
         let exchange = async {
             let mut send = self.open(addr, entity, |c| Box::pin(c.open_uni())).await?;
-            send.write_chunk(frame.clone()).await?;
+            write_frame(&mut send, &frame).await?;
             let _ = send.finish();
             Ok(())
         };
@@ -417,21 +411,45 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// Reads one whole frame of `expected` kind; the header is checked before the body is read.
-async fn read_frame(
+/// Hands the frame's pieces to QUIC as they are (the payloads' own buffers, no copy).
+async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), MessengerError> {
+    send.write_all_chunks(&mut frame.chunks()).await?;
+    Ok(())
+}
+
+/// Reads one whole frame of `expected` kind and decodes its message; the header is checked
+/// before anything else is read.
+async fn read_message<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     expected: FrameKind,
     body_bytes_max: u32,
-) -> Result<Vec<u8>, MessengerError> {
+) -> Result<T, MessengerError> {
     let mut header = Vec::with_capacity(FRAME_HEADER_BYTES);
     read_into(recv, &mut header, FRAME_HEADER_BYTES).await?;
     let header: &[u8; FRAME_HEADER_BYTES] =
         header[..].try_into().map_err(|_| FrameError::Truncated)?;
     let header = FrameHeader::parse(header, body_bytes_max)?.expect(expected)?;
-    // The header passed the size check, so this allocation is bounded.
+    // The header passed the size check, so these allocations are bounded.
     let mut body = Vec::with_capacity(header.body_bytes as usize);
     read_into(recv, &mut body, header.body_bytes as usize).await?;
-    Ok(body)
+    let data = read_data(recv, header.data_bytes as usize).await?;
+    Ok(decode_frame(&body, data)?)
+}
+
+/// Alignment of a received data section: a disk block, so that payloads the store writes
+/// with direct IO need no copy to align them.
+const DATA_ALIGN: usize = 4096;
+
+/// Reads a frame's data section into a buffer that starts at a [`DATA_ALIGN`]ed address.
+async fn read_data(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes, MessengerError> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let mut buffer = Vec::with_capacity(len + DATA_ALIGN);
+    let start = (DATA_ALIGN - buffer.as_ptr() as usize % DATA_ALIGN) % DATA_ALIGN;
+    buffer.resize(start, 0);
+    read_into(recv, &mut buffer, len).await?;
+    Ok(Bytes::from(buffer).slice(start..))
 }
 
 /// Appends exactly `len` bytes from the stream to `buffer`, taking QUIC's received chunks as
@@ -502,10 +520,8 @@ async fn handle_request<S: Service>(
     mut recv: quinn::RecvStream,
     body_bytes_max: u32,
 ) {
-    let reply: Reply<S::Response> = match read_frame(&mut recv, FrameKind::Request, body_bytes_max)
-        .await
-        .and_then(|body| Ok(decode_body::<S::Request>(&body)?))
-    {
+    let request = read_message::<S::Request>(&mut recv, FrameKind::Request, body_bytes_max).await;
+    let reply: Reply<S::Response> = match request {
         Ok(request) => service.call(peer.clone(), request).await,
         Err(error) => {
             warn!(peer = %peer.addr, %error, "refusing a malformed request");
@@ -531,7 +547,7 @@ async fn handle_request<S: Service>(
             }
         }
     };
-    if send.write_chunk(Bytes::from(frame)).await.is_ok() {
+    if write_frame(&mut send, &frame).await.is_ok() {
         let _ = send.finish();
     }
 }
@@ -542,10 +558,7 @@ async fn handle_one_way<S: Service>(
     mut recv: quinn::RecvStream,
     body_bytes_max: u32,
 ) {
-    match read_frame(&mut recv, FrameKind::OneWay, body_bytes_max)
-        .await
-        .and_then(|body| Ok(decode_body::<S::Request>(&body)?))
-    {
+    match read_message::<S::Request>(&mut recv, FrameKind::OneWay, body_bytes_max).await {
         Ok(message) => service.notify(peer, message).await,
         Err(error) => {
             warn!(peer = %peer.addr, %error, "dropping a malformed message");

@@ -8,19 +8,19 @@ use serde::{Deserialize, Serialize};
 use tidepool_messenger::{
     ClusterCa, Identity, Messenger, MessengerConfig, MessengerError, Peer, Service,
 };
-use tidepool_proto::{RemoteErrorCode, Reply};
+use tidepool_proto::{Payload, RemoteErrorCode, Reply};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 enum Request {
-    Echo(#[serde(with = "serde_bytes")] Vec<u8>),
+    Echo(Payload),
     Note(String),
     IsEntity(String),
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 enum Response {
-    Echoed(#[serde(with = "serde_bytes")] Vec<u8>),
+    Echoed(Payload),
     Noted,
     Is(bool),
 }
@@ -115,10 +115,10 @@ async fn request_reply_and_one_way() {
 
     let big = vec![7u8; 4 << 20];
     let reply: Response = client
-        .call(addr, "osd-0", &Request::Echo(big.clone()))
+        .call(addr, "osd-0", &Request::Echo(big.clone().into()))
         .await
         .expect("call");
-    assert_eq!(reply, Response::Echoed(big));
+    assert_eq!(reply, Response::Echoed(big.into()));
 
     client
         .send(addr, "osd-0", &Request::Note("hello".into()))
@@ -145,7 +145,9 @@ async fn foreign_certificates_are_refused() {
     // A client with a certificate from another CA (same cluster id, even).
     let intruder =
         Messenger::bind(loopback(), &stranger.identity("client-admin"), quick()).expect("bind");
-    let result: Result<Response, _> = intruder.call(addr, "osd-0", &Request::Echo(vec![1])).await;
+    let result: Result<Response, _> = intruder
+        .call(addr, "osd-0", &Request::Echo(vec![1].into()))
+        .await;
     assert!(result.is_err(), "a foreign client must be refused");
 
     // A genuine client talking to an impostor server.
@@ -153,7 +155,11 @@ async fn foreign_certificates_are_refused() {
     let client =
         Messenger::bind(loopback(), &cluster.identity("client-admin"), quick()).expect("bind");
     let result: Result<Response, _> = client
-        .call(impostor.local_addr(), "osd-0", &Request::Echo(vec![1]))
+        .call(
+            impostor.local_addr(),
+            "osd-0",
+            &Request::Echo(vec![1].into()),
+        )
         .await;
     assert!(
         matches!(result, Err(MessengerError::Connection { .. })),
@@ -161,7 +167,9 @@ async fn foreign_certificates_are_refused() {
     );
 
     // The right server, asked for under another entity's name.
-    let result: Result<Response, _> = client.call(addr, "osd-1", &Request::Echo(vec![1])).await;
+    let result: Result<Response, _> = client
+        .call(addr, "osd-1", &Request::Echo(vec![1].into()))
+        .await;
     assert!(
         matches!(result, Err(MessengerError::Connection { .. })),
         "{result:?}"
@@ -169,10 +177,10 @@ async fn foreign_certificates_are_refused() {
 
     // And the right server under its own name works.
     let ok: Response = client
-        .call(addr, "osd-0", &Request::Echo(vec![1]))
+        .call(addr, "osd-0", &Request::Echo(vec![1].into()))
         .await
         .expect("call");
-    assert_eq!(ok, Response::Echoed(vec![1]));
+    assert_eq!(ok, Response::Echoed(vec![1].into()));
 }
 
 /// Rule: garbage, truncated and oversized frames get an error on that stream; the server keeps
@@ -197,14 +205,28 @@ async fn garbage_gets_an_error_not_a_crash() {
 
     let valid = tidepool_proto::encode_frame(
         tidepool_proto::FrameKind::Request,
-        &Request::Echo(vec![1, 2, 3]),
+        &Request::Echo(vec![1, 2, 3].into()),
         1 << 20,
     )
-    .expect("frame");
+    .expect("frame")
+    .to_vec();
+    let header = tidepool_proto::FRAME_HEADER_BYTES;
     let mut oversized = valid.clone();
     oversized[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-    let mut bad_body = valid[..12].to_vec();
-    bad_body.extend(std::iter::repeat_n(0xc1u8, valid.len() - 12)); // 0xc1 is never valid msgpack
+    let mut bad_body = valid[..header].to_vec();
+    bad_body.extend(std::iter::repeat_n(0xc1u8, valid.len() - header)); // 0xc1 is never valid msgpack
+                                                                        // A payload said to lie beyond the frame's (empty) data section.
+    #[derive(Serialize)]
+    enum Forged {
+        Echo((u64, u64)),
+    }
+    let bad_payload = tidepool_proto::encode_frame(
+        tidepool_proto::FrameKind::Request,
+        &Forged::Echo((1 << 40, 4)),
+        1 << 20,
+    )
+    .expect("frame")
+    .to_vec();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "random bytes",
@@ -214,6 +236,7 @@ async fn garbage_gets_an_error_not_a_crash() {
         ("truncated body", valid[..valid.len() - 1].to_vec()),
         ("oversized", oversized),
         ("malformed body", bad_body),
+        ("payload outside the data section", bad_payload),
         ("empty", Vec::new()),
     ];
     for (name, bytes) in cases {
@@ -225,7 +248,7 @@ async fn garbage_gets_an_error_not_a_crash() {
             .unwrap_or_else(|_| panic!("{name}: the server must answer, not hang"));
         let answer = answer.unwrap_or_else(|e| panic!("{name}: {e}"));
         let reply: Reply<Response> =
-            tidepool_proto::decode_body(&answer[12..]).expect("a reply frame");
+            tidepool_proto::decode_body(&answer[header..]).expect("a reply frame");
         let error = reply.expect_err(name);
         assert_eq!(error.code, RemoteErrorCode::BadRequest, "{name}");
     }
@@ -238,10 +261,10 @@ async fn garbage_gets_an_error_not_a_crash() {
 
     let client = Messenger::bind(loopback(), &identity, quick()).expect("bind");
     let ok: Response = client
-        .call(addr, "osd-0", &Request::Echo(vec![9]))
+        .call(addr, "osd-0", &Request::Echo(vec![9].into()))
         .await
         .expect("still serving");
-    assert_eq!(ok, Response::Echoed(vec![9]));
+    assert_eq!(ok, Response::Echoed(vec![9].into()));
 }
 
 /// Rule: after a peer restarts on the same address, the next request reconnects by itself.
@@ -253,19 +276,19 @@ async fn reconnects_after_the_peer_restarts() {
     let client =
         Messenger::bind(loopback(), &cluster.identity("client-admin"), quick()).expect("bind");
     let first: Response = client
-        .call(addr, "osd-0", &Request::Echo(vec![1]))
+        .call(addr, "osd-0", &Request::Echo(vec![1].into()))
         .await
         .expect("call");
-    assert_eq!(first, Response::Echoed(vec![1]));
+    assert_eq!(first, Response::Echoed(vec![1].into()));
 
     server.shutdown().await;
     drop(server);
     let (restarted, _notes) = start_server(&cluster, addr).await;
     let again: Response = client
-        .call(addr, "osd-0", &Request::Echo(vec![2]))
+        .call(addr, "osd-0", &Request::Echo(vec![2].into()))
         .await
         .expect("reconnects");
-    assert_eq!(again, Response::Echoed(vec![2]));
+    assert_eq!(again, Response::Echoed(vec![2].into()));
     restarted.shutdown().await;
 }
 
@@ -284,7 +307,7 @@ async fn silent_peer_times_out() {
         .call(
             silent.local_addr().expect("addr"),
             "osd-0",
-            &Request::Echo(vec![1]),
+            &Request::Echo(vec![1].into()),
         )
         .await;
     assert!(

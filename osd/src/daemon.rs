@@ -24,6 +24,10 @@ use crate::recovery::{NotActive, Progress};
 use crate::store::{ObjectStore, Op, StoreError, Transaction};
 use crate::throttle::{Rate, Slots};
 
+/// What OSDs send each other: replication carries the store's transaction itself, so its data
+/// travels as payloads in the frame's data section and the replica applies it from there.
+pub type PeerRequest = OsdRequest<Transaction>;
+
 /// Largest message: an object of the store's maximum size, with room for its metadata.
 pub const BODY_BYTES_MAX: u32 = (crate::store::OBJECT_BYTES_MAX as u32) + (8 << 20);
 const BEACON_EVERY: Duration = Duration::from_secs(2);
@@ -311,7 +315,7 @@ impl Osd {
         result
     }
 
-    pub async fn call(&self, osd: OsdId, request: &OsdRequest) -> Option<OsdResponse> {
+    pub async fn call(&self, osd: OsdId, request: &PeerRequest) -> Option<OsdResponse> {
         self.call_within(osd, request, REPLICA_TIMEOUT).await
     }
 
@@ -320,7 +324,7 @@ impl Osd {
     pub async fn call_while_up(
         &self,
         osd: OsdId,
-        request: &OsdRequest,
+        request: &PeerRequest,
         limit: Duration,
     ) -> Option<OsdResponse> {
         let mut maps = self.maps.clone();
@@ -339,7 +343,7 @@ impl Osd {
     pub async fn call_within(
         &self,
         osd: OsdId,
-        request: &OsdRequest,
+        request: &PeerRequest,
         limit: Duration,
     ) -> Option<OsdResponse> {
         let addr = self.view().addr(osd)?;
@@ -430,7 +434,8 @@ impl Osd {
         let keep = self.option("osd_pg_log_entries");
         let (tx, next) =
             pg::commit_tx(coll, &request.name, &mut planned, &entry, &state.info, keep);
-        let encoded = encode_transaction(&tx);
+        // The replicas' copy shares the data buffers (see `tidepool_proto::Payload`).
+        let replica_tx = tx.clone();
         self.io
             .write_bytes
             .fetch_add(written_bytes(&tx), Ordering::Relaxed);
@@ -443,7 +448,7 @@ impl Osd {
         state.reqids.insert(reqid, entry.version);
         state.trim();
         let replicated = self
-            .replicate(pg, &mut state, &acting, &entry, encoded, &mut local)
+            .replicate(pg, &mut state, &acting, &entry, replica_tx, &mut local)
             .await;
         if let Err(error) = self.fail_stop(finish_local(&mut local).await) {
             // Fail-stop: the store refuses everything from now on, and so does this OSD.
@@ -463,13 +468,13 @@ impl Osd {
         state: &mut PgState,
         acting: &[OsdId],
         entry: &LogEntry,
-        transaction: Vec<u8>,
+        transaction: Transaction,
         local: &mut Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
     ) -> Result<(), String> {
         let started = Instant::now();
         let mut waiting: BTreeSet<OsdId> =
             acting.iter().copied().filter(|o| *o != self.id).collect();
-        let request = OsdRequest::Replicate {
+        let request = PeerRequest::Replicate {
             epoch: self.view().map.epoch,
             pg,
             entry: entry.clone(),
@@ -525,11 +530,8 @@ impl Osd {
         &self,
         pg: PgId,
         entry: LogEntry,
-        transaction: Vec<u8>,
+        mut tx: Transaction,
     ) -> OsdResponse {
-        let Ok(mut tx) = rmp_serde::from_slice::<Transaction>(&transaction) else {
-            return OsdResponse::Failed("malformed transaction".into());
-        };
         let coll = pg::collection(pg);
         if tx.ops.iter().any(|op| op.collection() != coll) {
             return OsdResponse::Failed("transaction outside its PG".into());
@@ -581,7 +583,7 @@ impl Osd {
         Ok(f(loaded.as_ref().map(|(info, log)| (info, log.as_slice()))))
     }
 
-    async fn handle(&self, request: OsdRequest) -> OsdResponse {
+    async fn handle(&self, request: PeerRequest) -> OsdResponse {
         match request {
             OsdRequest::Object(request) => self.handle_object(request).await,
             OsdRequest::Replicate {
@@ -789,13 +791,6 @@ fn pg_state(
     (parts.join("+"), degraded, misplaced)
 }
 
-/// Encodes a transaction for the replicas into one allocation of about the right size.
-fn encode_transaction(tx: &Transaction) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(written_bytes(tx) as usize + 4096);
-    rmp_serde::encode::write(&mut bytes, tx).expect("transactions encode");
-    bytes
-}
-
 /// The data bytes a transaction writes.
 fn written_bytes(tx: &Transaction) -> u64 {
     tx.ops
@@ -843,14 +838,14 @@ pub(crate) fn list_all(
 struct Handler(Arc<Osd>);
 
 impl Service for Handler {
-    type Request = OsdRequest;
+    type Request = PeerRequest;
     type Response = OsdResponse;
 
-    async fn call(&self, _peer: Peer, request: OsdRequest) -> tidepool_proto::Reply<OsdResponse> {
+    async fn call(&self, _peer: Peer, request: PeerRequest) -> tidepool_proto::Reply<OsdResponse> {
         Ok(self.0.handle(request).await)
     }
 
-    async fn notify(&self, _peer: Peer, _message: OsdRequest) {}
+    async fn notify(&self, _peer: Peer, _message: PeerRequest) {}
 }
 
 /// Why the daemon stopped.
@@ -1120,7 +1115,7 @@ async fn heartbeats(osd: Arc<Osd>, monmap: MonMap) {
                 }
             }
         }
-        let ping = OsdRequest::Ping {
+        let ping = PeerRequest::Ping {
             from: osd.id,
             epoch: view.map.epoch,
         };

@@ -290,7 +290,7 @@ pub fn plan(
                     return Err(OpError::NotFound);
                 }
                 let data = store.read(coll, name, offset, len).map_err(storage)?;
-                OpOutput::Data(ByteBuf::from(data))
+                OpOutput::Data(data.into())
             }
             ObjectOp::Stat => {
                 if !existed {
@@ -460,7 +460,7 @@ pub fn read_state(
     }
     Ok(Some(ObjectState {
         name: name.into(),
-        data,
+        data: data.into(),
         xattrs,
         omap,
     }))

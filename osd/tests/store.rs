@@ -26,7 +26,7 @@ fn write(name: &str, offset: u64, data: &[u8]) -> Op {
         coll: COLL,
         name: name.into(),
         offset,
-        data: data.to_vec(),
+        data: data.to_vec().into(),
     }
 }
 
@@ -96,7 +96,7 @@ fn data_reads_back_as_written() {
             .apply(&tx(vec![Op::WriteFull {
                 coll: COLL,
                 name: "o".into(),
-                data: b"new".to_vec(),
+                data: b"new".to_vec().into(),
             }]))
             .expect("write full");
         assert_eq!(store.read(COLL, "o", 0, u64::MAX).expect("read"), b"new");
@@ -153,7 +153,7 @@ fn transactions_are_all_or_nothing() {
                 coll: elsewhere,
                 name: "x".into(),
                 offset: 0,
-                data: vec![1],
+                data: vec![1].into(),
             }])),
             Err(StoreError::NoCollection(elsewhere))
         );
@@ -345,7 +345,7 @@ fn to_op(op: &ModelOp) -> Op {
         ModelOp::WriteFull(o, len, seed) => Op::WriteFull {
             coll: COLL,
             name: name(o),
-            data: pattern(*len, *seed),
+            data: pattern(*len, *seed).into(),
         },
         ModelOp::Truncate(o, size) => Op::Truncate {
             coll: COLL,
@@ -413,7 +413,7 @@ fn crash_child() {
                 Op::WriteFull {
                     coll: COLL,
                     name: "a".into(),
-                    data: data.clone(),
+                    data: data.clone().into(),
                 },
                 write("b", 0, &data),
                 Op::Truncate {

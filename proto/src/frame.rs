@@ -1,20 +1,25 @@
-//! The frame: a fixed 12-byte header followed by a MessagePack body.
+//! The frame: a fixed 16-byte header, a MessagePack body, and a data section.
 //!
 //! ```text
-//! 0      4        6        7        8              12
-//! | "TPF" 1 | version | kind | flags=0 | body length | body ...
+//! 0      4        6        7        8              12             16
+//! | "TPF1" | version | kind | flags=0 | body length | data length | body ... | data ...
 //! ```
 //!
 //! All integers are little-endian. `version` is the protocol version of the body's types; a
-//! receiver refuses versions it does not know instead of guessing.
+//! receiver refuses versions it does not know instead of guessing. The data section holds the
+//! bytes of the message's [`Payload`](crate::Payload)s, which the body refers to by offset and
+//! length, so bulk data is neither copied into the body nor out of it.
 
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::payload::{collect_payloads, with_data};
+
 /// Bytes before the body.
-pub const FRAME_HEADER_BYTES: usize = 12;
+pub const FRAME_HEADER_BYTES: usize = 16;
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 const MAGIC: [u8; 4] = *b"TPF1";
 
 /// What a frame carries.
@@ -35,6 +40,8 @@ pub struct FrameHeader {
     pub kind: FrameKind,
     /// Length of the body that follows.
     pub body_bytes: u32,
+    /// Length of the data section after the body.
+    pub data_bytes: u32,
 }
 
 /// Why a frame was refused.
@@ -77,7 +84,8 @@ pub enum FrameError {
 }
 
 impl FrameHeader {
-    /// Checks the fixed header bytes against the protocol and the size limit.
+    /// Checks the fixed header bytes against the protocol and the size limit (of body and
+    /// data together).
     pub fn parse(
         bytes: &[u8; FRAME_HEADER_BYTES],
         body_bytes_max: u32,
@@ -99,13 +107,19 @@ impl FrameHeader {
             return Err(FrameError::BadHeader);
         }
         let body_bytes = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if body_bytes > body_bytes_max {
+        let data_bytes = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        let total = u64::from(body_bytes) + u64::from(data_bytes);
+        if total > u64::from(body_bytes_max) {
             return Err(FrameError::TooLarge {
-                got: u64::from(body_bytes),
+                got: total,
                 limit: u64::from(body_bytes_max),
             });
         }
-        Ok(FrameHeader { kind, body_bytes })
+        Ok(FrameHeader {
+            kind,
+            body_bytes,
+            data_bytes,
+        })
     }
 
     /// Checks that this header announces a frame of `expected` kind.
@@ -120,51 +134,71 @@ impl FrameHeader {
     }
 }
 
-/// Encodes `message` as one frame of `kind`, refusing bodies over `body_bytes_max`.
+/// An encoded frame: the header and body in one buffer, then the data section as the
+/// payloads' own buffers.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// Header and body.
+    pub head: Bytes,
+    /// The data section, in order.
+    pub data: Vec<Bytes>,
+}
+
+impl Frame {
+    /// The frame's pieces in order, ready to hand to a transport without copying.
+    pub fn chunks(&self) -> Vec<Bytes> {
+        let mut chunks = Vec::with_capacity(1 + self.data.len());
+        chunks.push(self.head.clone());
+        chunks.extend(self.data.iter().filter(|d| !d.is_empty()).cloned());
+        chunks
+    }
+
+    /// The whole frame in one buffer (a copy; for tests and tools).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.chunks().concat()
+    }
+}
+
+/// Encodes `message` as one frame of `kind`, refusing frames over `body_bytes_max` (body and
+/// data together).
 pub fn encode_frame<T: Serialize + ?Sized>(
     kind: FrameKind,
     message: &T,
     body_bytes_max: u32,
-) -> Result<Vec<u8>, FrameError> {
-    // Measure first, so that large bodies are written into one allocation instead of being
-    // copied each time the buffer doubles.
-    let mut counter = Counter(0);
-    rmp_serde::encode::write_named(&mut counter, message)?;
-    let mut bytes = Vec::with_capacity(FRAME_HEADER_BYTES + counter.0);
-    bytes.extend_from_slice(&MAGIC);
-    bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    bytes.push(kind as u8);
-    bytes.push(0);
-    bytes.extend_from_slice(&[0; 4]);
-    rmp_serde::encode::write_named(&mut bytes, message)?;
-    let body_bytes = bytes.len() - FRAME_HEADER_BYTES;
-    if body_bytes > body_bytes_max as usize {
+) -> Result<Frame, FrameError> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(&MAGIC);
+    head.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    head.push(kind as u8);
+    head.push(0);
+    head.extend_from_slice(&[0; 8]);
+    let (encoded, data) = collect_payloads(|| rmp_serde::encode::write_named(&mut head, message));
+    encoded?;
+    let body_bytes = (head.len() - FRAME_HEADER_BYTES) as u64;
+    let data_bytes: u64 = data.iter().map(|d| d.len() as u64).sum();
+    if body_bytes + data_bytes > u64::from(body_bytes_max) {
         return Err(FrameError::TooLarge {
-            got: body_bytes as u64,
+            got: body_bytes + data_bytes,
             limit: u64::from(body_bytes_max),
         });
     }
-    bytes[8..12].copy_from_slice(&(body_bytes as u32).to_le_bytes());
-    Ok(bytes)
+    // Both fit in a u32: their sum is under `body_bytes_max`.
+    head[8..12].copy_from_slice(&(body_bytes as u32).to_le_bytes());
+    head[12..16].copy_from_slice(&(data_bytes as u32).to_le_bytes());
+    Ok(Frame {
+        head: head.into(),
+        data,
+    })
 }
 
-/// A writer that only counts bytes.
-struct Counter(usize);
-
-impl std::io::Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Decodes a frame's body, whose payloads lie in `data` (the frame's data section).
+pub fn decode_frame<T: DeserializeOwned>(body: &[u8], data: Bytes) -> Result<T, FrameError> {
+    with_data(data, || Ok(rmp_serde::from_slice(body)?))
 }
 
-/// Decodes a frame body.
+/// Decodes a frame body that carries no data section.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    Ok(rmp_serde::from_slice(body)?)
+    decode_frame(body, Bytes::new())
 }
 
 /// What a peer sends back when it cannot answer a request.
@@ -202,6 +236,7 @@ mod tests {
         name: String,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+        bulk: Vec<crate::Payload>,
     }
 
     fn header(bytes: &[u8]) -> [u8; FRAME_HEADER_BYTES] {
@@ -213,18 +248,33 @@ mod tests {
         let probe = Probe {
             name: "x".into(),
             data: vec![1, 2, 3],
+            bulk: vec![vec![4; 5000].into(), vec![].into(), vec![6; 7].into()],
         };
         let frame = encode_frame(FrameKind::Request, &probe, 1 << 20).expect("encodes");
+        assert_eq!(
+            frame.chunks().len(),
+            3,
+            "head and the two non-empty payloads"
+        );
+        let frame = frame.to_vec();
         let parsed = FrameHeader::parse(&header(&frame), 1 << 20).expect("parses");
         assert_eq!(parsed.kind, FrameKind::Request);
-        assert_eq!(parsed.body_bytes as usize, frame.len() - FRAME_HEADER_BYTES);
-        let back: Probe = decode_body(&frame[FRAME_HEADER_BYTES..]).expect("decodes");
+        assert_eq!(parsed.data_bytes, 5007);
+        let body_end = FRAME_HEADER_BYTES + parsed.body_bytes as usize;
+        assert_eq!(body_end + parsed.data_bytes as usize, frame.len());
+        let data = Bytes::copy_from_slice(&frame[body_end..]);
+        let back: Probe =
+            decode_frame(&frame[FRAME_HEADER_BYTES..body_end], data.clone()).expect("decodes");
         assert_eq!(back, probe);
+        assert_eq!(back.bulk[0].as_ptr(), data.as_ptr(), "no copy of the data");
+        assert!(decode_body::<Probe>(&frame[FRAME_HEADER_BYTES..body_end]).is_err());
     }
 
     #[test]
     fn refuses_bad_headers() {
-        let frame = encode_frame(FrameKind::Reply, &1u32, 1 << 20).expect("encodes");
+        let frame = encode_frame(FrameKind::Reply, &1u32, 1 << 20)
+            .expect("encodes")
+            .to_vec();
         let mut bad = header(&frame);
         bad[0] = b'X';
         assert!(matches!(
@@ -232,10 +282,10 @@ mod tests {
             Err(FrameError::BadMagic)
         ));
         let mut bad = header(&frame);
-        bad[4] = 2;
+        bad[4] = 1;
         assert!(matches!(
             FrameHeader::parse(&bad, 1 << 20),
-            Err(FrameError::UnsupportedVersion(2))
+            Err(FrameError::UnsupportedVersion(1))
         ));
         let mut bad = header(&frame);
         bad[6] = 9;
@@ -247,6 +297,24 @@ mod tests {
         bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             FrameHeader::parse(&bad, 1 << 20),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut bad = header(&frame);
+        bad[12..16].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        assert!(
+            matches!(
+                FrameHeader::parse(&bad, 1 << 20),
+                Err(FrameError::TooLarge { .. })
+            ),
+            "body and data count together"
+        );
+        let bulk = Probe {
+            name: String::new(),
+            data: vec![],
+            bulk: vec![vec![0; 100].into()],
+        };
+        assert!(matches!(
+            encode_frame(FrameKind::Request, &bulk, 64),
             Err(FrameError::TooLarge { .. })
         ));
         assert!(matches!(
@@ -264,6 +332,18 @@ mod tests {
             }
             let _ = decode_body::<Probe>(&bytes);
             let _ = decode_body::<Reply<Probe>>(&bytes);
+            let data = Bytes::from(bytes.clone());
+            let _ = decode_frame::<Probe>(&bytes, data);
+        }
+
+        /// Rule: payload references anywhere decode or fail cleanly, never out of bounds.
+        #[test]
+        fn payload_references_are_checked(offset in any::<u64>(), len in any::<u64>(), have in 0usize..64) {
+            let body = rmp_serde::to_vec(&("n", (offset, len))).expect("encodes");
+            let data = Bytes::from(vec![1u8; have]);
+            let decoded = decode_frame::<(String, crate::Payload)>(&body, data);
+            let inside = offset.checked_add(len).is_some_and(|end| end <= have as u64);
+            prop_assert_eq!(decoded.is_ok(), inside);
         }
     }
 }

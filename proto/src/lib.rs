@@ -4,14 +4,17 @@
 //!
 //! Pure: no IO, no async. The messenger reads a [`FrameHeader`]'s fixed bytes, checks them, and
 //! only then reads (and allocates) the body, so an oversized or malformed frame is refused before
-//! it costs memory.
+//! it costs memory. Bulk data travels as [`Payload`]s in the frame's data section, beside the
+//! body, so neither side copies it to encode or decode.
 
 pub mod config;
 pub mod frame;
 pub mod mon;
 pub mod osd;
+pub mod payload;
 
 pub use frame::{
-    decode_body, encode_frame, FrameError, FrameHeader, FrameKind, RemoteError, RemoteErrorCode,
-    Reply, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
+    decode_body, decode_frame, encode_frame, Frame, FrameError, FrameHeader, FrameKind,
+    RemoteError, RemoteErrorCode, Reply, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
 };
+pub use payload::Payload;

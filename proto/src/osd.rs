@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tidepool_placement::{Epoch, OsdId, PgId};
 
+use crate::Payload;
+
 /// One step of an object transaction. Steps run in order on the primary; guards that fail, and
 /// any step that fails, abort the whole transaction, which then changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,17 +18,16 @@ pub enum ObjectOp {
         exclusive: bool,
     },
     /// Replaces the data.
-    WriteFull(#[serde(with = "serde_bytes")] Vec<u8>),
+    WriteFull(Payload),
     /// Writes at an offset.
     Write {
         /// Byte offset.
         offset: u64,
         /// The bytes.
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        data: Payload,
     },
     /// Appends to the data.
-    Append(#[serde(with = "serde_bytes")] Vec<u8>),
+    Append(Payload),
     /// Cuts or extends the data.
     Truncate(u64),
     /// Removes the object.
@@ -91,7 +92,7 @@ pub enum OpOutput {
     /// Nothing to return.
     None,
     /// Bytes read.
-    Data(serde_bytes::ByteBuf),
+    Data(Payload),
     /// Size and version.
     Stat {
         /// Bytes.
@@ -185,8 +186,7 @@ pub struct ObjectState {
     /// The object.
     pub name: String,
     /// Its data.
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    pub data: Payload,
     /// Its xattrs (the version among them).
     pub xattrs: BTreeMap<String, serde_bytes::ByteBuf>,
     /// Its omap.
@@ -194,12 +194,16 @@ pub struct ObjectState {
 }
 
 /// Requests between clients and OSDs, and between OSDs.
+///
+/// `T` is the store transaction a primary replicates: a type of the OSDs, which send it as a
+/// typed part of the message so that its data travels as [`Payload`]s. Others see it as bytes
+/// and never send it.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum OsdRequest {
+pub enum OsdRequest<T = serde_bytes::ByteBuf> {
     /// A client's object transaction.
     Object(ObjectRequest),
-    /// From a primary: apply this change of a PG, the store transaction the primary applied
-    /// (encoded by the OSDs), with its log entry.
+    /// From a primary: apply this change of a PG, the store transaction the primary applied,
+    /// with its log entry.
     Replicate {
         /// The primary's epoch.
         epoch: Epoch,
@@ -207,9 +211,8 @@ pub enum OsdRequest {
         pg: PgId,
         /// The entry.
         entry: LogEntry,
-        /// The encoded transaction.
-        #[serde(with = "serde_bytes")]
-        transaction: Vec<u8>,
+        /// The transaction.
+        transaction: T,
     },
     /// From a primary: this holder's PG summary and newest entry.
     PgQuery {

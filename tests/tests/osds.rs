@@ -73,7 +73,7 @@ fn replicated_pool_survives_an_osd_kill() {
                 .expect("socket address");
             async move {
                 match messenger
-                    .call::<_, OsdResponse>(
+                    .call::<OsdRequest, OsdResponse>(
                         addr,
                         &format!("osd-{osd}"),
                         &OsdRequest::PgQuery { pg },
@@ -136,7 +136,7 @@ fn replicated_pool_survives_an_osd_kill() {
             .expect("addr")
             .parse()
             .expect("address");
-        let missing_pool = OsdRequest::Object(tidepool_proto::osd::ObjectRequest {
+        let missing_pool: OsdRequest = OsdRequest::Object(tidepool_proto::osd::ObjectRequest {
             epoch: map.epoch,
             pg: PgId {
                 pool: PoolId(99),
@@ -155,7 +155,7 @@ fn replicated_pool_survives_an_osd_kill() {
             matches!(answer, OsdResponse::Object(Err(OpError::NoPool))),
             "{answer:?}"
         );
-        let garbage = OsdRequest::Replicate {
+        let garbage: OsdRequest = OsdRequest::Replicate {
             epoch: map.epoch,
             pg: PgId { pool, seed: 0 },
             entry: tidepool_proto::osd::LogEntry {
@@ -165,13 +165,17 @@ fn replicated_pool_survives_an_osd_kill() {
                 delete: false,
                 reqid: None,
             },
-            transaction: vec![0xc1, 0xff, 0x00],
+            transaction: vec![0xc1, 0xff, 0x00].into(),
         };
-        let answer: OsdResponse = messenger
-            .call(addr, "osd-0", &garbage)
-            .await
-            .expect("answer");
-        assert!(matches!(answer, OsdResponse::Failed(_)), "{answer:?}");
+        let answer: Result<OsdResponse, _> = messenger.call(addr, "osd-0", &garbage).await;
+        assert!(
+            matches!(
+                &answer,
+                Err(tidepool_messenger::MessengerError::Remote(e))
+                    if e.code == tidepool_proto::RemoteErrorCode::BadRequest
+            ),
+            "{answer:?}"
+        );
     });
     cluster.wait_osds_up(4);
 }

@@ -332,7 +332,7 @@ fn stale_replicas_converge_by_log_then_by_backfill() {
                 } else {
                     let seed = 1_000_000 * round + i;
                     expected.insert(name.clone(), Some(seed));
-                    ObjectOp::WriteFull(object_bytes(seed, 16 * KIB))
+                    ObjectOp::WriteFull(object_bytes(seed, 16 * KIB).into())
                 };
                 let result = client.execute("data", &name, vec![op]).await;
                 assert!(

@@ -115,7 +115,7 @@ fn apply_op(
             object.data[offset..end].copy_from_slice(data);
         }
         Op::WriteFull { name, data, .. } => {
-            objects.entry(name.clone()).or_default().data = data.clone();
+            objects.entry(name.clone()).or_default().data = data.to_vec();
         }
         Op::Truncate { name, size, .. } => {
             let object = objects.get_mut(name).ok_or_else(|| missing(name))?;

@@ -11,6 +11,7 @@ mod rocks;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use tidepool_proto::Payload;
 
 pub use mem::MemStore;
 pub use rocks::RocksStore;
@@ -75,8 +76,7 @@ pub enum Op {
         /// Byte offset.
         offset: u64,
         /// The bytes.
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        data: Payload,
     },
     /// Replaces the object's data with `data` (creating the object).
     WriteFull {
@@ -85,8 +85,7 @@ pub enum Op {
         /// The object.
         name: String,
         /// The bytes.
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        data: Payload,
     },
     /// Cuts or extends (with zeros) the object to `size`.
     Truncate {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tidepool_kv::{Kv, Op as KvOp};
@@ -32,17 +33,24 @@ const O_DIRECT: i32 = if cfg!(target_arch = "aarch64") {
 const EINVAL: i32 = 22;
 
 /// Blob data at a block-aligned address, followed by zeros to a whole block, as direct IO
-/// needs it; made with the one copy a blob's data takes anyway.
+/// needs it. Data that arrives aligned and in whole blocks (a received data section, see
+/// `tidepool_messenger`) is used where it is; other data is copied once.
 #[derive(Debug)]
 struct AlignedBlob {
-    storage: Vec<u8>,
-    start: usize,
+    /// Whole blocks from an aligned address.
+    padded: Bytes,
     len: usize,
 }
 
 impl AlignedBlob {
-    fn new(data: &[u8]) -> AlignedBlob {
+    fn new(data: &Bytes) -> AlignedBlob {
         let block = BLOCK as usize;
+        if (data.as_ptr() as usize).is_multiple_of(block) && data.len().is_multiple_of(block) {
+            return AlignedBlob {
+                padded: data.clone(),
+                len: data.len(),
+            };
+        }
         let padded = data.len().div_ceil(block) * block;
         let mut storage = Vec::with_capacity(padded + block);
         let start = (block - storage.as_ptr() as usize % block) % block;
@@ -51,21 +59,19 @@ impl AlignedBlob {
         storage.extend_from_slice(data);
         storage.resize(start + padded, 0);
         AlignedBlob {
-            storage,
-            start,
+            padded: Bytes::from(storage).slice(start..),
             len: data.len(),
         }
     }
 
     /// The data.
     fn data(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.len]
+        &self.padded[..self.len]
     }
 
     /// The data and its padding: whole blocks from an aligned address.
     fn padded(&self) -> &[u8] {
-        let padded = self.len.div_ceil(BLOCK as usize) * BLOCK as usize;
-        &self.storage[self.start..self.start + padded]
+        &self.padded
     }
 }
 /// Lock stripes: transactions on different collections run (and sync) concurrently.
@@ -411,7 +417,7 @@ impl RocksStore {
         }
     }
 
-    fn write_at(&self, plan: &mut Plan, onode: &mut Onode, offset: u64, data: &[u8]) {
+    fn write_at(&self, plan: &mut Plan, onode: &mut Onode, offset: u64, data: &Bytes) {
         let len = data.len() as u64;
         if data.is_empty() {
             onode.size = onode.size.max(offset);
@@ -510,7 +516,7 @@ impl RocksStore {
             } => {
                 let mut onode = self.working(plan, coll, name)?.take().unwrap_or_default();
                 let before = onode.size;
-                self.write_at(plan, &mut onode, *offset, data);
+                self.write_at(plan, &mut onode, *offset, data.bytes());
                 plan.stored_delta += onode.size as i64 - before as i64;
                 let unused = onode.unused_blobs();
                 Self::release(plan, unused);
@@ -520,7 +526,7 @@ impl RocksStore {
                 let mut onode = self.working(plan, coll, name)?.take().unwrap_or_default();
                 plan.stored_delta += data.len() as i64 - onode.size as i64;
                 onode.truncate(0);
-                self.write_at(plan, &mut onode, 0, data);
+                self.write_at(plan, &mut onode, 0, data.bytes());
                 let unused = onode.unused_blobs();
                 Self::release(plan, unused);
                 *self.working(plan, coll, name)? = Some(onode);
@@ -930,13 +936,13 @@ impl ObjectStore for RocksStore {
 
 #[cfg(test)]
 mod aligned_tests {
-    use super::{AlignedBlob, BLOCK};
+    use super::{AlignedBlob, Bytes, BLOCK};
 
     #[test]
     fn aligned_blobs_hold_the_data_then_zeros_to_a_whole_block() {
         for len in [1usize, 4095, 4096, 4097, 65_536, 100_000] {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
-            let blob = AlignedBlob::new(&data);
+            let blob = AlignedBlob::new(&Bytes::from(data.clone()));
             assert_eq!(blob.data(), &data[..]);
             let padded = blob.padded();
             assert_eq!(
@@ -948,5 +954,17 @@ mod aligned_tests {
             assert!(padded.len() - len < BLOCK as usize);
             assert!(padded[len..].iter().all(|&b| b == 0), "zero padding");
         }
+    }
+
+    #[test]
+    fn aligned_whole_blocks_are_used_in_place() {
+        let block = BLOCK as usize;
+        let mut storage = vec![3u8; 3 * block];
+        let start = (block - storage.as_ptr() as usize % block) % block;
+        storage.truncate(start + 2 * block);
+        let data = Bytes::from(storage).slice(start..);
+        let blob = AlignedBlob::new(&data);
+        assert_eq!(blob.padded().as_ptr(), data.as_ptr(), "no copy");
+        assert_eq!(blob.data(), &data[..]);
     }
 }

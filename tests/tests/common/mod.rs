@@ -300,7 +300,7 @@ impl Workload {
                             let data = object_bytes(i, max);
                             let name = format!("w-{i}");
                             match client
-                                .execute("data", &name, vec![ObjectOp::WriteFull(data)])
+                                .execute("data", &name, vec![ObjectOp::WriteFull(data.into())])
                                 .await
                             {
                                 Ok(_) => acked.lock().expect("acked").push(i),
@@ -401,7 +401,7 @@ pub fn write_objects(
             .execute(
                 "data",
                 &format!("obj-{i}"),
-                vec![ObjectOp::WriteFull(object_bytes(i, max))],
+                vec![ObjectOp::WriteFull(object_bytes(i, max).into())],
             )
             .await
             .expect("write");
