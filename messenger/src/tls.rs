@@ -297,8 +297,15 @@ impl Identity {
         )
     }
 
+    /// ring's TLS 1.3 suites, AES-128-GCM first: it is what every QUIC stack must support,
+    /// and at 10 AES rounds to AES-256's 14 it encrypts bulk data a third faster (AES-GCM is
+    /// about a tenth of all CPU under 4 MiB reads).
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider
+            .cipher_suites
+            .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        Arc::new(provider)
     }
 
     fn rustls_server(&self) -> Result<rustls::ServerConfig, TlsError> {

@@ -78,7 +78,10 @@ fn data_reads_back_as_written() {
             store.read(COLL, "o", 99_999, 10).expect("range"),
             model[99_999..100_009]
         );
-        assert_eq!(store.read(COLL, "o", 400_000, 10).expect("past end"), b"");
+        assert_eq!(
+            store.read(COLL, "o", 400_000, 10).expect("past end"),
+            &b""[..]
+        );
         assert_eq!(
             store.stat(COLL, "o").expect("stat").size,
             model.len() as u64
@@ -99,7 +102,10 @@ fn data_reads_back_as_written() {
                 data: b"new".to_vec().into(),
             }]))
             .expect("write full");
-        assert_eq!(store.read(COLL, "o", 0, u64::MAX).expect("read"), b"new");
+        assert_eq!(
+            store.read(COLL, "o", 0, u64::MAX).expect("read"),
+            &b"new"[..]
+        );
         store
             .apply(&tx(vec![Op::Remove {
                 coll: COLL,
@@ -140,7 +146,7 @@ fn transactions_are_all_or_nothing() {
         ));
         assert_eq!(
             store.read(COLL, "kept", 0, u64::MAX).expect("read"),
-            b"before"
+            &b"before"[..]
         );
         assert!(matches!(
             store.stat(COLL, "new"),
@@ -276,7 +282,10 @@ fn listing_and_collections() {
             ]))
             .expect("remove and recreate");
         assert_eq!(store.list(COLL, None, 100).expect("list"), vec!["a"]);
-        assert_eq!(store.read(COLL, "a", 0, u64::MAX).expect("read"), b"fresh");
+        assert_eq!(
+            store.read(COLL, "a", 0, u64::MAX).expect("read"),
+            &b"fresh"[..]
+        );
         assert!(matches!(
             store.apply(&tx(vec![Op::CreateCollection(other)])),
             Err(StoreError::CollectionExists(_))
@@ -518,7 +527,7 @@ fn a_failed_write_stops_the_store() {
     let store = RocksStore::open(dir.path()).expect("reopen");
     assert_eq!(
         store.read(COLL, "kept", 0, u64::MAX).expect("read"),
-        b"before"
+        &b"before"[..]
     );
     assert!(matches!(
         store.stat(COLL, "big"),

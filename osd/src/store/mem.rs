@@ -1,6 +1,7 @@
 //! [`MemStore`]: the object store in memory. The reference for the store's semantics: a
 //! transaction works on a copy of what it touches and replaces it only when every op applied.
 
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -187,12 +188,12 @@ impl ObjectStore for MemStore {
         name: &str,
         offset: u64,
         len: u64,
-    ) -> Result<Vec<u8>, StoreError> {
+    ) -> Result<Bytes, StoreError> {
         self.with_object(coll, name, |object| {
             let size = object.data.len() as u64;
             let end = read_end(size, offset, len);
             let start = offset.min(end);
-            object.data[start as usize..end as usize].to_vec()
+            Bytes::copy_from_slice(&object.data[start as usize..end as usize])
         })
     }
 

@@ -10,6 +10,7 @@ mod rocks;
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tidepool_proto::Payload;
 
@@ -267,7 +268,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         name: &str,
         offset: u64,
         len: u64,
-    ) -> Result<Vec<u8>, StoreError>;
+    ) -> Result<Bytes, StoreError>;
 
     /// The object's size.
     fn stat(&self, coll: CollectionId, name: &str) -> Result<ObjectStat, StoreError>;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -638,47 +638,77 @@ impl RocksStore {
         File::open(&self.blobs)?.sync_all()
     }
 
-    /// Reads `[start, end)` of blob `id`, checking the crc32c of every block it touches, and
-    /// blake3 when it reads the whole blob.
+    /// Reads `[start, end)` of blob `id`. A read of the whole blob is checked against its
+    /// blake3 hash, any other against the crc32c of every block it touches: each read is
+    /// verified once, by the checksum that covers exactly what it read.
+    ///
+    /// Like writes, reads go straight from the disk (`O_DIRECT`) into a block-aligned buffer
+    /// whose bytes are then handed on without another copy; a buffered read through the page
+    /// cache cost a copy of every byte (an eighth of all CPU under 4 MiB reads). Where the file
+    /// system refuses direct IO, the read is buffered.
     fn read_blob(
         &self,
         id: u64,
         meta: &BlobMeta,
         start: u64,
         end: u64,
-    ) -> Result<Vec<u8>, StoreError> {
-        let first = start / BLOCK * BLOCK;
-        let last = end.div_ceil(BLOCK) * BLOCK;
-        let last = last.min(meta.len);
+    ) -> Result<Bytes, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("blob {id:016x}: {what}"));
-        let mut file = File::open(self.blob_path(id)).map_err(|e| corrupt(e.to_string()))?;
-        file.seek(SeekFrom::Start(first))
-            .map_err(|e| corrupt(e.to_string()))?;
-        let want = (last - first) as usize;
-        let mut buffer = Vec::with_capacity(want);
-        (&mut file)
-            .take(want as u64)
-            .read_to_end(&mut buffer)
-            .map_err(|e| corrupt(e.to_string()))?;
-        if buffer.len() != want {
+        if start > end || end > meta.len {
             return Err(corrupt(format!(
-                "short read: {} of {want} bytes",
-                buffer.len()
+                "an extent names bytes {start}..{end} of a {}-byte blob",
+                meta.len
             )));
         }
-        for (i, block) in buffer.chunks(BLOCK as usize).enumerate() {
-            let index = (first / BLOCK) as usize + i;
-            if meta.crcs.get(index) != Some(&crc32c::crc32c(block)) {
-                return Err(corrupt(format!("block {index} fails its crc32c")));
+        let first = start / BLOCK * BLOCK;
+        let last = end.div_ceil(BLOCK) * BLOCK;
+        // Whole checksum blocks: the last one ends at the blob's end.
+        let wanted = (last.min(meta.len) - first) as usize;
+        let path = self.blob_path(id);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_DIRECT)
+            .open(&path)
+        {
+            Err(error) if error.raw_os_error() == Some(EINVAL) => File::open(&path),
+            other => other,
+        }
+        .map_err(|e| corrupt(e.to_string()))?;
+        // Zeroed memory from the allocator is fresh pages, not a pass over the buffer.
+        let block = BLOCK as usize;
+        let span = (last - first) as usize;
+        let mut buffer = vec![0u8; span + block];
+        let at = (block - buffer.as_ptr() as usize % block) % block;
+        let mut got = 0;
+        // Whole blocks from a block-aligned offset into a block-aligned address; the blob's
+        // file ends at a block boundary when written directly, or earlier when buffered.
+        while got < span {
+            let read =
+                rustix::io::pread(&file, &mut buffer[at + got..at + span], first + got as u64);
+            match read {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(error) => return Err(corrupt(error.to_string())),
             }
         }
-        if first == 0 && last == meta.len && hash_of(&buffer) != meta.hash {
-            return Err(corrupt("fails its blake3 hash".into()));
+        if got < wanted {
+            return Err(corrupt(format!("short read: {got} of {wanted} bytes")));
         }
-        if start == first && end == last {
-            return Ok(buffer);
+        let data = Bytes::from(buffer).slice(at..at + wanted);
+        if first == 0 && end >= meta.len {
+            if hash_of(&data) != meta.hash {
+                return Err(corrupt("fails its blake3 hash".into()));
+            }
+        } else {
+            for (i, block) in data.chunks(block).enumerate() {
+                let index = (first / BLOCK) as usize + i;
+                if meta.crcs.get(index) != Some(&crc32c::crc32c(block)) {
+                    return Err(corrupt(format!("block {index} fails its crc32c")));
+                }
+            }
         }
-        Ok(buffer[(start - first) as usize..(end - first) as usize].to_vec())
+        Ok(data.slice((start - first) as usize..(end - first) as usize))
     }
 
     fn read_locked<T>(
@@ -768,7 +798,7 @@ impl ObjectStore for RocksStore {
         name: &str,
         offset: u64,
         len: u64,
-    ) -> Result<Vec<u8>, StoreError> {
+    ) -> Result<Bytes, StoreError> {
         self.read_locked(coll, || {
             let onode = self.onode(coll, name)?;
             let end = read_end(onode.size, offset, len);
@@ -813,7 +843,7 @@ impl ObjectStore for RocksStore {
                     }
                 }
             }
-            Ok(out)
+            Ok(out.into())
         })
     }
 
