@@ -52,7 +52,7 @@ echo "{\"system\":\"disk\",\"phase\":\"fio_write_4M_fdatasync\",\"mib_per_second
 
 "$T" up --dir "$DIR/cluster" --osds "$OSDS" --s3-port "$(free_port)" > "$DIR/up.log" 2>&1 &
 UP_PID=$!
-for _ in $(seq 120); do grep -q 'Ctrl-C stops' "$DIR/up.log" && break; sleep 1; done
+for _ in $(seq 120); do grep -qs 'Ctrl-C stops' "$DIR/up.log" && break; sleep 1; done
 grep -q 'Ctrl-C stops' "$DIR/up.log" || { cat "$DIR/up.log"; exit 1; }
 export TIDEPOOL_CLUSTER="$DIR/cluster"
 osd_rss() { # pattern
@@ -78,8 +78,9 @@ tidepool_phase() { # run phase mode size
 }
 
 rados_phase() { # run phase mode size
-  local out
-  out="$("${RADOS[@]}" bench "$SECS" "$3" -t "$THREADS" -b "$4" --no-cleanup 2>&1)"
+  local out size=()
+  [ "$3" = write ] && size=(-b "$4")
+  out="$("${RADOS[@]}" bench "$SECS" "$3" -t "$THREADS" "${size[@]}" --no-cleanup 2>&1)"
   emit ceph "$1" "$2" \
     "$(awk -F: '/^Bandwidth \(MB\/sec\)/ {gsub(/ /,"",$2); print $2}' <<<"$out")" \
     "$(awk -F: '/^Average IOPS/ {gsub(/ /,"",$2); print $2}' <<<"$out")" \

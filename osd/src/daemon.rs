@@ -432,13 +432,15 @@ impl Osd {
             reqid: Some(reqid.clone()),
         };
         let keep = self.option("osd_pg_log_entries");
-        let (tx, next) =
+        let (mut tx, next) =
             pg::commit_tx(coll, &request.name, &mut planned, &entry, &state.info, keep);
+        let written = tx.written_bytes();
+        if written >= crate::store::SHARED_CHECKSUMS_MIN as u64 {
+            tokio::task::block_in_place(|| tx.add_checksums());
+        }
         // The replicas' copy shares the data buffers (see `tidepool_proto::Payload`).
         let replica_tx = tx.clone();
-        self.io
-            .write_bytes
-            .fetch_add(written_bytes(&tx), Ordering::Relaxed);
+        self.io.write_bytes.fetch_add(written, Ordering::Relaxed);
         // The local write and the replicas' run at once; the client hears back when all are on
         // disk.
         let store = self.store.clone();
@@ -789,17 +791,6 @@ fn pg_state(
         parts.push("clean");
     }
     (parts.join("+"), degraded, misplaced)
-}
-
-/// The data bytes a transaction writes.
-fn written_bytes(tx: &Transaction) -> u64 {
-    tx.ops
-        .iter()
-        .map(|op| match op {
-            Op::Write { data, .. } | Op::WriteFull { data, .. } => data.len() as u64,
-            _ => 0,
-        })
-        .sum()
 }
 
 /// Waits for the local write of a change, once.

@@ -188,6 +188,7 @@ pub fn plan(
                     coll,
                     name: name.into(),
                     data,
+                    sums: None,
                 });
                 exists = true;
                 OpOutput::None
@@ -199,6 +200,7 @@ pub fn plan(
                     name: name.into(),
                     offset,
                     data,
+                    sums: None,
                 });
                 exists = true;
                 OpOutput::None
@@ -210,6 +212,7 @@ pub fn plan(
                     name: name.into(),
                     offset: size,
                     data,
+                    sums: None,
                 });
                 exists = true;
                 size += len;
@@ -492,6 +495,7 @@ pub fn create_state(coll: CollectionId, name: &str, state: &ObjectState) -> Vec<
         coll,
         name: name.into(),
         data: state.data.clone(),
+        sums: None,
     }];
     for (key, value) in &state.xattrs {
         ops.push(Op::SetXattr {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use proptest::prelude::*;
 use tidepool_osd::store::{
-    CollectionId, MemStore, ObjectStore, Op, RocksStore, StoreError, Transaction,
+    Checksums, CollectionId, MemStore, ObjectStore, Op, RocksStore, StoreError, Transaction,
 };
 
 const COLL: CollectionId = CollectionId {
@@ -27,6 +27,7 @@ fn write(name: &str, offset: u64, data: &[u8]) -> Op {
         name: name.into(),
         offset,
         data: data.to_vec().into(),
+        sums: None,
     }
 }
 
@@ -100,6 +101,7 @@ fn data_reads_back_as_written() {
                 coll: COLL,
                 name: "o".into(),
                 data: b"new".to_vec().into(),
+                sums: None,
             }]))
             .expect("write full");
         assert_eq!(
@@ -160,6 +162,7 @@ fn transactions_are_all_or_nothing() {
                 name: "x".into(),
                 offset: 0,
                 data: vec![1].into(),
+                sums: None,
             }])),
             Err(StoreError::NoCollection(elsewhere))
         );
@@ -329,6 +332,34 @@ fn rocks_store_reopens_and_detects_corruption() {
     );
 }
 
+/// Rule: checksums a sender computed are stored as the store's own (a later corruption is
+/// caught by them); ones that cannot fit the bytes are ignored and computed again.
+#[test]
+fn checksums_sent_with_a_write_are_kept_when_they_fit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = with_coll(RocksStore::open(dir.path()).expect("open"));
+    let data = pattern(300_000, 9);
+    let mut shared = tx(vec![write("shared", 0, &data)]);
+    shared.add_checksums();
+    assert!(matches!(&shared.ops[0], Op::Write { sums: Some(_), .. }));
+    store.apply(&shared).expect("write");
+    let mut bogus = tx(vec![write("bogus", 0, &data)]);
+    if let Op::Write { sums, .. } = &mut bogus.ops[0] {
+        *sums = Some(Checksums {
+            crcs: vec![1, 2, 3],
+            hash: vec![0; 32],
+        });
+    }
+    store.apply(&bogus).expect("write");
+    for name in ["shared", "bogus"] {
+        assert_eq!(store.read(COLL, name, 0, u64::MAX).expect("read"), data);
+        assert_eq!(
+            store.read(COLL, name, 70_000, 9).expect("range"),
+            data[70_000..70_009]
+        );
+    }
+}
+
 #[derive(Clone, Debug)]
 enum ModelOp {
     Write(u8, u64, usize, u8),
@@ -355,6 +386,7 @@ fn to_op(op: &ModelOp) -> Op {
             coll: COLL,
             name: name(o),
             data: pattern(*len, *seed).into(),
+            sums: None,
         },
         ModelOp::Truncate(o, size) => Op::Truncate {
             coll: COLL,
@@ -423,6 +455,7 @@ fn crash_child() {
                     coll: COLL,
                     name: "a".into(),
                     data: data.clone().into(),
+                    sums: None,
                 },
                 write("b", 0, &data),
                 Op::Truncate {

@@ -78,6 +78,9 @@ pub enum Op {
         offset: u64,
         /// The bytes.
         data: Payload,
+        /// Their checksums, when the sender computed them ([`Transaction::add_checksums`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sums: Option<Checksums>,
     },
     /// Replaces the object's data with `data` (creating the object).
     WriteFull {
@@ -87,6 +90,9 @@ pub enum Op {
         name: String,
         /// The bytes.
         data: Payload,
+        /// Their checksums, when the sender computed them ([`Transaction::add_checksums`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sums: Option<Checksums>,
     },
     /// Cuts or extends (with zeros) the object to `size`.
     Truncate {
@@ -171,6 +177,38 @@ impl Op {
     }
 }
 
+/// The unit of the crc32c checksums.
+pub const CHECKSUM_BLOCK: usize = 4096;
+/// Writes of at least this many bytes have their checksums computed by the primary
+/// ([`Transaction::add_checksums`]).
+pub const SHARED_CHECKSUMS_MIN: usize = 64 * 1024;
+
+/// The checksums a store keeps of written bytes: a crc32c per [`CHECKSUM_BLOCK`] and a blake3
+/// hash of the whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksums {
+    /// crc32c of each block (the last may be short).
+    pub crcs: Vec<u32>,
+    /// blake3 of all the bytes.
+    #[serde(with = "serde_bytes")]
+    pub hash: Vec<u8>,
+}
+
+impl Checksums {
+    /// The checksums of `bytes`.
+    pub fn of(bytes: &[u8]) -> Checksums {
+        Checksums {
+            crcs: bytes.chunks(CHECKSUM_BLOCK).map(crc32c::crc32c).collect(),
+            hash: blake3::hash(bytes).as_bytes().to_vec(),
+        }
+    }
+
+    /// Whether these can be checksums of `len` bytes (a peer's claim is checked this far).
+    pub fn fits(&self, len: usize) -> bool {
+        self.crcs.len() == len.div_ceil(CHECKSUM_BLOCK) && self.hash.len() == blake3::OUT_LEN
+    }
+}
+
 /// Changes applied together: all of them or none, durable when [`ObjectStore::apply`] returns.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {
@@ -188,6 +226,31 @@ impl Transaction {
     pub fn push(&mut self, op: Op) -> &mut Transaction {
         self.ops.push(op);
         self
+    }
+
+    /// Computes the checksums of large writes, so that the replicas this transaction is sent
+    /// to store them instead of computing them again (a sixth of all CPU under 4 MiB writes
+    /// went to each holder hashing the same bytes). They receive the bytes under QUIC's
+    /// authenticated encryption, so the bytes they store are the bytes that were summed.
+    pub fn add_checksums(&mut self) {
+        for op in &mut self.ops {
+            if let Op::Write { data, sums, .. } | Op::WriteFull { data, sums, .. } = op {
+                if sums.is_none() && data.len() >= SHARED_CHECKSUMS_MIN {
+                    *sums = Some(Checksums::of(data));
+                }
+            }
+        }
+    }
+
+    /// The data bytes the transaction writes.
+    pub fn written_bytes(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Write { data, .. } | Op::WriteFull { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum()
     }
 
     /// The collections the transaction touches, sorted, without repeats.

@@ -15,8 +15,8 @@ use serde_bytes::ByteBuf;
 use tidepool_kv::{Kv, Op as KvOp};
 
 use super::{
-    read_end, CollectionId, ObjectStat, ObjectStore, OmapEntry, Op, StoreError, StoreUsage,
-    Transaction,
+    read_end, Checksums, CollectionId, ObjectStat, ObjectStore, OmapEntry, Op, StoreError,
+    StoreUsage, Transaction,
 };
 
 /// Writes of at least this many bytes go to a blob file; smaller ones stay in RocksDB.
@@ -191,10 +191,19 @@ fn hash_of(bytes: &[u8]) -> ByteBuf {
     ByteBuf::from(blake3::hash(bytes).as_bytes().to_vec())
 }
 
-fn inline(bytes: Vec<u8>) -> Place {
+/// The checksums the sender computed when they fit the bytes, else computed here.
+fn checksums(bytes: &[u8], sent: Option<&Checksums>) -> Checksums {
+    match sent {
+        Some(sums) if sums.fits(bytes.len()) => sums.clone(),
+        _ => Checksums::of(bytes),
+    }
+}
+
+fn inline(bytes: Vec<u8>, sent: Option<&Checksums>) -> Place {
+    let sums = checksums(&bytes, sent);
     Place::Inline {
-        crcs: crcs_of(&bytes),
-        hash: hash_of(&bytes),
+        crcs: sums.crcs,
+        hash: ByteBuf::from(sums.hash),
         bytes: ByteBuf::from(bytes),
     }
 }
@@ -258,9 +267,10 @@ impl Onode {
 fn slice(extent: &Extent, start: u64, end: u64) -> Extent {
     let skip = start - extent.offset;
     let place = match &extent.place {
-        Place::Inline { bytes, .. } => {
-            inline(bytes[skip as usize..(end - extent.offset) as usize].to_vec())
-        }
+        Place::Inline { bytes, .. } => inline(
+            bytes[skip as usize..(end - extent.offset) as usize].to_vec(),
+            None,
+        ),
         Place::Blob { id, at } => Place::Blob {
             id: *id,
             at: at + skip,
@@ -479,7 +489,14 @@ impl RocksStore {
         }
     }
 
-    fn write_at(&self, plan: &mut Plan, onode: &mut Onode, offset: u64, data: &Bytes) {
+    fn write_at(
+        &self,
+        plan: &mut Plan,
+        onode: &mut Onode,
+        offset: u64,
+        data: &Bytes,
+        sums: Option<&Checksums>,
+    ) {
         let len = data.len() as u64;
         if data.is_empty() {
             onode.size = onode.size.max(offset);
@@ -487,18 +504,19 @@ impl RocksStore {
         }
         if data.len() >= BLOB_MIN_BYTES {
             let id = self.next_blob.fetch_add(1, Ordering::Relaxed);
+            let sums = checksums(data, sums);
             onode.blobs.insert(
                 id,
                 BlobMeta {
                     len,
-                    crcs: crcs_of(data),
-                    hash: hash_of(data),
+                    crcs: sums.crcs,
+                    hash: ByteBuf::from(sums.hash),
                 },
             );
             onode.insert(offset, len, Place::Blob { id, at: 0 });
             plan.new_blobs.insert(id, AlignedBlob::new(data));
         } else {
-            onode.insert(offset, len, inline(data.to_vec()));
+            onode.insert(offset, len, inline(data.to_vec(), sums));
         }
     }
 
@@ -574,21 +592,27 @@ impl RocksStore {
                 }
             }
             Op::Write {
-                name, offset, data, ..
+                name,
+                offset,
+                data,
+                sums,
+                ..
             } => {
                 let mut onode = self.working(plan, coll, name)?.take().unwrap_or_default();
                 let before = onode.size;
-                self.write_at(plan, &mut onode, *offset, data.bytes());
+                self.write_at(plan, &mut onode, *offset, data.bytes(), sums.as_ref());
                 plan.stored_delta += onode.size as i64 - before as i64;
                 let unused = onode.unused_blobs();
                 Self::release(plan, unused);
                 *self.working(plan, coll, name)? = Some(onode);
             }
-            Op::WriteFull { name, data, .. } => {
+            Op::WriteFull {
+                name, data, sums, ..
+            } => {
                 let mut onode = self.working(plan, coll, name)?.take().unwrap_or_default();
                 plan.stored_delta += data.len() as i64 - onode.size as i64;
                 onode.truncate(0);
-                self.write_at(plan, &mut onode, 0, data.bytes());
+                self.write_at(plan, &mut onode, 0, data.bytes(), sums.as_ref());
                 let unused = onode.unused_blobs();
                 Self::release(plan, unused);
                 *self.working(plan, coll, name)? = Some(onode);
