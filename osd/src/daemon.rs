@@ -435,7 +435,7 @@ impl Osd {
         let (mut tx, next) =
             pg::commit_tx(coll, &request.name, &mut planned, &entry, &state.info, keep);
         let written = tx.written_bytes();
-        if written >= crate::store::SHARED_CHECKSUMS_MIN as u64 {
+        if written >= crate::store::BLOB_MIN_BYTES as u64 {
             tokio::task::block_in_place(|| tx.add_checksums());
         }
         // The replicas' copy shares the data buffers (see `tidepool_proto::Payload`).

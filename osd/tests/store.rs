@@ -358,6 +358,30 @@ fn checksums_sent_with_a_write_are_kept_when_they_fit() {
             data[70_000..70_009]
         );
     }
+    // Sums that fit but do not match are kept too, so the store did not compute its own:
+    // reads of those bytes then fail their checks instead of returning them.
+    let mut forged = tx(vec![write("forged", 0, &data)]);
+    if let Op::Write { sums, .. } = &mut forged.ops[0] {
+        let mut wrong = Checksums::of(&data);
+        wrong.crcs[17] ^= 1;
+        wrong.hash[0] ^= 1;
+        *sums = Some(wrong);
+    }
+    store.apply(&forged).expect("write");
+    assert!(matches!(
+        store.read(COLL, "forged", 17 * 4096, 10),
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        store.read(COLL, "forged", 0, u64::MAX),
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(
+        store
+            .read(COLL, "forged", 0, 10)
+            .expect("blocks whose crc matches"),
+        data[..10]
+    );
 }
 
 #[derive(Clone, Debug)]

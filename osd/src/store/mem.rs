@@ -1,9 +1,10 @@
 //! [`MemStore`]: the object store in memory. The reference for the store's semantics: a
 //! transaction works on a copy of what it touches and replaces it only when every op applied.
 
-use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+
+use bytes::Bytes;
 
 use super::{
     read_end, CollectionId, ObjectStat, ObjectStore, OmapEntry, Op, StoreError, StoreUsage,

@@ -179,9 +179,9 @@ impl Op {
 
 /// The unit of the crc32c checksums.
 pub const CHECKSUM_BLOCK: usize = 4096;
-/// Writes of at least this many bytes have their checksums computed by the primary
-/// ([`Transaction::add_checksums`]).
-pub const SHARED_CHECKSUMS_MIN: usize = 64 * 1024;
+/// Writes of at least this many bytes go to a blob file; smaller ones stay in RocksDB. Their
+/// checksums are computed by the primary ([`Transaction::add_checksums`]).
+pub const BLOB_MIN_BYTES: usize = 64 * 1024;
 
 /// The checksums a store keeps of written bytes: a crc32c per [`CHECKSUM_BLOCK`] and a blake3
 /// hash of the whole.
@@ -235,7 +235,7 @@ impl Transaction {
     pub fn add_checksums(&mut self) {
         for op in &mut self.ops {
             if let Op::Write { data, sums, .. } | Op::WriteFull { data, sums, .. } = op {
-                if sums.is_none() && data.len() >= SHARED_CHECKSUMS_MIN {
+                if sums.is_none() && data.len() >= BLOB_MIN_BYTES {
                     *sums = Some(Checksums::of(data));
                 }
             }

@@ -16,13 +16,11 @@ use tidepool_kv::{Kv, Op as KvOp};
 
 use super::{
     read_end, Checksums, CollectionId, ObjectStat, ObjectStore, OmapEntry, Op, StoreError,
-    StoreUsage, Transaction,
+    StoreUsage, Transaction, BLOB_MIN_BYTES, CHECKSUM_BLOCK,
 };
 
-/// Writes of at least this many bytes go to a blob file; smaller ones stay in RocksDB.
-pub const BLOB_MIN_BYTES: usize = 64 * 1024;
 /// The unit of the crc32c checksums.
-const BLOCK: u64 = 4096;
+const BLOCK: u64 = CHECKSUM_BLOCK as u64;
 
 /// `O_DIRECT` and `EINVAL` of Linux (x86-64 and aarch64 agree on both).
 const O_DIRECT: i32 = if cfg!(target_arch = "aarch64") {
@@ -181,14 +179,6 @@ struct Onode {
     extents: Vec<Extent>,
     /// The blobs the extents use.
     blobs: BTreeMap<u64, BlobMeta>,
-}
-
-fn crcs_of(bytes: &[u8]) -> Vec<u32> {
-    bytes.chunks(BLOCK as usize).map(crc32c::crc32c).collect()
-}
-
-fn hash_of(bytes: &[u8]) -> ByteBuf {
-    ByteBuf::from(blake3::hash(bytes).as_bytes().to_vec())
 }
 
 /// The checksums the sender computed when they fit the bytes, else computed here.
@@ -781,8 +771,8 @@ impl RocksStore {
             return Err(corrupt(format!("short read: {got} of {wanted} bytes")));
         }
         let data = self.read_buffers.share(buffer, at..at + wanted);
-        if first == 0 && end >= meta.len {
-            if hash_of(&data) != meta.hash {
+        if first == 0 && end == meta.len {
+            if blake3::hash(&data).as_bytes()[..] != meta.hash[..] {
                 return Err(corrupt("fails its blake3 hash".into()));
             }
         } else {
@@ -910,7 +900,8 @@ impl ObjectStore for RocksStore {
                 let target = &mut out[(a - start) as usize..(b - start) as usize];
                 match &extent.place {
                     Place::Inline { bytes, crcs, hash } => {
-                        if crcs_of(bytes) != *crcs || hash_of(bytes) != *hash {
+                        let sums = Checksums::of(bytes);
+                        if sums.crcs != *crcs || sums.hash != hash.as_slice() {
                             return Err(StoreError::Corrupt(format!(
                                 "inline data of {name:?} in {coll} fails its checksum"
                             )));
