@@ -134,8 +134,6 @@ pub(crate) struct PgState {
     pub reqids: HashMap<(String, u64), u64>,
     /// The acting set this OSD (as primary) last brought up to date.
     pub peered: Option<Vec<OsdId>>,
-    /// Objects and bytes of the copy, as counted at a version.
-    pub usage: Option<(u64, u64, u64)>,
 }
 
 impl PgState {
@@ -291,7 +289,6 @@ impl Osd {
         state.loaded = true;
         state.present = loaded.is_some();
         let (info, log) = loaded.unwrap_or_default();
-        state.usage = None;
         state.reqids = log
             .iter()
             .filter_map(|e| e.reqid.clone().map(|r| (r, e.version)))
@@ -672,7 +669,7 @@ impl Osd {
                 continue;
             }
             let lock = self.pg(pg);
-            let Ok(mut state) = lock.try_lock() else {
+            let Ok(state) = lock.try_lock() else {
                 let recovering = self
                     .recovering
                     .lock()
@@ -701,7 +698,7 @@ impl Osd {
                 }
                 continue;
             };
-            let (objects, bytes) = self.usage(pg, &mut state);
+            let (objects, bytes) = self.usage(pg);
             let peered = state.peered.as_ref() == Some(&holders.acting);
             let progress = self
                 .progress
@@ -729,22 +726,15 @@ impl Osd {
     }
 
     /// The objects and bytes of this OSD's copy of `pg`, counted again only after it changed.
-    fn usage(&self, pg: PgId, state: &mut PgState) -> (u64, u64) {
-        if let Some((version, objects, bytes)) = state.usage {
-            if version == state.info.last_update {
-                return (objects, bytes);
-            }
-        }
+    /// Objects and bytes of this OSD's copy of `pg`, as the store counts them (without the PG's
+    /// own log object).
+    fn usage(&self, pg: PgId) -> (u64, u64) {
         let coll = pg::collection(pg);
-        let names = list_all(&*self.store, coll).unwrap_or_default();
-        let bytes = names
-            .iter()
-            .filter_map(|name| self.store.stat(coll, name).ok())
-            .map(|stat| stat.size)
-            .sum();
-        let objects = names.len() as u64;
-        state.usage = Some((state.info.last_update, objects, bytes));
-        (objects, bytes)
+        let Ok(usage) = self.store.collection_usage(coll) else {
+            return (0, 0);
+        };
+        let log = u64::from(self.store.stat(coll, pg::META).is_ok());
+        (usage.objects.saturating_sub(log), usage.bytes)
     }
 }
 

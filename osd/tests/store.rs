@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 
 use proptest::prelude::*;
 use tidepool_osd::store::{
-    Checksums, CollectionId, MemStore, ObjectStore, Op, RocksStore, StoreError, Transaction,
+    Checksums, CollectionId, CollectionUsage, MemStore, ObjectStore, Op, RocksStore, StoreError,
+    Transaction,
 };
 
 const COLL: CollectionId = CollectionId {
@@ -252,8 +253,8 @@ fn xattrs_and_omap() {
     });
 }
 
-/// Rule: objects list in name order with start-after and limit; removing a collection removes
-/// everything in it.
+/// Rule: objects list in name order with start-after and limit; each collection's object count
+/// and bytes follow its changes; removing a collection removes everything in it.
 #[test]
 fn listing_and_collections() {
     on_both(|store| {
@@ -268,6 +269,14 @@ fn listing_and_collections() {
             store.list(COLL, None, 100).expect("list"),
             vec!["a", "a/1", "a/2", "b", "c\u{e9}"]
         );
+        let usage = |coll| store.collection_usage(coll).expect("usage");
+        assert_eq!(
+            usage(COLL),
+            CollectionUsage {
+                objects: 5,
+                bytes: 11
+            }
+        );
         assert_eq!(
             store.list(COLL, Some("a/1"), 2).expect("page"),
             vec!["a/2", "b"]
@@ -277,6 +286,7 @@ fn listing_and_collections() {
             .apply(&tx(vec![Op::CreateCollection(other)]))
             .expect("create");
         assert_eq!(store.collections().expect("colls"), vec![COLL, other]);
+        assert_eq!(usage(other), CollectionUsage::default());
         store
             .apply(&tx(vec![
                 Op::RemoveCollection(COLL),
@@ -286,12 +296,26 @@ fn listing_and_collections() {
             .expect("remove and recreate");
         assert_eq!(store.list(COLL, None, 100).expect("list"), vec!["a"]);
         assert_eq!(
+            usage(COLL),
+            CollectionUsage {
+                objects: 1,
+                bytes: 5
+            }
+        );
+        assert_eq!(
             store.read(COLL, "a", 0, u64::MAX).expect("read"),
             &b"fresh"[..]
         );
         assert!(matches!(
             store.apply(&tx(vec![Op::CreateCollection(other)])),
             Err(StoreError::CollectionExists(_))
+        ));
+        store
+            .apply(&tx(vec![Op::RemoveCollection(other)]))
+            .expect("remove");
+        assert!(matches!(
+            store.collection_usage(other),
+            Err(StoreError::NoCollection(_))
         ));
     });
 }
@@ -438,12 +462,14 @@ proptest! {
             let t = tx(pair.iter().map(to_op).collect());
             let (a, b) = (model.apply(&t), rocks.apply(&t));
             prop_assert_eq!(a, b);
+            prop_assert_eq!(rocks.collection_usage(COLL), model.collection_usage(COLL));
         }
         for reopen in [false, true] {
             if reopen {
                 drop(rocks);
                 rocks = RocksStore::open(dir.path()).expect("reopen");
             }
+            prop_assert_eq!(rocks.collection_usage(COLL), model.collection_usage(COLL));
             for o in 0..3u8 {
                 let name = format!("obj{o}");
                 let expected = model.read(COLL, &name, 0, u64::MAX);

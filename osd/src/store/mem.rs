@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::{
-    read_end, CollectionId, ObjectStat, ObjectStore, OmapEntry, Op, StoreError, StoreUsage,
-    Transaction,
+    read_end, CollectionId, CollectionUsage, ObjectStat, ObjectStore, OmapEntry, Op, StoreError,
+    StoreUsage, Transaction,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -276,6 +276,17 @@ impl ObjectStore for MemStore {
             total_bytes: u64::MAX,
             available_bytes: u64::MAX - stored,
             stored_bytes: stored,
+        })
+    }
+
+    fn collection_usage(&self, coll: CollectionId) -> Result<CollectionUsage, StoreError> {
+        let collections = self.lock();
+        let objects = collections
+            .get(&coll)
+            .ok_or(StoreError::NoCollection(coll))?;
+        Ok(CollectionUsage {
+            objects: objects.len() as u64,
+            bytes: objects.values().map(|o| o.data.len() as u64).sum(),
         })
     }
 }

@@ -283,6 +283,15 @@ pub struct StoreUsage {
     pub stored_bytes: u64,
 }
 
+/// What one collection holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CollectionUsage {
+    /// Objects in it.
+    pub objects: u64,
+    /// Their bytes of data.
+    pub bytes: u64,
+}
+
 /// Why a store operation failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -373,6 +382,9 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Disk usage.
     fn usage(&self) -> Result<StoreUsage, StoreError>;
+
+    /// The objects of a collection and their bytes, known without listing them.
+    fn collection_usage(&self, coll: CollectionId) -> Result<CollectionUsage, StoreError>;
 }
 
 /// The largest object, as Ceph's `osd_max_object_size`: bigger data is striped over objects.

@@ -1,7 +1,7 @@
 //! [`RocksStore`]: metadata, omap and small data in RocksDB; large data in blob files written
 //! once and synced before the metadata that points at them commits. See docs/osd.md.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,8 +15,8 @@ use serde_bytes::ByteBuf;
 use tidepool_kv::{Kv, Op as KvOp};
 
 use super::{
-    read_end, Checksums, CollectionId, ObjectStat, ObjectStore, OmapEntry, Op, StoreError,
-    StoreUsage, Transaction, BLOB_MIN_BYTES, CHECKSUM_BLOCK,
+    read_end, Checksums, CollectionId, CollectionUsage, ObjectStat, ObjectStore, OmapEntry, Op,
+    StoreError, StoreUsage, Transaction, BLOB_MIN_BYTES, CHECKSUM_BLOCK,
 };
 
 /// The unit of the crc32c checksums.
@@ -344,7 +344,8 @@ pub struct RocksStore {
     dir: PathBuf,
     blobs: PathBuf,
     next_blob: AtomicU64,
-    stored_bytes: AtomicU64,
+    /// What each collection holds, kept as transactions commit.
+    usage: Mutex<HashMap<CollectionId, CollectionUsage>>,
     stripes: Vec<RwLock<()>>,
     failed: Mutex<Option<String>>,
     read_buffers: ReadBuffers,
@@ -365,8 +366,8 @@ struct Plan {
     new_blobs: BTreeMap<u64, AlignedBlob>,
     /// Committed blobs to delete after the commit.
     freed: Vec<u64>,
-    /// Change in stored bytes.
-    stored_delta: i64,
+    /// The size of each touched object that existed before the transaction.
+    before: BTreeMap<(CollectionId, String), u64>,
 }
 
 impl RocksStore {
@@ -377,10 +378,22 @@ impl RocksStore {
         std::fs::create_dir_all(&blobs).map_err(kv_failed)?;
         let kv = Kv::open(&dir.join("db")).map_err(kv_failed)?;
         let mut referenced = BTreeSet::new();
-        let mut stored = 0;
+        let mut usage: HashMap<CollectionId, CollectionUsage> = HashMap::new();
+        for (key, _) in kv.scan_prefix(b"C").map_err(kv_failed)? {
+            if let Some(coll) = decode_coll(&key[1..]) {
+                usage.insert(coll, CollectionUsage::default());
+            }
+        }
         for (key, bytes) in kv.scan_prefix(b"O").map_err(kv_failed)? {
             let onode: Onode = decode_onode(&key, &bytes)?;
-            stored += onode.size;
+            if let Some(counted) = key
+                .get(1..10)
+                .and_then(decode_coll)
+                .and_then(|coll| usage.get_mut(&coll))
+            {
+                counted.objects += 1;
+                counted.bytes += onode.size;
+            }
             referenced.extend(onode.blobs.keys().copied());
         }
         let mut highest = referenced.iter().next_back().copied().unwrap_or(0);
@@ -400,7 +413,7 @@ impl RocksStore {
             dir: dir.to_owned(),
             blobs,
             next_blob: AtomicU64::new(highest + 1),
-            stored_bytes: AtomicU64::new(stored),
+            usage: Mutex::new(usage),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             failed: Mutex::new(None),
             read_buffers: ReadBuffers::default(),
@@ -428,6 +441,43 @@ impl RocksStore {
         let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         failed.get_or_insert(reason.clone());
         StoreError::Failed(reason)
+    }
+
+    fn lock_usage(&self) -> std::sync::MutexGuard<'_, HashMap<CollectionId, CollectionUsage>> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a committed plan's changes into the collections' usage.
+    fn count(&self, plan: &Plan) {
+        let mut usage = self.lock_usage();
+        for coll in &plan.removed {
+            usage.remove(coll);
+        }
+        for (coll, exists) in &plan.collections {
+            if *exists {
+                usage.entry(*coll).or_default();
+            } else {
+                usage.remove(coll);
+            }
+        }
+        for (key, onode) in &plan.onodes {
+            let Some(counted) = usage.get_mut(&key.0) else {
+                continue;
+            };
+            // Objects of a collection removed by this transaction went with it.
+            let before = plan
+                .before
+                .get(key)
+                .filter(|_| !plan.removed.contains(&key.0));
+            if let Some(size) = before {
+                counted.objects = counted.objects.saturating_sub(1);
+                counted.bytes = counted.bytes.saturating_sub(*size);
+            }
+            if let Some(onode) = onode {
+                counted.objects += 1;
+                counted.bytes += onode.size;
+            }
+        }
     }
 
     fn blob_path(&self, id: u64) -> PathBuf {
@@ -464,6 +514,9 @@ impl RocksStore {
             } else {
                 self.load(coll, name)?
             };
+            if let Some(onode) = &loaded {
+                plan.before.insert(key.clone(), onode.size);
+            }
             plan.onodes.insert(key.clone(), loaded);
         }
         Ok(plan.onodes.get_mut(&key).expect("inserted above"))
@@ -541,7 +594,6 @@ impl RocksStore {
                 );
                 for name in names {
                     if let Some(onode) = self.working(plan, coll, &name)?.take() {
-                        plan.stored_delta -= onode.size as i64;
                         let ids = onode.blobs.keys().copied().collect();
                         Self::release(plan, ids);
                     }
@@ -589,9 +641,7 @@ impl RocksStore {
                 ..
             } => {
                 let mut onode = self.working(plan, coll, name)?.take().unwrap_or_default();
-                let before = onode.size;
                 self.write_at(plan, &mut onode, *offset, data.bytes(), sums.as_ref());
-                plan.stored_delta += onode.size as i64 - before as i64;
                 let unused = onode.unused_blobs();
                 Self::release(plan, unused);
                 *self.working(plan, coll, name)? = Some(onode);
@@ -600,7 +650,6 @@ impl RocksStore {
                 name, data, sums, ..
             } => {
                 let mut onode = self.working(plan, coll, name)?.take().unwrap_or_default();
-                plan.stored_delta += data.len() as i64 - onode.size as i64;
                 onode.truncate(0);
                 self.write_at(plan, &mut onode, 0, data.bytes(), sums.as_ref());
                 let unused = onode.unused_blobs();
@@ -612,7 +661,6 @@ impl RocksStore {
                     .working(plan, coll, name)?
                     .take()
                     .ok_or_else(|| missing(name))?;
-                plan.stored_delta += *size as i64 - onode.size as i64;
                 onode.truncate(*size);
                 let unused = onode.unused_blobs();
                 Self::release(plan, unused);
@@ -623,7 +671,6 @@ impl RocksStore {
                     .working(plan, coll, name)?
                     .take()
                     .ok_or_else(|| missing(name))?;
-                plan.stored_delta -= onode.size as i64;
                 Self::release(plan, onode.blobs.keys().copied().collect());
                 let prefix = omap_prefix(coll, name);
                 plan.kv
@@ -853,17 +900,11 @@ impl ObjectStore for RocksStore {
         if let Err(error) = self.kv.write(&batch) {
             return Err(self.fail(format!("committing metadata: {error}")));
         }
-        for id in plan.freed {
+        for id in &plan.freed {
             // A crash before this leaves an unreferenced file, removed at the next open.
-            let _ = std::fs::remove_file(self.blob_path(id));
+            let _ = std::fs::remove_file(self.blob_path(*id));
         }
-        if plan.stored_delta >= 0 {
-            self.stored_bytes
-                .fetch_add(plan.stored_delta as u64, Ordering::Relaxed);
-        } else {
-            self.stored_bytes
-                .fetch_sub(plan.stored_delta.unsigned_abs(), Ordering::Relaxed);
-        }
+        self.count(&plan);
         Ok(())
     }
 
@@ -1035,8 +1076,16 @@ impl ObjectStore for RocksStore {
         Ok(StoreUsage {
             total_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
             available_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
-            stored_bytes: self.stored_bytes.load(Ordering::Relaxed),
+            stored_bytes: self.lock_usage().values().map(|u| u.bytes).sum(),
         })
+    }
+
+    fn collection_usage(&self, coll: CollectionId) -> Result<CollectionUsage, StoreError> {
+        self.check()?;
+        self.lock_usage()
+            .get(&coll)
+            .copied()
+            .ok_or(StoreError::NoCollection(coll))
     }
 }
 
