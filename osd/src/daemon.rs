@@ -14,7 +14,7 @@ use tidepool_messenger::{Identity, Messenger, MessengerConfig, Peer, Service};
 use tidepool_placement::{ClusterMap, Epoch, OsdId, PgId, Placement, PoolKind, Scratch};
 use tidepool_proto::mon::{Beacon, Command, IoRates, MonMap, OsdStat, PgStat};
 use tidepool_proto::osd::{
-    LogEntry, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse, PgInfo,
+    LogEntry, ObjectOp, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse, PgInfo,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -298,9 +298,29 @@ impl Osd {
         Ok(())
     }
 
-    pub fn apply(&self, tx: &Transaction) -> Result<(), StoreError> {
-        let result = tokio::task::block_in_place(|| self.store.apply(tx));
+    /// Applies `tx` and waits until it is durable.
+    pub async fn apply(&self, tx: Transaction) -> Result<(), StoreError> {
+        let result = self.start(tx).await;
         self.fail_stop(result)
+    }
+
+    /// Starts applying `tx`: a small transaction is planned and queued right here (its reads
+    /// come from RocksDB's caches), a heavy one on a blocking thread. The future resolves when
+    /// it is durable; it need not be polled for the work to go on.
+    fn start(&self, tx: Transaction) -> LocalWrite {
+        if tx.is_heavy() {
+            let store = self.store.clone();
+            let submitted = tokio::task::spawn_blocking(move || store.submit(&tx));
+            Box::pin(async move {
+                match submitted.await {
+                    Ok(commit) => commit?.await,
+                    Err(error) => Err(StoreError::Failed(format!("local write task: {error}"))),
+                }
+            })
+        } else {
+            let commit = self.store.submit(&tx);
+            Box::pin(async move { commit?.await })
+        }
     }
 
     /// Stops the OSD when `result` says the store failed (a write, a sync, a full disk).
@@ -394,9 +414,18 @@ impl Osd {
             return OsdResponse::Object(Ok((*version, Vec::new())));
         }
         let coll = pg::collection(pg);
-        let mut planned = match tokio::task::block_in_place(|| {
-            pg::plan(&*self.store, coll, &request.name, request.ops)
-        }) {
+        // Data reads may go to the disk, off the async threads; the rest reads RocksDB's caches.
+        let reads_data = request
+            .ops
+            .iter()
+            .any(|op| matches!(op, ObjectOp::Read { .. }));
+        let plan = || pg::plan(&*self.store, coll, &request.name, request.ops);
+        let planned = if reads_data {
+            tokio::task::block_in_place(plan)
+        } else {
+            plan()
+        };
+        let mut planned = match planned {
             Ok(planned) => planned,
             Err(error) => return OsdResponse::Object(Err(error)),
         };
@@ -440,8 +469,7 @@ impl Osd {
         self.io.write_bytes.fetch_add(written, Ordering::Relaxed);
         // The local write and the replicas' run at once; the client hears back when all are on
         // disk.
-        let store = self.store.clone();
-        let mut local = Some(tokio::task::spawn_blocking(move || store.apply(&tx)));
+        let mut local = Some(self.start(tx));
         state.info = next;
         state.log.push(entry.clone());
         state.reqids.insert(reqid, entry.version);
@@ -468,7 +496,7 @@ impl Osd {
         acting: &[OsdId],
         entry: &LogEntry,
         transaction: Transaction,
-        local: &mut Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+        local: &mut Option<LocalWrite>,
     ) -> Result<(), String> {
         let started = Instant::now();
         let mut waiting: BTreeSet<OsdId> =
@@ -549,11 +577,12 @@ impl Osd {
         if !state.present {
             tx.ops.insert(0, Op::CreateCollection(coll));
         }
-        if let Err(error) = self.apply(&tx) {
+        let recorded = pg::recorded_info(&tx);
+        if let Err(error) = self.apply(tx).await {
             return storage_failed(error);
         }
         state.present = true;
-        state.info = pg::recorded_info(&tx)
+        state.info = recorded
             .unwrap_or_else(|| pg::advance(&state.info, &entry, self.option("osd_pg_log_entries")));
         if let Some(reqid) = entry.reqid.clone() {
             state.reqids.insert(reqid, entry.version);
@@ -783,14 +812,14 @@ fn pg_state(
     (parts.join("+"), degraded, misplaced)
 }
 
+/// A local write on its way to disk (see [`Osd::start`]).
+type LocalWrite =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
 /// Waits for the local write of a change, once.
-async fn finish_local(
-    local: &mut Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
-) -> Result<(), StoreError> {
+async fn finish_local(local: &mut Option<LocalWrite>) -> Result<(), StoreError> {
     match local.take() {
-        Some(handle) => handle
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Failed(format!("local write task: {e}")))),
+        Some(write) => write.await,
         None => Ok(()),
     }
 }

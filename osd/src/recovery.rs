@@ -66,9 +66,10 @@ impl Osd {
     ) -> Result<(), NotActive> {
         let coll = pg::collection(pg);
         if !state.present {
-            self.apply(&Transaction {
+            self.apply(Transaction {
                 ops: vec![Op::CreateCollection(coll)],
             })
+            .await
             .map_err(|e| e.to_string())?;
             state.present = true;
         }
@@ -196,9 +197,10 @@ impl Osd {
                 else {
                     return Err(format!("osd.{} did not send its log", source.0));
                 };
-                self.apply(&Transaction {
+                self.apply(Transaction {
                     ops: vec![Op::RemoveCollection(coll), Op::CreateCollection(coll)],
                 })
+                .await
                 .map_err(|e| e.to_string())?;
                 (names, entries)
             }
@@ -221,12 +223,14 @@ impl Osd {
             for (name, object) in &objects {
                 ops.extend(pg::write_state(&*self.store, coll, name, object.as_ref()));
             }
-            self.apply(&Transaction { ops })
+            self.apply(Transaction { ops })
+                .await
                 .map_err(|e| e.to_string())?;
         }
-        self.apply(&Transaction {
+        self.apply(Transaction {
             ops: pg::record(coll, &entries, info, None),
         })
+        .await
         .map_err(|e| e.to_string())?;
         self.reload(pg, state).map_err(|e| e.to_string())?;
         state.info = info.clone();
@@ -398,7 +402,7 @@ impl Osd {
         if let Some(info) = &info {
             ops.extend(pg::record(coll, &entries, info, None));
         }
-        if let Err(error) = self.apply(&Transaction { ops }) {
+        if let Err(error) = self.apply(Transaction { ops }).await {
             return storage_failed(error);
         }
         if let Err(error) = self.reload(pg, &mut state) {
@@ -474,9 +478,10 @@ impl Osd {
             }
             info!(%pg, "removing a stray copy");
             if self
-                .apply(&Transaction {
+                .apply(Transaction {
                     ops: vec![Op::RemoveCollection(coll)],
                 })
+                .await
                 .is_err()
             {
                 return;

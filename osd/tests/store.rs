@@ -320,6 +320,43 @@ fn listing_and_collections() {
     });
 }
 
+/// Rule: transactions submitted before any is waited for all commit, those on one collection
+/// in the order they were submitted (a large write included), and a failed one changes nothing
+/// and does not stop the others.
+#[test]
+fn submitted_transactions_commit_in_order() {
+    on_both(|store| {
+        let other = CollectionId::replicated(1, 9);
+        let large = pattern(300_000, 3);
+        let commits = vec![
+            store.submit(&tx(vec![Op::CreateCollection(other)])),
+            store.submit(&tx(vec![write("x", 0, b"first")])),
+            store.submit(&tx(vec![write("x", 5, b"-second")])),
+            store.submit(&tx(vec![write("big", 0, &large)])),
+            store.submit(&tx(vec![Op::Truncate {
+                coll: COLL,
+                name: "missing".into(),
+                size: 0,
+            }])),
+            store.submit(&tx(vec![write("x", 12, b"-third")])),
+        ];
+        let results: Vec<_> = commits
+            .into_iter()
+            .map(|c| c.and_then(|c| c.wait()))
+            .collect();
+        assert!(matches!(results[4], Err(StoreError::NotFound { .. })));
+        for (i, result) in results.iter().enumerate() {
+            assert!(i == 4 || result.is_ok(), "transaction {i}: {result:?}");
+        }
+        assert_eq!(
+            store.read(COLL, "x", 0, u64::MAX).expect("read"),
+            &b"first-second-third"[..]
+        );
+        assert_eq!(store.read(COLL, "big", 0, u64::MAX).expect("read"), large);
+        assert_eq!(store.collections().expect("colls"), vec![COLL, other]);
+    });
+}
+
 /// Rule: the on-disk store survives a reopen, detects a corrupted block, and removes blob
 /// files nothing refers to.
 #[test]

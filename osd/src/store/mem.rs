@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::{
-    read_end, CollectionId, CollectionUsage, ObjectStat, ObjectStore, OmapEntry, Op, StoreError,
-    StoreUsage, Transaction,
+    read_end, CollectionId, CollectionUsage, Commit, ObjectStat, ObjectStore, OmapEntry, Op,
+    StoreError, StoreUsage, Transaction,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -162,7 +162,7 @@ fn apply_op(
 }
 
 impl ObjectStore for MemStore {
-    fn apply(&self, tx: &Transaction) -> Result<(), StoreError> {
+    fn submit(&self, tx: &Transaction) -> Result<Commit, StoreError> {
         let mut collections = self.lock();
         // Work on copies of the touched collections; replace them only if every op applied.
         let mut working: BTreeMap<CollectionId, Collection> = tx
@@ -180,7 +180,7 @@ impl ObjectStore for MemStore {
                 None => collections.remove(&coll),
             };
         }
-        Ok(())
+        Ok(Commit::done(Ok(())))
     }
 
     fn read(

@@ -253,6 +253,16 @@ impl Transaction {
             .sum()
     }
 
+    /// Whether submitting it does more than read RocksDB's caches: it has large data to write
+    /// or a whole collection to remove. Async code submits such transactions off its threads.
+    pub fn is_heavy(&self) -> bool {
+        self.ops.iter().any(|op| match op {
+            Op::Write { data, .. } | Op::WriteFull { data, .. } => data.len() >= BLOB_MIN_BYTES,
+            Op::RemoveCollection(_) => true,
+            _ => false,
+        })
+    }
+
     /// The collections the transaction touches, sorted, without repeats.
     pub fn collections(&self) -> Vec<CollectionId> {
         let mut colls: Vec<CollectionId> = self.ops.iter().map(Op::collection).collect();
@@ -330,8 +340,17 @@ pub enum StoreError {
 
 /// Objects in collections, changed by atomic, durable transactions.
 pub trait ObjectStore: Send + Sync + 'static {
-    /// Applies `tx`: all of it or nothing; durable when this returns `Ok`.
-    fn apply(&self, tx: &Transaction) -> Result<(), StoreError>;
+    /// Starts `tx`: checks it (one that cannot apply fails here and changes nothing), writes
+    /// its large data and queues the rest; the [`Commit`] resolves once all of it is durable.
+    /// Until then, other transactions on its collections and reads of them wait; transactions
+    /// on other collections go on, and share their sync with it.
+    fn submit(&self, tx: &Transaction) -> Result<Commit, StoreError>;
+
+    /// Applies `tx`: all of it or nothing; durable when this returns `Ok`. Not for async code,
+    /// which awaits [`ObjectStore::submit`]'s [`Commit`] instead.
+    fn apply(&self, tx: &Transaction) -> Result<(), StoreError> {
+        self.submit(tx)?.wait()
+    }
 
     /// `len` bytes from `offset` (fewer at the end of the object; `u64::MAX` for the rest).
     fn read(
@@ -385,6 +404,62 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// The objects of a collection and their bytes, known without listing them.
     fn collection_usage(&self, coll: CollectionId) -> Result<CollectionUsage, StoreError>;
+}
+
+/// A submitted transaction on its way to disk (see [`ObjectStore::submit`]): await it in async
+/// code, or [`Commit::wait`] for it elsewhere.
+#[must_use = "a transaction is durable only once its commit resolves"]
+#[derive(Debug)]
+pub struct Commit(CommitState);
+
+#[derive(Debug)]
+enum CommitState {
+    Done(std::future::Ready<Result<(), StoreError>>),
+    Queued(tokio::sync::oneshot::Receiver<Result<(), StoreError>>),
+}
+
+impl Commit {
+    /// A commit already decided.
+    pub fn done(result: Result<(), StoreError>) -> Commit {
+        Commit(CommitState::Done(std::future::ready(result)))
+    }
+
+    /// A commit that `sender` will decide.
+    fn queued() -> (tokio::sync::oneshot::Sender<Result<(), StoreError>>, Commit) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (sender, Commit(CommitState::Queued(receiver)))
+    }
+
+    /// Blocks until the transaction is durable (or failed). Not on an async runtime's thread.
+    pub fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            CommitState::Done(ready) => ready.into_inner(),
+            CommitState::Queued(receiver) => receiver.blocking_recv().unwrap_or_else(stopped),
+        }
+    }
+}
+
+/// The answer for a commit whose store stopped before deciding it.
+fn stopped(_: tokio::sync::oneshot::error::RecvError) -> Result<(), StoreError> {
+    Err(StoreError::Failed(
+        "the store stopped before the commit".into(),
+    ))
+}
+
+impl std::future::Future for Commit {
+    type Output = Result<(), StoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.0 {
+            CommitState::Done(ready) => std::pin::Pin::new(ready).poll(cx),
+            CommitState::Queued(receiver) => std::pin::Pin::new(receiver)
+                .poll(cx)
+                .map(|answer| answer.unwrap_or_else(stopped)),
+        }
+    }
 }
 
 /// The largest object, as Ceph's `osd_max_object_size`: bigger data is striped over objects.

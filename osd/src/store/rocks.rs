@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -15,8 +15,8 @@ use serde_bytes::ByteBuf;
 use tidepool_kv::{Kv, Op as KvOp};
 
 use super::{
-    read_end, Checksums, CollectionId, CollectionUsage, ObjectStat, ObjectStore, OmapEntry, Op,
-    StoreError, StoreUsage, Transaction, BLOB_MIN_BYTES, CHECKSUM_BLOCK,
+    read_end, Checksums, CollectionId, CollectionUsage, Commit, ObjectStat, ObjectStore, OmapEntry,
+    Op, StoreError, StoreUsage, Transaction, BLOB_MIN_BYTES, CHECKSUM_BLOCK,
 };
 
 /// The unit of the crc32c checksums.
@@ -132,8 +132,13 @@ impl Drop for Leased {
     }
 }
 
-/// Lock stripes: transactions on different collections run (and sync) concurrently.
-const STRIPES: usize = 64;
+/// Lock stripes: transactions on different collections plan and commit concurrently. Many
+/// stripes, because a transaction holds its stripes until its group commit is on disk and
+/// another on the same stripe waits for that.
+const STRIPES: usize = 1024;
+
+/// The most transactions one group commit takes.
+const GROUP_MAX: usize = 256;
 
 /// Where an extent's bytes are.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -338,17 +343,54 @@ fn kv_failed(error: impl std::fmt::Display) -> StoreError {
 }
 
 /// The object store on a disk: RocksDB in `<dir>/db`, blob files in `<dir>/blobs`.
+///
+/// A transaction is planned and its large data written by the thread that submits it, under
+/// the write locks of its collections' stripes; its metadata then joins a queue. One commit
+/// thread takes everything queued into one synced RocksDB batch (a group commit: concurrent
+/// transactions share one WAL sync), then releases each transaction's locks and tells its
+/// submitter. See docs/osd.md.
 #[derive(Debug)]
 pub struct RocksStore {
-    kv: Kv,
+    shared: Arc<Shared>,
     dir: PathBuf,
-    blobs: PathBuf,
     next_blob: AtomicU64,
-    /// What each collection holds, kept as transactions commit.
-    usage: Mutex<HashMap<CollectionId, CollectionUsage>>,
-    stripes: Vec<RwLock<()>>,
-    failed: Mutex<Option<String>>,
+    stripes: Vec<Arc<StripeLock>>,
     read_buffers: ReadBuffers,
+    /// The commit thread's queue (`None` once dropped, which ends the thread).
+    commits: Option<mpsc::Sender<Pending>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+type StripeLock = parking_lot::RwLock<()>;
+
+/// What the submitters and the commit thread share.
+#[derive(Debug)]
+struct Shared {
+    kv: Kv,
+    blobs: PathBuf,
+    /// The collections that exist and what each holds, kept in memory as transactions
+    /// commit: a collection's existence is checked by every operation.
+    collections: Mutex<HashMap<CollectionId, CollectionUsage>>,
+    failed: Mutex<Option<String>>,
+}
+
+/// A planned transaction waiting for its group commit.
+struct Pending {
+    batch: Vec<KvOp>,
+    plan: Plan,
+    /// The write locks of its stripes, released once it is on disk.
+    locks: Vec<parking_lot::ArcRwLockWriteGuard<parking_lot::RawRwLock, ()>>,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl Drop for RocksStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the commit thread once it has committed what was queued.
+        self.commits = None;
+        if let Some(thread) = self.committer.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// What a transaction changes, gathered before anything is written.
@@ -408,15 +450,28 @@ impl RocksStore {
                 std::fs::remove_file(entry.path()).map_err(kv_failed)?;
             }
         }
-        Ok(RocksStore {
+        let shared = Arc::new(Shared {
             kv,
-            dir: dir.to_owned(),
             blobs,
-            next_blob: AtomicU64::new(highest + 1),
-            usage: Mutex::new(usage),
-            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            collections: Mutex::new(usage),
             failed: Mutex::new(None),
+        });
+        let (commits, queue) = mpsc::channel();
+        let committer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("store-commit".into())
+                .spawn(move || shared.commit_loop(&queue))
+                .map_err(kv_failed)?
+        };
+        Ok(RocksStore {
+            shared,
+            dir: dir.to_owned(),
+            next_blob: AtomicU64::new(highest + 1),
+            stripes: (0..STRIPES).map(|_| Arc::default()).collect(),
             read_buffers: ReadBuffers::default(),
+            commits: Some(commits),
+            committer: Some(committer),
         })
     }
 
@@ -428,7 +483,9 @@ impl RocksStore {
             .wrapping_add(u64::from(coll.shard));
         (mixed % STRIPES as u64) as usize
     }
+}
 
+impl Shared {
     fn check(&self) -> Result<(), StoreError> {
         match &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(reason) => Err(StoreError::Failed(reason.clone())),
@@ -443,13 +500,15 @@ impl RocksStore {
         StoreError::Failed(reason)
     }
 
-    fn lock_usage(&self) -> std::sync::MutexGuard<'_, HashMap<CollectionId, CollectionUsage>> {
-        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_collections(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<CollectionId, CollectionUsage>> {
+        self.collections.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes a committed plan's changes into the collections' usage.
     fn count(&self, plan: &Plan) {
-        let mut usage = self.lock_usage();
+        let mut usage = self.lock_collections();
         for coll in &plan.removed {
             usage.remove(coll);
         }
@@ -484,16 +543,53 @@ impl RocksStore {
         self.blobs.join(format!("{id:016x}"))
     }
 
+    /// Whether `coll` exists (committed), from the table kept in memory.
+    fn has_collection(&self, coll: CollectionId) -> bool {
+        self.lock_collections().contains_key(&coll)
+    }
+
+    /// The commit thread: takes every transaction queued into one synced batch, then tells
+    /// their submitters, until the queue closes.
+    fn commit_loop(&self, queue: &mpsc::Receiver<Pending>) {
+        while let Ok(first) = queue.recv() {
+            let mut group = vec![first];
+            group.extend(queue.try_iter().take(GROUP_MAX - 1));
+            let mut batch = Vec::new();
+            for pending in &mut group {
+                batch.append(&mut pending.batch);
+            }
+            let result = self.check().and_then(|()| {
+                self.kv
+                    .write(&batch)
+                    .map_err(|error| self.fail(format!("committing metadata: {error}")))
+            });
+            for pending in group {
+                if result.is_ok() {
+                    for id in &pending.plan.freed {
+                        // A crash before this leaves an unreferenced file, removed at the next
+                        // open.
+                        let _ = std::fs::remove_file(self.blob_path(*id));
+                    }
+                    self.count(&pending.plan);
+                }
+                drop(pending.locks);
+                let _ = pending.done.send(result.clone());
+            }
+        }
+    }
+}
+
+impl RocksStore {
     fn collection_exists(&self, plan: &Plan, coll: CollectionId) -> Result<bool, StoreError> {
         if let Some(exists) = plan.collections.get(&coll) {
             return Ok(*exists);
         }
-        Ok(self.kv.get(&coll_key(coll)).map_err(kv_failed)?.is_some())
+        Ok(self.shared.has_collection(coll))
     }
 
     fn load(&self, coll: CollectionId, name: &str) -> Result<Option<Onode>, StoreError> {
         let key = onode_key(coll, name);
-        match self.kv.get(&key).map_err(kv_failed)? {
+        match self.shared.kv.get(&key).map_err(kv_failed)? {
             Some(bytes) => Ok(Some(decode_onode(&key, &bytes)?)),
             None => Ok(None),
         }
@@ -583,7 +679,7 @@ impl RocksStore {
                 // Every object goes, and with it every blob (committed or planned).
                 let mut names: BTreeSet<String> = BTreeSet::new();
                 let prefix = onode_prefix(coll);
-                for (key, _) in self.kv.scan_prefix(&prefix).map_err(kv_failed)? {
+                for (key, _) in self.shared.kv.scan_prefix(&prefix).map_err(kv_failed)? {
                     names.insert(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
                 }
                 names.extend(
@@ -734,7 +830,7 @@ impl RocksStore {
             return Ok(());
         }
         for (id, blob) in blobs {
-            let path = self.blob_path(*id);
+            let path = self.shared.blob_path(*id);
             let direct = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -758,7 +854,7 @@ impl RocksStore {
             }
             file.sync_data()?;
         }
-        File::open(&self.blobs)?.sync_all()
+        File::open(&self.shared.blobs)?.sync_all()
     }
 
     /// Reads `[start, end)` of blob `id`. A read of the whole blob is checked against its
@@ -787,7 +883,7 @@ impl RocksStore {
         let last = end.div_ceil(BLOCK) * BLOCK;
         // Whole checksum blocks: the last one ends at the blob's end.
         let wanted = (last.min(meta.len) - first) as usize;
-        let path = self.blob_path(id);
+        let path = self.shared.blob_path(id);
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(O_DIRECT)
@@ -838,15 +934,13 @@ impl RocksStore {
         coll: CollectionId,
         f: impl FnOnce() -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.check()?;
-        let _guard = self.stripes[Self::stripe(coll)]
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        self.shared.check()?;
+        let _guard = self.stripes[Self::stripe(coll)].read();
         f()
     }
 
     fn onode(&self, coll: CollectionId, name: &str) -> Result<Onode, StoreError> {
-        if self.kv.get(&coll_key(coll)).map_err(kv_failed)?.is_none() {
+        if !self.shared.has_collection(coll) {
             return Err(StoreError::NoCollection(coll));
         }
         self.load(coll, name)?.ok_or_else(|| StoreError::NotFound {
@@ -866,14 +960,14 @@ fn decode_onode(key: &[u8], bytes: &[u8]) -> Result<Onode, StoreError> {
 }
 
 impl ObjectStore for RocksStore {
-    fn apply(&self, tx: &Transaction) -> Result<(), StoreError> {
-        self.check()?;
+    fn submit(&self, tx: &Transaction) -> Result<Commit, StoreError> {
+        self.shared.check()?;
         let mut stripes: Vec<usize> = tx.collections().into_iter().map(Self::stripe).collect();
         stripes.sort_unstable();
         stripes.dedup();
-        let _guards: Vec<_> = stripes
+        let locks: Vec<_> = stripes
             .iter()
-            .map(|&s| self.stripes[s].write().unwrap_or_else(|p| p.into_inner()))
+            .map(|&s| self.stripes[s].write_arc())
             .collect();
         let mut plan = Plan::default();
         for op in &tx.ops {
@@ -882,9 +976,9 @@ impl ObjectStore for RocksStore {
         // Data first, synced; then the metadata that points at it, in one synced batch.
         if let Err(error) = self.write_blobs(&plan.new_blobs) {
             for id in plan.new_blobs.keys() {
-                let _ = std::fs::remove_file(self.blob_path(*id));
+                let _ = std::fs::remove_file(self.shared.blob_path(*id));
             }
-            return Err(self.fail(format!("writing object data: {error}")));
+            return Err(self.shared.fail(format!("writing object data: {error}")));
         }
         let mut batch = std::mem::take(&mut plan.kv);
         for ((coll, name), onode) in &plan.onodes {
@@ -897,15 +991,23 @@ impl ObjectStore for RocksStore {
                 None => batch.push(KvOp::Delete(key)),
             }
         }
-        if let Err(error) = self.kv.write(&batch) {
-            return Err(self.fail(format!("committing metadata: {error}")));
-        }
-        for id in &plan.freed {
-            // A crash before this leaves an unreferenced file, removed at the next open.
-            let _ = std::fs::remove_file(self.blob_path(*id));
-        }
-        self.count(&plan);
-        Ok(())
+        // The blobs are on disk; the commit thread needs only the plan's bookkeeping.
+        plan.new_blobs.clear();
+        let (done, commit) = Commit::queued();
+        let pending = Pending {
+            batch,
+            plan,
+            locks,
+            done,
+        };
+        let queue = self
+            .commits
+            .as_ref()
+            .expect("the queue lives as long as the store");
+        queue
+            .send(pending)
+            .map_err(|_| StoreError::Failed("the commit thread stopped".into()))?;
+        Ok(commit)
     }
 
     fn read(
@@ -1000,7 +1102,7 @@ impl ObjectStore for RocksStore {
             for key in keys {
                 let mut full = prefix.clone();
                 full.extend_from_slice(key);
-                if let Some(value) = self.kv.get(&full).map_err(kv_failed)? {
+                if let Some(value) = self.shared.kv.get(&full).map_err(kv_failed)? {
                     found.insert(key.clone(), value);
                 }
             }
@@ -1025,6 +1127,7 @@ impl ObjectStore for RocksStore {
                 start.push(0);
             }
             Ok(self
+                .shared
                 .kv
                 .scan_from(&start, &prefix, limit)
                 .map_err(kv_failed)?
@@ -1041,7 +1144,7 @@ impl ObjectStore for RocksStore {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         self.read_locked(coll, || {
-            if self.kv.get(&coll_key(coll)).map_err(kv_failed)?.is_none() {
+            if !self.shared.has_collection(coll) {
                 return Err(StoreError::NoCollection(coll));
             }
             let prefix = onode_prefix(coll);
@@ -1051,6 +1154,7 @@ impl ObjectStore for RocksStore {
                 start.push(0);
             }
             Ok(self
+                .shared
                 .kv
                 .scan_from(&start, &prefix, limit)
                 .map_err(kv_failed)?
@@ -1061,14 +1165,10 @@ impl ObjectStore for RocksStore {
     }
 
     fn collections(&self) -> Result<Vec<CollectionId>, StoreError> {
-        self.check()?;
-        Ok(self
-            .kv
-            .scan_prefix(b"C")
-            .map_err(kv_failed)?
-            .into_iter()
-            .filter_map(|(k, _)| decode_coll(&k[1..]))
-            .collect())
+        self.shared.check()?;
+        let mut colls: Vec<CollectionId> = self.shared.lock_collections().keys().copied().collect();
+        colls.sort_by_key(|c| coll_key(*c));
+        Ok(colls)
     }
 
     fn usage(&self) -> Result<StoreUsage, StoreError> {
@@ -1076,13 +1176,19 @@ impl ObjectStore for RocksStore {
         Ok(StoreUsage {
             total_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
             available_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
-            stored_bytes: self.lock_usage().values().map(|u| u.bytes).sum(),
+            stored_bytes: self
+                .shared
+                .lock_collections()
+                .values()
+                .map(|u| u.bytes)
+                .sum(),
         })
     }
 
     fn collection_usage(&self, coll: CollectionId) -> Result<CollectionUsage, StoreError> {
-        self.check()?;
-        self.lock_usage()
+        self.shared.check()?;
+        self.shared
+            .lock_collections()
             .get(&coll)
             .copied()
             .ok_or(StoreError::NoCollection(coll))
