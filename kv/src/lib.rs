@@ -46,6 +46,11 @@ impl Kv {
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
         options.set_paranoid_checks(true);
+        // Bloom filters: a lookup of a key that does not exist (a new object's metadata) skips
+        // the table files that cannot hold it instead of searching each.
+        let mut tables = rocksdb::BlockBasedOptions::default();
+        tables.set_bloom_filter(10.0, false);
+        options.set_block_based_table_factory(&tables);
         Ok(Kv {
             db: rocksdb::DB::open(&options, dir)?,
             failed: AtomicBool::new(false),

@@ -140,8 +140,70 @@ const STRIPES: usize = 1024;
 /// The most transactions one group commit takes.
 const GROUP_MAX: usize = 256;
 
+/// The memory the onode cache may use.
+const ONODE_CACHE_BYTES: usize = 32 << 20;
+
+/// An object: its collection and name.
+type ObjectKey = (CollectionId, String);
+
+/// Recently used onodes, decoded: every write of a PG loads its log object's onode, and an
+/// object written or read is often soon touched again. Two generations approximate LRU order:
+/// a hit moves an onode into the young generation; when that outgrows half the budget it
+/// becomes the old one, and the old one is dropped.
+///
+/// The cache holds committed onodes only. Whoever loads or changes an object holds its
+/// stripe's lock, and the commit thread updates the cache before releasing the locks of the
+/// transactions it committed.
+#[derive(Debug, Default)]
+struct OnodeCache {
+    young: HashMap<ObjectKey, Arc<Onode>>,
+    old: HashMap<ObjectKey, Arc<Onode>>,
+    young_bytes: usize,
+}
+
+impl OnodeCache {
+    fn get(&mut self, key: &ObjectKey) -> Option<Arc<Onode>> {
+        if let Some(onode) = self.young.get(key) {
+            return Some(onode.clone());
+        }
+        let (key, onode) = self.old.remove_entry(key)?;
+        self.put(key, onode.clone());
+        Some(onode)
+    }
+
+    fn put(&mut self, key: ObjectKey, onode: Arc<Onode>) {
+        let bytes = key.1.len() + onode.footprint();
+        self.old.remove(&key);
+        if let Some(previous) = self.young.insert(key, onode) {
+            self.young_bytes = self.young_bytes.saturating_sub(previous.footprint());
+        }
+        self.young_bytes += bytes;
+        if self.young_bytes > ONODE_CACHE_BYTES / 2 {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+    }
+
+    fn remove(&mut self, key: &ObjectKey) {
+        if let Some(previous) = self.young.remove(key) {
+            self.young_bytes = self.young_bytes.saturating_sub(previous.footprint());
+        }
+        self.old.remove(key);
+    }
+
+    fn remove_collection(&mut self, coll: CollectionId) {
+        self.young.retain(|key, _| key.0 != coll);
+        self.old.retain(|key, _| key.0 != coll);
+        self.young_bytes = self
+            .young
+            .iter()
+            .map(|(k, o)| k.1.len() + o.footprint())
+            .sum();
+    }
+}
+
 /// Where an extent's bytes are.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Place {
     /// In the onode, with a crc32c per block and a blake3 hash.
     Inline {
@@ -154,7 +216,7 @@ enum Place {
 }
 
 /// A range of the object held in one place.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Extent {
     offset: u64,
     len: u64,
@@ -168,7 +230,7 @@ impl Extent {
 }
 
 /// A blob file's length and checksums.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct BlobMeta {
     len: u64,
     crcs: Vec<u32>,
@@ -176,7 +238,7 @@ struct BlobMeta {
 }
 
 /// An object's metadata.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Onode {
     size: u64,
     xattrs: BTreeMap<String, ByteBuf>,
@@ -204,6 +266,25 @@ fn inline(bytes: Vec<u8>, sent: Option<&Checksums>) -> Place {
 }
 
 impl Onode {
+    /// About how many bytes of memory it takes.
+    fn footprint(&self) -> usize {
+        let extents: usize = self
+            .extents
+            .iter()
+            .map(|e| match &e.place {
+                Place::Inline { bytes, crcs, .. } => 96 + bytes.len() + 4 * crcs.len(),
+                Place::Blob { .. } => 48,
+            })
+            .sum();
+        let blobs: usize = self.blobs.values().map(|b| 96 + 4 * b.crcs.len()).sum();
+        let xattrs: usize = self
+            .xattrs
+            .iter()
+            .map(|(k, v)| 64 + k.len() + v.len())
+            .sum();
+        64 + extents + blobs + xattrs
+    }
+
     /// Drops the bytes in `[start, end)`, keeping what is on either side.
     fn punch(&mut self, start: u64, end: u64) {
         let mut kept = Vec::with_capacity(self.extents.len() + 1);
@@ -371,6 +452,7 @@ struct Shared {
     /// The collections that exist and what each holds, kept in memory as transactions
     /// commit: a collection's existence is checked by every operation.
     collections: Mutex<HashMap<CollectionId, CollectionUsage>>,
+    onodes: Mutex<OnodeCache>,
     failed: Mutex<Option<String>>,
 }
 
@@ -397,7 +479,7 @@ impl Drop for RocksStore {
 #[derive(Default)]
 struct Plan {
     /// Final state of each touched object (`None`: removed).
-    onodes: BTreeMap<(CollectionId, String), Option<Onode>>,
+    onodes: BTreeMap<ObjectKey, Option<Onode>>,
     /// Whether each touched collection exists at the end.
     collections: BTreeMap<CollectionId, bool>,
     /// Collections removed by this transaction.
@@ -408,8 +490,8 @@ struct Plan {
     new_blobs: BTreeMap<u64, AlignedBlob>,
     /// Committed blobs to delete after the commit.
     freed: Vec<u64>,
-    /// The size of each touched object that existed before the transaction.
-    before: BTreeMap<(CollectionId, String), u64>,
+    /// Each touched object that existed before the transaction, as it was.
+    before: BTreeMap<ObjectKey, Arc<Onode>>,
 }
 
 impl RocksStore {
@@ -454,6 +536,7 @@ impl RocksStore {
             kv,
             blobs,
             collections: Mutex::new(usage),
+            onodes: Mutex::default(),
             failed: Mutex::new(None),
         });
         let (commits, queue) = mpsc::channel();
@@ -528,13 +611,31 @@ impl Shared {
                 .before
                 .get(key)
                 .filter(|_| !plan.removed.contains(&key.0));
-            if let Some(size) = before {
+            if let Some(onode) = before {
                 counted.objects = counted.objects.saturating_sub(1);
-                counted.bytes = counted.bytes.saturating_sub(*size);
+                counted.bytes = counted.bytes.saturating_sub(onode.size);
             }
             if let Some(onode) = onode {
                 counted.objects += 1;
                 counted.bytes += onode.size;
+            }
+        }
+    }
+
+    fn lock_onodes(&self) -> std::sync::MutexGuard<'_, OnodeCache> {
+        self.onodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts a committed plan's onodes in the cache.
+    fn cache(&self, plan: Plan) {
+        let mut cache = self.lock_onodes();
+        for coll in &plan.removed {
+            cache.remove_collection(*coll);
+        }
+        for (key, onode) in plan.onodes {
+            match onode {
+                Some(onode) => cache.put(key, Arc::new(onode)),
+                None => cache.remove(&key),
             }
         }
     }
@@ -571,6 +672,7 @@ impl Shared {
                         let _ = std::fs::remove_file(self.blob_path(*id));
                     }
                     self.count(&pending.plan);
+                    self.cache(pending.plan);
                 }
                 drop(pending.locks);
                 let _ = pending.done.send(result.clone());
@@ -587,12 +689,20 @@ impl RocksStore {
         Ok(self.shared.has_collection(coll))
     }
 
-    fn load(&self, coll: CollectionId, name: &str) -> Result<Option<Onode>, StoreError> {
-        let key = onode_key(coll, name);
-        match self.shared.kv.get(&key).map_err(kv_failed)? {
-            Some(bytes) => Ok(Some(decode_onode(&key, &bytes)?)),
-            None => Ok(None),
+    /// The committed onode of an object, from the cache or else from RocksDB (then cached).
+    /// The caller holds the object's stripe lock.
+    fn load(&self, coll: CollectionId, name: &str) -> Result<Option<Arc<Onode>>, StoreError> {
+        let key = (coll, name.to_owned());
+        if let Some(onode) = self.shared.lock_onodes().get(&key) {
+            return Ok(Some(onode));
         }
+        let stored = onode_key(coll, name);
+        let Some(bytes) = self.shared.kv.get(&stored).map_err(kv_failed)? else {
+            return Ok(None);
+        };
+        let onode = Arc::new(decode_onode(&stored, &bytes)?);
+        self.shared.lock_onodes().put(key, onode.clone());
+        Ok(Some(onode))
     }
 
     /// The working onode of an object in `plan` (loaded on first use).
@@ -611,9 +721,10 @@ impl RocksStore {
                 self.load(coll, name)?
             };
             if let Some(onode) = &loaded {
-                plan.before.insert(key.clone(), onode.size);
+                plan.before.insert(key.clone(), onode.clone());
             }
-            plan.onodes.insert(key.clone(), loaded);
+            plan.onodes
+                .insert(key.clone(), loaded.map(Arc::unwrap_or_clone));
         }
         Ok(plan.onodes.get_mut(&key).expect("inserted above"))
     }
@@ -939,7 +1050,7 @@ impl RocksStore {
         f()
     }
 
-    fn onode(&self, coll: CollectionId, name: &str) -> Result<Onode, StoreError> {
+    fn onode(&self, coll: CollectionId, name: &str) -> Result<Arc<Onode>, StoreError> {
         if !self.shared.has_collection(coll) {
             return Err(StoreError::NoCollection(coll));
         }
@@ -981,9 +1092,12 @@ impl ObjectStore for RocksStore {
             return Err(self.shared.fail(format!("writing object data: {error}")));
         }
         let mut batch = std::mem::take(&mut plan.kv);
-        for ((coll, name), onode) in &plan.onodes {
-            let key = onode_key(*coll, name);
+        for (object, onode) in &plan.onodes {
+            let key = onode_key(object.0, &object.1);
             match onode {
+                // An onode the transaction left as it was (the PG log object's, whose omap
+                // alone changes) is not written again.
+                Some(onode) if plan.before.get(object).is_some_and(|was| **was == *onode) => {}
                 Some(onode) => batch.push(KvOp::Put(
                     key,
                     rmp_serde::to_vec(onode).expect("onodes encode"),
@@ -1083,8 +1197,8 @@ impl ObjectStore for RocksStore {
             Ok(self
                 .onode(coll, name)?
                 .xattrs
-                .into_iter()
-                .map(|(k, v)| (k, v.into_vec()))
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_vec()))
                 .collect())
         })
     }
