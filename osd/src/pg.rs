@@ -440,7 +440,7 @@ pub fn read_state(
     coll: CollectionId,
     name: &str,
 ) -> Result<Option<ObjectState>, StoreError> {
-    let data = match store.read(coll, name, 0, u64::MAX) {
+    let data = match store.read_copy(coll, name) {
         Ok(data) => data,
         Err(StoreError::NotFound { .. }) => return Ok(None),
         Err(other) => return Err(other),

@@ -357,8 +357,9 @@ fn submitted_transactions_commit_in_order() {
     });
 }
 
-/// Rule: the on-disk store survives a reopen, detects a corrupted block, and removes blob
-/// files nothing refers to.
+/// Rule: the on-disk store survives a reopen, detects a corrupted block (by its crc32c in
+/// every read, by the chunk's blake3 hash in a copy for another OSD), and removes blob files
+/// nothing refers to.
 #[test]
 fn rocks_store_reopens_and_detects_corruption() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -370,6 +371,7 @@ fn rocks_store_reopens_and_detects_corruption() {
     std::fs::write(dir.path().join("blobs").join("00000000deadbeef"), b"orphan").expect("orphan");
     let store = RocksStore::open(dir.path()).expect("reopen");
     assert_eq!(store.read(COLL, "o", 0, u64::MAX).expect("read"), data);
+    assert_eq!(store.read_copy(COLL, "o").expect("copy"), data);
     let blobs: Vec<_> = std::fs::read_dir(dir.path().join("blobs"))
         .expect("blobs")
         .map(|e| e.expect("entry").path())
@@ -386,6 +388,11 @@ fn rocks_store_reopens_and_detects_corruption() {
     assert!(matches!(
         store.read(COLL, "o", 0, u64::MAX),
         Err(StoreError::Corrupt(_))
+    ));
+    // A copy for another OSD is checked against the chunk's blake3 hash.
+    assert!(matches!(
+        store.read_copy(COLL, "o"),
+        Err(StoreError::Corrupt(reason)) if reason.contains("blake3")
     ));
     assert_eq!(
         store.read(COLL, "o", 9000, 10).expect("other blocks"),

@@ -361,6 +361,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         len: u64,
     ) -> Result<Bytes, StoreError>;
 
+    /// The whole object for a copy to another OSD (recovery, backfill): besides the crc32c
+    /// of every block that each read checks, every whole chunk is checked against its blake3
+    /// hash, so a copy carries exactly the bytes first written.
+    fn read_copy(&self, coll: CollectionId, name: &str) -> Result<Bytes, StoreError> {
+        self.read(coll, name, 0, u64::MAX)
+    }
+
     /// The object's size.
     fn stat(&self, coll: CollectionId, name: &str) -> Result<ObjectStat, StoreError>;
 

@@ -140,6 +140,15 @@ const STRIPES: usize = 1024;
 /// The most transactions one group commit takes.
 const GROUP_MAX: usize = 256;
 
+/// How a read of blob data is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    /// Against the crc32c of every 4 KiB block read, as every read is.
+    Blocks,
+    /// A whole blob against its blake3 hash (other reads by block): for copies to other OSDs.
+    Hash,
+}
+
 /// The memory the onode cache may use.
 const ONODE_CACHE_BYTES: usize = 32 << 20;
 
@@ -968,9 +977,8 @@ impl RocksStore {
         File::open(&self.shared.blobs)?.sync_all()
     }
 
-    /// Reads `[start, end)` of blob `id`. A read of the whole blob is checked against its
-    /// blake3 hash, any other against the crc32c of every block it touches: each read is
-    /// verified once, by the checksum that covers exactly what it read.
+    /// Reads `[start, end)` of blob `id`, checked against the crc32c of every block it
+    /// touches, or, for a whole blob read with [`Check::Hash`], against its blake3 hash.
     ///
     /// Like writes, reads go straight from the disk (`O_DIRECT`) into a block-aligned buffer
     /// whose bytes are then handed on without another copy; a buffered read through the page
@@ -980,8 +988,8 @@ impl RocksStore {
         &self,
         id: u64,
         meta: &BlobMeta,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
+        check: Check,
     ) -> Result<Bytes, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("blob {id:016x}: {what}"));
         if start > end || end > meta.len {
@@ -1025,7 +1033,7 @@ impl RocksStore {
             return Err(corrupt(format!("short read: {got} of {wanted} bytes")));
         }
         let data = self.read_buffers.share(buffer, at..at + wanted);
-        if first == 0 && end == meta.len {
+        if check == Check::Hash && first == 0 && end == meta.len {
             if blake3::hash(&data).as_bytes()[..] != meta.hash[..] {
                 return Err(corrupt("fails its blake3 hash".into()));
             }
@@ -1038,6 +1046,63 @@ impl RocksStore {
             }
         }
         Ok(data.slice((start - first) as usize..(end - first) as usize))
+    }
+
+    /// `len` bytes of an object from `offset`, each checked as `check` says.
+    fn read_checked(
+        &self,
+        coll: CollectionId,
+        name: &str,
+        (offset, len): (u64, u64),
+        check: Check,
+    ) -> Result<Bytes, StoreError> {
+        self.read_locked(coll, || {
+            let onode = self.onode(coll, name)?;
+            let end = read_end(onode.size, offset, len);
+            let start = offset.min(end);
+            // One blob extent covering the whole range (a whole-object read of a large object
+            // written at once): its bytes are the answer, without another copy.
+            if let [extent] = onode.extents.as_slice() {
+                if let Place::Blob { id, at } = extent.place {
+                    if extent.offset <= start && extent.end() >= end && start < end {
+                        let meta = onode.blobs.get(&id).ok_or_else(|| {
+                            StoreError::Corrupt(format!("{name:?} in {coll} names a missing blob"))
+                        })?;
+                        let from = at + (start - extent.offset);
+                        return self.read_blob(id, meta, (from, from + (end - start)), check);
+                    }
+                }
+            }
+            let mut out = vec![0; (end - start) as usize];
+            for extent in &onode.extents {
+                let (a, b) = (extent.offset.max(start), extent.end().min(end));
+                if a >= b {
+                    continue;
+                }
+                let target = &mut out[(a - start) as usize..(b - start) as usize];
+                match &extent.place {
+                    Place::Inline { bytes, crcs, hash } => {
+                        let sums = Checksums::of(bytes);
+                        if sums.crcs != *crcs || sums.hash != hash.as_slice() {
+                            return Err(StoreError::Corrupt(format!(
+                                "inline data of {name:?} in {coll} fails its checksum"
+                            )));
+                        }
+                        let skip = (a - extent.offset) as usize;
+                        target.copy_from_slice(&bytes[skip..skip + target.len()]);
+                    }
+                    Place::Blob { id, at } => {
+                        let meta = onode.blobs.get(id).ok_or_else(|| {
+                            StoreError::Corrupt(format!("{name:?} in {coll} names a missing blob"))
+                        })?;
+                        let from = at + (a - extent.offset);
+                        let bytes = self.read_blob(*id, meta, (from, from + (b - a)), check)?;
+                        target.copy_from_slice(&bytes);
+                    }
+                }
+            }
+            Ok(out.into())
+        })
     }
 
     fn read_locked<T>(
@@ -1131,53 +1196,11 @@ impl ObjectStore for RocksStore {
         offset: u64,
         len: u64,
     ) -> Result<Bytes, StoreError> {
-        self.read_locked(coll, || {
-            let onode = self.onode(coll, name)?;
-            let end = read_end(onode.size, offset, len);
-            let start = offset.min(end);
-            // One blob extent covering the whole range (a whole-object read of a large object
-            // written at once): its bytes are the answer, without another copy.
-            if let [extent] = onode.extents.as_slice() {
-                if let Place::Blob { id, at } = extent.place {
-                    if extent.offset <= start && extent.end() >= end && start < end {
-                        let meta = onode.blobs.get(&id).ok_or_else(|| {
-                            StoreError::Corrupt(format!("{name:?} in {coll} names a missing blob"))
-                        })?;
-                        let from = at + (start - extent.offset);
-                        return self.read_blob(id, meta, from, from + (end - start));
-                    }
-                }
-            }
-            let mut out = vec![0; (end - start) as usize];
-            for extent in &onode.extents {
-                let (a, b) = (extent.offset.max(start), extent.end().min(end));
-                if a >= b {
-                    continue;
-                }
-                let target = &mut out[(a - start) as usize..(b - start) as usize];
-                match &extent.place {
-                    Place::Inline { bytes, crcs, hash } => {
-                        let sums = Checksums::of(bytes);
-                        if sums.crcs != *crcs || sums.hash != hash.as_slice() {
-                            return Err(StoreError::Corrupt(format!(
-                                "inline data of {name:?} in {coll} fails its checksum"
-                            )));
-                        }
-                        let skip = (a - extent.offset) as usize;
-                        target.copy_from_slice(&bytes[skip..skip + target.len()]);
-                    }
-                    Place::Blob { id, at } => {
-                        let meta = onode.blobs.get(id).ok_or_else(|| {
-                            StoreError::Corrupt(format!("{name:?} in {coll} names a missing blob"))
-                        })?;
-                        let from = at + (a - extent.offset);
-                        let bytes = self.read_blob(*id, meta, from, from + (b - a))?;
-                        target.copy_from_slice(&bytes);
-                    }
-                }
-            }
-            Ok(out.into())
-        })
+        self.read_checked(coll, name, (offset, len), Check::Blocks)
+    }
+
+    fn read_copy(&self, coll: CollectionId, name: &str) -> Result<Bytes, StoreError> {
+        self.read_checked(coll, name, (0, u64::MAX), Check::Hash)
     }
 
     fn stat(&self, coll: CollectionId, name: &str) -> Result<ObjectStat, StoreError> {
