@@ -14,7 +14,7 @@ use tidepool_messenger::{Identity, Messenger, MessengerConfig, Peer, Service};
 use tidepool_placement::{ClusterMap, Epoch, OsdId, PgId, Placement, PoolKind, Scratch};
 use tidepool_proto::mon::{Beacon, Command, IoRates, MonMap, OsdStat, PgStat};
 use tidepool_proto::osd::{
-    LogEntry, ObjectOp, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse, PgInfo,
+    LogEntry, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse, PgInfo,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -414,18 +414,9 @@ impl Osd {
             return OsdResponse::Object(Ok((*version, Vec::new())));
         }
         let coll = pg::collection(pg);
-        // Data reads may go to the disk, off the async threads; the rest reads RocksDB's caches.
-        let reads_data = request
-            .ops
-            .iter()
-            .any(|op| matches!(op, ObjectOp::Read { .. }));
-        let plan = || pg::plan(&*self.store, coll, &request.name, request.ops);
-        let planned = if reads_data {
-            tokio::task::block_in_place(plan)
-        } else {
-            plan()
-        };
-        let mut planned = match planned {
+        let mut planned = match tokio::task::block_in_place(|| {
+            pg::plan(&*self.store, coll, &request.name, request.ops)
+        }) {
             Ok(planned) => planned,
             Err(error) => return OsdResponse::Object(Err(error)),
         };
@@ -754,7 +745,6 @@ impl Osd {
         stats
     }
 
-    /// The objects and bytes of this OSD's copy of `pg`, counted again only after it changed.
     /// Objects and bytes of this OSD's copy of `pg`, as the store counts them (without the PG's
     /// own log object).
     fn usage(&self, pg: PgId) -> (u64, u64) {

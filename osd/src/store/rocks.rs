@@ -180,13 +180,15 @@ impl OnodeCache {
         Some(onode)
     }
 
+    /// The memory an entry takes.
+    fn size(key: &ObjectKey, onode: &Onode) -> usize {
+        key.1.len() + onode.footprint()
+    }
+
     fn put(&mut self, key: ObjectKey, onode: Arc<Onode>) {
-        let bytes = key.1.len() + onode.footprint();
-        self.old.remove(&key);
-        if let Some(previous) = self.young.insert(key, onode) {
-            self.young_bytes = self.young_bytes.saturating_sub(previous.footprint());
-        }
-        self.young_bytes += bytes;
+        self.remove(&key);
+        self.young_bytes += Self::size(&key, &onode);
+        self.young.insert(key, onode);
         if self.young_bytes > ONODE_CACHE_BYTES / 2 {
             self.old = std::mem::take(&mut self.young);
             self.young_bytes = 0;
@@ -195,7 +197,7 @@ impl OnodeCache {
 
     fn remove(&mut self, key: &ObjectKey) {
         if let Some(previous) = self.young.remove(key) {
-            self.young_bytes = self.young_bytes.saturating_sub(previous.footprint());
+            self.young_bytes -= Self::size(key, &previous);
         }
         self.old.remove(key);
     }
@@ -203,11 +205,7 @@ impl OnodeCache {
     fn remove_collection(&mut self, coll: CollectionId) {
         self.young.retain(|key, _| key.0 != coll);
         self.old.retain(|key, _| key.0 != coll);
-        self.young_bytes = self
-            .young
-            .iter()
-            .map(|(k, o)| k.1.len() + o.footprint())
-            .sum();
+        self.young_bytes = self.young.iter().map(|(k, o)| Self::size(k, o)).sum();
     }
 }
 
@@ -1058,6 +1056,11 @@ impl RocksStore {
     ) -> Result<Bytes, StoreError> {
         self.read_locked(coll, || {
             let onode = self.onode(coll, name)?;
+            let blob = |id: &u64| {
+                onode.blobs.get(id).ok_or_else(|| {
+                    StoreError::Corrupt(format!("{name:?} in {coll} names a missing blob"))
+                })
+            };
             let end = read_end(onode.size, offset, len);
             let start = offset.min(end);
             // One blob extent covering the whole range (a whole-object read of a large object
@@ -1065,11 +1068,8 @@ impl RocksStore {
             if let [extent] = onode.extents.as_slice() {
                 if let Place::Blob { id, at } = extent.place {
                     if extent.offset <= start && extent.end() >= end && start < end {
-                        let meta = onode.blobs.get(&id).ok_or_else(|| {
-                            StoreError::Corrupt(format!("{name:?} in {coll} names a missing blob"))
-                        })?;
                         let from = at + (start - extent.offset);
-                        return self.read_blob(id, meta, (from, from + (end - start)), check);
+                        return self.read_blob(id, blob(&id)?, (from, from + (end - start)), check);
                     }
                 }
             }
@@ -1092,11 +1092,9 @@ impl RocksStore {
                         target.copy_from_slice(&bytes[skip..skip + target.len()]);
                     }
                     Place::Blob { id, at } => {
-                        let meta = onode.blobs.get(id).ok_or_else(|| {
-                            StoreError::Corrupt(format!("{name:?} in {coll} names a missing blob"))
-                        })?;
                         let from = at + (a - extent.offset);
-                        let bytes = self.read_blob(*id, meta, (from, from + (b - a)), check)?;
+                        let bytes =
+                            self.read_blob(*id, blob(id)?, (from, from + (b - a)), check)?;
                         target.copy_from_slice(&bytes);
                     }
                 }
