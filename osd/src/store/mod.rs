@@ -179,6 +179,14 @@ impl Op {
 
 /// The unit of the crc32c checksums.
 pub const CHECKSUM_BLOCK: usize = 4096;
+
+/// The crc32c (Castagnoli) of `block`. crc-fast folds with carry-less multiplies over wide
+/// vector registers where the CPU has them, 1.6x the speed of the SSE4.2 `crc32` instruction
+/// on 4 KiB blocks (every block of every read is checked, docs/BENCHMARKS.md).
+pub fn crc32c(block: &[u8]) -> u32 {
+    // A CRC-32 fits in the low 32 bits.
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, block) as u32
+}
 /// Writes of at least this many bytes go to a blob file; smaller ones stay in RocksDB. Their
 /// checksums are computed by the primary ([`Transaction::add_checksums`]).
 pub const BLOB_MIN_BYTES: usize = 64 * 1024;
@@ -198,7 +206,7 @@ impl Checksums {
     /// The checksums of `bytes`.
     pub fn of(bytes: &[u8]) -> Checksums {
         Checksums {
-            crcs: bytes.chunks(CHECKSUM_BLOCK).map(crc32c::crc32c).collect(),
+            crcs: bytes.chunks(CHECKSUM_BLOCK).map(crc32c).collect(),
             hash: blake3::hash(bytes).as_bytes().to_vec(),
         }
     }
@@ -491,4 +499,25 @@ fn check_size(op: &Op) -> Result<(), StoreError> {
 /// The end of a read of `len` bytes from `offset` in an object of `size` bytes.
 fn read_end(size: u64, offset: u64, len: u64) -> u64 {
     offset.saturating_add(len).min(size).max(offset.min(size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_is_castagnoli() {
+        // The check values of CRC-32/ISCSI, and blocks past the vector kernels' thresholds.
+        assert_eq!(crc32c(b""), 0);
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        let block: Vec<u8> = (0..CHECKSUM_BLOCK).map(|i| (i * 7 % 251) as u8).collect();
+        let bitwise = block.iter().fold(!0u32, |mut crc, byte| {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+            }
+            crc
+        });
+        assert_eq!(crc32c(&block), !bitwise);
+    }
 }

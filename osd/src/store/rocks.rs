@@ -1038,7 +1038,7 @@ impl RocksStore {
         } else {
             for (i, block) in data.chunks(block).enumerate() {
                 let index = (first / BLOCK) as usize + i;
-                if meta.crcs.get(index) != Some(&crc32c::crc32c(block)) {
+                if meta.crcs.get(index) != Some(&super::crc32c(block)) {
                     return Err(corrupt(format!("block {index} fails its crc32c")));
                 }
             }
