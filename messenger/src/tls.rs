@@ -222,11 +222,11 @@ impl Identity {
     /// it is the same after a restart: a peer still holding a connection to the previous
     /// process gets a reset it trusts at its next packet, and reconnects at once instead of
     /// sending into the void until the idle timeout.
-    pub fn reset_key(&self) -> ring::hmac::Key {
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    pub fn reset_key(&self) -> aws_lc_rs::hmac::Key {
+        let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         context.update(b"tidepool stateless reset v1");
         context.update(self.key.secret_der());
-        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, context.finish().as_ref())
+        aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, context.finish().as_ref())
     }
 }
 
@@ -297,11 +297,12 @@ impl Identity {
         )
     }
 
-    /// ring's TLS 1.3 suites, AES-128-GCM first: it is what every QUIC stack must support,
+    /// aws-lc's TLS 1.3 suites, AES-128-GCM first: it is what every QUIC stack must support,
     /// and at 10 AES rounds to AES-256's 14 it encrypts bulk data a third faster (AES-GCM is
-    /// about a tenth of all CPU under 4 MiB reads).
+    /// about a seventh of all CPU under 4 MiB reads). aws-lc's AES-GCM uses 512-bit vector
+    /// AES where the CPU has it, 1.35x ring's 256-bit one (docs/BENCHMARKS.md).
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-        let mut provider = rustls::crypto::ring::default_provider();
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
         provider
             .cipher_suites
             .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
