@@ -514,7 +514,11 @@ mod tests {
         let bitwise = block.iter().fold(!0u32, |mut crc, byte| {
             crc ^= u32::from(*byte);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0x82f6_3b78
+                } else {
+                    crc >> 1
+                };
             }
             crc
         });
