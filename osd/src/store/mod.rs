@@ -179,14 +179,6 @@ impl Op {
 
 /// The unit of the crc32c checksums.
 pub const CHECKSUM_BLOCK: usize = 4096;
-
-/// The crc32c (Castagnoli) of `block`. crc-fast folds with carry-less multiplies over wide
-/// vector registers where the CPU has them, 1.6x the speed of the SSE4.2 `crc32` instruction
-/// on 4 KiB blocks (every block of every read is checked, docs/BENCHMARKS.md).
-pub fn crc32c(block: &[u8]) -> u32 {
-    // A CRC-32 fits in the low 32 bits.
-    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, block) as u32
-}
 /// Writes of at least this many bytes go to a blob file; smaller ones stay in RocksDB. Their
 /// checksums are computed by the primary ([`Transaction::add_checksums`]).
 pub const BLOB_MIN_BYTES: usize = 64 * 1024;
@@ -215,6 +207,14 @@ impl Checksums {
     pub fn fits(&self, len: usize) -> bool {
         self.crcs.len() == len.div_ceil(CHECKSUM_BLOCK) && self.hash.len() == blake3::OUT_LEN
     }
+}
+
+/// The crc32c (Castagnoli) of `block`. crc-fast folds with carry-less multiplies over wide
+/// vector registers where the CPU has them, 1.6x the speed of the SSE4.2 `crc32` instruction
+/// on 4 KiB blocks (every block of every read is checked, docs/BENCHMARKS.md).
+pub fn crc32c(block: &[u8]) -> u32 {
+    // A CRC-32 fits in the low 32 bits.
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, block) as u32
 }
 
 /// Changes applied together: all of them or none, durable when [`ObjectStore::apply`] returns.

@@ -15,8 +15,8 @@ use serde_bytes::ByteBuf;
 use tidepool_kv::{Kv, Op as KvOp};
 
 use super::{
-    read_end, Checksums, CollectionId, CollectionUsage, Commit, ObjectStat, ObjectStore, OmapEntry,
-    Op, StoreError, StoreUsage, Transaction, BLOB_MIN_BYTES, CHECKSUM_BLOCK,
+    crc32c, read_end, Checksums, CollectionId, CollectionUsage, Commit, ObjectStat, ObjectStore,
+    OmapEntry, Op, StoreError, StoreUsage, Transaction, BLOB_MIN_BYTES, CHECKSUM_BLOCK,
 };
 
 /// The unit of the crc32c checksums.
@@ -1038,7 +1038,7 @@ impl RocksStore {
         } else {
             for (i, block) in data.chunks(block).enumerate() {
                 let index = (first / BLOCK) as usize + i;
-                if meta.crcs.get(index) != Some(&super::crc32c(block)) {
+                if meta.crcs.get(index) != Some(&crc32c(block)) {
                     return Err(corrupt(format!("block {index} fails its crc32c")));
                 }
             }
