@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use futures::stream::{FuturesUnordered, Stream, StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use tidepool_client::ObjectError;
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
@@ -210,11 +210,19 @@ impl Buckets {
                     let this = this.clone();
                     async move { this.read_piece(name, offset, len).await }
                 })
-                .buffered(ahead),
+                .buffered(ahead)
+                .map_ok(|chunks| futures::stream::iter(chunks.into_iter().map(Ok)))
+                .try_flatten(),
         )
     }
 
-    async fn read_piece(&self, name: String, offset: u64, len: u64) -> Result<Bytes, BucketError> {
+    /// `len` bytes at `offset` of the stripe `name`, in the pieces they arrived in (no copy).
+    async fn read_piece(
+        &self,
+        name: String,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<Bytes>, BucketError> {
         let (_, outputs) = self
             .data_op(&name, vec![ObjectOp::Read { offset, len }])
             .await
@@ -225,7 +233,7 @@ impl Buckets {
                 other => other.into(),
             })?;
         match outputs.into_iter().next() {
-            Some(OpOutput::Data(data)) if data.len() as u64 == len => Ok(data.into_bytes()),
+            Some(OpOutput::Data(data)) if data.len() as u64 == len => Ok(data.into_chunks()),
             Some(OpOutput::Data(data)) => Err(BucketError::Corrupt(format!(
                 "stripe {name} holds {} bytes at {offset}, not {len}",
                 data.len()

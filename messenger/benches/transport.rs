@@ -53,7 +53,7 @@ where
     stream.read_exact(&mut body).await.expect("body");
     let mut data = vec![0u8; header.data_bytes as usize];
     stream.read_exact(&mut data).await.expect("data");
-    Some(decode_frame(&body, data.into()).expect("message"))
+    Some(decode_frame(&body, vec![data.into()]).expect("message"))
 }
 
 async fn write_frame<S: AsyncWriteExt + Unpin>(stream: &mut S, frame: &Frame) {

@@ -22,6 +22,7 @@ use tidepool_proto::{
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::socket;
 use crate::tls::{server_name, Identity, TlsError};
 
 /// Limits and timeouts of a messenger.
@@ -166,21 +167,22 @@ impl Messenger {
         identity: &Identity,
         config: MessengerConfig,
     ) -> Result<Messenger, MessengerError> {
-        let socket = udp_socket(addr).map_err(|source| MessengerError::Bind { addr, source })?;
+        let bind_error = |source| MessengerError::Bind { addr, source };
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let socket =
+            quinn::Runtime::wrap_udp_socket(&*runtime, socket::bind(addr).map_err(bind_error)?)
+                .map_err(bind_error)?;
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(identity.reset_key()));
         endpoint_config
-            .max_udp_payload_size(crate::tls::DATAGRAM_BYTES_MAX)
-            .map_err(|_| MessengerError::Bind {
-                addr,
-                source: std::io::Error::other("invalid UDP payload limit"),
-            })?;
-        let mut endpoint = quinn::Endpoint::new(
+            .max_udp_payload_size(socket::UDP_PAYLOAD_BYTES_MAX)
+            .map_err(|_| bind_error(std::io::Error::other("invalid UDP payload limit")))?;
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config,
             Some(identity.server_config()?),
-            socket,
-            Arc::new(quinn::TokioRuntime),
+            Arc::new(socket::LargeDatagramSocket::new(socket)),
+            runtime,
         )
-        .map_err(|source| MessengerError::Bind { addr, source })?;
+        .map_err(bind_error)?;
         endpoint.set_default_client_config(identity.client_config()?);
         Ok(Messenger {
             inner: Arc::new(Inner {
@@ -393,24 +395,6 @@ impl Messenger {
     }
 }
 
-/// Socket buffers asked of the kernel. The default (about 200 KiB) overflows under bulk QUIC
-/// traffic even on loopback, and every dropped datagram costs a retransmission and stalls path
-/// MTU discovery. The kernel caps the request at `net.core.rmem_max` / `wmem_max`.
-const SOCKET_BUFFER_BYTES: usize = 8 << 20;
-
-fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if let Err(error) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
-        warn!(%error, "cannot enlarge the UDP receive buffer");
-    }
-    if let Err(error) = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
-        warn!(%error, "cannot enlarge the UDP send buffer");
-    }
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
 /// Hands the frame's pieces to QUIC as they are (the payloads' own buffers, no copy).
 async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), MessengerError> {
     send.write_all_chunks(&mut frame.chunks()).await?;
@@ -436,20 +420,21 @@ async fn read_message<T: DeserializeOwned>(
     Ok(decode_frame(&body, data)?)
 }
 
-/// Alignment of a received data section: a disk block, so that payloads the store writes
-/// with direct IO need no copy to align them.
-const DATA_ALIGN: usize = 4096;
-
-/// Reads a frame's data section into a buffer that starts at a [`DATA_ALIGN`]ed address.
-async fn read_data(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes, MessengerError> {
-    if len == 0 {
-        return Ok(Bytes::new());
+/// Reads a frame's data section as the chunks QUIC received it in (no copy): a payload within
+/// one chunk is a slice of it, and one spanning several keeps them as its pieces.
+async fn read_data(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<Bytes>, MessengerError> {
+    let mut chunks = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        match recv.read_chunk(left, true).await? {
+            Some(chunk) => {
+                left -= chunk.bytes.len();
+                chunks.push(chunk.bytes);
+            }
+            None => return Err(FrameError::Truncated.into()),
+        }
     }
-    let mut buffer = Vec::with_capacity(len + DATA_ALIGN);
-    let start = (DATA_ALIGN - buffer.as_ptr() as usize % DATA_ALIGN) % DATA_ALIGN;
-    buffer.resize(start, 0);
-    read_into(recv, &mut buffer, len).await?;
-    Ok(Bytes::from(buffer).slice(start..))
+    Ok(chunks)
 }
 
 /// Appends exactly `len` bytes from the stream to `buffer`, taking QUIC's received chunks as

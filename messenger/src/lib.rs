@@ -13,6 +13,7 @@
 pub mod tls;
 
 mod endpoint;
+mod socket;
 
 pub use endpoint::{Messenger, MessengerConfig, MessengerError, Peer, Service};
 pub use tls::{ClusterCa, Identity, TlsError};

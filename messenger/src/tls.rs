@@ -358,16 +358,9 @@ impl Identity {
     }
 }
 
-/// The largest UDP payload path MTU discovery may reach. quinn sends up to 10 datagrams per
-/// segmentation-offload batch and the kernel refuses batches over 64 KiB, so 6,500 bytes is the
-/// most that keeps offload working; above it (9,000-byte jumbo frames) whole batches are
-/// dropped and discovery falls back to 1,200 bytes. On a 1,500-byte network discovery settles
-/// near 1,472 as before; on loopback and jumbo-frame LANs it reaches 6,500, which moves 2.5x
-/// the bytes per CPU cycle (docs/BENCHMARKS.md).
-pub const DATAGRAM_BYTES_MAX: u16 = 6500;
-
 /// QUIC settings for a LAN: windows far above quinn's internet defaults, many concurrent
-/// streams, datagrams up to [`DATAGRAM_BYTES_MAX`], and keep-alives so a dead peer is noticed.
+/// streams, datagrams as large as the path allows
+/// (`socket::UDP_PAYLOAD_BYTES_MAX` at most), and keep-alives so a dead peer is noticed.
 ///
 /// A connection silent for 4 s (four missed keep-alives) is closed. That bounds how long a
 /// peer's messages vanish into a connection to a process that has since restarted: the new
@@ -389,7 +382,7 @@ fn transport_config() -> quinn::TransportConfig {
         ))
         .initial_mtu(1400);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(DATAGRAM_BYTES_MAX);
+    mtu.upper_bound(crate::socket::UDP_PAYLOAD_BYTES_MAX);
     transport.mtu_discovery_config(Some(mtu));
     transport
 }

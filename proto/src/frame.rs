@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::payload::{collect_payloads, with_data};
+use crate::payload::{collect_payloads, with_data, DataSection};
 
 /// Bytes before the body.
 pub const FRAME_HEADER_BYTES: usize = 16;
@@ -191,14 +191,15 @@ pub fn encode_frame<T: Serialize + ?Sized>(
     })
 }
 
-/// Decodes a frame's body, whose payloads lie in `data` (the frame's data section).
-pub fn decode_frame<T: DeserializeOwned>(body: &[u8], data: Bytes) -> Result<T, FrameError> {
-    with_data(data, || Ok(rmp_serde::from_slice(body)?))
+/// Decodes a frame's body, whose payloads lie in `data` (the frame's data section, in the
+/// chunks it arrived in; a payload spanning several keeps them as its pieces).
+pub fn decode_frame<T: DeserializeOwned>(body: &[u8], data: Vec<Bytes>) -> Result<T, FrameError> {
+    with_data(DataSection::new(data), || Ok(rmp_serde::from_slice(body)?))
 }
 
 /// Decodes a frame body that carries no data section.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    decode_frame(body, Bytes::new())
+    decode_frame(body, Vec::new())
 }
 
 /// What a peer sends back when it cannot answer a request.
@@ -263,8 +264,8 @@ mod tests {
         let body_end = FRAME_HEADER_BYTES + parsed.body_bytes as usize;
         assert_eq!(body_end + parsed.data_bytes as usize, frame.len());
         let data = Bytes::copy_from_slice(&frame[body_end..]);
-        let back: Probe =
-            decode_frame(&frame[FRAME_HEADER_BYTES..body_end], data.clone()).expect("decodes");
+        let back: Probe = decode_frame(&frame[FRAME_HEADER_BYTES..body_end], vec![data.clone()])
+            .expect("decodes");
         assert_eq!(back, probe);
         assert_eq!(back.bulk[0].as_ptr(), data.as_ptr(), "no copy of the data");
         assert!(decode_body::<Probe>(&frame[FRAME_HEADER_BYTES..body_end]).is_err());
@@ -333,17 +334,21 @@ mod tests {
             let _ = decode_body::<Probe>(&bytes);
             let _ = decode_body::<Reply<Probe>>(&bytes);
             let data = Bytes::from(bytes.clone());
-            let _ = decode_frame::<Probe>(&bytes, data);
+            let _ = decode_frame::<Probe>(&bytes, vec![data.slice(..bytes.len() / 2), data.slice(bytes.len() / 2..)]);
         }
 
         /// Rule: payload references anywhere decode or fail cleanly, never out of bounds.
         #[test]
-        fn payload_references_are_checked(offset in any::<u64>(), len in any::<u64>(), have in 0usize..64) {
+        fn payload_references_are_checked(offset in any::<u64>(), len in any::<u64>(), have in 0usize..64, cut in 0usize..64) {
             let body = rmp_serde::to_vec(&("n", (offset, len))).expect("encodes");
             let data = Bytes::from(vec![1u8; have]);
-            let decoded = decode_frame::<(String, crate::Payload)>(&body, data);
+            let cut = cut.min(have);
+            let decoded = decode_frame::<(String, crate::Payload)>(&body, vec![data.slice(..cut), data.slice(cut..)]);
             let inside = offset.checked_add(len).is_some_and(|end| end <= have as u64);
             prop_assert_eq!(decoded.is_ok(), inside);
+            if let Ok((_, payload)) = decoded {
+                prop_assert_eq!(payload.len() as u64, len);
+            }
         }
     }
 }
