@@ -31,8 +31,8 @@ const O_DIRECT: i32 = if cfg!(target_arch = "aarch64") {
 const EINVAL: i32 = 22;
 
 /// Blob data at a block-aligned address, followed by zeros to a whole block, as direct IO
-/// needs it. Data that arrives aligned and in whole blocks (a received data section, see
-/// `tidepool_messenger`) is used where it is; other data is copied once.
+/// needs it. Data that arrives aligned and in whole blocks (a received payload, joined at a
+/// block by `tidepool_proto::Payload`) is used where it is; other data is copied once.
 #[derive(Debug)]
 struct AlignedBlob {
     /// Whole blocks from an aligned address.
