@@ -2,7 +2,9 @@
 """S3 load generator: PUT, then GET of the same keys, with N requests in flight,
 against any S3 endpoint (Tidepool's gateway, Ceph's radosgw, Garage). Plain http.client with
 SigV4 and UNSIGNED-PAYLOAD (as clients sign over HTTPS), keep-alive connections, and several
-processes so that the client's own CPU is spread over the cores. One JSON line per phase:
+processes so that the client's own CPU is spread over the cores. Every object written is
+distinct in every 64 KiB, as block de-duplication would otherwise skip the writes. One JSON
+line per phase:
 operations, MiB/s, operations/s, latency percentiles, errors.
 
 usage: s3load.py --endpoint http://127.0.0.1:7480 --access AK --secret SK --bucket B
@@ -69,10 +71,18 @@ class Client:
         raise AssertionError("unreachable")
 
 
+def make_unique(payload, index, n):
+    """Stamps the writer and the object's number into every 64 KiB of `payload`, so that no
+    two objects share a block: a store that de-duplicates blocks (Garage) writes every byte."""
+    tag = f"{index:08x}{n:08x}".encode()
+    for offset in range(0, len(payload), 64 << 10):
+        payload[offset : offset + len(tag)] = tag[: len(payload) - offset]
+
+
 def worker(args, phase, index, deadline, keys_per_worker, queue):
     """One in-flight request stream: its latencies (s), bytes moved and errors."""
     client = Client(args)
-    payload = os.urandom(args.size)
+    payload = bytearray(os.urandom(args.size))
     buffer = bytearray(args.size)
     latencies, moved, errors = [], 0, 0
     n = 0
@@ -83,6 +93,7 @@ def worker(args, phase, index, deadline, keys_per_worker, queue):
         started = time.perf_counter()
         try:
             if phase == "put":
+                make_unique(payload, index, n)
                 status, _ = client.request("PUT", key, payload)
                 moved += args.size
             else:
