@@ -17,6 +17,7 @@ import http.client
 import json
 import multiprocessing
 import os
+import socket
 import sys
 import time
 import urllib.parse
@@ -49,6 +50,9 @@ class Client:
         for attempt in (0, 1):
             if self.connection is None:
                 self.connection = http.client.HTTPConnection(*self.address, timeout=120)
+                # As botocore's connection pool does: a small request is not held back.
+                self.connection.connect()
+                self.connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 self.connection.request(method, path, body=body, headers=headers)
                 response = self.connection.getresponse()
