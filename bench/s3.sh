@@ -6,6 +6,12 @@
 #   bench/s3.sh                 # Tidepool (release build, `tidepool up` in a temporary folder)
 #   CEPH=1 bench/s3.sh          # and radosgw, from ../shared/bench/ceph/up.sh (Debian's Ceph 16.2)
 #
+# With Garage (built by `cargo install garage --no-default-features --features lmdb,bundled-libs
+# --root /tmp/garage-build/install`, started with the region this load generator signs for):
+#   S3_REGION=us-east-1 ../shared/bench/garage/up.sh /tmp/garageanchor
+#   . /tmp/garageanchor/s3.env && GARAGE_ENDPOINT="$S3_ENDPOINT" \
+#     GARAGE_ACCESS="$AWS_ACCESS_KEY_ID" GARAGE_SECRET="$AWS_SECRET_ACCESS_KEY" CEPH=1 bench/s3.sh
+#
 # Env: RUNS=3 SECONDS_PER_PHASE=20 TIDEPOOL_PORT=17480 CEPH_DIR=/tmp/cephanchor
 #      GARAGE_ENDPOINT, GARAGE_ACCESS, GARAGE_SECRET (a running Garage to compare with)
 # Prints one JSON line per phase and run; records RSS of the gateway idle and under load.
