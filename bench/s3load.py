@@ -5,7 +5,8 @@ SigV4 and UNSIGNED-PAYLOAD (as clients sign over HTTPS), keep-alive connections,
 processes so that the client's own CPU is spread over the cores. Every object written is
 distinct in every 64 KiB, as block de-duplication would otherwise skip the writes. One JSON
 line per phase:
-operations, MiB/s, operations/s, latency percentiles, errors.
+operations, MiB/s, operations/s, latency percentiles, errors. Afterwards it deletes every object
+it wrote (a last "delete" line), so that repeated runs do not fill the disk.
 
 usage: s3load.py --endpoint http://127.0.0.1:7480 --access AK --secret SK --bucket B
                  [--size 4M] [--concurrency 16] [--seconds 20] [--processes 2]
@@ -90,9 +91,11 @@ def worker(args, phase, index, deadline, keys_per_worker, queue):
     buffer = bytearray(args.size)
     latencies, moved, errors = [], 0, 0
     n = 0
-    while time.time() < deadline:
+    while phase == "delete" or time.time() < deadline:
         if phase == "get" and n >= keys_per_worker:
             n = 0
+        if phase == "delete" and n >= keys_per_worker:
+            break
         key = f"/{args.bucket}/load-{index}-{n}"
         started = time.perf_counter()
         try:
@@ -100,6 +103,9 @@ def worker(args, phase, index, deadline, keys_per_worker, queue):
                 make_unique(payload, index, n)
                 status, _ = client.request("PUT", key, payload)
                 moved += args.size
+            elif phase == "delete":
+                status, _ = client.request("DELETE", key)
+                status = 200 if status == 204 else status
             else:
                 status, length = client.request("GET", key, into=buffer)
                 moved += length
@@ -143,7 +149,7 @@ def run_phase(args, phase, keys_per_worker):
         "MiB_s": round(moved / elapsed / (1 << 20), 1), "ops_s": round(len(latencies) / elapsed, 1),
         "p50_ms": percentile(0.50), "p99_ms": percentile(0.99),
     }), flush=True)
-    return min(counts) if counts else 0
+    return counts
 
 
 def process_main(args, phase, first, count, deadline, keys_per_worker, queue):
@@ -176,7 +182,9 @@ def main():
     if status not in (200, 409):
         sys.exit(f"creating bucket {args.bucket}: HTTP {status} {body[:200]!r}")
     written = run_phase(args, "put", None)
-    run_phase(args, "get", written)
+    run_phase(args, "get", min(written, default=0))
+    # What was written is removed again, so that repeated runs do not fill the disk.
+    run_phase(args, "delete", max(written, default=0))
 
 
 if __name__ == "__main__":
