@@ -3,10 +3,10 @@
 against any S3 endpoint (Tidepool's gateway, Ceph's radosgw, Garage). Plain http.client with
 SigV4 and UNSIGNED-PAYLOAD (as clients sign over HTTPS), keep-alive connections, and several
 processes so that the client's own CPU is spread over the cores. Every object written is
-distinct in every 64 KiB, as block de-duplication would otherwise skip the writes. One JSON
-line per phase:
-operations, MiB/s, operations/s, latency percentiles, errors. Afterwards it deletes every object
-it wrote (a last "delete" line), so that repeated runs do not fill the disk.
+distinct in every 64 KiB, as block de-duplication would otherwise skip the writes; afterwards
+every object written is deleted again, so that repeated runs do not fill the disk. One JSON
+line per phase (put, get, delete): operations, MiB/s, operations/s, latency percentiles,
+errors.
 
 usage: s3load.py --endpoint http://127.0.0.1:7480 --access AK --secret SK --bucket B
                  [--size 4M] [--concurrency 16] [--seconds 20] [--processes 2]
@@ -76,6 +76,10 @@ class Client:
         raise AssertionError("unreachable")
 
 
+# What each phase's requests answer when they succeed.
+SUCCESS = {"put": (200,), "get": (200,), "delete": (200, 204)}
+
+
 def make_unique(payload, index, n):
     """Stamps the writer and the object's number into every 64 KiB of `payload`, so that no
     two objects share a block: a store that de-duplicates blocks (Garage) writes every byte."""
@@ -105,14 +109,13 @@ def worker(args, phase, index, deadline, keys_per_worker, queue):
                 moved += args.size
             elif phase == "delete":
                 status, _ = client.request("DELETE", key)
-                status = 200 if status == 204 else status
             else:
                 status, length = client.request("GET", key, into=buffer)
                 moved += length
         except Exception:  # noqa: BLE001 -- every failure counts as an error
             status = None
         latencies.append(time.perf_counter() - started)
-        if status != 200:
+        if status not in SUCCESS[phase]:
             errors += 1
         n += 1
     queue.put((latencies, moved, errors, n))

@@ -437,19 +437,14 @@ async fn read_data(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<Bytes
     Ok(chunks)
 }
 
-/// Appends exactly `len` bytes from the stream to `buffer`, taking QUIC's received chunks as
-/// they are (no zero-filling, one copy).
+/// Appends exactly `len` bytes from the stream to `buffer` (one copy of QUIC's chunks).
 async fn read_into(
     recv: &mut quinn::RecvStream,
     buffer: &mut Vec<u8>,
     len: usize,
 ) -> Result<(), MessengerError> {
-    let end = buffer.len() + len;
-    while buffer.len() < end {
-        match recv.read_chunk(end - buffer.len(), true).await? {
-            Some(chunk) => buffer.extend_from_slice(&chunk.bytes),
-            None => return Err(FrameError::Truncated.into()),
-        }
+    for chunk in read_data(recv, len).await? {
+        buffer.extend_from_slice(&chunk);
     }
     Ok(())
 }

@@ -53,8 +53,8 @@ impl Default for Repr {
 }
 
 impl Payload {
+    /// A payload of `pieces`, none of them empty.
     fn from_pieces(mut pieces: Vec<Bytes>) -> Payload {
-        pieces.retain(|piece| !piece.is_empty());
         if pieces.len() <= 1 {
             return Payload(Repr::One(pieces.pop().unwrap_or_default()));
         }
