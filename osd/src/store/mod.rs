@@ -5,6 +5,7 @@
 //! one: metadata in RocksDB, large data in blob files written once. Both pass the same suite
 //! (`osd/tests/store.rs`).
 
+mod block;
 mod mem;
 mod rocks;
 

@@ -1,10 +1,8 @@
-//! [`RocksStore`]: metadata, omap and small data in RocksDB; large data in blob files written
-//! once and synced before the metadata that points at them commits. See docs/osd.md.
+//! [`RocksStore`]: metadata, omap and small data in RocksDB; large data in blobs in the block
+//! file, written once into free space and synced before the metadata that points at them
+//! commits. See docs/osd.md.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -14,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tidepool_kv::{Kv, Op as KvOp};
 
+use super::block::BlockFile;
 use super::{
     crc32c, read_end, Checksums, CollectionId, CollectionUsage, Commit, ObjectStat, ObjectStore,
     OmapEntry, Op, StoreError, StoreUsage, Transaction, BLOB_MIN_BYTES, CHECKSUM_BLOCK,
@@ -22,14 +21,6 @@ use super::{
 /// The unit of the crc32c checksums.
 const BLOCK: u64 = CHECKSUM_BLOCK as u64;
 
-/// `O_DIRECT` and `EINVAL` of Linux (x86-64 and aarch64 agree on both).
-const O_DIRECT: i32 = if cfg!(target_arch = "aarch64") {
-    0o200000
-} else {
-    0o40000
-};
-const EINVAL: i32 = 22;
-
 /// Blob data at a block-aligned address, followed by zeros to a whole block, as direct IO
 /// needs it. Data that arrives aligned and in whole blocks (a received payload, joined at a
 /// block by `tidepool_proto::Payload`) is used where it is; other data is copied once.
@@ -37,7 +28,6 @@ const EINVAL: i32 = 22;
 struct AlignedBlob {
     /// Whole blocks from an aligned address.
     padded: Bytes,
-    len: usize,
 }
 
 impl AlignedBlob {
@@ -46,7 +36,6 @@ impl AlignedBlob {
         if (data.as_ptr() as usize).is_multiple_of(block) && data.len().is_multiple_of(block) {
             return AlignedBlob {
                 padded: data.clone(),
-                len: data.len(),
             };
         }
         let padded = data.len().div_ceil(block) * block;
@@ -58,13 +47,7 @@ impl AlignedBlob {
         storage.resize(start + padded, 0);
         AlignedBlob {
             padded: Bytes::from(storage).slice(start..),
-            len: data.len(),
         }
-    }
-
-    /// The data.
-    fn data(&self) -> &[u8] {
-        &self.padded[..self.len]
     }
 
     /// The data and its padding: whole blocks from an aligned address.
@@ -236,12 +219,21 @@ impl Extent {
     }
 }
 
-/// A blob file's length and checksums.
+/// A blob: where its bytes are in the block file, how many, and their checksums.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct BlobMeta {
+    /// Its first byte's place in the block file (block-aligned).
+    offset: u64,
     len: u64,
     crcs: Vec<u32>,
     hash: ByteBuf,
+}
+
+impl BlobMeta {
+    /// The space it takes in the block file: `(start, len)` in whole blocks.
+    fn space(&self) -> (u64, u64) {
+        (self.offset, self.len.div_ceil(BLOCK) * BLOCK)
+    }
 }
 
 /// An object's metadata.
@@ -324,7 +316,7 @@ impl Onode {
     }
 
     /// Forgets blobs no extent uses; returns them.
-    fn unused_blobs(&mut self) -> Vec<u64> {
+    fn unused_blobs(&mut self) -> Vec<(u64, BlobMeta)> {
         let used: BTreeSet<u64> = self
             .extents
             .iter()
@@ -333,16 +325,11 @@ impl Onode {
                 Place::Inline { .. } => None,
             })
             .collect();
-        let unused: Vec<u64> = self
-            .blobs
-            .keys()
-            .filter(|id| !used.contains(id))
-            .copied()
-            .collect();
-        for id in &unused {
-            self.blobs.remove(id);
-        }
-        unused
+        let (kept, unused) = std::mem::take(&mut self.blobs)
+            .into_iter()
+            .partition(|(id, _)| used.contains(id));
+        self.blobs = kept;
+        unused.into_iter().collect()
     }
 }
 
@@ -430,13 +417,15 @@ fn kv_failed(error: impl std::fmt::Display) -> StoreError {
     StoreError::Failed(error.to_string())
 }
 
-/// The object store on a disk: RocksDB in `<dir>/db`, blob files in `<dir>/blobs`.
+/// The object store on a disk: RocksDB in `<dir>/db`, blob data in the block file
+/// `<dir>/block`.
 ///
-/// A transaction is planned and its large data written by the thread that submits it, under
-/// the write locks of its collections' stripes; its metadata then joins a queue. One commit
-/// thread takes everything queued into one synced RocksDB batch (a group commit: concurrent
-/// transactions share one WAL sync), then releases each transaction's locks and tells its
-/// submitter. See docs/osd.md.
+/// A transaction is planned and its large data written (into free space of the block file) by
+/// the thread that submits it, under the write locks of its collections' stripes; its metadata
+/// then joins a queue. One commit thread takes everything queued, syncs the block file once
+/// for all of it, and commits its metadata in one synced RocksDB batch (a group commit:
+/// concurrent transactions share the syncs), then releases each transaction's locks and tells
+/// its submitter. See docs/osd.md.
 #[derive(Debug)]
 pub struct RocksStore {
     shared: Arc<Shared>,
@@ -455,7 +444,7 @@ type StripeLock = parking_lot::RwLock<()>;
 #[derive(Debug)]
 struct Shared {
     kv: Kv,
-    blobs: PathBuf,
+    block: BlockFile,
     /// The collections that exist and what each holds, kept in memory as transactions
     /// commit: a collection's existence is checked by every operation.
     collections: Mutex<HashMap<CollectionId, CollectionUsage>>,
@@ -467,6 +456,8 @@ struct Shared {
 struct Pending {
     batch: Vec<KvOp>,
     plan: Plan,
+    /// Whether it wrote blob data, which the block file's sync makes durable.
+    wrote_blobs: bool,
     /// The write locks of its stripes, released once it is on disk.
     locks: Vec<parking_lot::ArcRwLockWriteGuard<parking_lot::RawRwLock, ()>>,
     done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
@@ -495,20 +486,27 @@ struct Plan {
     kv: Vec<KvOp>,
     /// Blobs to write before the commit.
     new_blobs: BTreeMap<u64, AlignedBlob>,
-    /// Committed blobs to delete after the commit.
-    freed: Vec<u64>,
+    /// Space of committed blobs, free once the commit is on disk: `(start, len)`.
+    freed: Vec<(u64, u64)>,
     /// Each touched object that existed before the transaction, as it was.
     before: BTreeMap<ObjectKey, Arc<Onode>>,
 }
 
 impl RocksStore {
-    /// Opens (or creates) the store in `dir`; removes blob files no object uses (left by a
-    /// crash between a blob write and its commit, or before a freed blob's deletion).
+    /// Opens (or creates) the store in `dir`. The block file's free space is everything no
+    /// object uses (so space written by a transaction a crash cut short is free again).
     pub fn open(dir: &Path) -> Result<RocksStore, StoreError> {
-        let blobs = dir.join("blobs");
-        std::fs::create_dir_all(&blobs).map_err(kv_failed)?;
+        if dir.join("blobs").exists() {
+            return Err(StoreError::Failed(format!(
+                "{} holds a store of an earlier layout (a blob file per blob); \
+                 this version keeps blob data in one block file: start from an empty folder",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(kv_failed)?;
         let kv = Kv::open(&dir.join("db")).map_err(kv_failed)?;
-        let mut referenced = BTreeSet::new();
+        let mut highest = 0;
+        let mut used = Vec::new();
         let mut usage: HashMap<CollectionId, CollectionUsage> = HashMap::new();
         for (key, _) in kv.scan_prefix(b"C").map_err(kv_failed)? {
             if let Some(coll) = decode_coll(&key[1..]) {
@@ -525,23 +523,15 @@ impl RocksStore {
                 counted.objects += 1;
                 counted.bytes += onode.size;
             }
-            referenced.extend(onode.blobs.keys().copied());
-        }
-        let mut highest = referenced.iter().next_back().copied().unwrap_or(0);
-        for entry in std::fs::read_dir(&blobs).map_err(kv_failed)? {
-            let entry = entry.map_err(kv_failed)?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) else {
-                continue;
-            };
-            highest = highest.max(id);
-            if !referenced.contains(&id) {
-                std::fs::remove_file(entry.path()).map_err(kv_failed)?;
+            for (id, blob) in &onode.blobs {
+                highest = highest.max(*id);
+                used.push(blob.space());
             }
         }
+        let block = BlockFile::open(&dir.join("block"), used).map_err(kv_failed)?;
         let shared = Arc::new(Shared {
             kv,
-            blobs,
+            block,
             collections: Mutex::new(usage),
             onodes: Mutex::default(),
             failed: Mutex::new(None),
@@ -563,6 +553,11 @@ impl RocksStore {
             commits: Some(commits),
             committer: Some(committer),
         })
+    }
+
+    /// The block file's size and how many of its bytes are free.
+    pub fn block_space(&self) -> (u64, u64) {
+        self.shared.block.space()
     }
 
     fn stripe(coll: CollectionId) -> usize {
@@ -647,17 +642,13 @@ impl Shared {
         }
     }
 
-    fn blob_path(&self, id: u64) -> PathBuf {
-        self.blobs.join(format!("{id:016x}"))
-    }
-
     /// Whether `coll` exists (committed), from the table kept in memory.
     fn has_collection(&self, coll: CollectionId) -> bool {
         self.lock_collections().contains_key(&coll)
     }
 
-    /// The commit thread: takes every transaction queued into one synced batch, then tells
-    /// their submitters, until the queue closes.
+    /// The commit thread: syncs the blob data of every transaction queued, then commits their
+    /// metadata in one synced batch, then tells their submitters, until the queue closes.
     fn commit_loop(&self, queue: &mpsc::Receiver<Pending>) {
         while let Ok(first) = queue.recv() {
             let mut group = vec![first];
@@ -666,18 +657,26 @@ impl Shared {
             for pending in &mut group {
                 batch.append(&mut pending.batch);
             }
-            let result = self.check().and_then(|()| {
-                self.kv
-                    .write(&batch)
-                    .map_err(|error| self.fail(format!("committing metadata: {error}")))
-            });
+            let result = self
+                .check()
+                .and_then(|()| {
+                    if !group.iter().any(|pending| pending.wrote_blobs) {
+                        return Ok(());
+                    }
+                    self.block
+                        .sync()
+                        .map_err(|error| self.fail(format!("syncing object data: {error}")))
+                })
+                .and_then(|()| {
+                    self.kv
+                        .write(&batch)
+                        .map_err(|error| self.fail(format!("committing metadata: {error}")))
+                });
             for pending in group {
                 if result.is_ok() {
-                    for id in &pending.plan.freed {
-                        // A crash before this leaves an unreferenced file, removed at the next
-                        // open.
-                        let _ = std::fs::remove_file(self.blob_path(*id));
-                    }
+                    // Nothing on disk references this space any more, and no reader is in
+                    // it: readers of these objects wait for the locks released below.
+                    self.block.release(pending.plan.freed.iter().copied());
                     self.count(&pending.plan);
                     self.cache(pending.plan);
                 }
@@ -736,12 +735,12 @@ impl RocksStore {
         Ok(plan.onodes.get_mut(&key).expect("inserted above"))
     }
 
-    /// Frees the blobs `onode` no longer uses: blobs of this transaction are not written at
-    /// all; committed ones are deleted after the commit.
-    fn release(plan: &mut Plan, ids: Vec<u64>) {
-        for id in ids {
+    /// Frees the blobs an object no longer uses: blobs of this transaction are not written at
+    /// all; the space of committed ones is free once the commit is on disk.
+    fn release(plan: &mut Plan, blobs: impl IntoIterator<Item = (u64, BlobMeta)>) {
+        for (id, blob) in blobs {
             if plan.new_blobs.remove(&id).is_none() {
-                plan.freed.push(id);
+                plan.freed.push(blob.space());
             }
         }
     }
@@ -765,6 +764,8 @@ impl RocksStore {
             onode.blobs.insert(
                 id,
                 BlobMeta {
+                    // Placed once the transaction is planned whole.
+                    offset: 0,
                     len,
                     crcs: sums.crcs,
                     hash: ByteBuf::from(sums.hash),
@@ -808,8 +809,7 @@ impl RocksStore {
                 );
                 for name in names {
                     if let Some(onode) = self.working(plan, coll, &name)?.take() {
-                        let ids = onode.blobs.keys().copied().collect();
-                        Self::release(plan, ids);
+                        Self::release(plan, onode.blobs);
                     }
                     plan.onodes.remove(&(coll, name));
                 }
@@ -885,7 +885,7 @@ impl RocksStore {
                     .working(plan, coll, name)?
                     .take()
                     .ok_or_else(|| missing(name))?;
-                Self::release(plan, onode.blobs.keys().copied().collect());
+                Self::release(plan, onode.blobs);
                 let prefix = omap_prefix(coll, name);
                 plan.kv
                     .push(KvOp::DeleteRange(prefix.clone(), prefix_end(&prefix)));
@@ -938,41 +938,22 @@ impl RocksStore {
         Ok(())
     }
 
-    /// Writes and syncs the blobs of a plan (then their folder, so their names last too).
-    /// Blob data goes straight to the disk (`O_DIRECT`), not through the page cache: it is
-    /// written once and read back rarely soon after, and copying it into the cache cost a
-    /// fifth of all CPU under 4 MiB writes. Where the file system refuses direct IO, the write
-    /// is buffered.
-    fn write_blobs(&self, blobs: &BTreeMap<u64, AlignedBlob>) -> std::io::Result<()> {
-        if blobs.is_empty() {
-            return Ok(());
-        }
-        for (id, blob) in blobs {
-            let path = self.shared.blob_path(*id);
-            let direct = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(O_DIRECT)
-                .open(&path);
-            let mut file = match direct {
-                Ok(file) => file,
-                Err(error) if error.raw_os_error() == Some(EINVAL) => File::create_new(&path)?,
-                Err(error) => return Err(error),
-            };
-            // Direct writes move whole blocks; the padding after the data is never read
-            // (the blob's length is in its metadata).
-            match file.write_all(blob.padded()) {
-                Err(error) if error.raw_os_error() == Some(EINVAL) => {
-                    let mut file = File::create(&path)?;
-                    file.write_all(blob.data())?;
-                    file.sync_data()?;
-                    continue;
+    /// Places the new blobs of a plan in free space of the block file and writes them there
+    /// (synced later, once for the whole group commit). The data goes straight to the disk
+    /// (`O_DIRECT`), not through the page cache: it is written once and read back rarely soon
+    /// after, and copying it into the cache cost a fifth of all CPU under 4 MiB writes.
+    fn write_blobs(&self, plan: &mut Plan) -> std::io::Result<()> {
+        for onode in plan.onodes.values_mut().flatten() {
+            for (id, meta) in &mut onode.blobs {
+                if let Some(blob) = plan.new_blobs.get(id) {
+                    let blocks = blob.padded();
+                    meta.offset = self.shared.block.allocate(blocks.len() as u64)?;
+                    // The padding after the data is never read: the length is in `meta`.
+                    self.shared.block.write(meta.offset, blocks)?;
                 }
-                other => other?,
             }
-            file.sync_data()?;
         }
-        File::open(&self.shared.blobs)?.sync_all()
+        Ok(())
     }
 
     /// Reads `[start, end)` of blob `id`, checked against the crc32c of every block it
@@ -1000,33 +981,16 @@ impl RocksStore {
         let last = end.div_ceil(BLOCK) * BLOCK;
         // Whole checksum blocks: the last one ends at the blob's end.
         let wanted = (last.min(meta.len) - first) as usize;
-        let path = self.shared.blob_path(id);
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(O_DIRECT)
-            .open(&path)
-        {
-            Err(error) if error.raw_os_error() == Some(EINVAL) => File::open(&path),
-            other => other,
-        }
-        .map_err(|e| corrupt(e.to_string()))?;
         let block = BLOCK as usize;
         let span = (last - first) as usize;
         let mut buffer = self.read_buffers.take(span + block);
         let at = (block - buffer.as_ptr() as usize % block) % block;
-        let mut got = 0;
-        // Whole blocks from a block-aligned offset into a block-aligned address; the blob's
-        // file ends at a block boundary when written directly, or earlier when buffered.
-        while got < span {
-            let read =
-                rustix::io::pread(&file, &mut buffer[at + got..at + span], first + got as u64);
-            match read {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(error) => return Err(corrupt(error.to_string())),
-            }
-        }
+        // Whole blocks from a block-aligned offset into a block-aligned address.
+        let got = self
+            .shared
+            .block
+            .read(meta.offset + first, &mut buffer[at..at + span])
+            .map_err(|e| corrupt(e.to_string()))?;
         if got < wanted {
             return Err(corrupt(format!("short read: {got} of {wanted} bytes")));
         }
@@ -1147,11 +1111,9 @@ impl ObjectStore for RocksStore {
         for op in &tx.ops {
             self.plan_op(&mut plan, op)?;
         }
-        // Data first, synced; then the metadata that points at it, in one synced batch.
-        if let Err(error) = self.write_blobs(&plan.new_blobs) {
-            for id in plan.new_blobs.keys() {
-                let _ = std::fs::remove_file(self.shared.blob_path(*id));
-            }
+        // Data first; the commit thread syncs it before the metadata that points at it.
+        // Space written here and never committed is free again at the next open.
+        if let Err(error) = self.write_blobs(&mut plan) {
             return Err(self.shared.fail(format!("writing object data: {error}")));
         }
         let mut batch = std::mem::take(&mut plan.kv);
@@ -1168,12 +1130,14 @@ impl ObjectStore for RocksStore {
                 None => batch.push(KvOp::Delete(key)),
             }
         }
-        // The blobs are on disk; the commit thread needs only the plan's bookkeeping.
+        // The blobs are written; the commit thread needs only the plan's bookkeeping.
+        let wrote_blobs = !plan.new_blobs.is_empty();
         plan.new_blobs.clear();
         let (done, commit) = Commit::queued();
         let pending = Pending {
             batch,
             plan,
+            wrote_blobs,
             locks,
             done,
         };
@@ -1308,9 +1272,14 @@ impl ObjectStore for RocksStore {
 
     fn usage(&self) -> Result<StoreUsage, StoreError> {
         let stat = rustix::fs::statvfs(&self.dir).map_err(kv_failed)?;
+        // Free space inside the block file is available too.
+        let (_, free) = self.shared.block.space();
         Ok(StoreUsage {
             total_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
-            available_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+            available_bytes: stat
+                .f_bavail
+                .saturating_mul(stat.f_frsize)
+                .saturating_add(free),
             stored_bytes: self
                 .shared
                 .lock_collections()
@@ -1357,8 +1326,8 @@ mod aligned_tests {
         for len in [1usize, 4095, 4096, 4097, 65_536, 100_000] {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
             let blob = AlignedBlob::new(&Bytes::from(data.clone()));
-            assert_eq!(blob.data(), &data[..]);
             let padded = blob.padded();
+            assert_eq!(&padded[..len], &data[..]);
             assert_eq!(
                 padded.as_ptr() as usize % BLOCK as usize,
                 0,
@@ -1379,6 +1348,6 @@ mod aligned_tests {
         let data = Bytes::from(storage).slice(start..);
         let blob = AlignedBlob::new(&data);
         assert_eq!(blob.padded().as_ptr(), data.as_ptr(), "no copy");
-        assert_eq!(blob.data(), &data[..]);
+        assert_eq!(blob.padded(), &data[..]);
     }
 }
