@@ -299,10 +299,17 @@ impl Identity {
 
     /// aws-lc's TLS 1.3 suites, AES-128-GCM first: it is what every QUIC stack must support,
     /// and at 10 AES rounds to AES-256's 14 it encrypts bulk data a third faster (AES-GCM is
-    /// about a seventh of all CPU under 4 MiB reads). aws-lc's AES-GCM uses 512-bit vector
-    /// AES where the CPU has it, 1.35x ring's 256-bit one (docs/BENCHMARKS.md).
+    /// a seventh to a fifth of all CPU under 4 MiB transfers). Its AES-GCM code is the faster
+    /// of two libraries on this CPU ([`ring_aes_gcm_is_faster`]).
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        if ring_aes_gcm_is_faster() {
+            for suite in &mut provider.cipher_suites {
+                if suite.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 {
+                    *suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+                }
+            }
+        }
         provider
             .cipher_suites
             .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
@@ -355,6 +362,27 @@ impl Identity {
             Arc::new(self.rustls_server()?),
             Arc::new(self.rustls_client()?),
         ))
+    }
+}
+
+/// Whether ring's AES-GCM outruns aws-lc's here. aws-lc uses 512-bit vector AES where the CPU
+/// has AVX-512 (1.35x ring there); without AVX-512 it falls back to 128-bit AES-NI code, while
+/// ring uses 256-bit vector AES (VAES with AVX2): 4.4 against 2.0 GB/s on an AMD EPYC without
+/// AVX-512 (docs/BENCHMARKS.md). Elsewhere both use the same AES-NI code.
+fn ring_aes_gcm_is_faster() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vector_aes = std::arch::is_x86_feature_detected!("vaes")
+            && std::arch::is_x86_feature_detected!("vpclmulqdq")
+            && std::arch::is_x86_feature_detected!("avx2");
+        let wide = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl");
+        vector_aes && !wide
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
