@@ -17,6 +17,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
+use tidepool_proto::cpu;
 
 /// The ALPN protocol every Tidepool endpoint speaks.
 pub const ALPN: &[u8] = b"tidepool/1";
@@ -370,20 +371,7 @@ impl Identity {
 /// ring uses 256-bit vector AES (VAES with AVX2): 4.4 against 2.0 GB/s on an AMD EPYC without
 /// AVX-512 (docs/BENCHMARKS.md). Elsewhere both use the same AES-NI code.
 fn ring_aes_gcm_is_faster() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let vector_aes = std::arch::is_x86_feature_detected!("vaes")
-            && std::arch::is_x86_feature_detected!("vpclmulqdq")
-            && std::arch::is_x86_feature_detected!("avx2");
-        let wide = std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl");
-        vector_aes && !wide
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cpu::avx2_vector_crypto() && !cpu::avx512_vector_crypto()
 }
 
 /// QUIC settings for a LAN: windows far above quinn's internet defaults, many concurrent

@@ -8,6 +8,7 @@
 //! body, so neither side copies it to encode or decode.
 
 pub mod config;
+pub mod cpu;
 pub mod frame;
 pub mod mon;
 pub mod osd;
