@@ -7,6 +7,7 @@
 //! it costs memory. Bulk data travels as [`Payload`]s in the frame's data section, beside the
 //! body, so neither side copies it to encode or decode.
 
+pub mod buffers;
 pub mod config;
 pub mod cpu;
 pub mod frame;

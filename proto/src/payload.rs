@@ -26,6 +26,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeTuple, Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::buffers;
+
 /// Where bytes joined from pieces start: a disk block, so that a store writing them with
 /// direct IO needs no copy to align them.
 pub const JOIN_ALIGN: usize = 4096;
@@ -118,16 +120,17 @@ impl Payload {
     }
 }
 
-/// `pieces` in one buffer that starts at a [`JOIN_ALIGN`]ed address.
+/// `pieces` in one buffer that starts at a [`JOIN_ALIGN`]ed address; a large one comes from
+/// (and returns to) [`buffers::LARGE`].
 fn join(pieces: &[Bytes], len: usize) -> Bytes {
-    let mut buffer = Vec::with_capacity(len + JOIN_ALIGN);
+    let mut buffer = buffers::LARGE.take(len + JOIN_ALIGN);
     let start = (JOIN_ALIGN - buffer.as_ptr() as usize % JOIN_ALIGN) % JOIN_ALIGN;
-    // Only the bytes before the start are zeroed; the data is copied once.
-    buffer.resize(start, 0);
+    let mut at = start;
     for piece in pieces {
-        buffer.extend_from_slice(piece);
+        buffer[at..at + piece.len()].copy_from_slice(piece);
+        at += piece.len();
     }
-    Bytes::from(buffer).slice(start..)
+    buffers::LARGE.share(buffer, start..at)
 }
 
 impl Deref for Payload {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tidepool_kv::{Kv, Op as KvOp};
+use tidepool_proto::buffers;
 
 use super::block::BlockFile;
 use super::{
@@ -55,66 +56,6 @@ impl AlignedBlob {
         &self.padded
     }
 }
-/// Block-aligned buffers for direct reads of large blobs, kept for the next read once the data
-/// they held is sent. A fresh buffer of megabytes came from the allocator zeroed, a pass over
-/// every byte (a seventh of an OSD's CPU under 4 MiB reads); a reused one is overwritten by the
-/// read alone.
-#[derive(Debug, Default)]
-struct ReadBuffers {
-    free: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl ReadBuffers {
-    /// Reads of more than this use a pooled buffer.
-    const POOLED_MIN: usize = 1 << 20;
-    /// The size of a pooled buffer: a 4 MiB stripe plus the room to align it.
-    const POOLED: usize = (4 << 20) + BLOCK as usize;
-    /// Buffers kept; more in use are freed when their data has been sent.
-    const KEPT: usize = 16;
-
-    /// A zero-initialised buffer of at least `len` bytes.
-    fn take(&self, len: usize) -> Vec<u8> {
-        if !(Self::POOLED_MIN..=Self::POOLED).contains(&len) {
-            return vec![0; len];
-        }
-        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        reused.unwrap_or_else(|| vec![0; Self::POOLED])
-    }
-
-    /// The bytes `range` of `buffer`, which goes back to the pool when they are dropped.
-    fn share(&self, buffer: Vec<u8>, range: std::ops::Range<usize>) -> Bytes {
-        if buffer.len() != Self::POOLED {
-            return Bytes::from(buffer).slice(range);
-        }
-        Bytes::from_owner(Leased {
-            buffer,
-            free: self.free.clone(),
-        })
-        .slice(range)
-    }
-}
-
-/// A pooled buffer lent out as the owner of some `Bytes`.
-struct Leased {
-    buffer: Vec<u8>,
-    free: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl AsRef<[u8]> for Leased {
-    fn as_ref(&self) -> &[u8] {
-        &self.buffer
-    }
-}
-
-impl Drop for Leased {
-    fn drop(&mut self) {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if free.len() < ReadBuffers::KEPT {
-            free.push(std::mem::take(&mut self.buffer));
-        }
-    }
-}
-
 /// Lock stripes: transactions on different collections plan and commit concurrently. Many
 /// stripes, because a transaction holds its stripes until its group commit is on disk and
 /// another on the same stripe waits for that.
@@ -432,7 +373,6 @@ pub struct RocksStore {
     dir: PathBuf,
     next_blob: AtomicU64,
     stripes: Vec<Arc<StripeLock>>,
-    read_buffers: ReadBuffers,
     /// The commit thread's queue (`None` once dropped, which ends the thread).
     commits: Option<mpsc::Sender<Pending>>,
     committer: Option<std::thread::JoinHandle<()>>,
@@ -549,7 +489,6 @@ impl RocksStore {
             dir: dir.to_owned(),
             next_blob: AtomicU64::new(highest + 1),
             stripes: (0..STRIPES).map(|_| Arc::default()).collect(),
-            read_buffers: ReadBuffers::default(),
             commits: Some(commits),
             committer: Some(committer),
         })
@@ -983,7 +922,9 @@ impl RocksStore {
         let wanted = (last.min(meta.len) - first) as usize;
         let block = BLOCK as usize;
         let span = (last - first) as usize;
-        let mut buffer = self.read_buffers.take(span + block);
+        // A large buffer is reused (`buffers::LARGE`): a fresh one of megabytes costs a page
+        // fault and a zeroed page per 4 KiB.
+        let mut buffer = buffers::LARGE.take(span + block);
         let at = (block - buffer.as_ptr() as usize % block) % block;
         // Whole blocks from a block-aligned offset into a block-aligned address.
         let got = self
@@ -994,7 +935,7 @@ impl RocksStore {
         if got < wanted {
             return Err(corrupt(format!("short read: {got} of {wanted} bytes")));
         }
-        let data = self.read_buffers.share(buffer, at..at + wanted);
+        let data = buffers::LARGE.share(buffer, at..at + wanted);
         if check == Check::Hash && first == 0 && end == meta.len {
             if blake3::hash(&data).as_bytes()[..] != meta.hash[..] {
                 return Err(corrupt("fails its blake3 hash".into()));
@@ -1301,25 +1242,7 @@ impl ObjectStore for RocksStore {
 
 #[cfg(test)]
 mod aligned_tests {
-    use super::{AlignedBlob, Bytes, ReadBuffers, BLOCK};
-
-    #[test]
-    fn read_buffers_come_back_when_their_data_is_dropped() {
-        let buffers = ReadBuffers::default();
-        let buffer = buffers.take(2 << 20);
-        let address = buffer.as_ptr();
-        let data = buffers.share(buffer, 10..20);
-        let copy = data.clone();
-        drop(data);
-        assert!(
-            buffers.free.lock().expect("lock").is_empty(),
-            "still lent out"
-        );
-        drop(copy);
-        let again = buffers.take(3 << 20);
-        assert_eq!(again.as_ptr(), address, "reused");
-        assert_eq!(buffers.take(100).len(), 100, "small reads are not pooled");
-    }
+    use super::{AlignedBlob, Bytes, BLOCK};
 
     #[test]
     fn aligned_blobs_hold_the_data_then_zeros_to_a_whole_block() {
