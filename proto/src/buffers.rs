@@ -31,21 +31,18 @@ impl BufferPool {
         }
     }
 
-    /// Whether a buffer of `len` bytes comes from the pool (else from the allocator).
-    fn pooled(&self, len: usize) -> bool {
-        (self.size / 4..=self.size).contains(&len)
-    }
-
-    /// A zero-initialised (or reused) buffer of at least `len` bytes.
-    pub fn take(&'static self, len: usize) -> Vec<u8> {
-        if !self.pooled(len) {
-            return vec![0; len];
+    /// A buffer of the pool's size (reused, or zero-initialised once) for `len` bytes, when
+    /// `len` is from a quarter of that size to all of it; `None` for other lengths, which are
+    /// not worth keeping a buffer for or do not fit one.
+    pub fn take(&'static self, len: usize) -> Option<Vec<u8>> {
+        if !(self.size / 4..=self.size).contains(&len) {
+            return None;
         }
         let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        reused.unwrap_or_else(|| vec![0; self.size])
+        Some(reused.unwrap_or_else(|| vec![0; self.size]))
     }
 
-    /// The bytes `range` of `buffer` (from [`BufferPool::take`]), which goes back to the pool
+    /// The bytes `range` of `buffer`; a buffer from [`BufferPool::take`] goes back to the pool
     /// when they and every slice of them are dropped.
     pub fn share(&'static self, buffer: Vec<u8>, range: std::ops::Range<usize>) -> Bytes {
         if buffer.len() != self.size {
@@ -88,7 +85,7 @@ mod tests {
     #[test]
     fn buffers_come_back_when_their_bytes_are_dropped() {
         static POOL: BufferPool = BufferPool::new(1 << 20, 2);
-        let buffer = POOL.take(1 << 19);
+        let buffer = POOL.take(1 << 19).expect("pooled");
         assert_eq!(buffer.len(), 1 << 20);
         let address = buffer.as_ptr();
         let bytes = POOL.share(buffer, 10..20);
@@ -97,17 +94,16 @@ mod tests {
         assert_eq!(POOL.free(), 0, "still lent out");
         drop(slice);
         assert_eq!(POOL.free(), 1);
-        let again = POOL.take(1 << 20);
+        let again = POOL.take(1 << 20).expect("pooled");
         assert_eq!(again.as_ptr(), address, "reused");
         drop(again);
-        assert_eq!(POOL.take(100).len(), 100, "small buffers are not pooled");
-        let big = POOL.take(2 << 20);
-        assert_eq!(big.len(), 2 << 20, "nor larger ones");
-        drop(POOL.share(big, 0..1));
-        assert_eq!(POOL.free(), 0);
+        assert!(POOL.take(100).is_none(), "small buffers are not pooled");
+        assert!(POOL.take((1 << 20) + 1).is_none(), "nor larger ones");
+        drop(POOL.share(vec![0; 2 << 20], 0..1));
+        assert_eq!(POOL.free(), 0, "nor kept");
         // No more than `kept` stay free.
         let lent: Vec<_> = (0..3)
-            .map(|_| POOL.share(POOL.take(1 << 20), 0..1))
+            .map(|_| POOL.share(POOL.take(1 << 20).expect("pooled"), 0..1))
             .collect();
         drop(lent);
         assert_eq!(POOL.free(), 2);

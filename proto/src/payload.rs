@@ -123,7 +123,16 @@ impl Payload {
 /// `pieces` in one buffer that starts at a [`JOIN_ALIGN`]ed address; a large one comes from
 /// (and returns to) [`buffers::LARGE`].
 fn join(pieces: &[Bytes], len: usize) -> Bytes {
-    let mut buffer = buffers::LARGE.take(len + JOIN_ALIGN);
+    let Some(mut buffer) = buffers::LARGE.take(len + JOIN_ALIGN) else {
+        // A fresh buffer: only the bytes before the start are zeroed; the data is copied once.
+        let mut buffer = Vec::with_capacity(len + JOIN_ALIGN);
+        let start = (JOIN_ALIGN - buffer.as_ptr() as usize % JOIN_ALIGN) % JOIN_ALIGN;
+        buffer.resize(start, 0);
+        for piece in pieces {
+            buffer.extend_from_slice(piece);
+        }
+        return Bytes::from(buffer).slice(start..);
+    };
     let start = (JOIN_ALIGN - buffer.as_ptr() as usize % JOIN_ALIGN) % JOIN_ALIGN;
     let mut at = start;
     for piece in pieces {
@@ -450,6 +459,19 @@ mod tests {
             vec![spanning.bytes().clone()],
             "once joined, the joined buffer"
         );
+
+        // A large payload is joined into a pooled buffer, at a block too.
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let section = DataSection::new(chunked(&big, &[65_000, 1_000_000, 7]));
+        let spanning = section.slice(10, 2_999_990);
+        let joined: &[u8] = &spanning;
+        assert_eq!(joined, &big[10..2_999_990]);
+        assert_eq!(
+            joined.as_ptr() as usize % JOIN_ALIGN,
+            0,
+            "joined at a block"
+        );
+        let section = DataSection::new(chunks.clone());
 
         let inside = section.slice(3_100, 3_200);
         assert_eq!(inside.clone().into_chunks().len(), 1);

@@ -77,9 +77,6 @@ impl Allocator {
 
     /// The start of `len` free bytes, now used; `None` when no free extent is that long.
     pub(super) fn allocate(&mut self, len: u64) -> Option<u64> {
-        if len == 0 {
-            return Some(self.cursor);
-        }
         let fits = |(&start, &free): (&u64, &u64)| (free >= len).then_some((start, free));
         let (start, free) = self
             .free

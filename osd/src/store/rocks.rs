@@ -882,6 +882,9 @@ impl RocksStore {
     /// (`O_DIRECT`), not through the page cache: it is written once and read back rarely soon
     /// after, and copying it into the cache cost a fifth of all CPU under 4 MiB writes.
     fn write_blobs(&self, plan: &mut Plan) -> std::io::Result<()> {
+        if plan.new_blobs.is_empty() {
+            return Ok(());
+        }
         for onode in plan.onodes.values_mut().flatten() {
             for (id, meta) in &mut onode.blobs {
                 if let Some(blob) = plan.new_blobs.get(id) {
@@ -924,7 +927,9 @@ impl RocksStore {
         let span = (last - first) as usize;
         // A large buffer is reused (`buffers::LARGE`): a fresh one of megabytes costs a page
         // fault and a zeroed page per 4 KiB.
-        let mut buffer = buffers::LARGE.take(span + block);
+        let mut buffer = buffers::LARGE
+            .take(span + block)
+            .unwrap_or_else(|| vec![0; span + block]);
         let at = (block - buffer.as_ptr() as usize % block) % block;
         // Whole blocks from a block-aligned offset into a block-aligned address.
         let got = self
@@ -1072,8 +1077,7 @@ impl ObjectStore for RocksStore {
             }
         }
         // The blobs are written; the commit thread needs only the plan's bookkeeping.
-        let wrote_blobs = !plan.new_blobs.is_empty();
-        plan.new_blobs.clear();
+        let wrote_blobs = !std::mem::take(&mut plan.new_blobs).is_empty();
         let (done, commit) = Commit::queued();
         let pending = Pending {
             batch,
