@@ -5,8 +5,10 @@
 #   bench/objects.sh            # Tidepool only (release build, `tidepool up` in a temporary folder)
 #   CEPH=1 bench/objects.sh     # and Ceph 16.2 from ../shared/bench/ceph/up.sh (Debian's packages)
 #
-# Per run and system: 4 MiB writes, 4 MiB sequential reads of what was written, 4 KiB writes,
-# each for SECONDS_PER_PHASE seconds with THREADS in flight, on a pool of size 3 / min_size 2.
+# Per run and system: 4 MiB writes, 4 MiB sequential reads of what was written (each object
+# once, so at most SECONDS_PER_PHASE), 4 KiB writes, each for SECONDS_PER_PHASE seconds with
+# THREADS in flight, on a pool of size 3 / min_size 2; both systems write new objects in every
+# run and remove them after the reads and after the 4 KiB writes.
 # Before the runs: the disk's fsync'd sequential write bandwidth (fio, 4 MiB blocks), whose third
 # is the physical limit for three copies on one disk.
 # Env: RUNS=3 SECONDS_PER_PHASE=10 THREADS=16 OSDS=3 CEPH=0 CEPH_DIR=/tmp/cephanchor
@@ -91,7 +93,9 @@ for run in $(seq "$RUNS"); do
   log "run $run: tidepool"
   tidepool_phase "$run" write_4M write 4194304
   tidepool_phase "$run" read_4M read 4194304
+  "$T" bench data cleanup > /dev/null
   tidepool_phase "$run" write_4K write 4096
+  "$T" bench data cleanup > /dev/null
   if [ "$CEPH" = 1 ]; then
     log "run $run: ceph"
     rados_phase "$run" write_4M write 4194304

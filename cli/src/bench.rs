@@ -1,7 +1,9 @@
 //! `tidepool bench POOL write|read|rand|cleanup`, like `rados bench`: concurrent whole-object
 //! writes or reads for a number of seconds; throughput, operations per second and latency
-//! percentiles. `write` leaves its objects (`bench-<n>`, and `bench-meta` with their count and
-//! size) for `read` and `rand`; `cleanup` removes them.
+//! percentiles. Each `write` creates new objects, named after its process
+//! (`bench-<pid>-<n>`), and leaves them with `bench-meta` (their count, size and prefix) for
+//! `read`, which reads each of them once, and `rand`, which reads them at random until the time
+//! is up; `cleanup` removes every `bench-` object.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,11 +24,11 @@ use crate::OutputFormat;
 pub enum Mode {
     /// Write new objects.
     Write,
-    /// Read the objects `write` left, in order.
+    /// Read each object the last `write` left once, in order.
     Read,
-    /// Read the objects `write` left, at random.
+    /// Read the objects the last `write` left, at random, until the time is up.
     Rand,
-    /// Remove the objects `write` left.
+    /// Remove every object a `write` left.
     Cleanup,
 }
 
@@ -53,10 +55,21 @@ pub struct BenchArgs {
     objects: Option<u64>,
 }
 
+/// The start of every object name `tidepool bench` writes.
+const PREFIX: &str = "bench-";
 const META: &str = "bench-meta";
 
-fn object_name(n: u64) -> String {
-    format!("bench-{n}")
+/// What the last `write` left: `count` objects of `size` bytes named `<prefix><n>`.
+struct Written {
+    count: u64,
+    size: u64,
+    prefix: String,
+}
+
+impl Written {
+    fn name(&self, n: u64) -> String {
+        format!("{}{n}", self.prefix)
+    }
 }
 
 /// Runs the benchmark.
@@ -64,13 +77,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     runtime()?.block_on(async {
         let client = Arc::new(crate::objects::connect(&args.cluster).await?);
         match args.mode {
-            Mode::Cleanup => cleanup(&client, &args.pool).await,
+            Mode::Cleanup => cleanup(client, &args.pool, args.threads).await,
             mode => measure(client, &args, mode).await,
         }
     })
 }
 
-async fn written(client: &ObjectClient, pool: &str) -> Result<(u64, u64)> {
+async fn written(client: &ObjectClient, pool: &str) -> Result<Written> {
     let (_, outputs) = client
         .execute(pool, META, vec![ObjectOp::Read { offset: 0, len: 64 }])
         .await
@@ -79,33 +92,73 @@ async fn written(client: &ObjectClient, pool: &str) -> Result<(u64, u64)> {
         bail!("{META} holds no data");
     };
     let text = String::from_utf8_lossy(data);
-    let mut parts = text.split_whitespace().map(str::parse::<u64>);
-    match (parts.next(), parts.next()) {
-        (Some(Ok(count)), Some(Ok(size))) => Ok((count, size)),
-        _ => bail!("{META} is malformed"),
+    let mut parts = text.split_whitespace();
+    match (
+        parts.next().map(str::parse),
+        parts.next().map(str::parse),
+        parts.next(),
+    ) {
+        (Some(Ok(count)), Some(Ok(size)), Some(prefix)) if prefix.starts_with(PREFIX) => {
+            Ok(Written {
+                count,
+                size,
+                prefix: prefix.to_owned(),
+            })
+        }
+        _ => bail!("{META} is malformed: run `tidepool bench POOL write` again"),
     }
 }
 
-async fn cleanup(client: &ObjectClient, pool: &str) -> Result<()> {
-    let (count, _) = written(client, pool).await?;
-    for n in 0..count {
-        let _ = client
-            .execute(pool, &object_name(n), vec![ObjectOp::Remove])
-            .await;
+/// Removes every object a `write` left (all of them, like `rados cleanup`, not only the last
+/// run's), `threads` at a time.
+async fn cleanup(client: Arc<ObjectClient>, pool: &str, threads: usize) -> Result<()> {
+    let names: Vec<String> = client
+        .list(pool)
+        .await?
+        .into_iter()
+        .filter(|name| name.starts_with(PREFIX))
+        .collect();
+    let removed = names.len();
+    let names = Arc::new(names);
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let (client, names, next, pool) =
+                (client.clone(), names.clone(), next.clone(), pool.to_owned());
+            tokio::spawn(async move {
+                while let Some(name) = names.get(next.fetch_add(1, Ordering::Relaxed) as usize) {
+                    client.execute(&pool, name, vec![ObjectOp::Remove]).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await??;
     }
-    client.execute(pool, META, vec![ObjectOp::Remove]).await?;
-    println!("removed {count} objects");
+    println!("removed {removed} objects");
     Ok(())
 }
 
 async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Result<()> {
-    let (count, size) = match mode {
-        Mode::Write => (0, args.size as u64),
+    let written = Arc::new(match mode {
+        // New names for every run, as `rados bench` names its objects after its process: a
+        // write creates objects, it does not overwrite the last run's.
+        Mode::Write => Written {
+            count: args.objects.unwrap_or(u64::MAX),
+            size: args.size as u64,
+            prefix: format!("{PREFIX}{}-", std::process::id()),
+        },
         _ => written(&client, &args.pool).await?,
-    };
-    if mode != Mode::Write && count == 0 {
+    });
+    if mode != Mode::Write && written.count == 0 {
         bail!("no objects to read: run `tidepool bench POOL write` first");
     }
+    // A write stops at `--objects`, a sequential read once it has read every object once.
+    let limit = match mode {
+        Mode::Rand => u64::MAX,
+        _ => written.count,
+    };
     // One buffer shared by every write, as a client writing from its own memory would.
     let data = Payload::from(
         (0..args.size)
@@ -114,15 +167,15 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
     );
     let next = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let limit = args.objects.unwrap_or(u64::MAX);
     let started = Instant::now();
     let workers: Vec<_> = (0..args.threads)
         .map(|worker| {
-            let (client, next, data, pool) = (
+            let (client, next, data, pool, written) = (
                 client.clone(),
                 next.clone(),
                 data.clone(),
                 args.pool.clone(),
+                written.clone(),
             );
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -138,7 +191,7 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
                         Mode::Write => client
                             .execute(
                                 &pool,
-                                &object_name(n),
+                                &written.name(n),
                                 vec![ObjectOp::WriteFull(data.clone())],
                             )
                             .await
@@ -148,14 +201,14 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
                                 random ^= random << 13;
                                 random ^= random >> 7;
                                 random ^= random << 17;
-                                random % count
+                                random % written.count
                             } else {
-                                n % count
+                                n
                             };
                             client
                                 .execute(
                                     &pool,
-                                    &object_name(index),
+                                    &written.name(index),
                                     vec![ObjectOp::Read {
                                         offset: 0,
                                         len: u64::MAX,
@@ -187,14 +240,13 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
     if mode == Mode::Write {
         let made = latencies.len() as u64;
         // The highest numbers handed out may not all have been written: keep the prefix that was.
-        let written = made.min(next.load(Ordering::Relaxed));
+        let count = made.min(next.load(Ordering::Relaxed));
+        let meta = format!("{count} {} {}", written.size, written.prefix);
         client
             .execute(
                 &args.pool,
                 META,
-                vec![ObjectOp::WriteFull(
-                    format!("{written} {size}").into_bytes().into(),
-                )],
+                vec![ObjectOp::WriteFull(meta.into_bytes().into())],
             )
             .await?;
     }
@@ -219,7 +271,7 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
                 "mode": format!("{mode:?}").to_lowercase(),
                 "seconds": elapsed,
                 "threads": args.threads,
-                "object_size": size,
+                "object_size": written.size,
                 "operations": ops,
                 "bytes": bytes,
                 "mib_per_second": mib_s,
@@ -230,8 +282,8 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
         OutputFormat::Plain => {
             println!("total time run:      {elapsed:.2} s");
             println!(
-                "total {label}:        {ops} of {size} bytes, {} threads",
-                args.threads
+                "total {label}:        {ops} of {} bytes, {} threads",
+                written.size, args.threads
             );
             println!("bandwidth:           {mib_s:.2} MiB/s");
             println!("operations:          {iops:.1} per second");

@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tidepool_tests::{free_port, run, venv_bin, Daemon, TempDir};
+use serde_json::Value;
+use tidepool_tests::{free_port, run, tidepool_ok, venv_bin, Daemon, TempDir};
 
 /// Starts `tidepool up` with S3 on `port` and waits until it says it is up; the process and
 /// the S3 access and secret keys it printed.
@@ -163,10 +164,52 @@ fn up_starts_stops_and_resumes() {
         String::from_utf8_lossy(&get.stderr)
     );
     assert_eq!(get.stdout, b"hello from tidepool up");
+    bench_writes_new_objects_reads_each_once_and_cleans_up(&cluster);
     assert!(up.interrupt(Duration::from_secs(30)));
     assert!(
         running(&cluster).is_empty(),
         "left running: {:?}",
         running(&cluster)
     );
+}
+
+/// `tidepool bench`, as `rados bench` works: every write creates new objects (it never
+/// overwrites an earlier run's), a sequential read reads each object of the last write once,
+/// and cleanup removes the objects of every run.
+fn bench_writes_new_objects_reads_each_once_and_cleans_up(cluster: &Path) {
+    let bench = |args: &[&str]| -> Value {
+        let mut full = vec!["bench", "data"];
+        full.extend(args);
+        full.extend(["--threads", "4", "--format", "json"]);
+        serde_json::from_str(&tidepool_ok(cluster, &full)).expect("bench prints JSON")
+    };
+    let bench_objects = || {
+        tidepool_ok(cluster, &["object", "ls", "data"])
+            .lines()
+            .filter(|name| name.starts_with("bench-"))
+            .count()
+    };
+    for _ in 0..2 {
+        let wrote = bench(&["write", "--objects", "20", "--size", "65536"]);
+        assert_eq!(wrote["operations"], 20, "{wrote}");
+    }
+    assert_eq!(
+        bench_objects(),
+        2 * 20 + 1,
+        "two runs' objects and bench-meta"
+    );
+    let read = bench(&["read", "--seconds", "60"]);
+    assert_eq!(
+        read["operations"], 20,
+        "each object of the last run once: {read}"
+    );
+    assert_eq!(read["bytes"], 20 * 65536, "{read}");
+    let random = bench(&["rand", "--seconds", "1"]);
+    assert_eq!(
+        random["bytes"],
+        random["operations"].as_u64().unwrap() * 65536
+    );
+    let removed = tidepool_ok(cluster, &["bench", "data", "cleanup"]);
+    assert_eq!(removed.trim(), "removed 41 objects");
+    assert_eq!(bench_objects(), 0);
 }
