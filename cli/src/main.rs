@@ -13,6 +13,12 @@ mod simulate;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// jemalloc for every daemon: per-thread caches and size classes instead of glibc's shared
+/// arenas, whose bins an OSD's mix of small, short-lived buffers fragments (and slows) within
+/// minutes, and no mmap and munmap per large buffer.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Tidepool: a distributed object store.
 #[derive(Debug, Parser)]
 #[command(name = "tidepool", version, about)]
