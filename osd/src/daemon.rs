@@ -414,9 +414,17 @@ impl Osd {
             return OsdResponse::Object(Ok((*version, Vec::new())));
         }
         let coll = pg::collection(pg);
-        let mut planned = match tokio::task::block_in_place(|| {
-            pg::plan(&*self.store, coll, &request.name, request.ops)
-        }) {
+        // A plan that reads only the object's metadata (its onode, cached or in RocksDB's
+        // caches) runs right here: handing the worker thread over, as `block_in_place` does,
+        // costs more than the lookup. Reads of data or of many omap keys hand it over.
+        let heavy = request.ops.iter().any(pg::reads_much);
+        let plan = || pg::plan(&*self.store, coll, &request.name, request.ops);
+        let planned = if heavy {
+            tokio::task::block_in_place(plan)
+        } else {
+            plan()
+        };
+        let mut planned = match planned {
             Ok(planned) => planned,
             Err(error) => return OsdResponse::Object(Err(error)),
         };

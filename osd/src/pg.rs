@@ -140,6 +140,17 @@ pub struct Planned {
     pub version: u64,
 }
 
+/// Whether planning `step` may read much from the store: object data, or omap entries.
+pub fn reads_much(step: &ObjectOp) -> bool {
+    matches!(
+        step,
+        ObjectOp::Read { .. }
+            | ObjectOp::OmapGet(_)
+            | ObjectOp::OmapList { .. }
+            | ObjectOp::CompareOmap(..)
+    )
+}
+
 /// Works out `steps` against the object `name` of `coll` as it is now. Reads and guards see
 /// the object as it was before the transaction; writes apply in order.
 pub fn plan(
