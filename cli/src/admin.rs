@@ -121,9 +121,16 @@ pub fn mon(args: MonArgs) -> Result<()> {
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    runtime_with(None)
+}
+
+/// A runtime of `workers` threads (default: one per core).
+pub fn runtime_with(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers.max(1));
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 /// `tidepool mon dump`.

@@ -17,7 +17,7 @@ use tidepool_osd::store::RocksStore;
 use tidepool_placement::{BucketType, OsdId, PoolKind, Weight};
 use tidepool_proto::mon::Command;
 
-use crate::admin::{runtime, ClusterArgs};
+use crate::admin::{runtime, runtime_with, ClusterArgs};
 use crate::cluster::load_cluster_id;
 
 /// Flags of `tidepool osd --data DIR`.
@@ -35,6 +35,10 @@ pub struct OsdRunArgs {
     /// Where to listen (port 0: any free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
+    /// Threads that run the OSD's work (default: one per core). OSDs sharing a machine's
+    /// cores do better with a share each: fewer threads to wake and hand work between.
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 /// `osd.json` in an OSD's folder.
@@ -68,7 +72,7 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
     let cluster_id = load_cluster_id(&dir)?;
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let id_file = data.join("osd.json");
-    runtime()?.block_on(async {
+    runtime_with(args.workers)?.block_on(async {
         let id = match std::fs::read(&id_file) {
             Ok(bytes) => {
                 let file: OsdFile = serde_json::from_slice(&bytes)
@@ -134,6 +138,12 @@ pub struct UpArgs {
     /// The S3 gateway's port on 127.0.0.1.
     #[arg(long, default_value_t = 7480)]
     s3_port: u16,
+}
+
+/// Worker threads for each of `osds` OSDs on this machine: its cores shared out, at least one.
+fn osd_workers(osds: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / osds.max(1)).max(1)
 }
 
 /// Child processes, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -234,12 +244,21 @@ pub fn up(args: UpArgs) -> Result<()> {
         anyhow::Ok(())
     })?;
     let osds = osd_numbers(&dir, args.osds);
+    let workers = osd_workers(osds.len()).to_string();
     for &n in &osds {
         let osd_dir = dir.join(format!("osd-{n}"));
         let osd_dir = osd_dir.to_str().context("UTF-8 folder")?.to_owned();
         children.start(
             format!("osd.{n}"),
-            &["osd", "--data", &osd_dir, "--cluster", &dir_text],
+            &[
+                "osd",
+                "--data",
+                &osd_dir,
+                "--cluster",
+                &dir_text,
+                "--workers",
+                &workers,
+            ],
             &logs.join(format!("osd-{n}.log")),
         )?;
         if first_run {
