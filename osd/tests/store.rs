@@ -250,6 +250,24 @@ fn xattrs_and_omap() {
             store.omap_list(COLL, "o2", None, 10).expect("o2")[0].1,
             b"other"
         );
+        // Entries written in an earlier transaction go with the object too.
+        for ops in [
+            vec![Op::Remove {
+                coll: COLL,
+                name: "o2".into(),
+            }],
+            vec![Op::Create {
+                coll: COLL,
+                name: "o2".into(),
+                exclusive: true,
+            }],
+        ] {
+            store.apply(&tx(ops)).expect("remove, then create");
+        }
+        assert!(store
+            .omap_list(COLL, "o2", None, 10)
+            .expect("empty")
+            .is_empty());
     });
 }
 
