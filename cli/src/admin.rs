@@ -452,6 +452,10 @@ pub fn pool_ls(args: ClusterArgs) -> Result<()> {
 
 /// Sends one map change and prints its outcome.
 pub fn change(args: ClusterArgs, command: Command) -> Result<()> {
+    let new_pool = match &command {
+        Command::PoolCreate { name, .. } => Some(name.clone()),
+        _ => None,
+    };
     runtime()?.block_on(async {
         let mut client = args.client()?;
         match client.command(command).await? {
@@ -466,11 +470,34 @@ pub fn change(args: ClusterArgs, command: Command) -> Result<()> {
                             .map_or(String::new(), |id| format!(" (created id {id})"))
                     ),
                 }
+                if let Some(name) = new_pool {
+                    warn_if_undersized(&mut client, &name).await;
+                }
                 Ok(())
             }
             Err(error) => bail!("refused: {error}"),
         }
     })
+}
+
+/// Warns when a new pool cannot keep its copies apart (a one-machine cluster and the default
+/// failure domain `host`): its placement groups would stay undersized, refusing writes.
+async fn warn_if_undersized(client: &mut MonClient, name: &str) {
+    let Ok(map) = client.map().await else {
+        return;
+    };
+    let Some(pool) = map.pool_by_name(name) else {
+        return;
+    };
+    let (copies, kind) = (pool.kind.width(), pool.rule.failure_domain);
+    let domains = map.failure_domains(pool.rule.root, kind);
+    if domains < copies {
+        eprintln!(
+            "warning: pool {name} keeps {copies} copies in different {kind}s, but the cluster \
+             has {domains} {kind}(s) with OSDs in: its placement groups stay undersized until \
+             it has {copies} (for OSDs on one machine: --failure-domain osd)"
+        );
+    }
 }
 
 /// Flags of `tidepool mon bench`.

@@ -485,6 +485,17 @@ impl ClusterMap {
         false
     }
 
+    /// How many buckets of `kind` under `root` hold an OSD that is in and weighted: the most
+    /// copies of a placement group that a rule with this root and failure domain keeps apart.
+    pub fn failure_domains(&self, root: BucketId, kind: BucketType) -> usize {
+        self.osds
+            .values()
+            .filter(|osd| osd.is_in && osd.weight.raw() > 0 && self.is_under(osd.id, root))
+            .filter_map(|osd| self.ancestor(osd.id, kind))
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
     /// The sum of the weights of the OSDs under `bucket`.
     pub fn bucket_weight(&self, bucket: BucketId) -> u64 {
         self.osds
@@ -562,4 +573,33 @@ fn validate_pool(pool: &Pool) -> Result<(), MapError> {
         return Err(bad("a placement group can span at most 32 OSDs"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::Layout;
+
+    /// Rule: a rule keeps copies apart in as many buckets of its failure domain as hold an OSD
+    /// that is in and weighted.
+    #[test]
+    fn failure_domains_count_buckets_with_usable_osds() {
+        let mut map = Layout {
+            hosts: 2,
+            osds_per_host: 3,
+            weight: Weight::ONE,
+        }
+        .build();
+        let root = BucketId(0);
+        assert_eq!(map.failure_domains(root, BucketType::Host), 2);
+        assert_eq!(map.failure_domains(root, BucketType::Osd), 6);
+        assert_eq!(map.failure_domains(root, BucketType::Root), 1);
+        assert_eq!(map.failure_domains(BucketId(1), BucketType::Host), 1);
+        for id in 3..6 {
+            map.osds.get_mut(&OsdId(id)).expect("osd").is_in = false;
+        }
+        assert_eq!(map.failure_domains(root, BucketType::Host), 1);
+        map.osds.get_mut(&OsdId(0)).expect("osd").weight = Weight::ZERO;
+        assert_eq!(map.failure_domains(root, BucketType::Osd), 2);
+    }
 }
