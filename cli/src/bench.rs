@@ -145,7 +145,7 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
         // New names for every run, as `rados bench` names its objects after its process: a
         // write creates objects, it does not overwrite the last run's.
         Mode::Write => Written {
-            count: args.objects.unwrap_or(u64::MAX),
+            count: 0,
             size: args.size as u64,
             prefix: format!("{PREFIX}{}-", std::process::id()),
         },
@@ -156,8 +156,9 @@ async fn measure(client: Arc<ObjectClient>, args: &BenchArgs, mode: Mode) -> Res
     }
     // A write stops at `--objects`, a sequential read once it has read every object once.
     let limit = match mode {
-        Mode::Rand => u64::MAX,
-        _ => written.count,
+        Mode::Write => args.objects.unwrap_or(u64::MAX),
+        Mode::Read => written.count,
+        Mode::Rand | Mode::Cleanup => u64::MAX,
     };
     // One buffer shared by every write, as a client writing from its own memory would.
     let data = Payload::from(
