@@ -69,24 +69,37 @@ if [ "$CEPH" = 1 ]; then
 fi
 RADOS=(rados -c "$CEPH_DIR/ceph.conf" -p rbench)
 
-emit() { # system run phase mib/s ops/s p50-ms
-  echo "{\"system\":\"$1\",\"run\":$2,\"phase\":\"$3\",\"mib_per_second\":$4,\"ops_per_second\":$5,\"p50_ms\":$6}" | tee -a "$RESULTS"
+# Busy CPU of the whole machine (client, daemons, kernel; idle, IO wait and steal left out), in
+# clock ticks: on this shared machine CPU per operation varies far less than throughput.
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+TICKS="$(getconf CLK_TCK)"
+cpu_ms() { # busy-before operations
+  python3 -c 'import sys; b, o, t, n = map(float, sys.argv[1:]); print(round((n - b) / t * 1000 / max(o, 1), 3))' \
+    "$1" "$2" "$TICKS" "$(busy)"
+}
+
+emit() { # system run phase mib/s ops/s p50-ms cpu-ms/op
+  echo "{\"system\":\"$1\",\"run\":$2,\"phase\":\"$3\",\"mib_per_second\":$4,\"ops_per_second\":$5,\"p50_ms\":$6,\"cpu_ms_per_op\":$7}" | tee -a "$RESULTS"
 }
 
 tidepool_phase() { # run phase mode size
-  local out
+  local out before
+  before="$(busy)"
   out="$("$T" bench data "$3" --seconds "$SECS" --threads "$THREADS" --size "$4" --format json)"
-  emit tidepool "$1" "$2" $(python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["mib_per_second"], r["ops_per_second"], r["latency_ms"]["p50"])' <<<"$out")
+  emit tidepool "$1" "$2" $(python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["mib_per_second"], r["ops_per_second"], r["latency_ms"]["p50"])' <<<"$out") \
+    "$(cpu_ms "$before" "$(python3 -c 'import json,sys; print(json.load(sys.stdin)["operations"])' <<<"$out")")"
 }
 
 rados_phase() { # run phase mode size
-  local out size=()
+  local out before size=()
   [ "$3" = write ] && size=(-b "$4")
+  before="$(busy)"
   out="$("${RADOS[@]}" bench "$SECS" "$3" -t "$THREADS" "${size[@]}" --no-cleanup 2>&1)"
   emit ceph "$1" "$2" \
     "$(awk -F: '/^Bandwidth \(MB\/sec\)/ {gsub(/ /,"",$2); print $2}' <<<"$out")" \
     "$(awk -F: '/^Average IOPS/ {gsub(/ /,"",$2); print $2}' <<<"$out")" \
-    "$(awk -F: '/^Average Latency\(s\)/ {gsub(/ /,"",$2); print $2 * 1000}' <<<"$out")"
+    "$(awk -F: '/^Average Latency\(s\)/ {gsub(/ /,"",$2); print $2 * 1000}' <<<"$out")" \
+    "$(cpu_ms "$before" "$(awk -F: '/^Total (reads|writes) made/ {gsub(/ /,"",$2); print $2}' <<<"$out")")"
 }
 
 for run in $(seq "$RUNS"); do
@@ -123,6 +136,8 @@ for phase, key in [("write_4M", "mib_per_second"), ("read_4M", "mib_per_second")
         ratios = [tp[r] / ce[r] for r in tp if r in ce and ce[r]]
         line += f" | ceph {[round(v,1) for v in ce.values()]} median {statistics.median(ce.values()):.1f}"
         line += f" | ratios {[round(x,2) for x in ratios]} median {statistics.median(ratios):.2f}"
+    cpu = {s: [r["cpu_ms_per_op"] for r in rows if r.get("phase") == phase and r["system"] == s] for s in ("tidepool", "ceph")}
+    line += " | CPU ms/op " + ", ".join(f"{s} {statistics.median(v):.2f}" for s, v in cpu.items() if v)
     if phase == "write_4M":
         line += f" | {100*statistics.median(tp.values())/(disk/3):.0f} % of disk/3"
     print(line)
