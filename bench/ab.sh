@@ -24,8 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
-ticks="$(getconf CLK_TCK)"
+# shellcheck source=bench/cpu.sh
+. "$(dirname "$0")/cpu.sh"
 
 for round in $(seq "$ROUNDS"); do
   for bin in "$@"; do
@@ -36,19 +36,19 @@ for round in $(seq "$ROUNDS"); do
     grep -q 'Ctrl-C stops' "$DIR/up.log" || { cat "$DIR/up.log"; exit 1; }
     line="round $round $bin:"
     for phase in "write --size 4194304" "read --size 4194304" "write --size 4096"; do
-      before="$(busy)"
+      before="$(busy_ticks)"
       # shellcheck disable=SC2086 # the phase is mode and size, two words
       out="$(TIDEPOOL_CLUSTER="$DIR/cluster" "$bin" bench data $phase --seconds "$SECS" --threads 16 --format json)"
-      after="$(busy)"
+      busy_ms="$(busy_ms_since "$before")"
       line+=" $(python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-ms = int(sys.argv[1]) / int(sys.argv[2]) * 1000 / r["operations"]
+ms = int(sys.argv[1]) / r["operations"]
 if r["object_size"] > 65536:
     rate = "%.0f MiB/s" % r["mib_per_second"]
 else:
     rate = "%.0f ops/s" % r["ops_per_second"]
-print("%s %d: %s, %.2f ms CPU/op;" % (r["mode"], r["object_size"], rate, ms))' "$((after - before))" "$ticks" <<<"$out")"
+print("%s %d: %s, %.2f ms CPU/op;" % (r["mode"], r["object_size"], rate, ms))' "$busy_ms" <<<"$out")"
     done
     echo "$line"
     kill -INT "$UP_PID"

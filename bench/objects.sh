@@ -68,15 +68,8 @@ if [ "$CEPH" = 1 ]; then
   log "ceph OSD RSS idle: $(osd_rss "ceph-osd .*$CEPH_DIR")"
 fi
 RADOS=(rados -c "$CEPH_DIR/ceph.conf" -p rbench)
-
-# Busy CPU of the whole machine (client, daemons, kernel; idle, IO wait and steal left out), in
-# clock ticks: on this shared machine CPU per operation varies far less than throughput.
-busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
-TICKS="$(getconf CLK_TCK)"
-cpu_ms() { # busy-before operations
-  python3 -c 'import sys; b, o, t, n = map(float, sys.argv[1:]); print(round((n - b) / t * 1000 / max(o, 1), 3))' \
-    "$1" "$2" "$TICKS" "$(busy)"
-}
+# shellcheck source=bench/cpu.sh
+. bench/cpu.sh
 
 emit() { # system run phase mib/s ops/s p50-ms cpu-ms/op
   echo "{\"system\":\"$1\",\"run\":$2,\"phase\":\"$3\",\"mib_per_second\":$4,\"ops_per_second\":$5,\"p50_ms\":$6,\"cpu_ms_per_op\":$7}" | tee -a "$RESULTS"
@@ -84,22 +77,26 @@ emit() { # system run phase mib/s ops/s p50-ms cpu-ms/op
 
 tidepool_phase() { # run phase mode size
   local out before
-  before="$(busy)"
+  before="$(busy_ticks)"
   out="$("$T" bench data "$3" --seconds "$SECS" --threads "$THREADS" --size "$4" --format json)"
-  emit tidepool "$1" "$2" $(python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["mib_per_second"], r["ops_per_second"], r["latency_ms"]["p50"])' <<<"$out") \
-    "$(cpu_ms "$before" "$(python3 -c 'import json,sys; print(json.load(sys.stdin)["operations"])' <<<"$out")")"
+  # shellcheck disable=SC2046 # four numbers
+  emit tidepool "$1" "$2" $(python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print(r["mib_per_second"], r["ops_per_second"], r["latency_ms"]["p50"], int(sys.argv[1]) / max(r["operations"], 1))' \
+    "$(busy_ms_since "$before")" <<<"$out")
 }
 
 rados_phase() { # run phase mode size
   local out before size=()
   [ "$3" = write ] && size=(-b "$4")
-  before="$(busy)"
+  before="$(busy_ticks)"
   out="$("${RADOS[@]}" bench "$SECS" "$3" -t "$THREADS" "${size[@]}" --no-cleanup 2>&1)"
   emit ceph "$1" "$2" \
     "$(awk -F: '/^Bandwidth \(MB\/sec\)/ {gsub(/ /,"",$2); print $2}' <<<"$out")" \
     "$(awk -F: '/^Average IOPS/ {gsub(/ /,"",$2); print $2}' <<<"$out")" \
     "$(awk -F: '/^Average Latency\(s\)/ {gsub(/ /,"",$2); print $2 * 1000}' <<<"$out")" \
-    "$(cpu_ms "$before" "$(awk -F: '/^Total (reads|writes) made/ {gsub(/ /,"",$2); print $2}' <<<"$out")")"
+    "$(awk -F: -v ms="$(busy_ms_since "$before")" '/^Total (reads|writes) made/ {print ms / ($2 > 0 ? $2 : 1)}' <<<"$out")"
 }
 
 for run in $(seq "$RUNS"); do
