@@ -51,6 +51,15 @@ impl Kv {
         let mut tables = rocksdb::BlockBasedOptions::default();
         tables.set_bloom_filter(10.0, false);
         options.set_block_based_table_factory(&tables);
+        // A Bloom filter over the memtable's whole keys too: most lookups on the write path are
+        // of keys that do not exist yet (a new object's metadata), and without it each one
+        // searches the whole memtable skiplist.
+        options.set_memtable_prefix_bloom_ratio(0.1);
+        options.set_memtable_whole_key_filtering(true);
+        // No block compression, as BlueStore configures its RocksDB: what is stored here is
+        // metadata and small object data, often already compressed or random, and compressing
+        // it costs every flush and compaction CPU that the data path needs.
+        options.set_compression_type(rocksdb::DBCompressionType::None);
         // Recycled WAL files: a synced append overwrites allocated blocks, so the sync does not
         // also write a new file size.
         options.set_recycle_log_file_num(4);
