@@ -417,6 +417,12 @@ async fn read_message<T: DeserializeOwned>(
     let mut body = Vec::with_capacity(header.body_bytes as usize);
     read_into(recv, &mut body, header.body_bytes as usize).await?;
     let data = read_data(recv, header.data_bytes as usize).await?;
+    // The sender finishes the stream with the frame, so its end is already here. Reading it
+    // also spares the sender a STOP_SENDING: a stream dropped before its end sends one, an
+    // extra datagram per exchange.
+    if recv.read_chunk(1, true).await?.is_some() {
+        return Err(FrameError::Trailing.into());
+    }
     Ok(decode_frame(&body, data)?)
 }
 

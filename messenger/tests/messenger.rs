@@ -183,8 +183,8 @@ async fn foreign_certificates_are_refused() {
     assert_eq!(ok, Response::Echoed(vec![1].into()));
 }
 
-/// Rule: garbage, truncated and oversized frames get an error on that stream; the server keeps
-/// serving.
+/// Rule: garbage, truncated and oversized frames, and a frame followed by more bytes, get an
+/// error on that stream; the server keeps serving.
 #[tokio::test]
 async fn garbage_gets_an_error_not_a_crash() {
     let cluster = Cluster::new("c0ffee");
@@ -234,6 +234,7 @@ async fn garbage_gets_an_error_not_a_crash() {
         ),
         ("truncated header", valid[..5].to_vec()),
         ("truncated body", valid[..valid.len() - 1].to_vec()),
+        ("bytes after the frame", [&valid[..], b"x"].concat()),
         ("oversized", oversized),
         ("malformed body", bad_body),
         ("payload outside the data section", bad_payload),

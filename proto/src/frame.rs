@@ -67,6 +67,9 @@ pub enum FrameError {
     /// The stream ended before the frame did.
     #[error("truncated frame")]
     Truncated,
+    /// The stream went on after the frame (a stream carries exactly one).
+    #[error("bytes after the end of the frame")]
+    Trailing,
     /// A frame of another kind was expected here.
     #[error("expected a {expected:?} frame, got {got:?}")]
     UnexpectedKind {
