@@ -210,17 +210,25 @@ pub fn osd_dump(args: ClusterArgs) -> Result<()> {
     })
 }
 
-/// The map as JSON. JSON keys are strings, so `pg_temp` (keyed by PG) becomes a list of
-/// `{"pg": "1.1f", "osds": [...]}`.
+/// The map as JSON. JSON keys are strings, so `pg_temp` and `pg_active` (keyed by PG) become
+/// lists of `{"pg": "1.1f", "osds": [...]}` and `{"pg": "1.1f", "epoch": 12, "acting": [...]}`.
 pub fn map_json(map: &ClusterMap) -> Result<serde_json::Value> {
     let mut value = serde_json::to_value(ClusterMap {
         pg_temp: Default::default(),
+        pg_active: Default::default(),
         ..map.clone()
     })?;
     value["pg_temp"] = map
         .pg_temp
         .iter()
         .map(|(pg, osds)| json!({ "pg": pg.to_string(), "osds": osds }))
+        .collect();
+    value["pg_active"] = map
+        .pg_active
+        .iter()
+        .map(|(pg, active)| {
+            json!({ "pg": pg.to_string(), "epoch": active.epoch, "acting": active.acting })
+        })
         .collect();
     Ok(value)
 }

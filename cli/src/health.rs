@@ -1041,6 +1041,7 @@ pub(crate) mod tests {
                 up: holders(seed),
                 acting: holders(seed),
                 epoch: Epoch(5),
+                waiting_for: Vec::new(),
             })
             .collect();
         let osd = |id: u32| {

@@ -14,7 +14,8 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use tidepool_placement::generate::ROOT_NAME;
 use tidepool_placement::{
-    Bucket, BucketType, Change, ClusterMap, Incremental, Osd, OsdId, Pool, PoolId, Rule,
+    Bucket, BucketType, Change, ClusterMap, Incremental, Osd, OsdId, Placement, Pool, PoolId, Rule,
+    Scratch,
 };
 pub use tidepool_proto::mon::{Command, CommandError, Outcome, Request, User};
 
@@ -320,6 +321,35 @@ fn plan(
                         osds: wanted,
                     }),
                 }
+            }
+            (changes, None)
+        }
+        Command::PgActive(entries) => {
+            let placement = Placement::new(map);
+            let mut scratch = Scratch::default();
+            let changes: Vec<Change> = entries
+                .iter()
+                .filter(|(pg, activation)| {
+                    let current = placement
+                        .map_pg(*pg, &mut scratch)
+                        .map(|m| m.acting.into_iter().flatten().collect::<Vec<OsdId>>());
+                    let newer = map
+                        .pg_active
+                        .get(pg)
+                        .is_none_or(|recorded| recorded.epoch < activation.epoch);
+                    current.as_ref() == Some(&activation.acting)
+                        && newer
+                        && activation.epoch <= map.epoch
+                })
+                .map(|(pg, activation)| Change::SetPgActive {
+                    pg: *pg,
+                    activation: activation.clone(),
+                })
+                .collect();
+            if changes.is_empty() {
+                return Err(CommandError::Invalid(
+                    "no activation applies: the PGs' acting sets changed".into(),
+                ));
             }
             (changes, None)
         }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use tidepool_client::MonClient;
 use tidepool_messenger::{Identity, Messenger, MessengerConfig, Peer, Service};
-use tidepool_placement::{ClusterMap, Epoch, OsdId, PgId, Placement, PoolKind, Scratch};
+use tidepool_placement::{
+    ClusterMap, Epoch, OsdId, PgActivation, PgId, Placement, PoolKind, Scratch,
+};
 use tidepool_proto::mon::{Beacon, Command, IoRates, MonMap, OsdStat, PgStat};
 use tidepool_proto::osd::{
     LogEntry, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse, PgInfo,
@@ -19,6 +21,8 @@ use tidepool_proto::osd::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::fence::Fences;
+use crate::peering::Accept;
 use crate::pg::{self, META};
 use crate::recovery::{NotActive, Progress};
 use crate::store::{ObjectStore, Op, StoreError, Transaction};
@@ -132,8 +136,11 @@ pub(crate) struct PgState {
     pub info: PgInfo,
     pub log: Vec<LogEntry>,
     pub reqids: HashMap<(String, u64), u64>,
-    /// The acting set this OSD (as primary) last brought up to date.
-    pub peered: Option<Vec<OsdId>>,
+    /// The interval in which this OSD (as primary) last activated the PG. The PG is active
+    /// here while the map records this very activation (see [`Osd::is_active`]).
+    pub active: Option<PgActivation>,
+    /// While the PG is down: the OSDs of its last active interval that peering waits for.
+    pub down: Option<Vec<OsdId>>,
 }
 
 impl PgState {
@@ -240,6 +247,8 @@ pub(crate) struct Osd {
     /// PGs whose peering copies objects from the log, with the object copies to make.
     pub recovering: Mutex<HashMap<PgId, u64>>,
     pub io: IoCounters,
+    /// Fences and read leases.
+    pub fences: Fences,
 }
 
 pub(crate) fn storage_failed(error: StoreError) -> OsdResponse {
@@ -260,6 +269,22 @@ impl Osd {
         )
         .await;
         self.view()
+    }
+
+    /// Whether this OSD serves `pg` as its primary under `view`: it activated the PG in the
+    /// PG's current acting set, the map records that activation as the PG's newest, and no
+    /// newer primary has peered since (the fence).
+    pub fn is_active(&self, pg: PgId, state: &PgState, view: &MapView, holders: &Holders) -> bool {
+        let Some(active) = &state.active else {
+            return false;
+        };
+        active.acting == holders.acting
+            && holders.primary == Some(self.id)
+            && view.map.pg_active.get(&pg) == Some(active)
+            && self
+                .fences
+                .get(pg)
+                .is_some_and(|fence| fence <= active.epoch)
     }
 
     pub fn pg(&self, pg: PgId) -> Arc<tokio::sync::Mutex<PgState>> {
@@ -395,19 +420,17 @@ impl Osd {
         if let Err(error) = self.ensure_loaded(pg, &mut state) {
             return storage_failed(error);
         }
-        if state.peered.as_ref() != Some(&acting) {
-            match self.peer(pg, &mut state, &holders).await {
-                Ok(()) => {}
-                Err(NotActive::Remap(want)) => {
-                    drop(state);
-                    self.ask_pg_temp(vec![(pg, want)]).await;
-                    return OsdResponse::Failed(format!("PG {pg} is being remapped"));
-                }
-                Err(NotActive::Failed(reason)) => {
-                    return OsdResponse::Failed(format!("PG {pg} could not peer: {reason}"));
-                }
-            }
+        // Peering (the activation loop, on every map change) makes the PG active; until then
+        // the client retries.
+        if !self.is_active(pg, &state, &view, &holders) {
+            return OsdResponse::Failed(match &state.down {
+                Some(waiting) => format!("PG {pg} is down: waiting for {waiting:?}"),
+                None => format!("PG {pg} is peering"),
+            });
         }
+        let Some(active) = state.active.clone() else {
+            return OsdResponse::Failed(format!("PG {pg} is peering"));
+        };
         // A resend of a change already made gets its version back, not a second change.
         let reqid = (request.client.clone(), request.sequence);
         if let Some(version) = state.reqids.get(&reqid) {
@@ -440,6 +463,14 @@ impl Osd {
             .sum();
         self.io.read_bytes.fetch_add(read as u64, Ordering::Relaxed);
         if planned.ops.is_empty() {
+            // Read after planning: the bytes were current when the lease still held, since
+            // no newer primary serves before this primary's leases have run out.
+            let others: Vec<OsdId> = acting.iter().copied().filter(|o| *o != self.id).collect();
+            if !self.fences.held_from_all(&others)
+                || !self.is_active(pg, &state, &self.view(), &holders)
+            {
+                return OsdResponse::Failed(format!("PG {pg}: no read lease from its holders"));
+            }
             return OsdResponse::Object(Ok((planned.version, planned.outputs)));
         }
         let min_size = holders.min_size;
@@ -474,56 +505,85 @@ impl Osd {
         state.reqids.insert(reqid, entry.version);
         state.trim();
         let replicated = self
-            .replicate(pg, &mut state, &acting, &entry, replica_tx, &mut local)
+            .replicate(pg, &mut state, &active, &entry, replica_tx, &mut local)
             .await;
         if let Err(error) = self.fail_stop(finish_local(&mut local).await) {
             // Fail-stop: the store refuses everything from now on, and so does this OSD.
             return storage_failed(error);
         }
         if let Err(reason) = replicated {
+            // The change may be on some holders and not others: peer again before anything
+            // else (a resend must not find it in this log and be acknowledged).
+            state.active = None;
             return OsdResponse::Failed(reason);
+        }
+        // A newer primary that peered meanwhile may not have seen this change on this copy:
+        // then it is not acknowledged (the client resends; the newer primary's history holds
+        // the change or not, never half of it).
+        if self.fences.get(pg).is_none_or(|fence| fence > active.epoch) {
+            return OsdResponse::Failed(format!("PG {pg} was peered by a newer primary"));
         }
         OsdResponse::Object(Ok((entry.version, planned.outputs)))
     }
 
-    /// Sends a change to every other holder and waits until each has it on disk, or has left
-    /// the acting set in a newer map. A holder that missed earlier changes is recovered first.
+    /// Sends a change to every other holder of the interval `active` and waits until each has
+    /// it on disk. A holder that missed earlier changes (or holds another history) is brought
+    /// up to date from this copy first. The change belongs to its interval: when the PG is no
+    /// longer active here under the newest map (its holders changed, or a newer primary
+    /// peered), it is not acknowledged, and the client resends.
     async fn replicate(
         &self,
         pg: PgId,
         state: &mut PgState,
-        acting: &[OsdId],
+        active: &PgActivation,
         entry: &LogEntry,
         transaction: Transaction,
         local: &mut Option<LocalWrite>,
     ) -> Result<(), String> {
         let started = Instant::now();
-        let mut waiting: BTreeSet<OsdId> =
-            acting.iter().copied().filter(|o| *o != self.id).collect();
-        let request = PeerRequest::Replicate {
-            epoch: self.view().map.epoch,
-            pg,
-            entry: entry.clone(),
-            transaction,
-        };
+        let mut waiting: BTreeSet<OsdId> = active
+            .acting
+            .iter()
+            .copied()
+            .filter(|o| *o != self.id)
+            .collect();
         while !waiting.is_empty() {
+            let view = self.view();
+            let holders = view.holders(pg).ok_or("the pool is gone")?;
+            if !self.is_active(pg, state, &view, &holders) {
+                return Err(format!("PG {pg} changed interval during the write"));
+            }
+            let request = PeerRequest::Replicate {
+                epoch: view.map.epoch,
+                pg,
+                entry: entry.clone(),
+                transaction: transaction.clone(),
+            };
             let request = &request;
             let calls = waiting
                 .iter()
                 .map(|&osd| async move { (osd, self.call(osd, request).await) });
             let answers = futures_util::future::join_all(calls).await;
             let mut behind = Vec::new();
+            let mut newer = None;
             for (osd, answer) in answers {
                 match answer {
                     Some(OsdResponse::Ack) => {
                         waiting.remove(&osd);
                     }
                     Some(OsdResponse::Behind) => behind.push(osd),
+                    Some(OsdResponse::StaleEpoch { have }) => newer = newer.max(Some(have)),
                     _ => {}
                 }
             }
-            // Those that missed changes (they were down) are brought up to date from this copy,
-            // which includes this change once the local write is done.
+            if let Some(epoch) = newer {
+                // A holder is fenced at a newer epoch: learn that map, then see whether this
+                // primary still serves the PG.
+                self.view_at(epoch).await;
+                continue;
+            }
+            // Those that missed changes are brought up to date from this copy, which includes
+            // this change once the local write is done.
             if !behind.is_empty() {
                 finish_local(local).await.map_err(|e| e.to_string())?;
             }
@@ -535,25 +595,17 @@ impl Osd {
             if waiting.is_empty() {
                 break;
             }
-            // A holder that does not answer is waited for until the map drops it.
-            let view = self.view();
-            let still: BTreeSet<OsdId> = view
-                .holders(pg)
-                .map(|h| h.acting.into_iter().collect())
-                .unwrap_or_default();
-            waiting.retain(|osd| still.contains(osd));
             if started.elapsed() > WRITE_DEADLINE {
                 return Err(format!("replicas {waiting:?} did not take the write"));
             }
-            if !waiting.is_empty() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Ok(())
     }
 
     async fn handle_replicate(
         &self,
+        epoch: Epoch,
         pg: PgId,
         entry: LogEntry,
         mut tx: Transaction,
@@ -562,16 +614,19 @@ impl Osd {
         if tx.ops.iter().any(|op| op.collection() != coll) {
             return OsdResponse::Failed("transaction outside its PG".into());
         }
+        let Some(fence) = self.fences.get(pg) else {
+            return OsdResponse::Failed("this OSD is not up in its map".into());
+        };
         let lock = self.pg(pg);
         let mut state = lock.lock().await;
         if let Err(error) = self.ensure_loaded(pg, &mut state) {
             return storage_failed(error);
         }
-        if state.info.last_update == entry.version {
-            return OsdResponse::Ack;
-        }
-        if state.info.last_update + 1 != entry.version {
-            return OsdResponse::Behind;
+        match crate::peering::accept_change(fence, epoch, &state.info, &state.log, &entry) {
+            Accept::Apply => {}
+            Accept::Duplicate => return OsdResponse::Ack,
+            Accept::Stale(have) => return OsdResponse::StaleEpoch { have },
+            Accept::Behind | Accept::Diverged => return OsdResponse::Behind,
         }
         if !state.present {
             tx.ops.insert(0, Op::CreateCollection(coll));
@@ -588,7 +643,13 @@ impl Osd {
         }
         state.log.push(entry);
         state.trim();
-        OsdResponse::Ack
+        // A newer primary that asked about the PG while this change was on its way to disk
+        // may have read this copy without it: then it is not acknowledged.
+        match self.fences.get(pg) {
+            Some(fence) if fence <= epoch => OsdResponse::Ack,
+            Some(fence) => OsdResponse::StaleEpoch { have: fence },
+            None => OsdResponse::Failed("this OSD is not up in its map".into()),
+        }
     }
 
     /// Runs `f` over this OSD's copy of `pg` (its summary and log, `None` for no copy)
@@ -614,27 +675,47 @@ impl Osd {
         match request {
             OsdRequest::Object(request) => self.handle_object(request).await,
             OsdRequest::Replicate {
+                epoch,
                 pg,
                 entry,
                 transaction,
-                ..
-            } => self.handle_replicate(pg, entry, transaction).await,
+            } => self.handle_replicate(epoch, pg, entry, transaction).await,
             OsdRequest::PgPush {
+                epoch,
                 pg,
                 reset,
                 objects,
                 entries,
                 info,
-            } => self.handle_push(pg, reset, objects, entries, info).await,
+            } => {
+                self.handle_push(epoch, pg, reset, objects, entries, info)
+                    .await
+            }
             OsdRequest::StrayCheck { pg, from, epoch } => {
                 self.handle_stray_check(pg, from, epoch).await
             }
-            OsdRequest::Ping { .. } => OsdResponse::Ack,
-            OsdRequest::PgQuery { pg } => self
-                .with_copy(pg, |copy| {
-                    OsdResponse::PgInfo(copy.map(|(info, log)| (info.clone(), log.last().cloned())))
+            // Answered either way (the sender is alive); a lease only when its map is new
+            // enough.
+            OsdRequest::Ping { from, epoch } => {
+                if self.fences.grant(from, epoch) {
+                    OsdResponse::Ack
+                } else {
+                    OsdResponse::StaleEpoch {
+                        have: self.view().map.epoch,
+                    }
+                }
+            }
+            OsdRequest::PgQuery { pg, epoch } => {
+                // Fence first, then read: a change still on its way to disk here is then
+                // either in the answer or not acknowledged.
+                self.fences.raise(pg, epoch);
+                let leases = self.fences.granted_before(epoch);
+                self.with_copy(pg, |copy| OsdResponse::PgInfo {
+                    copy: copy.map(|(info, log)| (info.clone(), log.last().cloned())),
+                    leases,
                 })
-                .unwrap_or_else(storage_failed),
+                .unwrap_or_else(storage_failed)
+            }
             OsdRequest::PgLog { pg, after } => self
                 .with_copy(pg, |copy| {
                     OsdResponse::PgLog(copy.filter(|(info, _)| after >= info.log_tail).map(
@@ -646,8 +727,9 @@ impl Osd {
                 let coll = pg::collection(pg);
                 // A primary lists for clients only once its copy is the PG's.
                 if let Some(holders) = self.view().holders(pg) {
+                    let view = self.view();
                     if holders.primary == Some(self.id)
-                        && self.pg(pg).lock().await.peered.as_ref() != Some(&holders.acting)
+                        && !self.is_active(pg, &*self.pg(pg).lock().await, &view, &holders)
                     {
                         return OsdResponse::Failed(format!("{pg} is peering"));
                     }
@@ -717,6 +799,7 @@ impl Osd {
                         up: holders.up,
                         acting: holders.acting,
                         epoch: view.map.epoch,
+                        waiting_for: Vec::new(),
                     });
                 } else if let Some(stat) = last.get(&pg).filter(|s| s.acting == holders.acting) {
                     stats.push(PgStat {
@@ -727,15 +810,25 @@ impl Osd {
                 continue;
             };
             let (objects, bytes) = self.usage(pg);
-            let peered = state.peered.as_ref() == Some(&holders.acting);
+            let activity = if self.is_active(pg, &state, view, &holders) {
+                Activity::Active
+            } else if let Some(waiting) = &state.down {
+                Activity::Down(waiting.clone())
+            } else {
+                Activity::Peering
+            };
             let progress = self
                 .progress
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&pg)
                 .cloned();
+            let waiting_for = match &activity {
+                Activity::Down(waiting) => waiting.clone(),
+                _ => Vec::new(),
+            };
             let (state, degraded, misplaced) =
-                pg_state(&holders, peered, progress.as_ref(), objects);
+                pg_state(&holders, &activity, progress.as_ref(), objects);
             let stat = PgStat {
                 pg,
                 state,
@@ -746,6 +839,7 @@ impl Osd {
                 up: holders.up,
                 acting: holders.acting,
                 epoch: view.map.epoch,
+                waiting_for,
             };
             last.insert(pg, stat.clone());
             stats.push(stat);
@@ -765,10 +859,20 @@ impl Osd {
     }
 }
 
+/// Whether a PG this OSD leads serves operations.
+enum Activity {
+    /// Active here.
+    Active,
+    /// Peering, or waiting for its activation to be recorded.
+    Peering,
+    /// No OSD of its last active interval answered: it waits for these.
+    Down(Vec<OsdId>),
+}
+
 /// A PG's state in Ceph's words, and its degraded and misplaced object copies.
 fn pg_state(
     holders: &Holders,
-    peered: bool,
+    activity: &Activity,
     progress: Option<&Progress>,
     objects: u64,
 ) -> (String, u64, u64) {
@@ -785,8 +889,10 @@ fn pg_state(
     } else {
         0
     };
-    if !peered {
-        return ("peering".into(), degraded, misplaced);
+    match activity {
+        Activity::Active => {}
+        Activity::Peering => return ("peering".into(), degraded, misplaced),
+        Activity::Down(_) => return ("down".into(), degraded, misplaced),
     }
     let mut parts = vec![if holders.acting.len() >= holders.min_size {
         "active"
@@ -918,17 +1024,22 @@ pub async fn run(
         last_stats: Mutex::new(HashMap::new()),
         recovering: Mutex::new(HashMap::new()),
         io: IoCounters::default(),
+        fences: Fences::default(),
     });
     messenger.serve(Arc::new(Handler(osd.clone())));
     let boot = Command::OsdBoot {
         id: config.id,
         addr: addr.to_string(),
     };
-    if let Err(error) = mon.command(boot.clone()).await? {
-        warn!(%error, "boot refused");
-        return Err(OsdError::Monitors(
-            tidepool_client::ClientError::Unexpected(error.to_string()),
-        ));
+    match mon.command(boot.clone()).await? {
+        // The boot makes a new epoch (this OSD's address, up): everything older is fenced.
+        Ok(outcome) => osd.fences.set_booted(Some(outcome.epoch)),
+        Err(error) => {
+            warn!(%error, "boot refused");
+            return Err(OsdError::Monitors(
+                tidepool_client::ClientError::Unexpected(error.to_string()),
+            ));
+        }
     }
     info!(osd = config.id.0, %addr, "booted");
 
@@ -969,6 +1080,7 @@ async fn follow_maps(
     boot: Command,
 ) {
     let mut mon = MonClient::with_messenger(osd.messenger.clone(), monmap, &entity(osd.id));
+    let address = osd.messenger.local_addr().to_string();
     loop {
         let current = osd.view();
         match mon
@@ -978,10 +1090,13 @@ async fn follow_maps(
             Ok(Some(update)) => match update.apply(Some(&current.map)) {
                 Ok(map) => {
                     let down = map.osds.get(&osd.id).is_some_and(|o| !o.up);
+                    osd.note_boot(&current.map, &map, &address);
                     let _ = publish.send(Arc::new(MapView::new(map)));
                     if down {
                         warn!("the map says this OSD is down; booting again");
-                        let _ = mon.command(boot.clone()).await;
+                        if let Ok(Ok(outcome)) = mon.command(boot.clone()).await {
+                            osd.fences.set_booted(Some(outcome.epoch));
+                        }
                     }
                 }
                 Err(error) => warn!(%error, "a map update did not apply"),
@@ -992,10 +1107,11 @@ async fn follow_maps(
     }
 }
 
-/// Peers every PG this OSD leads whose holders changed (all at once: one slow holder must
-/// not hold up the others), so they recover without waiting for a client; asks for the
-/// `pg_temp`s they need in one command; starts the backfill of PGs it serves through
-/// `pg_temp`; removes stray copies.
+/// Peers every PG this OSD leads that is not active here (all at once: one slow holder must
+/// not hold up the others), so they recover without waiting for a client; records the
+/// activations of those that peered in one command, and activates those the map then
+/// records; asks for the `pg_temp`s they need in one command; starts the backfill of PGs it
+/// serves through `pg_temp`; removes stray copies.
 async fn activate(osd: Arc<Osd>) {
     let mut maps = osd.maps.clone();
     loop {
@@ -1005,22 +1121,32 @@ async fn activate(osd: Arc<Osd>) {
             .filter_map(|pg| Some((pg, view.holders(pg)?)))
             .filter(|(_, holders)| holders.primary == Some(osd.id))
             .collect();
-        let outcomes = futures_util::future::join_all(led.into_iter().map(|(pg, holders)| {
+        let outcomes = futures_util::future::join_all(led.iter().map(|(pg, holders)| {
             let osd = &osd;
-            async move { (pg, osd.activate_pg(pg, &holders).await) }
+            async move { (*pg, osd.peer_pg(*pg, holders).await) }
         }))
         .await;
-        let remaps = outcomes
-            .into_iter()
-            .filter_map(|(pg, outcome)| match outcome {
-                Err(NotActive::Remap(want)) => Some((pg, want)),
+        let mut remaps = Vec::new();
+        let mut peered = Vec::new();
+        for (pg, outcome) in outcomes {
+            match outcome {
+                Ok(Some(activation)) => peered.push((pg, activation)),
+                Ok(None) => {}
+                Err(NotActive::Remap(want)) => remaps.push((pg, want)),
+                Err(NotActive::Down(waiting)) => {
+                    warn!(%pg, ?waiting, "down: no OSD of its last active interval answered");
+                }
                 Err(NotActive::Failed(reason)) => {
                     warn!(%pg, %reason, "peering failed; will retry");
-                    None
                 }
-                Ok(()) => None,
-            })
-            .collect();
+            }
+        }
+        osd.record_activations(peered).await;
+        for (pg, holders) in &led {
+            if holders.temp {
+                osd.start_backfill(*pg);
+            }
+        }
         osd.ask_pg_temp(remaps).await;
         osd.remove_strays().await;
         // Retry failed peering now and then; react to new maps at once.
@@ -1029,37 +1155,101 @@ async fn activate(osd: Arc<Osd>) {
 }
 
 impl Osd {
-    /// Peers `pg` if its holders changed, and starts its backfill when it is served through
-    /// `pg_temp`.
-    async fn activate_pg(self: &Arc<Self>, pg: PgId, holders: &Holders) -> Result<(), NotActive> {
-        {
+    /// Follows this OSD's own entry from map `old` to `new`: the epoch in which it came up at
+    /// its address fences everything older (a primary that has not seen this OSD come back
+    /// cannot reach it); while the map has it down it takes nothing and leads nothing.
+    fn note_boot(&self, old: &ClusterMap, new: &ClusterMap, address: &str) {
+        let here = |map: &ClusterMap| {
+            map.osds
+                .get(&self.id)
+                .is_some_and(|o| o.up && o.addr.as_deref() == Some(address))
+        };
+        match (here(old), here(new)) {
+            (false, true) => {
+                info!(epoch = new.epoch.0, "up in the map");
+                self.fences.set_booted(Some(new.epoch));
+            }
+            (true, false) => {
+                warn!(
+                    epoch = new.epoch.0,
+                    "down in the map: taking nothing until up again"
+                );
+                self.fences.set_booted(None);
+            }
+            _ => {}
+        }
+    }
+
+    /// Peers `pg` unless it is active here; the interval to record when it peered.
+    async fn peer_pg(
+        &self,
+        pg: PgId,
+        holders: &Holders,
+    ) -> Result<Option<PgActivation>, NotActive> {
+        let lock = self.pg(pg);
+        let mut state = lock.lock().await;
+        self.ensure_loaded(pg, &mut state)
+            .map_err(|e| NotActive::Failed(e.to_string()))?;
+        if self.is_active(pg, &state, &self.view(), holders) {
+            return Ok(None);
+        }
+        state.active = None;
+        self.peer(pg, &mut state, holders).await.map(Some)
+    }
+
+    /// Records in the map the intervals in which PGs peered (one command), then activates
+    /// each PG whose activation the map holds: the monitors record an activation only while
+    /// the PG's acting set is still the one that peered, and never over a newer one.
+    async fn record_activations(&self, peered: Vec<(PgId, PgActivation)>) {
+        if peered.is_empty() {
+            return;
+        }
+        let epoch = match self.mon_command(Command::PgActive(peered.clone())).await {
+            Ok(epoch) => epoch,
+            Err(reason) => {
+                warn!(%reason, "recording activations failed; will peer again");
+                return;
+            }
+        };
+        let view = self.view_at(epoch).await;
+        let mut activated = 0;
+        for (pg, activation) in peered {
+            if view.map.pg_active.get(&pg) != Some(&activation) {
+                continue;
+            }
+            let Some(holders) = view.holders(pg) else {
+                continue;
+            };
             let lock = self.pg(pg);
             let mut state = lock.lock().await;
-            self.ensure_loaded(pg, &mut state)
-                .map_err(|e| NotActive::Failed(e.to_string()))?;
-            if state.peered.as_ref() != Some(&holders.acting) {
-                self.peer(pg, &mut state, holders).await?;
+            state.active = Some(activation);
+            if self.is_active(pg, &state, &view, &holders) {
+                activated += 1;
+            } else {
+                state.active = None;
             }
         }
-        if holders.temp {
-            let start = {
-                let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-                match progress.entry(pg) {
-                    std::collections::hash_map::Entry::Occupied(_) => false,
-                    std::collections::hash_map::Entry::Vacant(slot) => {
-                        slot.insert(Progress {
-                            waiting: true,
-                            ..Progress::default()
-                        });
-                        true
-                    }
+        info!(pgs = activated, epoch = epoch.0, "activated");
+    }
+
+    /// Starts the background backfill of a PG served through `pg_temp`, unless it runs.
+    fn start_backfill(self: &Arc<Self>, pg: PgId) {
+        let start = {
+            let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            match progress.entry(pg) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(Progress {
+                        waiting: true,
+                        ..Progress::default()
+                    });
+                    true
                 }
-            };
-            if start {
-                tokio::spawn(self.clone().backfill(pg));
             }
+        };
+        if start {
+            tokio::spawn(self.clone().backfill(pg));
         }
-        Ok(())
     }
 }
 
@@ -1132,15 +1322,20 @@ async fn heartbeats(osd: Arc<Osd>, monmap: MonMap) {
             let osd = &osd;
             async move {
                 let addr = osd.view().addr(peer);
+                let sent = Instant::now();
                 let answer = match addr {
                     Some(addr) => osd
                         .messenger
                         .call_within::<_, OsdResponse>(addr, &entity(peer), ping, HEARTBEAT_EVERY)
                         .await
-                        .is_ok(),
-                    None => false,
+                        .ok(),
+                    None => None,
                 };
-                (peer, answer)
+                // `Ack` is a read lease too (see `fence`); any answer shows the peer alive.
+                if matches!(answer, Some(OsdResponse::Ack)) {
+                    osd.fences.hold(peer, sent);
+                }
+                (peer, answer.is_some())
             }
         }))
         .await;

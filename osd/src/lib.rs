@@ -4,13 +4,17 @@
 //!   and [`store::RocksStore`] on disk (RocksDB for metadata, blob files for large data).
 //! * [`pg`]: a PG's copy on one OSD: its log and summary, object transactions, whole-object
 //!   reads and writes for recovery.
-//! * [`peering`]: the decisions of peering without IO: the authority, how each holder
-//!   catches up, who serves the PG while new holders backfill.
+//! * [`peering`]: the decisions of peering without IO: whom to ask, whether the PG may go
+//!   active, the authority, how each holder catches up, who serves the PG while new holders
+//!   backfill, what a holder does with a primary's change.
+//! * [`fence`]: fences and read leases, which keep an OSD with an older view of a PG from
+//!   acknowledging writes or serving reads.
 //! * [`throttle`]: recovery throttles whose limits change at runtime.
 //! * [`daemon`]: the OSD process: maps, boot, beacons, heartbeats, replication; with
 //!   `recovery`, peering, log-based recovery, backfill behind `pg_temp`, stray removal.
 
 pub mod daemon;
+pub mod fence;
 pub mod peering;
 pub mod pg;
 mod recovery;

@@ -1,8 +1,12 @@
-//! The decisions of peering, without IO: which holder's history is authoritative, how each
-//! holder catches up with it, and which holders serve the PG (`pg_temp`) while new holders
-//! backfill. The daemon gathers the facts, asks these functions, and carries out the answer.
+//! The decisions of peering, without IO: whom to ask about a PG, whether enough of them
+//! answered for the PG to go active, which holder's history is authoritative, how each holder
+//! catches up with it, which holders serve the PG (`pg_temp`) while new holders backfill, and
+//! what a holder does with a change or push from a primary (fencing). The daemon gathers the
+//! facts, asks these functions, and carries out the answer (docs/osd.md, "Peering").
 
-use tidepool_placement::OsdId;
+use std::collections::BTreeSet;
+
+use tidepool_placement::{Epoch, OsdId, PgActivation};
 use tidepool_proto::osd::{LogEntry, PgInfo};
 
 /// What one OSD holds of a PG: its summary and newest entry, or `None` for no copy.
@@ -26,17 +30,134 @@ impl Catchup {
     }
 }
 
-/// The rank of a copy's history: newer epoch first, then newer version. A copy with no entries
+/// The rank of a copy's history: the newest interval it was activated in first, then the
+/// epoch of its newest entry, then its newest version. A history written in a newer interval
+/// thus beats a longer one from an older interval (whose extra entries were never
+/// acknowledged: the newer interval's peering fenced their writer). A copy with no entries
 /// (none, or an interrupted backfill) ranks lowest.
-pub fn rank(copy: &Copy) -> (u64, u64) {
-    copy.as_ref()
-        .map_or((0, 0), |(info, _)| (info.last_epoch.0, info.last_update))
+pub fn rank(copy: &Copy) -> (u64, u64, u64) {
+    copy.as_ref().map_or((0, 0, 0), |(info, _)| {
+        (
+            info.last_epoch_started.0,
+            info.last_epoch.0,
+            info.last_update,
+        )
+    })
+}
+
+/// The OSDs a primary asks about a PG: its acting and up members, and the acting set of the
+/// last interval that went active (its members hold every acknowledged write). Without such a
+/// record (a PG that never went active since it was recorded) every up OSD is asked.
+pub fn probe_set(
+    me: OsdId,
+    acting: &[OsdId],
+    up: &[OsdId],
+    last_active: Option<&PgActivation>,
+    up_osds: &[OsdId],
+) -> Vec<OsdId> {
+    let mut probe = BTreeSet::new();
+    probe.extend(acting.iter().chain(up));
+    match last_active {
+        Some(record) => probe.extend(record.acting.iter().filter(|o| up_osds.contains(o))),
+        None => probe.extend(up_osds),
+    }
+    probe.remove(&me);
+    probe.into_iter().collect()
+}
+
+/// Whether a PG may go active after the OSDs in `answered` (the asker included) answered:
+/// at least one member of the last interval that went active must be among them, unless
+/// every member is gone from the map (removed: its data is declared lost). Otherwise the PG
+/// is down, and the answer names the OSDs it waits for.
+pub fn prior_answered(
+    last_active: Option<&PgActivation>,
+    answered: &[OsdId],
+    exists: impl Fn(OsdId) -> bool,
+) -> Result<(), Vec<OsdId>> {
+    let Some(record) = last_active else {
+        return Ok(());
+    };
+    let alive: Vec<OsdId> = record
+        .acting
+        .iter()
+        .copied()
+        .filter(|o| exists(*o))
+        .collect();
+    if alive.is_empty() || alive.iter().any(|o| answered.contains(o)) {
+        Ok(())
+    } else {
+        Err(alive)
+    }
+}
+
+/// How long (milliseconds) a new primary waits before it serves reads: the longest read lease
+/// that the holders it asked had granted to the primary of the last active interval, unless
+/// that primary answered itself (answering fenced it, so it serves nothing more).
+pub fn lease_wait(
+    last_active: Option<&PgActivation>,
+    answered: &[OsdId],
+    leases: &[(OsdId, u64)],
+) -> u64 {
+    let Some(old) = last_active.and_then(|r| r.acting.first()) else {
+        return 0;
+    };
+    if answered.contains(old) {
+        return 0;
+    }
+    leases
+        .iter()
+        .filter(|(osd, _)| osd == old)
+        .map(|(_, ms)| *ms)
+        .max()
+        .unwrap_or(0)
+}
+
+/// What a holder does with a change (`Replicate`) from a primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Accept {
+    /// Apply it: it is the next change of this copy.
+    Apply,
+    /// This copy has it already (a resend): acknowledge.
+    Duplicate,
+    /// The primary's epoch is older than this PG's fence: a newer primary has peered.
+    Stale(Epoch),
+    /// This copy missed earlier changes: the primary brings it up to date first.
+    Behind,
+    /// This copy's history differs at or before the change: the primary must replace it.
+    Diverged,
+}
+
+/// Decides what a holder whose copy is `info` with the kept log `log`, fenced at `fence`,
+/// does with `entry` sent under the primary's map `epoch`.
+pub fn accept_change(
+    fence: Epoch,
+    epoch: Epoch,
+    info: &PgInfo,
+    log: &[LogEntry],
+    entry: &LogEntry,
+) -> Accept {
+    if epoch < fence {
+        return Accept::Stale(fence);
+    }
+    if info.last_update >= entry.version {
+        // A resend of a change this copy has is acknowledged again; the same version with
+        // another change (another primary's) is a different history.
+        return if log.iter().rev().any(|e| e == entry) {
+            Accept::Duplicate
+        } else {
+            Accept::Diverged
+        };
+    }
+    if info.last_update + 1 != entry.version {
+        return Accept::Behind;
+    }
+    Accept::Apply
 }
 
 /// The holder whose history wins: the highest [`rank`], the first of equals in `holders` order
 /// (put the deciding OSD first so that it stays the authority on ties).
 pub fn authority(holders: &[(OsdId, Copy)]) -> Option<OsdId> {
-    let mut best: Option<(OsdId, (u64, u64))> = None;
+    let mut best: Option<(OsdId, (u64, u64, u64))> = None;
     for (osd, copy) in holders {
         let rank = rank(copy);
         if best.is_none_or(|(_, b)| rank > b) {
@@ -90,7 +211,6 @@ pub fn choose_acting(up: &[OsdId], usable: &[OsdId], size: usize) -> Vec<OsdId> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidepool_placement::Epoch;
 
     fn entry(version: u64, epoch: u64) -> LogEntry {
         LogEntry {
@@ -112,6 +232,7 @@ mod tests {
                 last_update,
                 last_epoch: Epoch(epoch),
                 log_tail: tail,
+                last_epoch_started: Epoch(0),
             },
             (last_update > 0).then(|| entry(last_update, epoch)),
         ))
@@ -122,6 +243,7 @@ mod tests {
             last_update,
             last_epoch: Epoch(1),
             log_tail: tail,
+            last_epoch_started: Epoch(0),
         }
     }
 
@@ -183,5 +305,118 @@ mod tests {
             vec![OsdId(2), OsdId(3)]
         );
         assert_eq!(choose_acting(&up, &[], 3), Vec::<OsdId>::new());
+    }
+    fn started(mut copy: Copy, les: u64) -> Copy {
+        if let Some((info, _)) = copy.as_mut() {
+            info.last_epoch_started = Epoch(les);
+        }
+        copy
+    }
+
+    fn activation(epoch: u64, acting: &[u32]) -> PgActivation {
+        PgActivation {
+            epoch: Epoch(epoch),
+            acting: acting.iter().map(|&o| OsdId(o)).collect(),
+        }
+    }
+
+    fn osds(ids: &[u32]) -> Vec<OsdId> {
+        ids.iter().map(|&o| OsdId(o)).collect()
+    }
+
+    /// Rule: a history started in a newer interval beats a longer one, or one with newer
+    /// entries, from an older interval (a paused primary's writes after it was replaced).
+    #[test]
+    fn authority_prefers_the_newest_started_interval() {
+        let holders = vec![
+            (OsdId(1), started(copy(20, 7, 0), 5)),
+            (OsdId(2), started(copy(12, 6, 0), 8)),
+        ];
+        assert_eq!(authority(&holders), Some(OsdId(2)));
+    }
+
+    /// Rule: a primary asks its acting and up members and the last active interval's members
+    /// that are up; with no record of one, every up OSD.
+    #[test]
+    fn probe_set_names_the_last_active_interval() {
+        let record = activation(5, &[3, 4, 5]);
+        assert_eq!(
+            probe_set(
+                OsdId(1),
+                &osds(&[1, 2]),
+                &osds(&[1, 2, 6]),
+                Some(&record),
+                &osds(&[1, 2, 3, 4, 6, 7])
+            ),
+            osds(&[2, 3, 4, 6])
+        );
+        assert_eq!(
+            probe_set(OsdId(1), &osds(&[1]), &osds(&[1]), None, &osds(&[1, 2, 7])),
+            osds(&[2, 7])
+        );
+    }
+
+    /// Rule: a PG goes active only when an OSD of its last active interval answered, or every
+    /// such OSD was removed from the map; otherwise it is down, waiting for those that exist.
+    #[test]
+    fn down_until_the_last_active_interval_answers() {
+        let record = activation(5, &[3, 4, 5]);
+        let exists = |o: OsdId| o != OsdId(5);
+        assert_eq!(prior_answered(None, &osds(&[1]), exists), Ok(()));
+        assert_eq!(
+            prior_answered(Some(&record), &osds(&[1, 4]), exists),
+            Ok(())
+        );
+        assert_eq!(
+            prior_answered(Some(&record), &osds(&[1, 2]), exists),
+            Err(osds(&[3, 4]))
+        );
+        let gone = activation(5, &[5]);
+        assert_eq!(prior_answered(Some(&gone), &osds(&[1]), exists), Ok(()));
+    }
+
+    /// Rule: a new primary waits out the leases granted to the last interval's primary,
+    /// unless that primary answered (and is fenced).
+    #[test]
+    fn lease_wait_covers_only_an_unanswered_old_primary() {
+        let record = activation(5, &[3, 4]);
+        let leases = [(OsdId(3), 900), (OsdId(3), 1200), (OsdId(7), 4000)];
+        assert_eq!(lease_wait(Some(&record), &osds(&[1, 4]), &leases), 1200);
+        assert_eq!(lease_wait(Some(&record), &osds(&[1, 3]), &leases), 0);
+        assert_eq!(lease_wait(None, &osds(&[1]), &leases), 0);
+    }
+
+    /// Rule: a holder applies only the next change of its history, from a primary at least
+    /// as new as its fence; a resend is acknowledged again; the same version with another
+    /// change, or a version it is past, is another history.
+    #[test]
+    fn accept_change_fences_and_checks_the_history() {
+        let have = info(5, 0);
+        let kept = log(1, 5);
+        let next = entry(6, 1);
+        assert_eq!(
+            accept_change(Epoch(3), Epoch(2), &have, &kept, &next),
+            Accept::Stale(Epoch(3))
+        );
+        assert_eq!(
+            accept_change(Epoch(3), Epoch(3), &have, &kept, &next),
+            Accept::Apply
+        );
+        assert_eq!(
+            accept_change(Epoch(1), Epoch(4), &have, &kept, &entry(5, 1)),
+            Accept::Duplicate
+        );
+        assert_eq!(
+            accept_change(Epoch(1), Epoch(4), &have, &kept, &entry(5, 2)),
+            Accept::Diverged
+        );
+        assert_eq!(
+            accept_change(Epoch(1), Epoch(4), &have, &kept, &entry(3, 2)),
+            Accept::Diverged
+        );
+        assert_eq!(
+            accept_change(Epoch(1), Epoch(4), &have, &kept, &entry(8, 1)),
+            Accept::Behind
+        );
     }
 }

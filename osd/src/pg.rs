@@ -426,6 +426,7 @@ pub fn advance(info: &PgInfo, entry: &LogEntry, keep: u64) -> PgInfo {
         last_update: entry.version,
         last_epoch: entry.epoch,
         log_tail: info.log_tail,
+        last_epoch_started: info.last_epoch_started,
     };
     if next.last_update.saturating_sub(next.log_tail) > keep {
         next.log_tail = next.last_update - keep;

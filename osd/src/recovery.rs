@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidepool_placement::{OsdId, PgId};
+use tidepool_placement::{Epoch, OsdId, PgActivation, PgId};
 use tidepool_proto::mon::Command;
 use tidepool_proto::osd::{LogEntry, ObjectState, OsdRequest, OsdResponse, PgInfo};
 use tracing::{info, warn};
@@ -24,6 +24,8 @@ const RECOVERY_BATCH: usize = 16;
 pub(crate) enum NotActive {
     /// It waits for the monitors to make this `pg_temp` (the caller asks for it).
     Remap(Vec<OsdId>),
+    /// No OSD of its last active interval answered: it waits for one of these.
+    Down(Vec<OsdId>),
     /// Peering failed; it is tried again.
     Failed(String),
 }
@@ -38,6 +40,7 @@ impl std::fmt::Display for NotActive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotActive::Remap(want) => write!(f, "waits for pg_temp {want:?}"),
+            NotActive::Down(waiting) => write!(f, "down: waits for one of {waiting:?}"),
             NotActive::Failed(reason) => f.write_str(reason),
         }
     }
@@ -53,17 +56,21 @@ pub(crate) struct Progress {
 }
 
 impl Osd {
-    /// Brings the PG's acting holders to one history. Asks every up OSD for its copy (an OSD
-    /// outside the acting set may hold the newest one from an earlier map), takes the newest
+    /// Brings the PG's acting holders to one history, ready to go active in the interval
+    /// this returns (which the caller records in the map before the PG serves anything).
+    /// Asks the acting and up members and those of the last interval that went active (see
+    /// [`peering::probe_set`]); is down while none of the latter answers; takes the newest
     /// history as the authority, and then either answers the `pg_temp` to ask for (when
     /// members of the placement must backfill and holders with the data can serve meanwhile),
-    /// or brings this primary and every acting holder up to date from the log.
+    /// or brings this primary and every acting holder up to date from the log. Before it
+    /// returns, the read leases the last interval's primary may still hold have run out, and
+    /// this copy records the interval as its last started one.
     pub(crate) async fn peer(
         &self,
         pg: PgId,
         state: &mut PgState,
         holders: &Holders,
-    ) -> Result<(), NotActive> {
+    ) -> Result<PgActivation, NotActive> {
         let coll = pg::collection(pg);
         if !state.present {
             self.apply(Transaction {
@@ -74,32 +81,57 @@ impl Osd {
             state.present = true;
         }
         let view = self.view();
-        let others: Vec<OsdId> = view
+        let epoch = view.map.epoch;
+        let last_active = view.map.pg_active.get(&pg);
+        let up_osds: Vec<OsdId> = view
             .map
             .osds
             .values()
-            .filter(|o| o.up && o.id != self.id)
+            .filter(|o| o.up)
             .map(|o| o.id)
             .collect();
-        let query = OsdRequest::PgQuery { pg };
+        let probe =
+            peering::probe_set(self.id, &holders.acting, &holders.up, last_active, &up_osds);
+        // This primary's own question fences it too: nothing older than this peering is
+        // acknowledged or served here from now on.
+        self.fences.raise(pg, epoch);
+        let query = OsdRequest::PgQuery { pg, epoch };
         let query = &query;
+        let sent = std::time::Instant::now();
         let answers = futures_util::future::join_all(
-            others
+            probe
                 .iter()
                 .map(|&osd| async move { (osd, self.call(osd, query).await) }),
         )
         .await;
         let mut copies: Vec<(OsdId, Copy)> =
             vec![(self.id, Some((state.info.clone(), state.last_entry())))];
+        let mut leases = Vec::new();
         for (osd, answer) in answers {
             match answer {
-                Some(OsdResponse::PgInfo(copy)) => copies.push((osd, copy)),
+                Some(OsdResponse::PgInfo {
+                    copy,
+                    leases: granted,
+                }) => {
+                    copies.push((osd, copy));
+                    leases.extend(granted);
+                    // An answer to a question under this epoch is a read lease too.
+                    self.fences.hold(osd, sent);
+                }
                 _ if holders.acting.contains(&osd) => {
                     return Err(format!("acting holder osd.{} did not answer", osd.0).into())
                 }
                 _ => {}
             }
         }
+        let answered: Vec<OsdId> = copies.iter().map(|(osd, _)| *osd).collect();
+        if let Err(waiting) =
+            peering::prior_answered(last_active, &answered, |o| view.map.osds.contains_key(&o))
+        {
+            state.down = Some(waiting.clone());
+            return Err(NotActive::Down(waiting));
+        }
+        state.down = None;
         let authority = peering::authority(&copies).unwrap_or(self.id);
         let (auth_info, auth_log) = if authority == self.id {
             (state.info.clone(), state.log.clone())
@@ -115,7 +147,7 @@ impl Osd {
             let usable: Vec<OsdId> = copies
                 .iter()
                 .filter(|(osd, copy)| {
-                    plans[osd].usable() && (holders.up.contains(osd) || peering::rank(copy).1 > 0)
+                    plans[osd].usable() && (holders.up.contains(osd) || peering::rank(copy).2 > 0)
                 })
                 .map(|(osd, _)| *osd)
                 .collect();
@@ -143,8 +175,22 @@ impl Osd {
                 self.push_to(pg, state, osd).await?;
             }
         }
-        state.peered = Some(holders.acting.clone());
-        Ok(())
+        let wait = peering::lease_wait(last_active, &answered, &leases);
+        if wait > 0 {
+            info!(%pg, wait_ms = wait, "waiting out the previous primary's read lease");
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        // This copy now holds every acknowledged write: it starts the interval.
+        state.info.last_epoch_started = epoch;
+        self.apply(Transaction {
+            ops: pg::record(coll, &[], &state.info, None),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(PgActivation {
+            epoch,
+            acting: holders.acting.clone(),
+        })
     }
 
     /// The summary and kept log of `source`.
@@ -270,8 +316,12 @@ impl Osd {
         target: OsdId,
     ) -> Result<(), String> {
         let coll = pg::collection(pg);
-        let their = match self.call(target, &OsdRequest::PgQuery { pg }).await {
-            Some(OsdResponse::PgInfo(copy)) => copy,
+        let query = OsdRequest::PgQuery {
+            pg,
+            epoch: self.view().map.epoch,
+        };
+        let their = match self.call(target, &query).await {
+            Some(OsdResponse::PgInfo { copy, .. }) => copy,
             _ => return Err(format!("osd.{} did not answer", target.0)),
         };
         let (reset, names, entries) = match peering::catchup(&state.info, &state.log, &their) {
@@ -344,6 +394,7 @@ impl Osd {
             .take(bytes, self.option("osd_recovery_max_bytes_per_sec"))
             .await;
         let request = OsdRequest::PgPush {
+            epoch: self.view().map.epoch,
             pg,
             reset,
             objects,
@@ -356,12 +407,20 @@ impl Osd {
                 Ok(())
             }
             Some(OsdResponse::Failed(reason)) => Err(reason),
+            Some(OsdResponse::StaleEpoch { have }) => Err(format!(
+                "osd.{} is fenced at epoch {}: a newer primary peered",
+                target.0, have.0
+            )),
             _ => Err(format!("osd.{} did not take the recovery push", target.0)),
         }
     }
 
+    /// Takes a recovery push from the PG's primary, unless a newer primary has peered
+    /// (the push's epoch is older than the fence), or the push would replace a newer history
+    /// with an older one.
     pub(crate) async fn handle_push(
         &self,
+        epoch: Epoch,
         pg: PgId,
         reset: bool,
         objects: Vec<(String, Option<ObjectState>)>,
@@ -377,6 +436,20 @@ impl Osd {
         let mut state = lock.lock().await;
         if let Err(error) = self.ensure_loaded(pg, &mut state) {
             return storage_failed(error);
+        }
+        match self.fences.get(pg) {
+            None => return OsdResponse::Failed("this OSD is not up in its map".into()),
+            Some(fence) if epoch < fence => return OsdResponse::StaleEpoch { have: fence },
+            Some(_) => {}
+        }
+        if let Some(info) = info.as_ref().filter(|_| !reset) {
+            let mine = Some((state.info.clone(), state.last_entry()));
+            if state.present && peering::rank(&mine) > peering::rank(&Some((info.clone(), None))) {
+                warn!(%pg, "refusing a push of an older history than this copy's");
+                return OsdResponse::Failed(format!(
+                    "{pg}: this copy's history is newer than the pushed one"
+                ));
+            }
         }
         let mut ops = Vec::new();
         if reset && state.present {
@@ -427,7 +500,7 @@ impl Osd {
             && !holders.temp
             && holders.acting.len() >= holders.size
             && !holders.up.contains(&from)
-            && self.pg(pg).lock().await.peered.as_ref() == Some(&holders.acting);
+            && self.is_active(pg, &*self.pg(pg).lock().await, &view, &holders);
         if clean {
             OsdResponse::Ack
         } else {
@@ -568,7 +641,7 @@ impl Osd {
             let same = current.as_ref().is_some_and(|h| {
                 h.acting == holders.acting && h.up.contains(&target) && h.primary == Some(self.id)
             });
-            if same && state.peered.as_ref() == Some(&holders.acting) {
+            if same && self.is_active(pg, state, &self.view(), holders) {
                 Ok(())
             } else {
                 Err("the PG's holders changed".into())
@@ -662,11 +735,12 @@ impl Osd {
         }
     }
 
-    /// Sends a command to the monitors; its refusal is an error too.
-    pub(crate) async fn mon_command(&self, command: Command) -> Result<(), String> {
+    /// Sends a command to the monitors; the epoch of the map it made, or why it failed (a
+    /// refusal included).
+    pub(crate) async fn mon_command(&self, command: Command) -> Result<Epoch, String> {
         let mut mon = self.mon.lock().await;
         match mon.command(command).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(outcome)) => Ok(outcome.epoch),
             Ok(Err(refused)) => Err(refused.to_string()),
             Err(error) => Err(error.to_string()),
         }

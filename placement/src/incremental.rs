@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::map::{
-    Bucket, BucketId, BucketType, ClusterMap, Epoch, MapError, Osd, OsdId, PgId, Pool, PoolId,
-    Tunables,
+    Bucket, BucketId, BucketType, ClusterMap, Epoch, MapError, Osd, OsdId, PgActivation, PgId,
+    Pool, PoolId, Tunables,
 };
 use crate::weight::Weight;
 
@@ -75,6 +75,13 @@ pub enum Change {
     },
     /// Drops a `pg_temp` override.
     ClearPgTemp(PgId),
+    /// Records the interval in which a placement group went active.
+    SetPgActive {
+        /// The placement group.
+        pg: PgId,
+        /// The interval.
+        activation: PgActivation,
+    },
     /// Replaces the tunables.
     SetTunables(Tunables),
 }
@@ -211,12 +218,16 @@ impl ClusterMap {
             Change::RemovePool(id) => {
                 self.pools.remove(id).ok_or(ApplyError::NoSuchPool(*id))?;
                 self.pg_temp.retain(|pg, _| pg.pool != *id);
+                self.pg_active.retain(|pg, _| pg.pool != *id);
             }
             Change::SetPgTemp { pg, osds } => {
                 self.pg_temp.insert(*pg, osds.clone());
             }
             Change::ClearPgTemp(pg) => {
                 self.pg_temp.remove(pg);
+            }
+            Change::SetPgActive { pg, activation } => {
+                self.pg_active.insert(*pg, activation.clone());
             }
             Change::SetTunables(tunables) => self.tunables = *tunables,
         }

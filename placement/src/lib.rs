@@ -21,8 +21,8 @@ mod select;
 
 pub use incremental::{ApplyError, Change, Incremental};
 pub use map::{
-    limits, Ancestor, Bucket, BucketId, BucketType, ClusterMap, Epoch, MapError, Osd, OsdId, PgId,
-    Pool, PoolId, PoolKind, Rule, Tunables,
+    limits, Ancestor, Bucket, BucketId, BucketType, ClusterMap, Epoch, MapError, Osd, OsdId,
+    PgActivation, PgId, Pool, PoolId, PoolKind, Rule, Tunables,
 };
 pub use select::{PgMapping, Placement, Scratch};
 pub use weight::Weight;

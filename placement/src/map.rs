@@ -276,6 +276,20 @@ pub struct ClusterMap {
     /// Temporary acting sets that override computed placement (while a new holder backfills).
     /// A `None` entry is an empty erasure position.
     pub pg_temp: BTreeMap<PgId, Vec<Option<OsdId>>>,
+    /// Per placement group, the newest interval that went active: a primary records it before
+    /// the PG serves anything, so peering knows whose copies hold every acknowledged write
+    /// (the last interval that could have acknowledged one).
+    #[serde(default)]
+    pub pg_active: BTreeMap<PgId, PgActivation>,
+}
+
+/// The interval in which a placement group last went active.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgActivation {
+    /// The epoch its primary peered under.
+    pub epoch: Epoch,
+    /// Its acting set then, primary first.
+    pub acting: Vec<OsdId>,
 }
 
 /// Why a map is not well formed.

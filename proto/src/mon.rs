@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
-use tidepool_placement::{BucketType, Epoch, OsdId, PgId, PoolKind, Weight};
+use tidepool_placement::{BucketType, Epoch, OsdId, PgActivation, PgId, PoolKind, Weight};
 
 /// A monitor's position in the monitor map, `0..members`; lower ranks are preferred leaders.
 pub type Rank = u8;
@@ -137,6 +137,10 @@ pub enum Command {
     /// while new holders backfill (`pg_temp`, primary first); an empty list gives the PG back
     /// to its placement. One command for many PGs, so a map change costs one new epoch.
     PgTemp(Vec<(PgId, Vec<OsdId>)>),
+    /// From PGs' primaries: record that each PG peered in this interval and goes active. An
+    /// entry is recorded only while the PG's acting set is still the one given and no newer
+    /// activation is recorded; refused when no entry is.
+    PgActive(Vec<(PgId, PgActivation)>),
     /// Sets a cluster-wide option (see [`crate::config`]).
     ConfigSet {
         /// The option.
@@ -282,6 +286,10 @@ pub struct PgStat {
     pub acting: Vec<OsdId>,
     /// The map epoch of the report.
     pub epoch: Epoch,
+    /// While the PG is `down`: the OSDs of its last active interval that peering waits for
+    /// (one of them must come back, or be removed from the map as lost).
+    #[serde(default)]
+    pub waiting_for: Vec<OsdId>,
 }
 
 /// The cluster's reported state, as the leader last heard it.

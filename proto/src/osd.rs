@@ -178,6 +178,11 @@ pub struct PgInfo {
     pub last_epoch: Epoch,
     /// Entries after this version are in its log; older ones were trimmed.
     pub log_tail: u64,
+    /// The epoch of the newest interval whose activation this copy took part in (set by the
+    /// primary when it activates, carried to replicas with the next change). A history from a
+    /// newer interval beats any from an older one, however long.
+    #[serde(default)]
+    pub last_epoch_started: Epoch,
 }
 
 /// An object's whole state, as recovery copies it.
@@ -214,10 +219,14 @@ pub enum OsdRequest<T = serde_bytes::ByteBuf> {
         /// The transaction.
         transaction: T,
     },
-    /// From a primary: this holder's PG summary and newest entry.
+    /// From a primary peering under map `epoch`: this holder's PG summary and newest entry.
+    /// Answering fences the PG on the holder: from then on it takes no change, push or
+    /// activation from a primary whose epoch is older than `epoch` (docs/osd.md, "Fencing").
     PgQuery {
         /// The PG.
         pg: PgId,
+        /// The asker's map epoch.
+        epoch: Epoch,
     },
     /// From a primary: the log entries after `after` (when still kept).
     PgLog {
@@ -243,6 +252,8 @@ pub enum OsdRequest<T = serde_bytes::ByteBuf> {
     },
     /// From a primary: bring this holder up to date.
     PgPush {
+        /// The primary's map epoch (refused when older than the holder's fence).
+        epoch: Epoch,
         /// The PG.
         pg: PgId,
         /// Start over from an empty copy first (backfill).
@@ -287,8 +298,15 @@ pub enum OsdResponse {
     NotPrimary,
     /// Done.
     Ack,
-    /// A holder's summary (`None`: it holds no copy) and its newest entry.
-    PgInfo(Option<(PgInfo, Option<LogEntry>)>),
+    /// A holder's summary (`None`: it holds no copy) and its newest entry, with the read
+    /// leases it granted to other OSDs that may still run (`(osd, milliseconds left)`): the
+    /// asker serves no read of the PG before they have run out.
+    PgInfo {
+        /// The copy.
+        copy: Option<(PgInfo, Option<LogEntry>)>,
+        /// Leases still running, granted under maps older than the query's.
+        leases: Vec<(OsdId, u64)>,
+    },
     /// Log entries (`None`: trimmed past the requested version).
     PgLog(Option<Vec<LogEntry>>),
     /// Object names; `done` when the list is complete.

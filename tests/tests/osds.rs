@@ -76,11 +76,18 @@ fn replicated_pool_survives_an_osd_kill() {
                     .call::<OsdRequest, OsdResponse>(
                         addr,
                         &format!("osd-{osd}"),
-                        &OsdRequest::PgQuery { pg },
+                        // Epoch 0: a look that fences nothing.
+                        &OsdRequest::PgQuery {
+                            pg,
+                            epoch: tidepool_placement::Epoch(0),
+                        },
                     )
                     .await
                 {
-                    Ok(OsdResponse::PgInfo(Some((info, _)))) => info.last_update,
+                    Ok(OsdResponse::PgInfo {
+                        copy: Some((info, _)),
+                        ..
+                    }) => info.last_update,
                     other => panic!("osd.{osd} {pg}: {other:?}"),
                 }
             }
