@@ -240,6 +240,12 @@ impl Buckets {
             .await;
         match linked {
             Ok(_) => Ok(entry),
+            // The entry may name these stripes now: they stay (unreferenced, they are only
+            // space) rather than risk an entry that names removed stripes.
+            Err(error) if error.in_doubt() => {
+                tracing::warn!(%bucket, %key, %error, "the link is in doubt; keeping its stripes");
+                Err(error)
+            }
             Err(error) => {
                 self.discard(written).await;
                 Err(error)

@@ -71,6 +71,14 @@ pub enum BucketError {
     Cluster(#[from] ObjectError),
 }
 
+impl BucketError {
+    /// Whether the change may have been made although it failed (see
+    /// [`ObjectError::in_doubt`]): the data it links must then stay.
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, BucketError::Cluster(error) if error.in_doubt())
+    }
+}
+
 /// How the bucket layer lays out its data.
 #[derive(Clone, Debug)]
 pub struct BucketsConfig {

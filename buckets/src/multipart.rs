@@ -132,7 +132,10 @@ impl Buckets {
                 Vec::new()
             }
             Err(other) => {
-                self.discard(written).await;
+                // A part record that may name these stripes keeps them.
+                if !other.in_doubt() {
+                    self.discard(written).await;
+                }
                 return Err(other.into());
             }
         };

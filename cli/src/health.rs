@@ -313,10 +313,30 @@ pub fn status(snapshot: &Snapshot) -> Status {
         }
     }
     if inactive > 0 {
+        // A down PG waits for an OSD of its last active interval: say which.
+        let down: Vec<String> = report
+            .pgs
+            .iter()
+            .filter(|stat| states.get(&stat.pg) == Some(&stat.state) && stat.state == "down")
+            .take(3)
+            .map(|stat| {
+                let waiting: Vec<String> = stat.waiting_for.iter().map(|o| o.to_string()).collect();
+                format!(
+                    "pg {} is down, waiting for {}",
+                    stat.pg,
+                    waiting.join(" or ")
+                )
+            })
+            .collect();
+        let detail = if down.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", down.join("; "))
+        };
         check(
             "PG_AVAILABILITY",
             "HEALTH_WARN",
-            format!("Reduced data availability: {inactive} pgs inactive"),
+            format!("Reduced data availability: {inactive} pgs inactive{detail}"),
         );
     }
     if degraded > 0 || degraded_pgs > 0 {

@@ -42,6 +42,15 @@ pub enum ObjectError {
     },
 }
 
+impl ObjectError {
+    /// Whether the operation may have been applied although it failed: no OSD answered it
+    /// before the deadline, so it may have been applied and its answer lost. Every other error
+    /// is an answer that it was not.
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, ObjectError::Timeout { .. })
+    }
+}
+
 /// Keeps `view` at the newest map: each answer to a held subscription brings the epochs after
 /// the one the client has.
 async fn follow(mut mon: MonClient, view: Arc<RwLock<Arc<View>>>) {

@@ -180,13 +180,26 @@ impl Osd {
             info!(%pg, wait_ms = wait, "waiting out the previous primary's read lease");
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
-        // This copy now holds every acknowledged write: it starts the interval.
+        // Every acting copy now holds every acknowledged write: they start the interval, so
+        // that each ranks above any copy from an older one (a paused primary's divergent
+        // writes included).
         state.info.last_epoch_started = epoch;
         self.apply(Transaction {
             ops: pg::record(coll, &[], &state.info, None),
         })
         .await
         .map_err(|e| e.to_string())?;
+        for &osd in holders.acting.iter().filter(|o| **o != self.id) {
+            self.push(
+                osd,
+                pg,
+                false,
+                Vec::new(),
+                Vec::new(),
+                Some(state.info.clone()),
+            )
+            .await?;
+        }
         Ok(PgActivation {
             epoch,
             acting: holders.acting.clone(),
