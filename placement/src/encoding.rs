@@ -18,14 +18,16 @@ pub trait Versioned: Serialize + DeserializeOwned {
     const VERSION: u16;
 }
 
+/// Version 2 added the record of each PG's last activation (`pg_active`, and the change that
+/// sets it); a version 1 map has none.
 impl Versioned for ClusterMap {
     const MAGIC: [u8; 4] = *b"TPMP";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = 2;
 }
 
 impl Versioned for Incremental {
     const MAGIC: [u8; 4] = *b"TPIN";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = 2;
 }
 
 /// Why bytes did not decode.
@@ -72,8 +74,9 @@ pub fn decode<T: Versioned>(bytes: &[u8]) -> Result<T, DecodeError> {
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     match version {
-        // Version 1 is the current layout; later versions add migration arms here.
-        1 => Ok(rmp_serde::from_slice(&bytes[6..])?),
+        // Version 2 only added fields with defaults (and an incremental change), so version 1
+        // records decode as they are.
+        1 | 2 => Ok(rmp_serde::from_slice(&bytes[6..])?),
         found => Err(DecodeError::UnsupportedVersion {
             found,
             supported: T::VERSION,
