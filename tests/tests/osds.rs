@@ -186,3 +186,77 @@ fn replicated_pool_survives_an_osd_kill() {
     });
     cluster.wait_osds_up(4);
 }
+
+/// Rule: a PG whose last active interval's OSDs are all down is `down`, says which OSDs it
+/// waits for, and serves nothing (not the empty copies of the OSDs that are up); when one of
+/// them returns, it serves the data again.
+#[test]
+fn a_pg_waits_for_its_last_active_interval() {
+    let mut cluster = Cluster::start("down", 5, 8, &[]);
+    let path = cluster.path().to_path_buf();
+    let runtime = common::runtime();
+    let mut client = runtime.block_on(object_client(&path));
+    let data = common::object_bytes(7, MIB);
+    runtime
+        .block_on(client.execute(
+            "data",
+            "kept",
+            vec![ObjectOp::WriteFull(data.clone().into())],
+        ))
+        .expect("write");
+    let map = runtime.block_on(client.map());
+    let placement = tidepool_placement::Placement::new(&map);
+    let pool = map.pool_by_name("data").expect("pool").id;
+    let pg = placement.object_pg(pool, b"kept").expect("pg");
+    let acting: Vec<usize> = placement
+        .map_pg(pg, &mut tidepool_placement::Scratch::default())
+        .expect("mapping")
+        .acting
+        .into_iter()
+        .flatten()
+        .map(|o| o.0 as usize)
+        .collect();
+    assert_eq!(acting.len(), 3);
+
+    // Every holder of the PG stops at once.
+    for &n in &acting {
+        cluster.osds[n].take().expect("osd").kill();
+    }
+    cluster.wait_for(Duration::from_secs(60), "the holders marked down", || {
+        let states = cluster.osd_states();
+        acting
+            .iter()
+            .all(|n| states.get(&(*n as u64)).is_some_and(|(up, _)| !*up))
+    });
+    // Marked out, they leave the placement: the PG moves to the two OSDs left, which have no
+    // copy of it.
+    for &n in &acting {
+        tidepool_tests::tidepool_ok(&path, &["osd", "out", &n.to_string()]);
+    }
+    let waiting = format!("pg {pg} is down, waiting for osd.{}", acting[0]);
+    cluster.wait_for(Duration::from_secs(60), "the PG reported down", || {
+        let status = cluster.json(&["status"]);
+        status["health"]["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["summary"].as_str().is_some_and(|s| s.contains(&waiting)))
+    });
+    // A read waits rather than answer from the empty copies.
+    client.deadline = Duration::from_secs(5);
+    let read = runtime.block_on(common::read_whole(&client, "kept"));
+    assert!(
+        matches!(read, Err(ObjectError::Timeout { .. })),
+        "a read of a down PG answered {read:?}"
+    );
+
+    // One holder returns (a booted OSD comes back in): the PG peers with it and serves the
+    // data.
+    cluster.osds[acting[1]] = Some(cluster.start_osd(acting[1]));
+    tidepool_tests::tidepool_ok(&path, &["osd", "in", &acting[1].to_string()]);
+    client.deadline = Duration::from_secs(60);
+    let read = runtime
+        .block_on(common::read_whole(&client, "kept"))
+        .expect("read after the holder returned");
+    assert!(read == data, "the PG's data came back changed");
+}
