@@ -576,6 +576,9 @@ impl Osd {
                     _ => {}
                 }
             }
+            if started.elapsed() > WRITE_DEADLINE {
+                return Err(format!("replicas {waiting:?} did not take the write"));
+            }
             if let Some(epoch) = newer {
                 // A holder is fenced at a newer epoch: learn that map, then see whether this
                 // primary still serves the PG.
@@ -594,9 +597,6 @@ impl Osd {
             }
             if waiting.is_empty() {
                 break;
-            }
-            if started.elapsed() > WRITE_DEADLINE {
-                return Err(format!("replicas {waiting:?} did not take the write"));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -726,8 +726,8 @@ impl Osd {
             OsdRequest::PgList { pg, start_after } => {
                 let coll = pg::collection(pg);
                 // A primary lists for clients only once its copy is the PG's.
-                if let Some(holders) = self.view().holders(pg) {
-                    let view = self.view();
+                let view = self.view();
+                if let Some(holders) = view.holders(pg) {
                     if holders.primary == Some(self.id)
                         && !self.is_active(pg, &*self.pg(pg).lock().await, &view, &holders)
                     {
