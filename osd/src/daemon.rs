@@ -643,8 +643,13 @@ impl Osd {
         }
         state.log.push(entry);
         state.trim();
-        // A newer primary that asked about the PG while this change was on its way to disk
-        // may have read this copy without it: then it is not acknowledged.
+        self.acknowledge(pg, epoch)
+    }
+
+    /// The answer to a change or push from a primary under `epoch`, now on disk: `Ack`, unless
+    /// a newer primary asked about the PG while it went to disk (it may have read this copy
+    /// without it) or this OSD is no longer up.
+    pub(crate) fn acknowledge(&self, pg: PgId, epoch: Epoch) -> OsdResponse {
         match self.fences.get(pg) {
             Some(fence) if fence <= epoch => OsdResponse::Ack,
             Some(fence) => OsdResponse::StaleEpoch { have: fence },

@@ -393,30 +393,20 @@ mod tests {
     fn accept_change_fences_and_checks_the_history() {
         let have = info(5, 0);
         let kept = log(1, 5);
-        let next = entry(6, 1);
-        assert_eq!(
-            accept_change(Epoch(3), Epoch(2), &have, &kept, &next),
-            Accept::Stale(Epoch(3))
-        );
-        assert_eq!(
-            accept_change(Epoch(3), Epoch(3), &have, &kept, &next),
-            Accept::Apply
-        );
-        assert_eq!(
-            accept_change(Epoch(1), Epoch(4), &have, &kept, &entry(5, 1)),
-            Accept::Duplicate
-        );
-        assert_eq!(
-            accept_change(Epoch(1), Epoch(4), &have, &kept, &entry(5, 2)),
-            Accept::Diverged
-        );
-        assert_eq!(
-            accept_change(Epoch(1), Epoch(4), &have, &kept, &entry(3, 2)),
-            Accept::Diverged
-        );
-        assert_eq!(
-            accept_change(Epoch(1), Epoch(4), &have, &kept, &entry(8, 1)),
-            Accept::Behind
-        );
+        let cases = [
+            (3, 2, entry(6, 1), Accept::Stale(Epoch(3))),
+            (3, 3, entry(6, 1), Accept::Apply),
+            (1, 4, entry(5, 1), Accept::Duplicate),
+            (1, 4, entry(5, 2), Accept::Diverged),
+            (1, 4, entry(3, 2), Accept::Diverged),
+            (1, 4, entry(8, 1), Accept::Behind),
+        ];
+        for (fence, epoch, sent, expected) in cases {
+            assert_eq!(
+                accept_change(Epoch(fence), Epoch(epoch), &have, &kept, &sent),
+                expected,
+                "fence {fence}, epoch {epoch}, entry {sent:?}"
+            );
+        }
     }
 }

@@ -494,13 +494,7 @@ impl Osd {
         if let Err(error) = self.reload(pg, &mut state) {
             return storage_failed(error);
         }
-        // As with a change: a newer primary that asked while this push went to disk may have
-        // read this copy without it.
-        match self.fences.get(pg) {
-            Some(fence) if fence <= epoch => OsdResponse::Ack,
-            Some(fence) => OsdResponse::StaleEpoch { have: fence },
-            None => OsdResponse::Failed("this OSD is not up in its map".into()),
-        }
+        self.acknowledge(pg, epoch)
     }
 
     /// As primary: whether `from`'s copy of `pg` is a stray that may go, i.e. the PG is
