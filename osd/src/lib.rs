@@ -15,6 +15,7 @@
 
 pub mod daemon;
 pub mod fence;
+pub mod machine;
 pub mod peering;
 pub mod pg;
 mod recovery;
