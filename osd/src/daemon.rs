@@ -15,17 +15,16 @@ use tidepool_placement::{
     ClusterMap, Epoch, OsdId, PgActivation, PgId, Placement, PoolKind, Scratch,
 };
 use tidepool_proto::mon::{Beacon, Command, IoRates, MonMap, OsdStat, PgStat};
-use tidepool_proto::osd::{
-    LogEntry, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse, PgInfo,
-};
+use tidepool_proto::osd::{ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::fence::Fences;
-use crate::peering::Accept;
+use crate::machine::WriteError;
 use crate::pg::{self, META};
-use crate::recovery::{NotActive, Progress};
-use crate::store::{ObjectStore, Op, StoreError, Transaction};
+use crate::recovery::Progress;
+use crate::shell::PgSlot;
+use crate::store::{ObjectStore, StoreError, Transaction};
 use crate::throttle::{Rate, Slots};
 
 /// What OSDs send each other: replication carries the store's transaction itself, so its data
@@ -41,8 +40,6 @@ const REPLICA_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a holder may take to take or send one batch of recovery (tens of MiB, on a disk
 /// busy with the clients' writes too).
 pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a write may wait for its replicas in all, across map changes.
-const WRITE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// What an OSD needs to run.
 #[derive(Debug)]
@@ -100,7 +97,7 @@ impl MapView {
     }
 
     /// Every PG of every pool.
-    fn pgs(&self) -> impl Iterator<Item = PgId> + '_ {
+    pub(crate) fn pgs(&self) -> impl Iterator<Item = PgId> + '_ {
         self.map.pools.values().flat_map(|pool| {
             (0..pool.pg_num).map(move |seed| PgId {
                 pool: pool.id,
@@ -127,51 +124,17 @@ pub struct Holders {
     pub min_size: usize,
 }
 
-/// One PG's state on this OSD.
-#[derive(Debug, Default)]
-pub(crate) struct PgState {
-    pub loaded: bool,
-    /// Whether this OSD holds a copy.
-    pub present: bool,
-    pub info: PgInfo,
-    pub log: Vec<LogEntry>,
-    pub reqids: HashMap<(String, u64), u64>,
-    /// The interval in which this OSD (as primary) last activated the PG. The PG is active
-    /// here while the map records this very activation (see [`Osd::is_active`]).
-    pub active: Option<PgActivation>,
-    /// While the PG is down: the OSDs of its last active interval that peering waits for.
-    pub down: Option<Vec<OsdId>>,
-}
-
-impl PgState {
-    pub fn last_entry(&self) -> Option<LogEntry> {
-        self.log.last().cloned()
-    }
-
-    /// Drops the entries the summary no longer keeps (in batches, so that a write does not
-    /// move the whole log), and their request ids.
-    fn trim(&mut self) {
-        const BATCH: u64 = 128;
-        let tail = self.info.log_tail;
-        if self.log.first().is_some_and(|e| e.version + BATCH <= tail) {
-            let cut = self.log.partition_point(|e| e.version <= tail);
-            self.log.drain(..cut);
-            self.reqids.retain(|_, version| *version > tail);
-        }
-    }
-}
-
 /// Counters of client and recovery traffic, turned into rates by the beacons.
 #[derive(Debug)]
 pub(crate) struct IoCounters {
     read_bytes: AtomicU64,
-    write_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
     ops: AtomicU64,
     recovery_bytes: AtomicU64,
     recovery_objects: AtomicU64,
     /// When the last client operation arrived, in milliseconds after `clock`.
     last_client_ms: AtomicU64,
-    clock: Instant,
+    pub clock: Instant,
 }
 
 impl Default for IoCounters {
@@ -222,7 +185,13 @@ pub(crate) struct Osd {
     pub store: Arc<dyn ObjectStore>,
     messenger: Messenger,
     pub maps: watch::Receiver<Arc<MapView>>,
-    pgs: Mutex<HashMap<PgId, Arc<tokio::sync::Mutex<PgState>>>>,
+    pub pgs: Mutex<HashMap<PgId, Arc<PgSlot>>>,
+    /// Tokens of peers' requests and client writes handed to the machines.
+    pub next_token: AtomicU64,
+    /// Activations the machines want recorded, and `pg_temp`s they want, for the monitors.
+    pub activations: Mutex<Vec<(PgId, PgActivation)>>,
+    pub remaps: Mutex<Vec<(PgId, Vec<OsdId>)>>,
+    pub monitor_work: tokio::sync::Notify,
     options: Mutex<Vec<(String, String)>>,
     /// When each peer last answered a ping.
     heard: Mutex<HashMap<OsdId, Instant>>,
@@ -244,8 +213,6 @@ pub(crate) struct Osd {
     pub remaps_asked: Mutex<HashMap<PgId, (Epoch, Vec<OsdId>)>>,
     /// The statistics last reported per PG.
     last_stats: Mutex<HashMap<PgId, PgStat>>,
-    /// PGs whose peering copies objects from the log, with the object copies to make.
-    pub recovering: Mutex<HashMap<PgId, u64>>,
     pub io: IoCounters,
     /// Fences and read leases.
     pub fences: Fences,
@@ -271,85 +238,22 @@ impl Osd {
         self.view()
     }
 
-    /// Whether this OSD serves `pg` as its primary under `view`: it activated the PG in the
-    /// PG's current acting set, the map records that activation as the PG's newest, and no
-    /// newer primary has peered since (the fence).
-    pub fn is_active(&self, pg: PgId, state: &PgState, view: &MapView, holders: &Holders) -> bool {
-        let Some(active) = &state.active else {
-            return false;
-        };
-        active.acting == holders.acting
-            && holders.primary == Some(self.id)
-            && view.map.pg_active.get(&pg) == Some(active)
-            && self
-                .fences
-                .get(pg)
-                .is_some_and(|fence| fence <= active.epoch)
-    }
-
-    pub fn pg(&self, pg: PgId) -> Arc<tokio::sync::Mutex<PgState>> {
-        self.pgs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(pg)
-            .or_default()
-            .clone()
-    }
-
     pub fn option(&self, name: &str) -> u64 {
         let options = self.options.lock().unwrap_or_else(|p| p.into_inner());
         tidepool_proto::config::get(options.iter().map(|(k, v)| (k.as_str(), v.as_str())), name)
     }
 
-    /// Loads the PG's state from the store the first time it is used.
-    pub fn ensure_loaded(&self, pg: PgId, state: &mut PgState) -> Result<(), StoreError> {
-        if state.loaded {
-            return Ok(());
-        }
-        self.reload(pg, state)
-    }
-
-    pub fn reload(&self, pg: PgId, state: &mut PgState) -> Result<(), StoreError> {
-        let loaded = tokio::task::block_in_place(|| pg::load(&*self.store, pg))?;
-        state.loaded = true;
-        state.present = loaded.is_some();
-        let (info, log) = loaded.unwrap_or_default();
-        state.reqids = log
-            .iter()
-            .filter_map(|e| e.reqid.clone().map(|r| (r, e.version)))
-            .collect();
-        state.info = info;
-        state.log = log;
-        Ok(())
-    }
-
     /// Applies `tx` and waits until it is durable.
     pub async fn apply(&self, tx: Transaction) -> Result<(), StoreError> {
-        let result = self.start(tx).await;
+        let result = match self.submit(tx).await {
+            Ok(commit) => commit.await,
+            Err(error) => Err(error),
+        };
         self.fail_stop(result)
     }
 
-    /// Starts applying `tx`: a small transaction is planned and queued right here (its reads
-    /// come from RocksDB's caches), a heavy one on a blocking thread. The future resolves when
-    /// it is durable; it need not be polled for the work to go on.
-    fn start(&self, tx: Transaction) -> LocalWrite {
-        if tx.is_heavy() {
-            let store = self.store.clone();
-            let submitted = tokio::task::spawn_blocking(move || store.submit(&tx));
-            Box::pin(async move {
-                match submitted.await {
-                    Ok(commit) => commit?.await,
-                    Err(error) => Err(StoreError::Failed(format!("local write task: {error}"))),
-                }
-            })
-        } else {
-            let commit = self.store.submit(&tx);
-            Box::pin(async move { commit?.await })
-        }
-    }
-
     /// Stops the OSD when `result` says the store failed (a write, a sync, a full disk).
-    fn fail_stop<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(crate) fn fail_stop<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(StoreError::Failed(reason)) = &result {
             tracing::error!(%reason, "the store failed; this OSD stops");
             self.stop.notify_one();
@@ -395,7 +299,7 @@ impl Osd {
             .ok()
     }
 
-    async fn handle_object(&self, request: ObjectRequest) -> OsdResponse {
+    async fn handle_object(self: &Arc<Self>, request: ObjectRequest) -> OsdResponse {
         let view = self.view();
         if request.epoch < view.map.epoch {
             return OsdResponse::StaleEpoch {
@@ -407,7 +311,6 @@ impl Osd {
         let Some(holders) = view.holders(request.pg) else {
             return OsdResponse::Object(Err(OpError::NoPool));
         };
-        let acting = holders.acting.clone();
         if holders.primary != Some(self.id) {
             return OsdResponse::NotPrimary;
         }
@@ -415,26 +318,22 @@ impl Osd {
             return OsdResponse::Object(Err(error));
         }
         let pg = request.pg;
-        let lock = self.pg(pg);
-        let mut state = lock.lock().await;
-        if let Err(error) = self.ensure_loaded(pg, &mut state) {
-            return storage_failed(error);
-        }
-        // Peering (the activation loop, on every map change) makes the PG active; until then
-        // the client retries.
-        if !self.is_active(pg, &state, &view, &holders) {
-            return OsdResponse::Failed(match &state.down {
-                Some(waiting) => format!("PG {pg} is down: waiting for {waiting:?}"),
-                None => format!("PG {pg} is peering"),
-            });
-        }
-        let Some(active) = state.active.clone() else {
-            return OsdResponse::Failed(format!("PG {pg} is peering"));
-        };
-        // A resend of a change already made gets its version back, not a second change.
+        let slot = self.slot(pg);
+        let _ops = slot.ops.lock().await;
         let reqid = (request.client.clone(), request.sequence);
-        if let Some(version) = state.reqids.get(&reqid) {
-            return OsdResponse::Object(Ok((*version, Vec::new())));
+        // The machine (activated by peering on every map change) serves the PG, or the
+        // client retries; a resend of a change already made gets its version back.
+        let state = self
+            .with_machine(pg, |m| (m.serves(), m.status().down, m.done(&reqid)))
+            .await;
+        match state {
+            Err(error) => return storage_failed(error),
+            Ok((false, Some(waiting), _)) => {
+                return OsdResponse::Failed(format!("PG {pg} is down: waiting for {waiting:?}"))
+            }
+            Ok((false, None, _)) => return OsdResponse::Failed(format!("PG {pg} is peering")),
+            Ok((true, _, Some(version))) => return OsdResponse::Object(Ok((version, Vec::new()))),
+            Ok((true, _, None)) => {}
         }
         let coll = pg::collection(pg);
         // A plan that reads only the object's metadata (its onode, cached or in RocksDB's
@@ -465,236 +364,43 @@ impl Osd {
         if planned.ops.is_empty() {
             // Read after planning: the bytes were current when the lease still held, since
             // no newer primary serves before this primary's leases have run out.
-            let others: Vec<OsdId> = acting.iter().copied().filter(|o| *o != self.id).collect();
-            if !self.fences.held_from_all(&others)
-                || !self.is_active(pg, &state, &self.view(), &holders)
-            {
+            let others: Vec<OsdId> = holders
+                .acting
+                .iter()
+                .copied()
+                .filter(|o| *o != self.id)
+                .collect();
+            if !self.fences.held_from_all(&others) || !self.serves(pg).await {
                 return OsdResponse::Failed(format!("PG {pg}: no read lease from its holders"));
             }
             return OsdResponse::Object(Ok((planned.version, planned.outputs)));
         }
-        let min_size = holders.min_size;
-        if acting.len() < min_size {
-            return OsdResponse::Object(Err(OpError::Undersized {
-                up: acting.len(),
-                min_size,
-            }));
-        }
-        let entry = LogEntry {
-            version: state.info.last_update + 1,
-            epoch: view.map.epoch,
-            name: request.name.clone(),
-            delete: planned.removed,
-            reqid: Some(reqid.clone()),
-        };
-        let keep = self.option("osd_pg_log_entries");
-        let (mut tx, next) =
-            pg::commit_tx(coll, &request.name, &mut planned, &entry, &state.info, keep);
-        let written = tx.written_bytes();
-        if written >= crate::store::BLOB_MIN_BYTES as u64 {
-            tokio::task::block_in_place(|| tx.add_checksums());
-        }
-        // The replicas' copy shares the data buffers (see `tidepool_proto::Payload`).
-        let replica_tx = tx.clone();
-        self.io.write_bytes.fetch_add(written, Ordering::Relaxed);
-        // The local write and the replicas' run at once; the client hears back when all are on
-        // disk.
-        let mut local = Some(self.start(tx));
-        state.info = next;
-        state.log.push(entry.clone());
-        state.reqids.insert(reqid, entry.version);
-        state.trim();
-        let replicated = self
-            .replicate(pg, &mut state, &active, &entry, replica_tx, &mut local)
-            .await;
-        if let Err(error) = self.fail_stop(finish_local(&mut local).await) {
-            // Fail-stop: the store refuses everything from now on, and so does this OSD.
-            return storage_failed(error);
-        }
-        if let Err(reason) = replicated {
-            // The change may be on some holders and not others: peer again before anything
-            // else (a resend must not find it in this log and be acknowledged).
-            state.active = None;
-            return OsdResponse::Failed(reason);
-        }
-        // A newer primary that peered meanwhile may not have seen this change on this copy:
-        // then it is not acknowledged (the client resends; the newer primary's history holds
-        // the change or not, never half of it).
-        if self.fences.get(pg).is_none_or(|fence| fence > active.epoch) {
-            return OsdResponse::Failed(format!("PG {pg} was peered by a newer primary"));
-        }
-        OsdResponse::Object(Ok((entry.version, planned.outputs)))
-    }
-
-    /// Sends a change to every other holder of the interval `active` and waits until each has
-    /// it on disk. A holder that missed earlier changes (or holds another history) is brought
-    /// up to date from this copy first. The change belongs to its interval: when the PG is no
-    /// longer active here under the newest map (its holders changed, or a newer primary
-    /// peered), it is not acknowledged, and the client resends.
-    async fn replicate(
-        &self,
-        pg: PgId,
-        state: &mut PgState,
-        active: &PgActivation,
-        entry: &LogEntry,
-        transaction: Transaction,
-        local: &mut Option<LocalWrite>,
-    ) -> Result<(), String> {
-        let started = Instant::now();
-        let mut waiting: BTreeSet<OsdId> = active
-            .acting
-            .iter()
-            .copied()
-            .filter(|o| *o != self.id)
-            .collect();
-        while !waiting.is_empty() {
-            let view = self.view();
-            let holders = view.holders(pg).ok_or("the pool is gone")?;
-            if !self.is_active(pg, state, &view, &holders) {
-                return Err(format!("PG {pg} changed interval during the write"));
+        let outputs = std::mem::take(&mut planned.outputs);
+        match self.write(pg, request.name.clone(), planned, reqid).await {
+            Ok(version) => OsdResponse::Object(Ok((version, outputs))),
+            Err(WriteError::Undersized { acting, min_size }) => {
+                OsdResponse::Object(Err(OpError::Undersized {
+                    up: acting,
+                    min_size,
+                }))
             }
-            let request = PeerRequest::Replicate {
-                epoch: view.map.epoch,
-                pg,
-                entry: entry.clone(),
-                transaction: transaction.clone(),
-            };
-            let request = &request;
-            let calls = waiting
-                .iter()
-                .map(|&osd| async move { (osd, self.call(osd, request).await) });
-            let answers = futures_util::future::join_all(calls).await;
-            let mut behind = Vec::new();
-            let mut newer = None;
-            for (osd, answer) in answers {
-                match answer {
-                    Some(OsdResponse::Ack) => {
-                        waiting.remove(&osd);
-                    }
-                    Some(OsdResponse::Behind) => behind.push(osd),
-                    Some(OsdResponse::StaleEpoch { have }) => newer = newer.max(Some(have)),
-                    _ => {}
-                }
-            }
-            if started.elapsed() > WRITE_DEADLINE {
-                return Err(format!("replicas {waiting:?} did not take the write"));
-            }
-            if let Some(epoch) = newer {
-                // A holder is fenced at a newer epoch: learn that map, then see whether this
-                // primary still serves the PG.
-                self.view_at(epoch).await;
-                continue;
-            }
-            // Those that missed changes are brought up to date from this copy, which includes
-            // this change once the local write is done.
-            if !behind.is_empty() {
-                finish_local(local).await.map_err(|e| e.to_string())?;
-            }
-            for osd in behind {
-                if self.push_to(pg, state, osd).await.is_ok() {
-                    waiting.remove(&osd);
-                }
-            }
-            if waiting.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Ok(())
-    }
-
-    async fn handle_replicate(
-        &self,
-        epoch: Epoch,
-        pg: PgId,
-        entry: LogEntry,
-        mut tx: Transaction,
-    ) -> OsdResponse {
-        let coll = pg::collection(pg);
-        if tx.ops.iter().any(|op| op.collection() != coll) {
-            return OsdResponse::Failed("transaction outside its PG".into());
-        }
-        let Some(fence) = self.fences.get(pg) else {
-            return OsdResponse::Failed("this OSD is not up in its map".into());
-        };
-        let lock = self.pg(pg);
-        let mut state = lock.lock().await;
-        if let Err(error) = self.ensure_loaded(pg, &mut state) {
-            return storage_failed(error);
-        }
-        match crate::peering::accept_change(fence, epoch, &state.info, &state.log, &entry) {
-            Accept::Apply => {}
-            Accept::Duplicate => return OsdResponse::Ack,
-            Accept::Stale(have) => return OsdResponse::StaleEpoch { have },
-            Accept::Behind | Accept::Diverged => return OsdResponse::Behind,
-        }
-        if !state.present {
-            tx.ops.insert(0, Op::CreateCollection(coll));
-        }
-        let recorded = pg::recorded_info(&tx);
-        if let Err(error) = self.apply(tx).await {
-            return storage_failed(error);
-        }
-        state.present = true;
-        state.info = recorded
-            .unwrap_or_else(|| pg::advance(&state.info, &entry, self.option("osd_pg_log_entries")));
-        if let Some(reqid) = entry.reqid.clone() {
-            state.reqids.insert(reqid, entry.version);
-        }
-        state.log.push(entry);
-        state.trim();
-        self.acknowledge(pg, epoch)
-    }
-
-    /// The answer to a change or push from a primary under `epoch`, now on disk: `Ack`, unless
-    /// a newer primary asked about the PG while it went to disk (it may have read this copy
-    /// without it) or this OSD is no longer up.
-    pub(crate) fn acknowledge(&self, pg: PgId, epoch: Epoch) -> OsdResponse {
-        match self.fences.get(pg) {
-            Some(fence) if fence <= epoch => OsdResponse::Ack,
-            Some(fence) => OsdResponse::StaleEpoch { have: fence },
-            None => OsdResponse::Failed("this OSD is not up in its map".into()),
+            Err(WriteError::NotActive(reason)) => OsdResponse::Failed(reason),
         }
     }
 
-    /// Runs `f` over this OSD's copy of `pg` (its summary and log, `None` for no copy)
-    /// without waiting behind whatever holds the PG (a write, or this OSD's own peering, which
-    /// may be waiting for the asker): from memory when the PG is free, else as last committed.
-    fn with_copy<R>(
-        &self,
-        pg: PgId,
-        f: impl FnOnce(Option<(&PgInfo, &[LogEntry])>) -> R,
-    ) -> Result<R, StoreError> {
-        let lock = self.pg(pg);
-        if let Ok(mut state) = lock.try_lock() {
-            self.ensure_loaded(pg, &mut state)?;
-            return Ok(f(state
-                .present
-                .then_some((&state.info, state.log.as_slice()))));
-        }
-        let loaded = tokio::task::block_in_place(|| pg::load(&*self.store, pg))?;
-        Ok(f(loaded.as_ref().map(|(info, log)| (info, log.as_slice()))))
-    }
-
-    async fn handle(&self, request: PeerRequest) -> OsdResponse {
+    async fn handle(self: &Arc<Self>, request: PeerRequest) -> OsdResponse {
         match request {
             OsdRequest::Object(request) => self.handle_object(request).await,
-            OsdRequest::Replicate {
-                epoch,
-                pg,
-                entry,
-                transaction,
-            } => self.handle_replicate(epoch, pg, entry, transaction).await,
-            OsdRequest::PgPush {
-                epoch,
-                pg,
-                reset,
-                objects,
-                entries,
-                info,
-            } => {
-                self.handle_push(epoch, pg, reset, objects, entries, info)
-                    .await
+            OsdRequest::Replicate { pg, .. } | OsdRequest::PgQuery { pg, .. } => {
+                self.ask(pg, request).await
+            }
+            OsdRequest::PgLog { pg, .. } => self.ask(pg, request).await,
+            OsdRequest::PgPush { pg, .. } => {
+                let _slot = self
+                    .recovery_in
+                    .acquire(|| self.option("osd_recovery_max_active"))
+                    .await;
+                self.ask(pg, request).await
             }
             OsdRequest::StrayCheck { pg, from, epoch } => {
                 self.handle_stray_check(pg, from, epoch).await
@@ -710,32 +416,12 @@ impl Osd {
                     }
                 }
             }
-            OsdRequest::PgQuery { pg, epoch } => {
-                // Fence first, then read: a change still on its way to disk here is then
-                // either in the answer or not acknowledged.
-                self.fences.raise(pg, epoch);
-                let leases = self.fences.granted_before(epoch);
-                self.with_copy(pg, |copy| OsdResponse::PgInfo {
-                    copy: copy.map(|(info, log)| (info.clone(), log.last().cloned())),
-                    leases,
-                })
-                .unwrap_or_else(storage_failed)
-            }
-            OsdRequest::PgLog { pg, after } => self
-                .with_copy(pg, |copy| {
-                    OsdResponse::PgLog(copy.filter(|(info, _)| after >= info.log_tail).map(
-                        |(_, log)| log.iter().filter(|e| e.version > after).cloned().collect(),
-                    ))
-                })
-                .unwrap_or_else(storage_failed),
             OsdRequest::PgList { pg, start_after } => {
                 let coll = pg::collection(pg);
                 // A primary lists for clients only once its copy is the PG's.
                 let view = self.view();
                 if let Some(holders) = view.holders(pg) {
-                    if holders.primary == Some(self.id)
-                        && !self.is_active(pg, &*self.pg(pg).lock().await, &view, &holders)
-                    {
+                    if holders.primary == Some(self.id) && !self.serves(pg).await {
                         return OsdResponse::Failed(format!("{pg} is peering"));
                     }
                 }
@@ -783,30 +469,14 @@ impl Osd {
             if holders.primary != Some(self.id) {
                 continue;
             }
-            let lock = self.pg(pg);
-            let Ok(state) = lock.try_lock() else {
-                let recovering = self
-                    .recovering
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&pg)
-                    .copied();
-                if let Some(copies) = recovering {
-                    // Peering holds the PG while it copies what holders miss from the log.
-                    let known = last.get(&pg);
-                    stats.push(PgStat {
-                        pg,
-                        state: "recovering+degraded".into(),
-                        objects: known.map_or(0, |s| s.objects),
-                        bytes: known.map_or(0, |s| s.bytes),
-                        degraded: copies,
-                        misplaced: 0,
-                        up: holders.up,
-                        acting: holders.acting,
-                        epoch: view.map.epoch,
-                        waiting_for: Vec::new(),
-                    });
-                } else if let Some(stat) = last.get(&pg).filter(|s| s.acting == holders.acting) {
+            let slot = self.slot(pg);
+            let status = match slot.machine.try_lock() {
+                Ok(machine) => machine.as_ref().map(|m| m.status()),
+                Err(_) => None,
+            };
+            let Some(status) = status else {
+                // A PG busy (or not loaded yet) keeps the state it was last seen in.
+                if let Some(stat) = last.get(&pg).filter(|s| s.acting == holders.acting) {
                     stats.push(PgStat {
                         epoch: view.map.epoch,
                         ..stat.clone()
@@ -815,10 +485,12 @@ impl Osd {
                 continue;
             };
             let (objects, bytes) = self.usage(pg);
-            let activity = if self.is_active(pg, &state, view, &holders) {
+            let activity = if status.active {
                 Activity::Active
-            } else if let Some(waiting) = &state.down {
+            } else if let Some(waiting) = &status.down {
                 Activity::Down(waiting.clone())
+            } else if status.recovering > 0 {
+                Activity::Recovering(status.recovering)
             } else {
                 Activity::Peering
             };
@@ -870,6 +542,8 @@ enum Activity {
     Active,
     /// Peering, or waiting for its activation to be recorded.
     Peering,
+    /// Peering copies this many objects from the log to its holders.
+    Recovering(u64),
     /// No OSD of its last active interval answered: it waits for these.
     Down(Vec<OsdId>),
 }
@@ -897,6 +571,13 @@ fn pg_state(
     match activity {
         Activity::Active => {}
         Activity::Peering => return ("peering".into(), degraded, misplaced),
+        Activity::Recovering(copies) => {
+            return (
+                "recovering+degraded".into(),
+                degraded.max(*copies),
+                misplaced,
+            )
+        }
         Activity::Down(_) => return ("down".into(), degraded, misplaced),
     }
     let mut parts = vec![if holders.acting.len() >= holders.min_size {
@@ -919,18 +600,6 @@ fn pg_state(
         parts.push("clean");
     }
     (parts.join("+"), degraded, misplaced)
-}
-
-/// A local write on its way to disk (see [`Osd::start`]).
-type LocalWrite =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
-
-/// Waits for the local write of a change, once.
-async fn finish_local(local: &mut Option<LocalWrite>) -> Result<(), StoreError> {
-    match local.take() {
-        Some(write) => write.await,
-        None => Ok(()),
-    }
 }
 
 /// Every object name of a collection (without the meta object).
@@ -1012,6 +681,10 @@ pub async fn run(
         messenger: messenger.clone(),
         maps,
         pgs: Mutex::new(HashMap::new()),
+        next_token: AtomicU64::new(1),
+        activations: Mutex::new(Vec::new()),
+        remaps: Mutex::new(Vec::new()),
+        monitor_work: tokio::sync::Notify::new(),
         options: Mutex::new(Vec::new()),
         heard: Mutex::new(HashMap::new()),
         stop: tokio::sync::Notify::new(),
@@ -1027,7 +700,6 @@ pub async fn run(
         progress: Mutex::new(HashMap::new()),
         remaps_asked: Mutex::new(HashMap::new()),
         last_stats: Mutex::new(HashMap::new()),
-        recovering: Mutex::new(HashMap::new()),
         io: IoCounters::default(),
         fences: Fences::default(),
     });
@@ -1057,7 +729,9 @@ pub async fn run(
         )),
         tokio::spawn(beacons(osd.clone(), config.monmap.clone())),
         tokio::spawn(heartbeats(osd.clone(), config.monmap.clone())),
-        tokio::spawn(activate(osd.clone())),
+        tokio::spawn(crate::shell::follow_pgs(osd.clone())),
+        tokio::spawn(crate::shell::monitor_commands(osd.clone())),
+        tokio::spawn(housekeeping(osd.clone())),
     ];
     let result = tokio::select! {
         _ = shutdown => Ok(()),
@@ -1112,49 +786,25 @@ async fn follow_maps(
     }
 }
 
-/// Peers every PG this OSD leads that is not active here (all at once: one slow holder must
-/// not hold up the others), so they recover without waiting for a client; records the
-/// activations of those that peered in one command, and activates those the map then
-/// records; asks for the `pg_temp`s they need in one command; starts the backfill of PGs it
-/// serves through `pg_temp`; removes stray copies.
-async fn activate(osd: Arc<Osd>) {
+/// Starts the backfill of the PGs this OSD serves through `pg_temp`, and removes stray
+/// copies; on every map, and every 2 s.
+async fn housekeeping(osd: Arc<Osd>) {
     let mut maps = osd.maps.clone();
     loop {
         let view = osd.view();
-        let led: Vec<(PgId, Holders)> = view
+        let remapped: Vec<PgId> = view
             .pgs()
-            .filter_map(|pg| Some((pg, view.holders(pg)?)))
-            .filter(|(_, holders)| holders.primary == Some(osd.id))
+            .filter(|pg| {
+                view.holders(*pg)
+                    .is_some_and(|h| h.primary == Some(osd.id) && h.temp)
+            })
             .collect();
-        let outcomes = futures_util::future::join_all(led.iter().map(|(pg, holders)| {
-            let osd = &osd;
-            async move { (*pg, osd.peer_pg(*pg, holders).await) }
-        }))
-        .await;
-        let mut remaps = Vec::new();
-        let mut peered = Vec::new();
-        for (pg, outcome) in outcomes {
-            match outcome {
-                Ok(Some(activation)) => peered.push((pg, activation)),
-                Ok(None) => {}
-                Err(NotActive::Remap(want)) => remaps.push((pg, want)),
-                Err(NotActive::Down(waiting)) => {
-                    warn!(%pg, ?waiting, "down: no OSD of its last active interval answered");
-                }
-                Err(NotActive::Failed(reason)) => {
-                    warn!(%pg, %reason, "peering failed; will retry");
-                }
+        for pg in remapped {
+            if osd.serves(pg).await {
+                osd.start_backfill(pg);
             }
         }
-        osd.record_activations(peered).await;
-        for (pg, holders) in &led {
-            if holders.temp {
-                osd.start_backfill(*pg);
-            }
-        }
-        osd.ask_pg_temp(remaps).await;
         osd.remove_strays().await;
-        // Retry failed peering now and then; react to new maps at once.
         let _ = tokio::time::timeout(Duration::from_secs(2), maps.changed()).await;
     }
 }
@@ -1183,58 +833,6 @@ impl Osd {
             }
             _ => {}
         }
-    }
-
-    /// Peers `pg` unless it is active here; the interval to record when it peered.
-    async fn peer_pg(
-        &self,
-        pg: PgId,
-        holders: &Holders,
-    ) -> Result<Option<PgActivation>, NotActive> {
-        let lock = self.pg(pg);
-        let mut state = lock.lock().await;
-        self.ensure_loaded(pg, &mut state)
-            .map_err(|e| NotActive::Failed(e.to_string()))?;
-        if self.is_active(pg, &state, &self.view(), holders) {
-            return Ok(None);
-        }
-        state.active = None;
-        self.peer(pg, &mut state, holders).await.map(Some)
-    }
-
-    /// Records in the map the intervals in which PGs peered (one command), then activates
-    /// each PG whose activation the map holds: the monitors record an activation only while
-    /// the PG's acting set is still the one that peered, and never over a newer one.
-    async fn record_activations(&self, peered: Vec<(PgId, PgActivation)>) {
-        if peered.is_empty() {
-            return;
-        }
-        let epoch = match self.mon_command(Command::PgActive(peered.clone())).await {
-            Ok(epoch) => epoch,
-            Err(reason) => {
-                warn!(%reason, "recording activations failed; will peer again");
-                return;
-            }
-        };
-        let view = self.view_at(epoch).await;
-        let mut activated = 0;
-        for (pg, activation) in peered {
-            if view.map.pg_active.get(&pg) != Some(&activation) {
-                continue;
-            }
-            let Some(holders) = view.holders(pg) else {
-                continue;
-            };
-            let lock = self.pg(pg);
-            let mut state = lock.lock().await;
-            state.active = Some(activation);
-            if self.is_active(pg, &state, &view, &holders) {
-                activated += 1;
-            } else {
-                state.active = None;
-            }
-        }
-        info!(pgs = activated, epoch = epoch.0, "activated");
     }
 
     /// Starts the background backfill of a PG served through `pg_temp`, unless it runs.

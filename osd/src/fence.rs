@@ -5,7 +5,8 @@
 //! - A PG's **fence** on an OSD is the newest epoch under which a primary asked it about the
 //!   PG (peering), or the epoch in which this OSD last booted. Changes, pushes and reads of an
 //!   older epoch are refused; a change that was being applied when the fence rose is not
-//!   acknowledged.
+//!   acknowledged. Each PG's machine keeps its fence ([`crate::machine`]); this OSD keeps the
+//!   boot epoch and the newest fence of all, which decides read leases.
 //! - A **read lease**: a primary serves reads only while every other acting holder has
 //!   answered one of its heartbeats within [`READ_LEASE`]. A holder answers a heartbeat as a
 //!   lease only when the sender's map is at least as new as every fence it has; a new primary
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tidepool_placement::{Epoch, OsdId, PgId};
+use tidepool_placement::{Epoch, OsdId};
 
 /// How long a heartbeat answer lets a primary serve reads.
 pub const READ_LEASE: Duration = Duration::from_secs(4);
@@ -30,9 +31,7 @@ pub struct Fences {
 struct Inner {
     /// The epoch in which this OSD last came up at its address (`None` before it has).
     booted: Option<Epoch>,
-    /// Per PG, the newest epoch of a peering question answered.
-    pgs: HashMap<PgId, Epoch>,
-    /// The newest of `pgs`.
+    /// The newest fence of any PG.
     highest: Epoch,
     /// Leases granted: to whom, when, under which epoch of theirs.
     granted: HashMap<OsdId, (Instant, Epoch)>,
@@ -55,18 +54,15 @@ impl Fences {
         }
     }
 
-    /// The PG's fence (`None` while this OSD is not up in the map: it takes nothing).
-    pub fn get(&self, pg: PgId) -> Option<Epoch> {
-        let inner = self.inner();
-        let booted = inner.booted?;
-        Some(inner.pgs.get(&pg).copied().unwrap_or_default().max(booted))
+    /// The epoch in which this OSD came up at its address (`None` while it is not up).
+    pub fn booted(&self) -> Option<Epoch> {
+        self.inner().booted
     }
 
-    /// Raises the PG's fence to `epoch` (a peering question, or this OSD's own peering).
-    pub fn raise(&self, pg: PgId, epoch: Epoch) {
+    /// Notes that a PG's fence rose to `epoch` (a peering question, or this OSD's own
+    /// peering).
+    pub fn raise(&self, epoch: Epoch) {
         let mut inner = self.inner();
-        let fence = inner.pgs.entry(pg).or_default();
-        *fence = (*fence).max(epoch);
         inner.highest = inner.highest.max(epoch);
     }
 
@@ -121,29 +117,17 @@ impl Fences {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidepool_placement::PoolId;
 
-    fn pg(seed: u32) -> PgId {
-        PgId {
-            pool: PoolId(1),
-            seed,
-        }
-    }
-
-    /// Rule: nothing is taken before this OSD is up; then the fence is the newer of its boot
-    /// epoch and the newest peering question about the PG.
+    /// Rule: nothing is taken before this OSD is up; the boot epoch is forgotten while the
+    /// map has it down.
     #[test]
-    fn fence_is_boot_epoch_or_newest_question() {
+    fn booted_follows_the_map() {
         let fences = Fences::default();
-        assert_eq!(fences.get(pg(0)), None);
+        assert_eq!(fences.booted(), None);
         fences.set_booted(Some(Epoch(5)));
-        assert_eq!(fences.get(pg(0)), Some(Epoch(5)));
-        fences.raise(pg(0), Epoch(9));
-        fences.raise(pg(0), Epoch(7));
-        assert_eq!(fences.get(pg(0)), Some(Epoch(9)));
-        assert_eq!(fences.get(pg(1)), Some(Epoch(5)));
+        assert_eq!(fences.booted(), Some(Epoch(5)));
         fences.set_booted(None);
-        assert_eq!(fences.get(pg(0)), None);
+        assert_eq!(fences.booted(), None);
     }
 
     /// Rule: a heartbeat under a map older than any fence gets no lease; leases granted under
@@ -154,7 +138,7 @@ mod tests {
         assert!(!fences.grant(OsdId(1), Epoch(3)), "not booted");
         fences.set_booted(Some(Epoch(2)));
         assert!(fences.grant(OsdId(1), Epoch(3)));
-        fences.raise(pg(0), Epoch(4));
+        fences.raise(Epoch(4));
         assert!(!fences.grant(OsdId(1), Epoch(3)));
         assert!(fences.grant(OsdId(2), Epoch(4)));
         let before: Vec<OsdId> = fences

@@ -19,5 +19,6 @@ pub mod machine;
 pub mod peering;
 pub mod pg;
 mod recovery;
+mod shell;
 pub mod store;
 pub mod throttle;

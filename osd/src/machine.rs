@@ -187,7 +187,9 @@ impl Durable {
         self.present = true;
         match record {
             Record::Change { entry, info } => {
-                self.log.retain(|e| e.version < entry.version);
+                if self.log.last().is_some_and(|e| e.version >= entry.version) {
+                    self.log.retain(|e| e.version < entry.version);
+                }
                 self.log.push(entry.clone());
                 self.info = info.clone();
             }
@@ -210,8 +212,12 @@ impl Durable {
             }
             Record::Info(info) => self.info = info.clone(),
         }
+        // The log is in version order: what the summary no longer keeps is at its ends.
         let (tail, head) = (self.info.log_tail, self.info.last_update);
-        self.log.retain(|e| e.version > tail && e.version <= head);
+        let cut = self.log.partition_point(|e| e.version <= tail);
+        self.log.drain(..cut);
+        let keep = self.log.partition_point(|e| e.version <= head);
+        self.log.truncate(keep);
     }
 
     /// The copy as a peering answer gives it.
@@ -324,8 +330,6 @@ pub enum Input {
     Request {
         /// Its token, for the answer.
         token: Token,
-        /// The peer.
-        from: OsdId,
         /// The request.
         request: Request,
     },
@@ -571,11 +575,7 @@ impl PgMachine {
         self.now = self.now.max(now);
         match input {
             Input::Map(interval) => self.on_map(interval),
-            Input::Request {
-                token,
-                from: _,
-                request,
-            } => self.on_request(token, request),
+            Input::Request { token, request } => self.on_request(token, request),
             Input::Answer { token, answer } => self.on_answer(token, answer),
             Input::Persisted { token } => self.on_persisted(token),
             Input::Pulled { token, record } => self.on_pulled(token, record),
@@ -917,7 +917,6 @@ impl PgMachine {
             .sum();
         p.step = Step::Pull;
         if plans[&me] != Catchup::UpToDate {
-            tracing::info!(from = p.authority.0, "recovering this primary's copy");
             let (from, info) = (p.authority, p.auth.0.clone());
             let token = self.token();
             self.out.push(Output::Pull {
@@ -1400,7 +1399,6 @@ impl PgMachine {
         });
         let record = Record::Change { entry, info: next };
         self.persist(Origin::Write(token), record.clone(), Pending::Local(record));
-        self.out.push(Output::Timer(now + WRITE_DEADLINE_MS));
         self.resend();
     }
 
@@ -1460,7 +1458,14 @@ impl PgMachine {
             (_, Some(Answer::Stale(have))) => {
                 write.behind.remove(&osd);
                 if have > epoch {
-                    write.needs_map = write.needs_map.max(Some(have));
+                    // Waits for that map, or for the deadline.
+                    if write.needs_map.is_none() {
+                        let deadline = write.started + WRITE_DEADLINE_MS;
+                        self.out.push(Output::Timer(deadline));
+                    }
+                    if let Some(write) = self.write() {
+                        write.needs_map = write.needs_map.max(Some(have));
+                    }
                 } else {
                     retry = true;
                 }
@@ -1475,7 +1480,6 @@ impl PgMachine {
                         }
                     }
                     Some(request) => {
-                        tracing::info!(to = osd.0, "bringing a holder up to date during a write");
                         let token = self.send(osd, request);
                         if let Some(write) = self.write() {
                             write.sent.insert(token, (osd, Sent::Push));

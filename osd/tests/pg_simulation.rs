@@ -1178,7 +1178,6 @@ impl Sim {
                     to,
                     Input::Request {
                         token: mine,
-                        from: OsdId(from as u32),
                         request,
                     },
                 );
