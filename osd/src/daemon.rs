@@ -193,6 +193,8 @@ pub(crate) struct Osd {
     pub remaps: Mutex<Vec<(PgId, Vec<OsdId>)>>,
     pub monitor_work: tokio::sync::Notify,
     options: Mutex<Vec<(String, String)>>,
+    /// `osd_pg_log_entries`, read on every PG step.
+    pub log_entries: AtomicU64,
     /// When each peer last answered a ping.
     heard: Mutex<HashMap<OsdId, Instant>>,
     /// Woken when the store fails: the OSD stops rather than serve from a broken disk.
@@ -324,7 +326,7 @@ impl Osd {
         // The machine (activated by peering on every map change) serves the PG, or the
         // client retries; a resend of a change already made gets its version back.
         let state = self
-            .with_machine(pg, |m| (m.serves(), m.status().down, m.done(&reqid)))
+            .with_machine_in(pg, &slot, |m| (m.serves(), m.status().down, m.done(&reqid)))
             .await;
         match state {
             Err(error) => return storage_failed(error),
@@ -376,7 +378,10 @@ impl Osd {
             return OsdResponse::Object(Ok((planned.version, planned.outputs)));
         }
         let outputs = std::mem::take(&mut planned.outputs);
-        match self.write(pg, request.name.clone(), planned, reqid).await {
+        match self
+            .write(pg, &slot, request.name.clone(), planned, reqid)
+            .await
+        {
             Ok(version) => OsdResponse::Object(Ok((version, outputs))),
             Err(WriteError::Undersized { acting, min_size }) => {
                 OsdResponse::Object(Err(OpError::Undersized {
@@ -686,6 +691,10 @@ pub async fn run(
         remaps: Mutex::new(Vec::new()),
         monitor_work: tokio::sync::Notify::new(),
         options: Mutex::new(Vec::new()),
+        log_entries: AtomicU64::new(tidepool_proto::config::get(
+            std::iter::empty(),
+            "osd_pg_log_entries",
+        )),
         heard: Mutex::new(HashMap::new()),
         stop: tokio::sync::Notify::new(),
         mon: tokio::sync::Mutex::new(MonClient::with_messenger(
@@ -888,6 +897,8 @@ async fn beacons(osd: Arc<Osd>, monmap: MonMap) {
         };
         if let Ok(options) = mon.beacon(beacon).await {
             *osd.options.lock().unwrap_or_else(|p| p.into_inner()) = options;
+            let entries = osd.option("osd_pg_log_entries");
+            osd.log_entries.store(entries, Ordering::Relaxed);
         }
         tokio::time::sleep(BEACON_EVERY).await;
     }

@@ -177,7 +177,8 @@ pub struct Durable {
     pub present: bool,
     /// Its summary.
     pub info: PgInfo,
-    /// Its log: the entries after `info.log_tail`, in order.
+    /// Its log, in order: every entry after `info.log_tail`, and up to a batch of older ones
+    /// (trimmed in batches).
     pub log: Vec<LogEntry>,
 }
 
@@ -212,12 +213,18 @@ impl Durable {
             }
             Record::Info(info) => self.info = info.clone(),
         }
-        // The log is in version order: what the summary no longer keeps is at its ends.
+        // The log is in version order: what the summary no longer keeps is at its ends. The
+        // old end goes in batches, so that a change does not move the whole log.
+        const BATCH: u64 = 128;
         let (tail, head) = (self.info.log_tail, self.info.last_update);
-        let cut = self.log.partition_point(|e| e.version <= tail);
-        self.log.drain(..cut);
-        let keep = self.log.partition_point(|e| e.version <= head);
-        self.log.truncate(keep);
+        if self.log.first().is_some_and(|e| e.version + BATCH <= tail) {
+            let cut = self.log.partition_point(|e| e.version <= tail);
+            self.log.drain(..cut);
+        }
+        if self.log.last().is_some_and(|e| e.version > head) {
+            let keep = self.log.partition_point(|e| e.version <= head);
+            self.log.truncate(keep);
+        }
     }
 
     /// The copy as a peering answer gives it.

@@ -127,12 +127,21 @@ impl Osd {
         pg: PgId,
         f: impl FnOnce(&PgMachine) -> R,
     ) -> Result<R, StoreError> {
-        let slot = self.slot(pg);
+        self.with_machine_in(pg, &self.slot(pg), f).await
+    }
+
+    /// [`Osd::with_machine`] with the PG's slot at hand.
+    pub(crate) async fn with_machine_in<R>(
+        self: &Arc<Self>,
+        pg: PgId,
+        slot: &Arc<PgSlot>,
+        f: impl FnOnce(&PgMachine) -> R,
+    ) -> Result<R, StoreError> {
         let mut guard = slot.machine.lock().await;
         let outputs = self.load(pg, &mut guard)?;
         let machine = guard.as_ref().expect("just loaded");
         let result = f(machine);
-        self.carry_out(pg, &slot, machine, outputs).await;
+        self.carry_out(pg, slot, machine, outputs).await;
         Ok(result)
     }
 
@@ -146,7 +155,7 @@ impl Osd {
     /// Loads the machine of `pg` from the store the first time it is used, and gives it the
     /// current map; the outputs that makes.
     fn load(&self, pg: PgId, slot: &mut Option<PgMachine>) -> Result<Vec<Output>, StoreError> {
-        let keep = self.option("osd_pg_log_entries");
+        let keep = self.log_entries.load(Ordering::Relaxed);
         if let Some(machine) = slot.as_mut() {
             machine.set_keep(keep);
             return Ok(Vec::new());
@@ -174,9 +183,18 @@ impl Osd {
 
     /// Hands `input` to the machine of `pg` and carries out what it decides.
     pub(crate) fn step(self: &Arc<Self>, pg: PgId, input: Input) -> BoxFuture<'static, ()> {
+        self.step_in(pg, self.slot(pg), input)
+    }
+
+    /// [`Osd::step`] with the PG's slot at hand.
+    fn step_in(
+        self: &Arc<Self>,
+        pg: PgId,
+        slot: Arc<PgSlot>,
+        input: Input,
+    ) -> BoxFuture<'static, ()> {
         let osd = self.clone();
         Box::pin(async move {
-            let slot = osd.slot(pg);
             let mut guard = slot.machine.lock().await;
             let mut outputs = match osd.load(pg, &mut guard) {
                 Ok(outputs) => outputs,
@@ -207,7 +225,7 @@ impl Osd {
                     let slot = slot.clone();
                     tokio::spawn(async move {
                         let answer = osd.send_request(pg, &slot, to, request).await;
-                        osd.step(pg, Input::Answer { token, answer }).await;
+                        osd.step_in(pg, slot, Input::Answer { token, answer }).await;
                     });
                 }
                 Output::Respond { token, answer } => {
@@ -225,9 +243,10 @@ impl Osd {
                     match self.submit(tx).await {
                         Ok(commit) => {
                             let osd = self.clone();
+                            let slot = slot.clone();
                             tokio::spawn(async move {
                                 if osd.fail_stop(commit.await).is_ok() {
-                                    osd.step(pg, Input::Persisted { token }).await;
+                                    osd.step_in(pg, slot, Input::Persisted { token }).await;
                                 }
                             });
                         }
@@ -452,7 +471,8 @@ impl Osd {
                 stash.requests.insert(token, data);
             }
         }
-        self.step(pg, Input::Request { token, request }).await;
+        self.step_in(pg, slot, Input::Request { token, request })
+            .await;
         match answer.await {
             Ok(Answer::Info { copy, .. }) => OsdResponse::PgInfo {
                 copy,
@@ -471,6 +491,7 @@ impl Osd {
     pub(crate) async fn write(
         self: &Arc<Self>,
         pg: PgId,
+        slot: &Arc<PgSlot>,
         name: String,
         planned: Planned,
         reqid: (String, u64),
@@ -478,7 +499,6 @@ impl Osd {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (done, outcome) = oneshot::channel();
         let delete = planned.removed;
-        let slot = self.slot(pg);
         slot.stash().writes.insert(
             token,
             ClientWrite {
@@ -487,8 +507,9 @@ impl Osd {
                 done,
             },
         );
-        self.step(
+        self.step_in(
             pg,
+            slot.clone(),
             Input::Write {
                 token,
                 name,
