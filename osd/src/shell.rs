@@ -141,7 +141,9 @@ impl Osd {
         let outputs = self.load(pg, &mut guard)?;
         let machine = guard.as_ref().expect("just loaded");
         let result = f(machine);
-        self.carry_out(pg, slot, machine, outputs).await;
+        for wait in self.carry_out(pg, slot, machine, outputs).await {
+            tokio::spawn(wait);
+        }
         Ok(result)
     }
 
@@ -186,7 +188,8 @@ impl Osd {
         self.step_in(pg, self.slot(pg), input)
     }
 
-    /// [`Osd::step`] with the PG's slot at hand.
+    /// [`Osd::step`] with the PG's slot at hand; the network and disk waits it starts run as
+    /// tasks of their own.
     fn step_in(
         self: &Arc<Self>,
         pg: PgId,
@@ -195,38 +198,47 @@ impl Osd {
     ) -> BoxFuture<'static, ()> {
         let osd = self.clone();
         Box::pin(async move {
-            let mut guard = slot.machine.lock().await;
-            let mut outputs = match osd.load(pg, &mut guard) {
-                Ok(outputs) => outputs,
-                Err(error) => {
-                    let _ = osd.fail_stop::<()>(Err(error));
-                    return;
-                }
-            };
-            let machine = guard.as_mut().expect("just loaded");
-            outputs.extend(machine.handle(osd.now_ms(), input));
-            osd.carry_out(pg, &slot, machine, outputs).await;
+            for wait in osd.step_waits(pg, &slot, input).await {
+                tokio::spawn(wait);
+            }
         })
     }
 
+    /// Hands `input` to the machine and carries out what it decides; returns the network and
+    /// disk waits it started (each feeds its outcome back), for the caller to drive or spawn.
+    async fn step_waits(self: &Arc<Self>, pg: PgId, slot: &Arc<PgSlot>, input: Input) -> Vec<Wait> {
+        let mut guard = slot.machine.lock().await;
+        let mut outputs = match self.load(pg, &mut guard) {
+            Ok(outputs) => outputs,
+            Err(error) => {
+                let _ = self.fail_stop::<()>(Err(error));
+                return Vec::new();
+            }
+        };
+        let machine = guard.as_mut().expect("just loaded");
+        outputs.extend(machine.handle(self.now_ms(), input));
+        self.carry_out(pg, slot, machine, outputs).await
+    }
+
     /// Carries out the machine's outputs, in order, with the machine held: records reach the
-    /// store in the order given.
+    /// store in the order given. Returns the waits it started.
     async fn carry_out(
         self: &Arc<Self>,
         pg: PgId,
         slot: &Arc<PgSlot>,
         machine: &PgMachine,
         outputs: Vec<Output>,
-    ) {
+    ) -> Vec<Wait> {
+        let mut waits: Vec<Wait> = Vec::new();
         for output in outputs {
             match output {
                 Output::Send { token, to, request } => {
                     let osd = self.clone();
                     let slot = slot.clone();
-                    tokio::spawn(async move {
+                    waits.push(Box::pin(async move {
                         let answer = osd.send_request(pg, &slot, to, request).await;
                         osd.step_in(pg, slot, Input::Answer { token, answer }).await;
-                    });
+                    }));
                 }
                 Output::Respond { token, answer } => {
                     let waiting = slot.stash().replies.remove(&token);
@@ -244,17 +256,17 @@ impl Osd {
                         Ok(commit) => {
                             let osd = self.clone();
                             let slot = slot.clone();
-                            tokio::spawn(async move {
+                            waits.push(Box::pin(async move {
                                 if osd.fail_stop(commit.await).is_ok() {
                                     osd.step_in(pg, slot, Input::Persisted { token }).await;
                                 }
-                            });
+                            }));
                         }
                         Err(error) => {
                             // Fail-stop: the store refuses everything from now on, and so
                             // does this OSD.
                             let _ = self.fail_stop::<()>(Err(error));
-                            return;
+                            return waits;
                         }
                     }
                 }
@@ -266,7 +278,7 @@ impl Osd {
                 } => {
                     let osd = self.clone();
                     let present = machine.durable().present;
-                    tokio::spawn(async move {
+                    waits.push(Box::pin(async move {
                         let record = match osd.pull_from(pg, from, &plan, &info, present).await {
                             Ok(record) => Some(record),
                             Err(reason) => {
@@ -275,7 +287,7 @@ impl Osd {
                             }
                         };
                         osd.step(pg, Input::Pulled { token, record }).await;
-                    });
+                    }));
                 }
                 Output::Fenced(epoch) => self.fences.raise(epoch),
                 Output::RecordActivation(activation) => self.to_record(pg, activation),
@@ -290,13 +302,14 @@ impl Osd {
                 Output::Timer(at) => {
                     let osd = self.clone();
                     let wait = Duration::from_millis(at.saturating_sub(self.now_ms()));
-                    tokio::spawn(async move {
+                    waits.push(Box::pin(async move {
                         tokio::time::sleep(wait).await;
                         osd.step(pg, Input::Tick).await;
-                    });
+                    }));
                 }
             }
         }
+        waits
     }
 
     /// The transaction that makes `record` durable, with the objects its input carried.
@@ -471,9 +484,10 @@ impl Osd {
                 stash.requests.insert(token, data);
             }
         }
-        self.step_in(pg, slot, Input::Request { token, request })
+        let waits = self
+            .step_waits(pg, &slot, Input::Request { token, request })
             .await;
-        match answer.await {
+        match until(answer, waits).await {
             Ok(Answer::Info { copy, .. }) => OsdResponse::PgInfo {
                 copy,
                 leases: query.map_or_else(Vec::new, |epoch| self.fences.granted_before(epoch)),
@@ -507,18 +521,19 @@ impl Osd {
                 done,
             },
         );
-        self.step_in(
-            pg,
-            slot.clone(),
-            Input::Write {
-                token,
-                name,
-                delete,
-                reqid: Some(reqid),
-            },
-        )
-        .await;
-        outcome
+        let waits = self
+            .step_waits(
+                pg,
+                slot,
+                Input::Write {
+                    token,
+                    name,
+                    delete,
+                    reqid: Some(reqid),
+                },
+            )
+            .await;
+        until(outcome, waits)
             .await
             .unwrap_or_else(|_| Err(WriteError::NotActive(format!("{pg}: the copy was removed"))))
     }
@@ -788,6 +803,31 @@ impl Osd {
             .unwrap_or_else(|p| p.into_inner())
             .push((pg, want));
         self.monitor_work.notify_one();
+    }
+}
+
+/// A network or disk wait a step started, which hands its outcome to the machine.
+type Wait = BoxFuture<'static, ()>;
+
+/// Drives `waits` in this task until `outcome` arrives (the common case: a client write or a
+/// peer's change needs nothing but its own waits), then leaves the rest to tasks of their own.
+async fn until<T>(
+    outcome: oneshot::Receiver<T>,
+    waits: Vec<Wait>,
+) -> Result<T, oneshot::error::RecvError> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut waits: FuturesUnordered<Wait> = waits.into_iter().collect();
+    let mut outcome = std::pin::pin!(outcome);
+    loop {
+        tokio::select! {
+            result = &mut outcome => {
+                for wait in waits {
+                    tokio::spawn(wait);
+                }
+                return result;
+            }
+            Some(()) = waits.next(), if !waits.is_empty() => {}
+        }
     }
 }
 
