@@ -1149,17 +1149,7 @@ impl PgMachine {
                     // The change before this one is still on its way to disk here.
                     return respond(self, Answer::Behind);
                 }
-                self.raise_fence(epoch);
-                let record = Record::Change { entry, info };
-                self.persist(
-                    Origin::Request(token),
-                    record.clone(),
-                    Pending::Reply {
-                        token,
-                        epoch,
-                        record,
-                    },
-                );
+                self.take(token, epoch, Record::Change { entry, info });
             }
             Request::Push {
                 epoch,
@@ -1196,23 +1186,29 @@ impl PgMachine {
                         );
                     }
                 }
-                self.raise_fence(epoch);
                 let record = Record::Copy {
                     reset,
                     entries,
                     info,
                 };
-                self.persist(
-                    Origin::Request(token),
-                    record.clone(),
-                    Pending::Reply {
-                        token,
-                        epoch,
-                        record,
-                    },
-                );
+                self.take(token, epoch, record);
             }
         }
+    }
+
+    /// Takes a primary's change or push under `epoch` (a newer epoch raises the fence), and
+    /// answers the request of `token` once it is durable.
+    fn take(&mut self, token: Token, epoch: Epoch, record: Record) {
+        self.raise_fence(epoch);
+        self.persist(
+            Origin::Request(token),
+            record.clone(),
+            Pending::Reply {
+                token,
+                epoch,
+                record,
+            },
+        );
     }
 
     /// Whether a change or push from a peer is on its way to disk here.

@@ -184,6 +184,22 @@ struct Osd {
     backfilled: BTreeSet<usize>,
 }
 
+impl Osd {
+    /// Makes `record` and its objects durable.
+    fn write(&mut self, record: &Record, data: Data) {
+        if matches!(record, Record::Copy { reset: true, .. }) {
+            self.objects.clear();
+        }
+        for (key, value) in data {
+            match value {
+                Some(v) => self.objects.insert(key, v),
+                None => self.objects.remove(&key),
+            };
+        }
+        self.durable.apply(record);
+    }
+}
+
 struct Mon {
     epoch: u64,
     up: [bool; OSDS],
@@ -752,16 +768,7 @@ impl Sim {
             return;
         }
         let (token, record, data) = o.disk.remove(0);
-        if matches!(record, Record::Copy { reset: true, .. }) {
-            o.objects.clear();
-        }
-        for (key, value) in data {
-            match value {
-                Some(v) => o.objects.insert(key, v),
-                None => o.objects.remove(&key),
-            };
-        }
-        o.durable.apply(&record);
+        o.write(&record, data);
         self.feed(osd, Input::Persisted { token });
     }
 
@@ -808,17 +815,7 @@ impl Sim {
                 entries,
                 info: Some(info),
             };
-            let o = &mut self.osds[osd];
-            if reset {
-                o.objects.clear();
-            }
-            for (key, value) in data {
-                match value {
-                    Some(v) => o.objects.insert(key, v),
-                    None => o.objects.remove(&key),
-                };
-            }
-            o.durable.apply(&record);
+            self.osds[osd].write(&record, data);
             Some(record)
         };
         self.feed(osd, Input::Pulled { token, record });
