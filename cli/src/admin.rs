@@ -84,6 +84,7 @@ pub fn mon(args: MonArgs) -> Result<()> {
     let (Some(id), Some(data)) = (args.id, args.data) else {
         bail!("usage: tidepool mon --id N --data CLUSTER_DIR (or: tidepool mon dump)");
     };
+    crate::logs::name(format!("mon.{id}"));
     let retain_slots = args.retain;
     let args = MonRun { id, data };
     let cluster_id = load_cluster_id(&args.data)?;

@@ -105,6 +105,7 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
                 OsdId(id)
             }
         };
+        crate::logs::name(id.to_string());
         let entity = daemon::entity(id);
         let certs = dir.join("certs");
         if !certs.join(format!("{entity}.pem")).exists() {
@@ -146,41 +147,135 @@ fn osd_workers(osds: usize) -> usize {
     (cores / osds.max(1)).max(1)
 }
 
-/// Child processes, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Children(Vec<(String, Child)>);
+/// How long a restarted daemon must run before its restart backoff starts over.
+const STEADY: Duration = Duration::from_secs(60);
+/// The longest wait between two restarts of a daemon that keeps dying.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One daemon `tidepool up` runs and restarts.
+struct Supervised {
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    /// `None` while it waits to be restarted.
+    process: Option<Child>,
+    started: Instant,
+    /// The wait before its next restart.
+    backoff: Duration,
+    /// When it is restarted, and why it stopped.
+    restart: Option<(Instant, String)>,
+}
+
+/// Daemons as child processes, restarted with backoff when they die (as systemd would), and
+/// stopped (SIGTERM, then SIGKILL) when dropped.
+struct Children {
+    daemons: Vec<Supervised>,
+    /// `RESTARTS` in the cluster folder: one JSON line per restart, for `status` and `watch`.
+    journal: PathBuf,
+}
 
 impl Children {
+    fn new(dir: &Path) -> Children {
+        Children {
+            daemons: Vec::new(),
+            journal: dir.join(crate::health::RESTARTS),
+        }
+    }
+
     fn start(&mut self, name: String, args: &[&str], log: &Path) -> Result<()> {
-        let log_file =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Process::new(std::env::current_exe()?)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        self.0.push((name, child));
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let process = spawn(&name, &args, log)?;
+        self.daemons.push(Supervised {
+            name,
+            args,
+            log: log.to_owned(),
+            process: Some(process),
+            started: Instant::now(),
+            backoff: Duration::from_secs(1),
+            restart: None,
+        });
         Ok(())
     }
 
+    /// The daemons that stopped (and are not restarted yet).
     fn dead(&mut self) -> Vec<String> {
-        self.0
+        self.daemons
             .iter_mut()
-            .filter_map(|(name, child)| child.try_wait().ok().flatten().map(|_| name.clone()))
+            .filter_map(|d| {
+                let dead = d
+                    .process
+                    .as_mut()
+                    .is_none_or(|p| p.try_wait().ok().flatten().is_some());
+                dead.then(|| d.name.clone())
+            })
+            .collect()
+    }
+
+    /// Restarts what died, each after its backoff; returns one line per event.
+    fn supervise(&mut self) -> Vec<String> {
+        let mut events = Vec::new();
+        let now = Instant::now();
+        for daemon in &mut self.daemons {
+            if let Some(process) = &mut daemon.process {
+                let Ok(Some(exit)) = process.try_wait() else {
+                    continue;
+                };
+                daemon.process = None;
+                if daemon.started.elapsed() >= STEADY {
+                    daemon.backoff = Duration::from_secs(1);
+                }
+                let why = describe_exit(exit);
+                events.push(format!(
+                    "{} {why}; restarting it in {} s (log: {})",
+                    daemon.name,
+                    daemon.backoff.as_secs(),
+                    daemon.log.display()
+                ));
+                daemon.restart = Some((now + daemon.backoff, why));
+                daemon.backoff = (daemon.backoff * 2).min(MAX_BACKOFF);
+            }
+            let Some((_, why)) = daemon.restart.take_if(|(at, _)| *at <= now) else {
+                continue;
+            };
+            match spawn(&daemon.name, &daemon.args, &daemon.log) {
+                Ok(process) => {
+                    events.push(format!("{} restarted (pid {})", daemon.name, process.id()));
+                    daemon.process = Some(process);
+                    daemon.started = now;
+                    let line = serde_json::json!({
+                        "daemon": daemon.name,
+                        "at": crate::health::unix_now(),
+                        "why": why,
+                    });
+                    let _ = append_line(&self.journal, &line.to_string());
+                }
+                Err(error) => {
+                    events.push(format!("{} could not be restarted: {error:#}", daemon.name));
+                    daemon.restart = Some((now + daemon.backoff, why));
+                    daemon.backoff = (daemon.backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        events
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.daemons
+            .iter()
+            .filter_map(|d| d.process.as_ref().map(Child::id))
             .collect()
     }
 }
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (_, child) in &self.0 {
+        for pid in self.pids() {
             let _ = Process::new("kill")
-                .args(["-TERM", &child.id().to_string()])
+                .args(["-TERM", &pid.to_string()])
                 .status();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        for (_, child) in &mut self.0 {
+        for child in self.daemons.iter_mut().filter_map(|d| d.process.as_mut()) {
             while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -190,13 +285,94 @@ impl Drop for Children {
     }
 }
 
+/// Starts `tidepool ARGS` with its output appended to `log` (a restart keeps what the last
+/// run wrote, and why it stopped).
+fn spawn(name: &str, args: &[String], log: &Path) -> Result<Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    Process::new(std::env::current_exe()?)
+        .args(args)
+        .env(SUPERVISOR, std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {name}"))
+}
+
+/// Set by `tidepool up` in its children's environment: its pid.
+const SUPERVISOR: &str = "TIDEPOOL_SUPERVISOR";
+
+/// In a child of `tidepool up`: asks the kernel for SIGTERM when `up` dies, however it dies
+/// (even kill -9), so that no daemon outlives the `up` that started it.
+pub fn follow_supervisor() {
+    let Some(supervisor) = std::env::var(SUPERVISOR)
+        .ok()
+        .and_then(|pid| pid.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    // `up` may have died before the request took effect.
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(supervisor) {
+        std::process::exit(1);
+    }
+}
+
+/// `exited with code 1`, `was killed by signal 9 (SIGKILL)`.
+fn describe_exit(exit: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (exit.code(), exit.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => {
+            let name = match signal {
+                6 => " (SIGABRT)",
+                9 => " (SIGKILL, or out of memory)",
+                11 => " (SIGSEGV)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            format!("was killed by signal {signal}{name}")
+        }
+        (None, None) => "stopped".into(),
+    }
+}
+
+fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(file, "{line}")
+}
+
+/// `up.json` in a cluster folder: held locked by the `tidepool up` that runs the cluster.
+const UP_FILE: &str = "up.json";
+/// `added-osds` in a cluster folder: the folders of OSDs `tidepool osd add` made, one per line.
+pub const ADDED_OSDS: &str = "added-osds";
+
+/// What a running `tidepool up` writes in its lock file, for a second one to point at it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct UpFile {
+    pid: u32,
+    /// The S3 endpoint, once the gateway runs.
+    s3: Option<SocketAddr>,
+}
+
 /// `tidepool up`: starts (and on the first run creates) a local cluster, waits until its PGs
-/// are active, prints how to use it, and stops everything on Ctrl-C.
+/// are active, prints how to use it, restarts what dies, and stops everything on Ctrl-C.
 pub fn up(args: UpArgs) -> Result<()> {
     let dir = args.dir.clone();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let Some(mut lock) = lock_folder(&dir)? else {
+        return already_running(&dir);
+    };
     let first_run = !dir.join("cluster.json").exists();
     if first_run {
-        std::fs::create_dir_all(&dir)?;
         crate::cluster::create(&dir, args.mons, &[])?;
     }
     let dir_text = dir
@@ -206,7 +382,7 @@ pub fn up(args: UpArgs) -> Result<()> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let monmap = load_monmap(&dir)?;
-    let mut children = Children(Vec::new());
+    let mut children = Children::new(&dir);
     for rank in 0..monmap.addrs.len() {
         children.start(
             format!("mon.{rank}"),
@@ -243,13 +419,20 @@ pub fn up(args: UpArgs) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    let osds = osd_numbers(&dir, args.osds);
+    let osds = osd_folders(&dir, args.osds);
     let workers = osd_workers(osds.len()).to_string();
-    for &n in &osds {
-        let osd_dir = dir.join(format!("osd-{n}"));
-        let osd_dir = osd_dir.to_str().context("UTF-8 folder")?.to_owned();
+    for folder in &osds {
+        let name = folder_osd(folder).map_or_else(
+            || {
+                folder
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            },
+            |id| format!("osd-{}", id.0),
+        );
+        let osd_dir = folder.to_str().context("UTF-8 folder")?.to_owned();
         children.start(
-            format!("osd.{n}"),
+            name.replacen('-', ".", 1),
             &[
                 "osd",
                 "--data",
@@ -259,13 +442,12 @@ pub fn up(args: UpArgs) -> Result<()> {
                 "--workers",
                 &workers,
             ],
-            &logs.join(format!("osd-{n}.log")),
+            &logs.join(format!("{name}.log")),
         )?;
         if first_run {
             // One at a time the first time, so that osd-N gets id N.
-            let id_file = dir.join(format!("osd-{n}")).join("osd.json");
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !id_file.exists() && Instant::now() < deadline {
+            while folder_osd(folder).is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -286,11 +468,17 @@ pub fn up(args: UpArgs) -> Result<()> {
     )?;
     let user = rt.block_on(local_user(&cluster))?;
     wait_listening(s3_addr, Duration::from_secs(30));
-    let shown = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
     let dead = children.dead();
     if !dead.is_empty() {
         bail!("{} stopped; see {}", dead.join(", "), logs.display());
     }
+    write_up_file(
+        &mut lock,
+        &UpFile {
+            pid: std::process::id(),
+            s3: Some(s3_addr),
+        },
+    )?;
     println!();
     println!(
         "Tidepool is up in {} ({:.1} s):",
@@ -306,46 +494,142 @@ pub fn up(args: UpArgs) -> Result<()> {
     println!("            secret key {}", user.secret_key);
     println!("  logs:     {}", logs.display());
     println!();
-    println!("Try:");
-    println!("  export AWS_ACCESS_KEY_ID={}", user.access_key);
-    println!("  export AWS_SECRET_ACCESS_KEY={}", user.secret_key);
-    println!("  aws --endpoint-url http://{s3_addr} s3 mb s3://demo");
-    println!("  aws --endpoint-url http://{s3_addr} s3 cp ./README.md s3://demo/");
-    println!("  aws --endpoint-url http://{s3_addr} s3 ls s3://demo");
-    println!();
-    println!("  export TIDEPOOL_CLUSTER={}", shown.display());
-    println!("  tidepool status");
-    println!("  tidepool object put data hello ./README.md");
-    println!("  tidepool bench data write --seconds 10");
+    print!("{}", try_lines(&dir, s3_addr, &user));
     println!();
     println!(
         "Ctrl-C stops the cluster; `tidepool up --dir {}` starts it again.",
         dir.display()
     );
     rt.block_on(async {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = signalled() => break,
                 _ = tick.tick() => {
-                    let dead = children.dead();
-                    if !dead.is_empty() {
-                        eprintln!("{} stopped; see {}", dead.join(", "), logs.display());
+                    for event in children.supervise() {
+                        println!("{event}");
                     }
                 }
             }
         }
     });
     println!("stopping…");
-    stop_added_osds(&dir, &children);
+    stop_added_osds(&dir, &children.pids());
     drop(children);
+    drop(lock);
+    let _ = std::fs::remove_file(dir.join(UP_FILE));
     println!("stopped");
     Ok(())
 }
 
-/// The OSD folders `osd-<n>` to start: the first `count`, and those `tidepool osd add` made
-/// in the folder since (they hold an `osd.json`).
-fn osd_numbers(dir: &Path, count: u32) -> Vec<u32> {
+/// Takes the folder's `up` lock (`None`: another `tidepool up` holds it).
+fn lock_folder(dir: &Path) -> Result<Option<std::fs::File>> {
+    let path = dir.join(UP_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            write_up_file(
+                &mut file,
+                &UpFile {
+                    pid: std::process::id(),
+                    s3: None,
+                },
+            )?;
+            Ok(Some(file))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+fn write_up_file(file: &mut std::fs::File, up: &UpFile) -> Result<()> {
+    use std::io::{Seek, Write};
+    file.set_len(0)?;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    file.write_all(&serde_json::to_vec(up)?)?;
+    Ok(())
+}
+
+/// A second `tidepool up` on a running cluster's folder: says where the running one is and
+/// how to reach it, and touches nothing.
+fn already_running(dir: &Path) -> Result<()> {
+    let up: UpFile = std::fs::read(dir.join(UP_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    println!(
+        "The cluster in {} is already running (tidepool up, pid {}); nothing was started or changed.",
+        dir.display(),
+        up.pid
+    );
+    let Some(s3) = up.s3 else {
+        println!("It is still starting; its greeting, in that terminal, says how to reach it.");
+        return Ok(());
+    };
+    let cluster = ClusterArgs::for_dir(dir.to_owned());
+    let user = runtime()?.block_on(async {
+        let mut admin = cluster.client()?;
+        let users = admin.users().await?;
+        anyhow::Ok(users.into_iter().find(|u| u.name == "local"))
+    });
+    println!("  S3:       http://{s3}");
+    match user {
+        Ok(Some(user)) => {
+            println!();
+            print!("{}", try_lines(dir, s3, &user));
+        }
+        _ => println!("  keys:     tidepool user ls --cluster {}", dir.display()),
+    }
+    Ok(())
+}
+
+/// The greeting's commands, which run as printed in a new shell (absolute paths, and the S3
+/// endpoint, keys and region as exports).
+fn try_lines(dir: &Path, s3: SocketAddr, user: &tidepool_proto::mon::User) -> String {
+    let shown = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let exe = std::env::current_exe().ok();
+    let bin = exe
+        .as_deref()
+        .and_then(Path::parent)
+        .map_or_else(String::new, |p| p.display().to_string());
+    // The project's own aws-cli (scripts/deps.sh puts it in .venv), when there is one here.
+    let aws = std::fs::canonicalize(".venv/bin/aws")
+        .map_or_else(|_| "aws".to_owned(), |p| p.display().to_string());
+    let mut text = String::new();
+    let mut line = |l: String| {
+        if !l.is_empty() {
+            text.push_str("  ");
+            text.push_str(&l);
+        }
+        text.push('\n');
+    };
+    line(format!("export AWS_ACCESS_KEY_ID={}", user.access_key));
+    line(format!("export AWS_SECRET_ACCESS_KEY={}", user.secret_key));
+    line("export AWS_DEFAULT_REGION=us-east-1".into());
+    line(format!("export AWS_ENDPOINT_URL=http://{s3}"));
+    line(format!("{aws} s3 mb s3://demo"));
+    line(format!("{aws} s3 cp ./README.md s3://demo/"));
+    line(format!("{aws} s3 ls s3://demo"));
+    line(String::new());
+    line(format!("export PATH={bin}:$PATH"));
+    line(format!("export TIDEPOOL_CLUSTER={}", shown.display()));
+    line("tidepool status".into());
+    line("tidepool object put data hello ./README.md".into());
+    line("tidepool bench data write --seconds 5".into());
+    format!("Try (in any shell):\n{text}")
+}
+/// The OSD folders to start: `osd-<n>` for the first `count`, those `tidepool osd add` made
+/// in the folder since (they hold an `osd.json`), and those it made elsewhere (listed in
+/// `added-osds`).
+fn osd_folders(dir: &Path, count: u32) -> Vec<PathBuf> {
     let mut numbers: Vec<u32> = (0..count).collect();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -359,37 +643,89 @@ fn osd_numbers(dir: &Path, count: u32) -> Vec<u32> {
         }
     }
     numbers.sort_unstable();
-    numbers
+    let mut folders: Vec<PathBuf> = numbers
+        .into_iter()
+        .map(|n| dir.join(format!("osd-{n}")))
+        .collect();
+    for added in added_osds(dir) {
+        let known = folders
+            .iter()
+            .any(|f| std::fs::canonicalize(f).ok().as_deref() == Some(added.as_path()));
+        if !known && added.join("osd.json").exists() {
+            folders.push(added);
+        }
+    }
+    folders
 }
 
-/// Stops the OSDs `tidepool osd add` started in the folder while this `up` ran (they are not
-/// its children): SIGTERM to the pid in `osd-<n>/osd.pid`, if that process is still an OSD of
-/// that folder.
-fn stop_added_osds(dir: &Path, children: &Children) {
-    let ours: Vec<u32> = children.0.iter().map(|(_, c)| c.id()).collect();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let pid_file = entry.path().join("osd.pid");
+/// The folders listed in `added-osds` (absolute).
+fn added_osds(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string(dir.join(ADDED_OSDS))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Notes an OSD folder made by `tidepool osd add` in the cluster folder's `added-osds`, so
+/// that `tidepool up` starts and stops it with the cluster wherever it is.
+pub fn register_added_osd(dir: &Path, folder: &Path) -> Result<()> {
+    let folder = std::fs::canonicalize(folder)?;
+    if !added_osds(dir).contains(&folder) {
+        let path = dir.join(ADDED_OSDS);
+        append_line(&path, &folder.display().to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The id of the OSD in `folder`, once it has one.
+fn folder_osd(folder: &Path) -> Option<OsdId> {
+    let bytes = std::fs::read(folder.join("osd.json")).ok()?;
+    let file: OsdFile = serde_json::from_slice(&bytes).ok()?;
+    Some(OsdId(file.id))
+}
+
+/// Stops the OSDs `tidepool osd add` started while this `up` ran (they are not its children),
+/// in the folder or elsewhere: SIGTERM to the pid in their `osd.pid`, if that process is still
+/// the OSD of that folder.
+fn stop_added_osds(dir: &Path, ours: &[u32]) {
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    folders.extend(added_osds(dir));
+    for folder in folders {
+        let pid_file = folder.join("osd.pid");
         let Some(pid) = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|text| text.trim().parse::<u32>().ok())
         else {
             continue;
         };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let folder = entry.file_name();
-        let is_that_osd = String::from_utf8_lossy(&cmdline)
-            .split('\0')
-            .any(|arg| Path::new(arg).file_name() == Some(folder.as_os_str()));
-        if !ours.contains(&pid) && is_that_osd {
+        if !ours.contains(&pid) && runs_osd_of(pid, &folder) {
             let _ = Process::new("kill")
                 .args(["-TERM", &pid.to_string()])
                 .status();
         }
         let _ = std::fs::remove_file(&pid_file);
     }
+}
+
+/// Whether process `pid` is `tidepool osd --data FOLDER`.
+fn runs_osd_of(pid: u32, folder: &Path) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let folder = std::fs::canonicalize(folder).ok();
+    // A relative `--data` is relative to that process's working folder.
+    let cwd = PathBuf::from(format!("/proc/{pid}/cwd"));
+    args.windows(2).any(|pair| {
+        pair[0] == b"--data"
+            && std::str::from_utf8(pair[1])
+                .ok()
+                .and_then(|data| std::fs::canonicalize(cwd.join(data)).ok())
+                == folder
+    })
 }
 
 /// The S3 user of a local cluster, `local`, created on the first run.

@@ -37,6 +37,7 @@ pub struct GatewayArgs {
 
 /// Runs the gateway until Ctrl-C or SIGTERM.
 pub fn gateway(args: GatewayArgs) -> Result<()> {
+    crate::logs::name("gateway");
     let dir = args.cluster.dir();
     let cluster_id = load_cluster_id(&dir)?;
     let certs = dir.join("certs");

@@ -31,6 +31,40 @@ pub struct Snapshot {
     pub map: Option<ClusterMap>,
     /// The primaries' and OSDs' latest reports.
     pub report: Report,
+    /// Daemons `tidepool up` restarted within the last hour, oldest first.
+    pub restarts: Vec<Restart>,
+}
+
+/// `logs/restarts.jsonl` in a cluster folder: one [`Restart`] per line, written by `tidepool up`.
+pub const RESTARTS: &str = "logs/restarts.jsonl";
+
+/// A daemon that died and that `tidepool up` started again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Restart {
+    /// `osd.2`, `mon.0`, `gateway`.
+    pub daemon: String,
+    /// When it was restarted (seconds since the Unix epoch).
+    pub at: u64,
+    /// How it stopped: `was killed by signal 9 (SIGKILL, or out of memory)`.
+    pub why: String,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The restarts of the last hour in the cluster folder `dir`.
+fn recent_restarts(dir: &std::path::Path) -> Vec<Restart> {
+    let since = unix_now().saturating_sub(3600);
+    std::fs::read_to_string(dir.join(RESTARTS))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Restart>(line).ok())
+        .filter(|r| r.at >= since)
+        .collect()
 }
 
 impl Snapshot {
@@ -54,6 +88,7 @@ impl Snapshot {
             mons,
             map,
             report,
+            restarts: recent_restarts(&args.dir()),
         })
     }
 }
@@ -91,6 +126,8 @@ pub struct Status {
     pub pgs: Pgs,
     pub recovery: Recovery,
     pub io: ClientIo,
+    /// Daemons `tidepool up` restarted within the last hour.
+    pub restarts: Vec<Restart>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -171,10 +208,26 @@ fn pct(part: u64, whole: u64) -> f64 {
 /// `peering` when the map moved it since; `down` when none of its OSDs is up; `unknown` when
 /// nobody reported it yet.
 pub fn pg_states(map: &ClusterMap, report: &Report) -> BTreeMap<tidepool_placement::PgId, String> {
+    pg_views(map, report)
+        .into_iter()
+        .map(|(pg, view)| (pg, view.state))
+        .collect()
+}
+
+/// A PG's state, and whether it is `unknown` only because its primary has not reported since
+/// the map changed (it says nothing of the PG's availability yet).
+struct PgView {
+    state: String,
+    awaited: bool,
+}
+
+fn pg_views(map: &ClusterMap, report: &Report) -> BTreeMap<tidepool_placement::PgId, PgView> {
     let reported: BTreeMap<_, _> = report.pgs.iter().map(|s| (s.pg, s)).collect();
+    let reported_at: BTreeMap<OsdId, tidepool_placement::Epoch> =
+        report.osds.iter().map(|(id, s)| (*id, s.epoch)).collect();
     let placement = Placement::new(map);
     let mut scratch = Scratch::default();
-    let mut states = BTreeMap::new();
+    let mut views = BTreeMap::new();
     for pool in map.pools.values() {
         for seed in 0..pool.pg_num {
             let pg = tidepool_placement::PgId {
@@ -192,10 +245,14 @@ pub fn pg_states(map: &ClusterMap, report: &Report) -> BTreeMap<tidepool_placeme
                 Some(_) => "peering".to_owned(),
                 None => "unknown".to_owned(),
             };
-            states.insert(pg, state);
+            let awaited = state == "unknown"
+                && mapping
+                    .primary
+                    .is_some_and(|p| reported_at.get(&p).is_none_or(|e| *e < map.epoch));
+            views.insert(pg, PgView { state, awaited });
         }
     }
-    states
+    views
 }
 
 /// The status of the cluster in `snapshot`.
@@ -206,7 +263,10 @@ pub fn status(snapshot: &Snapshot) -> Status {
     let answering: Vec<&MonStatus> = snapshot.mons.iter().flatten().collect();
     let leader = answering.iter().find_map(|s| s.leader);
     let quorum: Vec<u8> = answering.iter().map(|s| s.rank).collect();
-    let states = pg_states(map, report);
+    let views = pg_views(map, report);
+    // Unknown only until the primary's next report: not counted as inactive.
+    let awaited = views.values().filter(|v| v.awaited).count();
+    let states: BTreeMap<_, _> = views.into_iter().map(|(pg, v)| (pg, v.state)).collect();
     let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
     for state in states.values() {
         *by_state.entry(state.clone()).or_default() += 1;
@@ -215,7 +275,8 @@ pub fn status(snapshot: &Snapshot) -> Status {
     let inactive = states
         .values()
         .filter(|s| !s.split('+').any(|p| p == "active"))
-        .count();
+        .count()
+        - awaited;
     let degraded_pgs = states
         .values()
         .filter(|s| s.split('+').any(|p| p == "degraded"))
@@ -410,6 +471,7 @@ pub fn status(snapshot: &Snapshot) -> Status {
             write_bytes_per_sec: sum(&|s| s.io.write_bytes_per_sec),
             ops_per_sec: sum(&|s| s.io.ops_per_sec),
         },
+        restarts: snapshot.restarts.clone(),
     }
 }
 
@@ -481,6 +543,16 @@ pub fn render_status(s: &Status) -> String {
         "    osd: {} osds: {} up, {} in{remapped}",
         s.osds.total, s.osds.up, s.osds.is_in
     );
+    if let Some(last) = s.restarts.last() {
+        let _ = writeln!(
+            out,
+            "    restarted by tidepool up in the last hour: {} (last: {} at {}, it {})",
+            s.restarts.len(),
+            last.daemon,
+            time_of_day(last.at),
+            last.why
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "  data:");
     let _ = writeln!(
@@ -925,6 +997,16 @@ pub fn events(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     if moving(&was) > 0 && moving(&now) == 0 && now.pgs.active_clean == now.pgs.total {
         events.push("recovery finished: all pgs active+clean".into());
     }
+    for restart in after
+        .restarts
+        .iter()
+        .filter(|r| !before.restarts.contains(r))
+    {
+        events.push(format!(
+            "{} restarted by tidepool up (it {})",
+            restart.daemon, restart.why
+        ));
+    }
     if was.health.status != now.health.status {
         events.push(format!(
             "health {} -> {}",
@@ -992,9 +1074,11 @@ pub fn watch_command(args: ClusterArgs, interval: Duration, count: Option<u64>) 
 
 /// The wall-clock time of day in UTC, `HH:MM:SS`.
 fn chrono_like_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    time_of_day(unix_now())
+}
+
+/// `HH:MM:SS` (UTC) of a time in seconds since the Unix epoch.
+fn time_of_day(secs: u64) -> String {
     format!(
         "{:02}:{:02}:{:02}",
         (secs / 3600) % 24,
@@ -1064,6 +1148,7 @@ pub(crate) mod tests {
                 waiting_for: Vec::new(),
             })
             .collect();
+        let epoch = map.epoch;
         let osd = |id: u32| {
             (
                 OsdId(id),
@@ -1077,6 +1162,7 @@ pub(crate) mod tests {
                         recovery_bytes_per_sec: 5 << 20,
                         ..IoRates::default()
                     },
+                    epoch,
                 },
             )
         };
@@ -1106,6 +1192,7 @@ pub(crate) mod tests {
                 osds: (0..3).map(osd).collect(),
                 pgs,
             },
+            restarts: Vec::new(),
         }
     }
 
@@ -1130,6 +1217,22 @@ pub(crate) mod tests {
         assert_eq!(s.recovery.objects_per_sec, 15);
         assert_eq!(s.recovery.eta_seconds, Some(2));
         assert_eq!(s.osds.up, 3);
+    }
+
+    /// Rule: a PG nobody reports is `unknown`; it counts as inactive only once its primary
+    /// has reported since the map changed (until then it is a report still on its way, as
+    /// after an OSD is added).
+    #[test]
+    fn unknown_is_inactive_only_once_its_primary_reported() {
+        let mut snap = snapshot();
+        let epoch = snap.map.as_ref().expect("map").epoch;
+        for (_, stat) in &mut snap.report.osds {
+            stat.epoch = Epoch(epoch.0 - 1);
+        }
+        let s = status(&snap);
+        assert_eq!(s.pgs.by_state["unknown"], 1);
+        let codes: Vec<&str> = s.health.checks.iter().map(|c| c.code.as_str()).collect();
+        assert_eq!(codes, ["MON_DOWN", "OSD_DOWN", "PG_DEGRADED"]);
     }
 
     /// Rule: the text has the sections of `ceph -s`, one line per failing check and per PG
@@ -1222,8 +1325,22 @@ pub(crate) mod tests {
             pg.state = "active+clean".into();
             pg.degraded = 0;
         }
+        after.restarts.push(Restart {
+            daemon: "osd.2".into(),
+            at: 1_800_000_000,
+            why: "was killed by signal 9".into(),
+        });
         let events = events(&before, &after);
         assert!(events.contains(&"osd.3 up".to_owned()), "{events:?}");
         assert!(events.iter().any(|e| e.starts_with("pgs: ")), "{events:?}");
+        assert!(
+            events.contains(&"osd.2 restarted by tidepool up (it was killed by signal 9)".into()),
+            "{events:?}"
+        );
+        let text = render_status(&status(&after));
+        assert!(
+            text.contains("restarted by tidepool up in the last hour: 1 (last: osd.2 at"),
+            "{text}"
+        );
     }
 }

@@ -6,6 +6,7 @@ mod cluster;
 mod daemons;
 mod gateway;
 mod health;
+mod logs;
 mod objects;
 mod operate;
 mod simulate;
@@ -180,15 +181,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: daemons' logs go to files, read with grep and less.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logs::init();
+    daemons::follow_supervisor();
     match Cli::parse().command {
         Command::Placement {
             command: PlacementCommand::Simulate(args),

@@ -368,6 +368,8 @@ pub fn add(args: ClusterArgs, add: AddArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&add.data)
         .with_context(|| format!("creating {}", add.data.display()))?;
+    // `tidepool up` starts it with the cluster from now on, and stops it with the cluster.
+    crate::daemons::register_added_osd(&args.dir(), &add.data)?;
     let log_path = add.data.join("osd.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;

@@ -892,6 +892,7 @@ async fn beacons(osd: Arc<Osd>, monmap: MonMap) {
                 used_bytes: usage.stored_bytes,
                 pgs: osd.store.collections().map_or(0, |c| c.len() as u32),
                 io,
+                epoch: view.map.epoch,
             },
             pgs,
         };

@@ -246,6 +246,9 @@ pub struct OsdStat {
     /// Its traffic over the last beacon interval.
     #[serde(default)]
     pub io: IoRates,
+    /// The map epoch it ran when it reported.
+    #[serde(default)]
+    pub epoch: Epoch,
 }
 
 /// Traffic rates of one OSD, averaged over its last beacon interval.
