@@ -600,9 +600,16 @@ fn try_lines(dir: &Path, s3: SocketAddr, user: &tidepool_proto::mon::User) -> St
         .as_deref()
         .and_then(Path::parent)
         .map_or_else(String::new, |p| p.display().to_string());
-    // The project's own aws-cli (scripts/deps.sh puts it in .venv), when there is one here.
-    let aws = std::fs::canonicalize(".venv/bin/aws")
-        .map_or_else(|_| "aws".to_owned(), |p| p.display().to_string());
+    // The project's own aws-cli (scripts/deps.sh puts it in .venv) when `up` runs in the
+    // project (`make up`), else the one on the PATH.
+    let aws = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| {
+            cwd.ancestors()
+                .map(|d| d.join(".venv/bin/aws"))
+                .find(|aws| aws.exists())
+        })
+        .map_or_else(|| "aws".to_owned(), |p| p.display().to_string());
     let mut text = String::new();
     let mut line = |l: String| {
         if !l.is_empty() {

@@ -153,6 +153,14 @@ impl Drop for TempDir {
     }
 }
 
+/// The project's folder (the workspace root).
+pub fn project_dir() -> PathBuf {
+    manifest_dir()
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .to_owned()
+}
+
 /// A program of the project's Python venv (`.venv/bin/NAME`, made by `scripts/deps.sh`).
 pub fn venv_bin(name: &str) -> PathBuf {
     let path = manifest_dir()

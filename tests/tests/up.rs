@@ -5,11 +5,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tidepool_tests::{free_port, run, tidepool_ok, venv_bin, Daemon, TempDir};
+use tidepool_tests::{free_port, project_dir, run, tidepool_ok, venv_bin, Daemon, TempDir};
 
 /// Starts `tidepool up` with S3 on `port` and waits until it says it is up; the process and
 /// the S3 access and secret keys it printed.
 fn start(dir: &Path, port: u16, log: &Path) -> (Daemon, (String, String)) {
+    let (daemon, keys, _) = start_greeted(dir, port, log);
+    (daemon, keys)
+}
+
+/// [`start`], and the greeting it printed.
+fn start_greeted(dir: &Path, port: u16, log: &Path) -> (Daemon, (String, String), String) {
     let port = port.to_string();
     let daemon = Daemon::start(
         &[
@@ -40,7 +46,7 @@ fn start(dir: &Path, port: u16, log: &Path) -> (Daemon, (String, String)) {
                     .trim()
                     .to_owned()
             };
-            return (daemon, (key("access key"), key("secret key")));
+            return (daemon, (key("access key"), key("secret key")), text);
         }
         assert!(
             Instant::now() < deadline,
@@ -83,16 +89,177 @@ fn osds_up(cluster: &str) -> u64 {
     status["osds"]["up"].as_u64().expect("osds.up")
 }
 
-/// Rule: `tidepool up` starts a working cluster with S3 and a ready user, an OSD added with
-/// `tidepool osd add` joins it, Ctrl-C stops every process (the added OSD too), and a second
-/// run starts them all again and serves the same objects, through S3 too.
+/// The commands of the greeting's "Try" block, as printed.
+fn greeting_commands(greeting: &str) -> String {
+    greeting
+        .lines()
+        .skip_while(|l| !l.starts_with("Try (in any shell):"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("Ctrl-C"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs the greeting's commands in a new shell in the project folder, with nothing of this
+/// test's environment but the PATH and a fresh home (no AWS settings of the machine's).
+fn greeting_runs_as_printed(greeting: &str, home: &Path) {
+    let script = greeting_commands(greeting);
+    assert!(script.contains("s3 mb s3://demo"), "{greeting}");
+    std::fs::create_dir_all(home).expect("home");
+    let output = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(project_dir())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "the greeting's commands fail:\n{script}\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("README.md"), "aws s3 ls lists it: {stdout}");
+    assert!(stdout.contains("health:"), "tidepool status: {stdout}");
+}
+
+/// The pid of the daemon of `cluster` whose command line contains `what`.
+fn pid_of(cluster: &Path, what: &str) -> u32 {
+    running(cluster)
+        .iter()
+        .find(|line| line.contains(what))
+        .and_then(|line| line.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no daemon {what}: {:?}", running(cluster)))
+}
+
+/// Waits (up to `limit`) until `tidepool status` says `HEALTH_OK`; its JSON.
+fn health_ok(cluster: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let output = run(&["status", "--format", "json", "--cluster", cluster]);
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        if status["health"]["status"] == "HEALTH_OK" {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "not HEALTH_OK: {status}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Rule: a daemon of `tidepool up` that dies (kill -9) is restarted, the restart is logged and
+/// shown by `status`, and the cluster returns to `HEALTH_OK` without anyone touching it.
+fn a_killed_daemon_comes_back(cluster: &Path, up_log: &Path) {
+    let text = cluster.to_str().expect("utf-8");
+    let osd = cluster.join("osd-1");
+    let pid = pid_of(cluster, &format!("--data {}", osd.display()));
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(up_log)
+        .unwrap_or_default()
+        .contains("osd.1 restarted")
+    {
+        assert!(Instant::now() < deadline, "osd.1 was not restarted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(up_log).unwrap_or_default();
+    assert!(
+        log.contains("osd.1 was killed by signal 9"),
+        "up says why: {log}"
+    );
+    let status = health_ok(text, Duration::from_secs(90));
+    assert_eq!(status["restarts"][0]["daemon"], "osd.1", "{status}");
+    assert_ne!(pid_of(cluster, &format!("--data {}", osd.display())), pid);
+}
+
+/// Rule: a second `tidepool up` on the folder of a running cluster says so, says how to reach
+/// it, and starts and touches nothing.
+fn a_second_up_points_at_the_first(cluster: &Path, port: u16) {
+    let before = running(cluster);
+    let output = run(&[
+        "up",
+        "--dir",
+        cluster.to_str().expect("utf-8"),
+        "--osds",
+        "3",
+        "--s3-port",
+        &port.to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("is already running (tidepool up, pid "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("nothing was started or changed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("export AWS_ENDPOINT_URL=http://127.0.0.1:{port}")),
+        "{stdout}"
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(running(cluster), before, "nothing started or stopped");
+}
+
+/// Rule: daemons' log files have no terminal escape codes, and every log line names its
+/// daemon.
+fn logs_are_plain_and_named(cluster: &Path) {
+    for (file, name) in [
+        ("mon-0.log", "mon.0"),
+        ("osd-2.log", "osd.2"),
+        ("gateway.log", "gateway"),
+    ] {
+        let path = cluster.join("logs").join(file);
+        let bytes = std::fs::read(&path).expect("log file");
+        assert!(
+            !bytes.contains(&0x1b),
+            "{} has escape codes",
+            path.display()
+        );
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("20")).collect();
+        assert!(!lines.is_empty(), "{} has log lines", path.display());
+        for line in lines {
+            assert!(
+                line.split_whitespace().nth(1) == Some(name),
+                "{}: {line}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Rule: `tidepool up` starts a working cluster with S3 and a ready user whose greeting runs
+/// as printed; a daemon that dies comes back; a second `up` on the folder touches nothing; an
+/// OSD added with `tidepool osd add`, even outside the folder, joins it; Ctrl-C stops every
+/// process (the added OSD too), and a second run starts them all again and serves the same
+/// objects, through S3 too; a `tidepool up` killed with kill -9 leaves no daemon behind.
 #[test]
 fn up_starts_stops_and_resumes() {
     let dir = TempDir::new("up");
     let cluster = dir.path().join("cluster");
     let text = cluster.to_str().expect("utf-8").to_owned();
     let port = free_port();
-    let (mut up, keys) = start(&cluster, port, &dir.path().join("up-1.log"));
+    let up_log = dir.path().join("up-1.log");
+    let (mut up, keys, greeting) = start_greeted(&cluster, port, &up_log);
+    greeting_runs_as_printed(&greeting, &dir.path().join("home"));
+    tidepool_ok(&cluster, &["bench", "data", "cleanup"]);
+    a_second_up_points_at_the_first(&cluster, port);
+    a_killed_daemon_comes_back(&cluster, &up_log);
     let file = dir.path().join("hello.txt");
     std::fs::write(&file, b"hello from tidepool up").expect("file");
     let put = run(&[
@@ -110,19 +277,15 @@ fn up_starts_stops_and_resumes() {
         String::from_utf8_lossy(&put.stderr)
     );
     let file_text = file.to_str().expect("utf-8");
-    for args in [
-        &["s3", "mb", "s3://demo"][..],
-        &["s3", "cp", file_text, "s3://demo/hello.txt"],
-    ] {
-        let output = aws(port, &keys, args);
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    // An OSD added to the running cluster joins it, and stops with it.
-    let added = cluster.join("osd-3");
+    // The greeting made bucket demo.
+    let output = aws(port, &keys, &["s3", "cp", file_text, "s3://demo/hello.txt"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // An OSD added to the running cluster, outside its folder, joins it, and stops with it.
+    let added = dir.path().join("elsewhere").join("osd");
     let add = run(&[
         "osd",
         "add",
@@ -165,12 +328,18 @@ fn up_starts_stops_and_resumes() {
     );
     assert_eq!(get.stdout, b"hello from tidepool up");
     bench_writes_new_objects_reads_each_once_and_cleans_up(&cluster);
-    assert!(up.interrupt(Duration::from_secs(30)));
-    assert!(
-        running(&cluster).is_empty(),
-        "left running: {:?}",
-        running(&cluster)
-    );
+    logs_are_plain_and_named(&cluster);
+    // However `up` dies, its daemons do not outlive it.
+    up.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running(&cluster).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left running after kill -9 of up: {:?}",
+            running(&cluster)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `tidepool bench`, as `rados bench` works: every write creates new objects (it never
