@@ -39,6 +39,10 @@ pub struct OsdRunArgs {
     /// cores do better with a share each: fewer threads to wake and hand work between.
     #[arg(long)]
     workers: Option<usize>,
+    /// The OSD's size (`64GiB`, `500M`, bytes), kept in its folder; without one ever given,
+    /// the size of the disk it is on.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
 }
 
 /// `osd.json` in an OSD's folder.
@@ -47,6 +51,34 @@ struct OsdFile {
     version: u32,
     cluster_id: String,
     id: u32,
+    /// Its size in bytes, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+}
+
+/// A size in bytes: a number with an optional binary unit (`K`, `M`, `G`, `T`, also written
+/// `KiB`, `MB`, …, all powers of 1024, as Ceph reads them).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (such as 64GiB, 500M or 1048576)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (K, M, G or T)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .filter(|bytes| *bytes > 0)
+        .ok_or_else(|| format!("{text:?} is not a size this OSD can have"))
 }
 
 /// Until Ctrl-C or SIGTERM.
@@ -73,9 +105,9 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let id_file = data.join("osd.json");
     runtime_with(args.workers)?.block_on(async {
-        let id = match std::fs::read(&id_file) {
+        let (id, size) = match std::fs::read(&id_file) {
             Ok(bytes) => {
-                let file: OsdFile = serde_json::from_slice(&bytes)
+                let mut file: OsdFile = serde_json::from_slice(&bytes)
                     .with_context(|| format!("reading {}", id_file.display()))?;
                 if file.cluster_id != cluster_id {
                     bail!(
@@ -84,7 +116,11 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
                         file.cluster_id
                     );
                 }
-                OsdId(file.id)
+                if args.size.is_some() && args.size != file.size {
+                    file.size = args.size;
+                    std::fs::write(&id_file, serde_json::to_vec_pretty(&file)?)?;
+                }
+                (OsdId(file.id), file.size)
             }
             Err(_) => {
                 let mut admin = cluster.client()?;
@@ -100,9 +136,10 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
                     version: 1,
                     cluster_id: cluster_id.clone(),
                     id,
+                    size: args.size,
                 };
                 std::fs::write(&id_file, serde_json::to_vec_pretty(&file)?)?;
-                OsdId(id)
+                (OsdId(id), args.size)
             }
         };
         crate::logs::name(id.to_string());
@@ -112,7 +149,7 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
             ClusterCa::load(&dir, &cluster_id)?.issue_into(&entity, &certs)?;
         }
         let identity = Identity::load(&dir, &cluster_id, &entity)?;
-        let store = RocksStore::open(&daemon::store_dir(&data))?;
+        let store = RocksStore::open(&daemon::store_dir(&data))?.with_capacity(size);
         let config = OsdConfig {
             id,
             identity,
@@ -139,6 +176,10 @@ pub struct UpArgs {
     /// The S3 gateway's port on 127.0.0.1.
     #[arg(long, default_value_t = 7480)]
     s3_port: u16,
+    /// Each new OSD's size (`64GiB`, `500M`; default: an equal share of the disk's free
+    /// space); OSDs keep the size they were made with unless this is given again.
+    #[arg(long, value_parser = parse_size)]
+    osd_size: Option<u64>,
 }
 
 /// Worker threads for each of `osds` OSDs on this machine: its cores shared out, at least one.
@@ -421,6 +462,13 @@ pub fn up(args: UpArgs) -> Result<()> {
     })?;
     let osds = osd_folders(&dir, args.osds);
     let workers = osd_workers(osds.len()).to_string();
+    let new_osds = osds.iter().filter(|f| folder_osd(f).is_none()).count() as u64;
+    let size = args.osd_size.or_else(|| {
+        // An equal share of the free space for each OSD made now (as BlueStore on a file has
+        // a fixed size), so that together they never claim more than the disk has.
+        let free = free_bytes(&dir)?;
+        (new_osds > 0).then(|| free / osds.len() as u64)
+    });
     for folder in &osds {
         let name = folder_osd(folder).map_or_else(
             || {
@@ -431,17 +479,23 @@ pub fn up(args: UpArgs) -> Result<()> {
             |id| format!("osd-{}", id.0),
         );
         let osd_dir = folder.to_str().context("UTF-8 folder")?.to_owned();
+        let mut osd_args = vec![
+            "osd".to_owned(),
+            "--data".to_owned(),
+            osd_dir,
+            "--cluster".to_owned(),
+            dir_text.clone(),
+            "--workers".to_owned(),
+            workers.clone(),
+        ];
+        if let Some(size) = size.filter(|_| args.osd_size.is_some() || folder_osd(folder).is_none())
+        {
+            osd_args.extend(["--size".to_owned(), size.to_string()]);
+        }
+        let osd_args: Vec<&str> = osd_args.iter().map(String::as_str).collect();
         children.start(
             name.replacen('-', ".", 1),
-            &[
-                "osd",
-                "--data",
-                &osd_dir,
-                "--cluster",
-                &dir_text,
-                "--workers",
-                &workers,
-            ],
+            &osd_args,
             &logs.join(format!("{name}.log")),
         )?;
         if first_run {
@@ -520,6 +574,12 @@ pub fn up(args: UpArgs) -> Result<()> {
     let _ = std::fs::remove_file(dir.join(UP_FILE));
     println!("stopped");
     Ok(())
+}
+
+/// The bytes free for unprivileged use on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Takes the folder's `up` lock (`None`: another `tidepool up` holds it).
@@ -777,5 +837,24 @@ async fn wait_active(cluster: &ClusterArgs, limit: Duration) -> Result<(usize, u
             return Ok((active, total));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rule: sizes read as Ceph reads them (binary units, with or without `iB`); nonsense and
+    /// zero are refused with the reason.
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("64GiB"), Ok(64 << 30));
+        assert_eq!(parse_size("2tb"), Ok(2 << 40));
+        assert_eq!(parse_size("8 KiB"), Ok(8 << 10));
+        for bad in ["", "G", "12X", "0", "-5M", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -15,11 +15,6 @@ use tidepool_proto::mon::{MonStatus, Report};
 use crate::admin::{runtime, ClusterArgs};
 use crate::OutputFormat;
 
-/// A used-space ratio over which an OSD is nearly full (Ceph's `mon_osd_nearfull_ratio`).
-const NEARFULL: f64 = 0.85;
-/// A used-space ratio over which an OSD is full (Ceph's `mon_osd_full_ratio`).
-const FULL: f64 = 0.95;
-
 /// What the monitors say about the cluster at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -33,6 +28,8 @@ pub struct Snapshot {
     pub report: Report,
     /// Daemons `tidepool up` restarted within the last hour, oldest first.
     pub restarts: Vec<Restart>,
+    /// The cluster-wide options that were set.
+    pub config: Vec<(String, String)>,
 }
 
 /// `logs/restarts.jsonl` in a cluster folder: one [`Restart`] per line, written by `tidepool up`.
@@ -78,10 +75,13 @@ impl Snapshot {
         } else {
             None
         };
-        let report = if map.is_some() {
-            client.report().await.unwrap_or_default()
+        let (report, config) = if map.is_some() {
+            (
+                client.report().await.unwrap_or_default(),
+                client.config().await.unwrap_or_default(),
+            )
         } else {
-            Report::default()
+            Default::default()
         };
         Ok(Snapshot {
             id: crate::cluster::load_cluster_id(&args.dir()).unwrap_or_default(),
@@ -89,6 +89,7 @@ impl Snapshot {
             map,
             report,
             restarts: recent_restarts(&args.dir()),
+            config,
         })
     }
 }
@@ -354,18 +355,39 @@ pub fn status(snapshot: &Snapshot) -> Status {
             format!("{} osds down: {}", down.len(), names.join(", ")),
         );
     }
+    let option = |name: &str| {
+        tidepool_proto::config::get(
+            snapshot
+                .config
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            name,
+        ) as f64
+            / 100.0
+    };
+    let (nearfull, full) = (
+        option("mon_osd_nearfull_percent"),
+        option("mon_osd_full_percent"),
+    );
     for (id, stat) in &report.osds {
-        if stat.total_bytes == 0 || !map.osds.contains_key(id) {
+        let Some(osd) = map.osds.get(id) else {
             continue;
-        }
-        let used = 1.0 - stat.available_bytes as f64 / stat.total_bytes as f64;
-        if used >= FULL {
+        };
+        let used = if stat.total_bytes == 0 {
+            0.0
+        } else {
+            1.0 - stat.available_bytes as f64 / stat.total_bytes as f64
+        };
+        if osd.full || used >= full {
             check(
                 "OSD_FULL",
                 "HEALTH_ERR",
-                format!("{id} is full ({:.0}% used)", used * 100.0),
+                format!(
+                    "{id} is full ({:.0}% used): writes of data to its PGs are refused",
+                    used * 100.0
+                ),
             );
-        } else if used >= NEARFULL {
+        } else if used >= nearfull {
             check(
                 "OSD_NEARFULL",
                 "HEALTH_WARN",
@@ -1193,6 +1215,7 @@ pub(crate) mod tests {
                 pgs,
             },
             restarts: Vec::new(),
+            config: Vec::new(),
         }
     }
 
@@ -1217,6 +1240,38 @@ pub(crate) mod tests {
         assert_eq!(s.recovery.objects_per_sec, 15);
         assert_eq!(s.recovery.eta_seconds, Some(2));
         assert_eq!(s.osds.up, 3);
+    }
+
+    /// Rule: an OSD past `mon_osd_nearfull_percent` is near full (a warning); one past
+    /// `mon_osd_full_percent`, or marked full in the map, is full (an error); the thresholds
+    /// follow the options.
+    #[test]
+    fn fullness_follows_usage_the_map_and_the_options() {
+        let mut snap = snapshot();
+        let usage = |snap: &mut Snapshot, osd: usize, available: u64| {
+            snap.report.osds[osd].1.available_bytes = available;
+        };
+        usage(&mut snap, 0, 3 << 30);
+        usage(&mut snap, 1, 12 << 30);
+        let codes = |snap: &Snapshot| -> Vec<String> {
+            status(snap)
+                .health
+                .checks
+                .iter()
+                .map(|c| c.code.clone())
+                .filter(|c| c.starts_with("OSD_"))
+                .collect()
+        };
+        assert_eq!(codes(&snap), ["OSD_DOWN", "OSD_FULL", "OSD_NEARFULL"]);
+        assert_eq!(status(&snap).health.status, "HEALTH_ERR");
+        snap.config = vec![("mon_osd_full_percent".into(), "98".into())];
+        assert_eq!(codes(&snap), ["OSD_DOWN", "OSD_NEARFULL", "OSD_NEARFULL"]);
+        let map = snap.map.as_mut().expect("map");
+        map.osds.get_mut(&OsdId(2)).expect("osd.2").full = true;
+        assert_eq!(
+            codes(&snap),
+            ["OSD_DOWN", "OSD_NEARFULL", "OSD_NEARFULL", "OSD_FULL"]
+        );
     }
 
     /// Rule: a PG nobody reports is `unknown`; it counts as inactive only once its primary

@@ -336,6 +336,9 @@ pub struct AddArgs {
     /// Its weight.
     #[arg(long, default_value = "1")]
     weight: Weight,
+    /// Its size (`64GiB`, `500M`; default: the size of the disk it is on).
+    #[arg(long, value_parser = crate::daemons::parse_size)]
+    size: Option<u64>,
     /// Print what would move, and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -386,6 +389,7 @@ pub fn add(args: ClusterArgs, add: AddArgs) -> Result<()> {
             .arg(&add.host)
             .arg("--weight")
             .arg(add.weight.to_string())
+            .args(add.size.map(|size| format!("--size={size}")))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

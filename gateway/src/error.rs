@@ -1,9 +1,10 @@
 //! The one table from bucket-layer errors to S3 error codes. Internal failures are logged and
 //! answered with a generic code; their details never reach the client.
 
-use s3s::{s3_error, S3Error};
+use s3s::{s3_error, S3Error, S3ErrorCode};
 use tidepool_buckets::BucketError;
 use tidepool_client::ObjectError;
+use tidepool_proto::osd::OpError;
 
 /// The S3 error for `error`.
 pub fn s3(error: BucketError) -> S3Error {
@@ -47,6 +48,17 @@ pub fn s3(error: BucketError) -> S3Error {
             "A conflicting operation on this key is in progress; try again."
         ),
         BucketError::Body(reason) => s3_error!(IncompleteBody, "{reason}"),
+        BucketError::Cluster(ObjectError::Op(OpError::Full(osds))) => {
+            tracing::warn!(%osds, "a write was refused: the cluster is full");
+            // As MinIO answers on a full drive: 507, which clients do not retry.
+            let mut error = S3Error::with_message(
+                S3ErrorCode::Custom("XTidepoolStorageFull".into()),
+                "The cluster is full: its storage has no space for this write. Delete objects \
+                 or add storage, then try again.",
+            );
+            error.set_status_code(http::StatusCode::INSUFFICIENT_STORAGE);
+            error
+        }
         BucketError::Cluster(ObjectError::Timeout { .. } | ObjectError::Monitors(_)) => {
             tracing::warn!(%error, "the cluster did not answer");
             s3_error!(ServiceUnavailable, "The cluster is not answering; try again.")

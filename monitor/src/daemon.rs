@@ -415,6 +415,7 @@ impl Monitor {
                 match request {
                     MonRequest::Beacon(beacon) => {
                         policy.beacon(beacon.osd, now);
+                        policy.usage(beacon.osd, &beacon.stat);
                         beacons.insert(beacon.osd, beacon);
                         MonResponse::Config(self.config())
                     }

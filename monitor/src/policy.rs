@@ -6,6 +6,8 @@
 //! - An OSD that is down and in is marked **out** after `mon_osd_down_out_interval`
 //!   (0: never), counted from when this leader first saw it down; a new leader starts counting
 //!   afresh, which only delays the change.
+//! - An up OSD is marked **full** once its last beacon reports `mon_osd_full_percent` of its
+//!   size used, and not full once it reports less.
 //! - A change is proposed again only after a second, so a slow commit is not flooded.
 //!
 //! Time is milliseconds of the leader's monotonic clock, passed in.
@@ -13,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use tidepool_placement::OsdId;
-use tidepool_proto::mon::Command;
+use tidepool_proto::mon::{Command, OsdStat};
 
 use crate::service::MapState;
 
@@ -29,8 +31,18 @@ pub struct FailurePolicy {
     /// Per silent OSD, who reported it and when.
     reports: BTreeMap<OsdId, BTreeMap<OsdId, u64>>,
     down_since_ms: BTreeMap<OsdId, u64>,
-    /// When each change (down or out, per OSD) was last proposed.
-    proposed_ms: BTreeMap<(OsdId, bool), u64>,
+    /// Per OSD, its size and what it had free at its last beacon.
+    usage: BTreeMap<OsdId, (u64, u64)>,
+    /// When each change (per OSD) was last proposed.
+    proposed_ms: BTreeMap<(OsdId, Due), u64>,
+}
+
+/// A change the policy makes to one OSD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    Down,
+    Out,
+    Full(bool),
 }
 
 impl FailurePolicy {
@@ -46,6 +58,12 @@ impl FailurePolicy {
     pub fn beacon(&mut self, osd: OsdId, now_ms: u64) {
         self.last_beacon_ms.insert(osd, now_ms);
         self.reports.remove(&osd);
+    }
+
+    /// `osd` reported its disk usage.
+    pub fn usage(&mut self, osd: OsdId, stat: &OsdStat) {
+        self.usage
+            .insert(osd, (stat.total_bytes, stat.available_bytes));
     }
 
     /// `reporter` says `target` has been silent.
@@ -67,6 +85,7 @@ impl FailurePolicy {
         let reporters_needed = (state.option("mon_osd_min_down_reporters") as usize)
             .min(up.saturating_sub(1))
             .max(1);
+        let full_percent = u128::from(state.option("mon_osd_full_percent"));
         let mut due = Vec::new();
         for osd in state.map.osds.values() {
             let id = osd.id;
@@ -87,18 +106,26 @@ impl FailurePolicy {
                 if reporters >= reporters_needed
                     || now_ms.saturating_sub(heard) >= report_timeout_ms
                 {
-                    due.push((id, false));
+                    due.push((id, Due::Down));
+                }
+                if let Some(&(total, available)) = self.usage.get(&id).filter(|u| u.0 > 0) {
+                    let used = u128::from(total.saturating_sub(available));
+                    let full = used * 100 >= full_percent * u128::from(total);
+                    if full != osd.full {
+                        due.push((id, Due::Full(full)));
+                    }
                 }
             } else {
                 self.reports.remove(&id);
                 let since = *self.down_since_ms.entry(id).or_insert(now_ms);
                 if osd.is_in && down_out_ms > 0 && now_ms.saturating_sub(since) >= down_out_ms {
-                    due.push((id, true));
+                    due.push((id, Due::Out));
                 }
             }
         }
         self.last_beacon_ms
             .retain(|id, _| state.map.osds.contains_key(id));
+        self.usage.retain(|id, _| state.map.osds.contains_key(id));
         self.proposed_ms
             .retain(|_, at| now_ms.saturating_sub(*at) < REPROPOSE_MS);
         due.retain(|change| !self.proposed_ms.contains_key(change));
@@ -106,12 +133,10 @@ impl FailurePolicy {
             self.proposed_ms.insert(*change, now_ms);
         }
         due.into_iter()
-            .map(|(id, out)| {
-                if out {
-                    Command::OsdAutoOut { id }
-                } else {
-                    Command::OsdDown { id }
-                }
+            .map(|(id, change)| match change {
+                Due::Down => Command::OsdDown { id },
+                Due::Out => Command::OsdAutoOut { id },
+                Due::Full(full) => Command::OsdFull { id, full },
             })
             .collect()
     }
@@ -156,6 +181,44 @@ mod tests {
         };
         let (_, answers) = state.apply_slot(&[crate::service::proposal(&request)]);
         answers[0].as_ref().expect("applies");
+    }
+
+    /// Rule: an OSD is marked full once it reports `mon_osd_full_percent` of its size used,
+    /// and not full once it reports less; an OSD that reports no size is never full.
+    #[test]
+    fn usage_past_the_full_ratio_marks_full_and_back() {
+        let mut state = state_with_osds(3);
+        let mut policy = FailurePolicy::new(0);
+        let stat = |total: u64, available: u64| OsdStat {
+            total_bytes: total,
+            available_bytes: available,
+            ..OsdStat::default()
+        };
+        for osd in 0..3 {
+            policy.beacon(OsdId(osd), 0);
+        }
+        policy.usage(OsdId(0), &stat(1000, 60));
+        policy.usage(OsdId(1), &stat(1000, 50));
+        policy.usage(OsdId(2), &stat(0, 0));
+        let due = policy.tick(&state, 10);
+        assert_eq!(
+            due,
+            vec![Command::OsdFull {
+                id: OsdId(1),
+                full: true
+            }]
+        );
+        apply(&mut state, due[0].clone());
+        assert!(state.map.osds[&OsdId(1)].full);
+        assert!(policy.tick(&state, 20).is_empty(), "stays full, said once");
+        policy.usage(OsdId(1), &stat(1000, 400));
+        assert_eq!(
+            policy.tick(&state, 2000),
+            vec![Command::OsdFull {
+                id: OsdId(1),
+                full: false
+            }]
+        );
     }
 
     /// Rule: one reporter is not enough; two distinct reporters mark an OSD down; its beacon

@@ -235,6 +235,16 @@ fn plan(
             osd(*id)?;
             (vec![Change::SetOsdUp { id: *id, up: false }], None)
         }
+        Command::OsdFull { id, full } => {
+            osd(*id)?;
+            (
+                vec![Change::SetOsdFull {
+                    id: *id,
+                    full: *full,
+                }],
+                None,
+            )
+        }
         Command::OsdOut { id } | Command::OsdAutoOut { id } | Command::OsdIn { id } => {
             osd(*id)?;
             let is_in = matches!(command, Command::OsdIn { .. });

@@ -15,7 +15,7 @@ use tidepool_placement::{
     ClusterMap, Epoch, OsdId, PgActivation, PgId, Placement, PoolKind, Scratch,
 };
 use tidepool_proto::mon::{Beacon, Command, IoRates, MonMap, OsdStat, PgStat};
-use tidepool_proto::osd::{ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse};
+use tidepool_proto::osd::{ObjectOp, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -218,6 +218,9 @@ pub(crate) struct Osd {
     pub io: IoCounters,
     /// Fences and read leases.
     pub fences: Fences,
+    /// When this OSD last looked at its own disk, and whether it was past
+    /// `mon_osd_full_percent` (the map says so of every OSD a moment later).
+    full: Mutex<(Instant, bool)>,
 }
 
 pub(crate) fn storage_failed(error: StoreError) -> OsdResponse {
@@ -238,6 +241,23 @@ impl Osd {
         )
         .await;
         self.view()
+    }
+
+    /// Whether this OSD's disk is past `mon_osd_full_percent`, looked at no more than every
+    /// 100 ms: between two looks a primary writes little, so a full disk refuses writes well
+    /// before it has no space at all.
+    fn own_disk_full(&self) -> bool {
+        let mut full = self.full.lock().unwrap_or_else(|p| p.into_inner());
+        if full.0.elapsed() >= Duration::from_millis(100) {
+            let usage = self.store.usage().unwrap_or_default();
+            let used = u128::from(usage.total_bytes.saturating_sub(usage.available_bytes));
+            let percent = u128::from(self.option("mon_osd_full_percent"));
+            *full = (
+                Instant::now(),
+                usage.total_bytes > 0 && used * 100 >= percent * u128::from(usage.total_bytes),
+            );
+        }
+        full.1
     }
 
     pub fn option(&self, name: &str) -> u64 {
@@ -318,6 +338,23 @@ impl Osd {
         }
         if let Err(error) = pg::check_name(&request.name) {
             return OsdResponse::Object(Err(error));
+        }
+        if ObjectOp::needs_space(&request.ops) {
+            // One full OSD stops the growth of every pool, as Ceph's full flag does: pools
+            // share the OSDs, and a write that still fits elsewhere now fails there soon.
+            let mut full: Vec<String> = view
+                .map
+                .osds
+                .values()
+                .filter(|o| o.full && o.is_in)
+                .map(|o| o.id.to_string())
+                .collect();
+            if self.own_disk_full() && !full.contains(&self.id.to_string()) {
+                full.push(self.id.to_string());
+            }
+            if !full.is_empty() {
+                return OsdResponse::Object(Err(OpError::Full(full.join(", "))));
+            }
         }
         let pg = request.pg;
         let slot = self.slot(pg);
@@ -711,6 +748,7 @@ pub async fn run(
         last_stats: Mutex::new(HashMap::new()),
         io: IoCounters::default(),
         fences: Fences::default(),
+        full: Mutex::new((Instant::now(), false)),
     });
     messenger.serve(Arc::new(Handler(osd.clone())));
     let boot = Command::OsdBoot {

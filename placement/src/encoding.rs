@@ -19,15 +19,16 @@ pub trait Versioned: Serialize + DeserializeOwned {
 }
 
 /// Version 2 added the record of each PG's last activation (`pg_active`, and the change that
-/// sets it); a version 1 map has none.
+/// sets it); a version 1 map has none. Version 3 added each OSD's `full` flag (and the change
+/// that sets it); earlier maps have none full.
 impl Versioned for ClusterMap {
     const MAGIC: [u8; 4] = *b"TPMP";
-    const VERSION: u16 = 2;
+    const VERSION: u16 = 3;
 }
 
 impl Versioned for Incremental {
     const MAGIC: [u8; 4] = *b"TPIN";
-    const VERSION: u16 = 2;
+    const VERSION: u16 = 3;
 }
 
 /// Why bytes did not decode.
@@ -74,9 +75,9 @@ pub fn decode<T: Versioned>(bytes: &[u8]) -> Result<T, DecodeError> {
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     match version {
-        // Version 2 only added fields with defaults (and an incremental change), so version 1
-        // records decode as they are.
-        1 | 2 => Ok(rmp_serde::from_slice(&bytes[6..])?),
+        // Versions 2 and 3 only added fields with defaults (and incremental changes), so
+        // earlier records decode as they are.
+        1..=3 => Ok(rmp_serde::from_slice(&bytes[6..])?),
         found => Err(DecodeError::UnsupportedVersion {
             found,
             supported: T::VERSION,

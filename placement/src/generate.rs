@@ -64,6 +64,7 @@ fn new_osd(id: OsdId, parent: BucketId, weight: Weight) -> Osd {
         up: true,
         is_in: true,
         addr: None,
+        full: false,
     }
 }
 

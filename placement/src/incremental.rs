@@ -41,6 +41,13 @@ pub enum Change {
         /// In (true) or out (false).
         is_in: bool,
     },
+    /// Marks an OSD's disk full or not.
+    SetOsdFull {
+        /// The OSD.
+        id: OsdId,
+        /// Full (true) or not (false).
+        full: bool,
+    },
     /// Changes an OSD's placement weight.
     SetOsdWeight {
         /// The OSD.
@@ -201,6 +208,7 @@ impl ClusterMap {
             }
             Change::SetOsdUp { id, up } => self.osd_mut(*id)?.up = *up,
             Change::SetOsdIn { id, is_in } => self.osd_mut(*id)?.is_in = *is_in,
+            Change::SetOsdFull { id, full } => self.osd_mut(*id)?.full = *full,
             Change::SetOsdWeight { id, weight } => self.osd_mut(*id)?.weight = *weight,
             Change::MoveOsd { id, parent } => {
                 if !self.buckets.contains_key(parent) {
@@ -268,6 +276,7 @@ mod tests {
             up: true,
             is_in: true,
             addr: None,
+            full: false,
         }
     }
 

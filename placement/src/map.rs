@@ -147,6 +147,10 @@ pub struct Osd {
     pub is_in: bool,
     /// Where it listens, once it has booted.
     pub addr: Option<String>,
+    /// Whether its disk is full (used past `mon_osd_full_ratio`): PGs it holds take no
+    /// writes that add data until it is not.
+    #[serde(default)]
+    pub full: bool,
 }
 
 /// A node of the placement hierarchy above the OSDs.

@@ -30,6 +30,19 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "seconds without a beacon after which the monitors mark an OSD down",
     },
     OptionSpec {
+        name: "mon_osd_full_percent",
+        default: 95,
+        min: 1,
+        help:
+            "percent of an OSD's size used at which it is full: its PGs refuse writes that add data",
+    },
+    OptionSpec {
+        name: "mon_osd_nearfull_percent",
+        default: 85,
+        min: 1,
+        help: "percent of an OSD's size used at which health warns that it is nearly full",
+    },
+    OptionSpec {
         name: "mon_osd_min_down_reporters",
         default: 2,
         min: 1,

@@ -102,6 +102,13 @@ pub enum Command {
         /// The OSD.
         id: OsdId,
     },
+    /// Marks an OSD's disk full, or not full (the leader's fullness policy, from beacons).
+    OsdFull {
+        /// The OSD.
+        id: OsdId,
+        /// Full or not.
+        full: bool,
+    },
     /// Marks an OSD in.
     OsdIn {
         /// The OSD.

@@ -70,6 +70,29 @@ pub enum ObjectOp {
 }
 
 impl ObjectOp {
+    /// Whether a transaction of `ops` needs space a full OSD does not have: it writes data,
+    /// omap entries, xattrs or a new object and frees nothing. Transactions that remove
+    /// something (an S3 delete also records its garbage) still pass, so that space can be
+    /// freed, as Ceph lets deletes through a full cluster.
+    pub fn needs_space(ops: &[ObjectOp]) -> bool {
+        let grows = ops.iter().any(|op| match op {
+            ObjectOp::WriteFull(data) | ObjectOp::Append(data) => !data.is_empty(),
+            ObjectOp::Write { data, .. } => !data.is_empty(),
+            ObjectOp::Create { .. } | ObjectOp::SetXattr(..) | ObjectOp::OmapSet(_) => true,
+            _ => false,
+        });
+        let frees = ops.iter().any(|op| {
+            matches!(
+                op,
+                ObjectOp::Remove
+                    | ObjectOp::Truncate(_)
+                    | ObjectOp::RemoveXattr(_)
+                    | ObjectOp::OmapRemove(_)
+            )
+        });
+        grows && !frees
+    }
+
     /// Whether the step changes the object.
     pub fn is_write(&self) -> bool {
         !matches!(
@@ -129,6 +152,10 @@ pub enum OpError {
         /// Holders needed.
         min_size: usize,
     },
+    /// A holder's disk is full: writes of data are refused until space is freed (objects
+    /// removed) or OSDs are added.
+    #[error("no space left: {0} full; remove objects or add OSDs")]
+    Full(String),
     /// The request is malformed (a bad name, a range too large).
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -322,4 +349,48 @@ pub enum OsdResponse {
     Behind,
     /// The request failed on this OSD.
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_bytes::ByteBuf;
+
+    /// Rule: a full OSD refuses what adds data, entries or objects and frees nothing; removals
+    /// (with the garbage records an S3 delete adds beside them), reads and empty writes pass.
+    #[test]
+    fn what_needs_space() {
+        let bytes = |n: usize| Payload::from(vec![1u8; n]);
+        let entry = || vec![(ByteBuf::from(b"k".to_vec()), ByteBuf::from(b"v".to_vec()))];
+        let needs = [
+            vec![ObjectOp::WriteFull(bytes(10))],
+            vec![ObjectOp::Append(bytes(1))],
+            vec![ObjectOp::Write {
+                offset: 5,
+                data: bytes(3),
+            }],
+            vec![ObjectOp::Create { exclusive: true }],
+            vec![ObjectOp::OmapSet(entry())],
+            vec![
+                ObjectOp::AssertVersion(3),
+                ObjectOp::SetXattr("a".into(), vec![1]),
+            ],
+        ];
+        for ops in needs {
+            assert!(ObjectOp::needs_space(&ops), "{ops:?}");
+        }
+        let passes = [
+            vec![ObjectOp::Remove],
+            vec![ObjectOp::WriteFull(bytes(0))],
+            vec![ObjectOp::Read { offset: 0, len: 9 }],
+            vec![
+                ObjectOp::OmapRemove(vec![ByteBuf::from(b"k".to_vec())]),
+                ObjectOp::OmapSet(entry()),
+            ],
+            vec![ObjectOp::Truncate(0)],
+        ];
+        for ops in passes {
+            assert!(!ObjectOp::needs_space(&ops), "{ops:?}");
+        }
+    }
 }

@@ -9,26 +9,30 @@ use tidepool_tests::{free_port, project_dir, run, tidepool_ok, venv_bin, Daemon,
 
 /// Starts `tidepool up` with S3 on `port` and waits until it says it is up; the process and
 /// the S3 access and secret keys it printed.
-fn start(dir: &Path, port: u16, log: &Path) -> (Daemon, (String, String)) {
-    let (daemon, keys, _) = start_greeted(dir, port, log);
+fn start(dir: &Path, port: u16, log: &Path, extra: &[&str]) -> (Daemon, (String, String)) {
+    let (daemon, keys, _) = start_greeted(dir, port, log, extra);
     (daemon, keys)
 }
 
 /// [`start`], and the greeting it printed.
-fn start_greeted(dir: &Path, port: u16, log: &Path) -> (Daemon, (String, String), String) {
+fn start_greeted(
+    dir: &Path,
+    port: u16,
+    log: &Path,
+    extra: &[&str],
+) -> (Daemon, (String, String), String) {
     let port = port.to_string();
-    let daemon = Daemon::start(
-        &[
-            "up",
-            "--dir",
-            dir.to_str().expect("utf-8"),
-            "--osds",
-            "3",
-            "--s3-port",
-            &port,
-        ],
-        log,
-    );
+    let mut args = vec![
+        "up",
+        "--dir",
+        dir.to_str().expect("utf-8"),
+        "--osds",
+        "3",
+        "--s3-port",
+        &port,
+    ];
+    args.extend(extra);
+    let daemon = Daemon::start(&args, log);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -255,7 +259,7 @@ fn up_starts_stops_and_resumes() {
     let text = cluster.to_str().expect("utf-8").to_owned();
     let port = free_port();
     let up_log = dir.path().join("up-1.log");
-    let (mut up, keys, greeting) = start_greeted(&cluster, port, &up_log);
+    let (mut up, keys, greeting) = start_greeted(&cluster, port, &up_log, &[]);
     greeting_runs_as_printed(&greeting, &dir.path().join("home"));
     tidepool_ok(&cluster, &["bench", "data", "cleanup"]);
     a_second_up_points_at_the_first(&cluster, port);
@@ -310,7 +314,13 @@ fn up_starts_stops_and_resumes() {
         running(&cluster)
     );
 
-    let (mut up, keys_again) = start(&cluster, port, &dir.path().join("up-2.log"));
+    // The second run gives every OSD a small size, to fill it.
+    let (mut up, keys_again) = start(
+        &cluster,
+        port,
+        &dir.path().join("up-2.log"),
+        &["--osd-size", "192M"],
+    );
     assert_eq!(keys_again, keys, "the second run keeps the user");
     assert_eq!(osds_up(&text), 4, "the second run starts the added OSD too");
     let output = aws(port, &keys, &["s3", "cp", "s3://demo/hello.txt", "-"]);
@@ -329,6 +339,7 @@ fn up_starts_stops_and_resumes() {
     assert_eq!(get.stdout, b"hello from tidepool up");
     bench_writes_new_objects_reads_each_once_and_cleans_up(&cluster);
     logs_are_plain_and_named(&cluster);
+    a_full_cluster_refuses_writes_and_keeps_what_it_has(&cluster, port, &keys, dir.path());
     // However `up` dies, its daemons do not outlive it.
     up.kill();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -340,6 +351,86 @@ fn up_starts_stops_and_resumes() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Rule: OSDs of a given size count their data against it; once one is full (past
+/// `mon_osd_full_percent`), the next write is refused with a clear error (S3: 507
+/// `XTidepoolStorageFull`, which aws-cli shows), everything written before reads back exact,
+/// and deletes still pass.
+fn a_full_cluster_refuses_writes_and_keeps_what_it_has(
+    cluster: &Path,
+    port: u16,
+    keys: &(String, String),
+    scratch: &Path,
+) {
+    let df: Value = serde_json::from_str(&tidepool_ok(cluster, &["osd", "df", "--format", "json"]))
+        .expect("df JSON");
+    for row in df["osds"].as_array().expect("osds") {
+        assert_eq!(row["size_bytes"], 192 << 20, "{row}");
+    }
+    let object = |i: usize| -> Vec<u8> {
+        (0..16usize << 20)
+            .map(|b| (b.wrapping_mul(31) ^ i.wrapping_mul(7919)) as u8)
+            .collect()
+    };
+    let file = scratch.join("fill.bin");
+    let mut written = Vec::new();
+    let mut refusal = None;
+    for i in 0..40 {
+        std::fs::write(&file, object(i)).expect("file");
+        let target = format!("s3://demo/fill-{i}");
+        let output = aws(
+            port,
+            keys,
+            &["s3", "cp", file.to_str().expect("utf-8"), &target],
+        );
+        if output.status.success() {
+            written.push(i);
+        } else {
+            refusal = Some(String::from_utf8_lossy(&output.stderr).into_owned());
+            break;
+        }
+    }
+    let refusal = refusal.expect("40 × 16 MiB never fit in 4 OSDs of 192 MiB");
+    assert!(
+        refusal.contains("XTidepoolStorageFull") && refusal.contains("The cluster is full"),
+        "{refusal}"
+    );
+    assert!(written.len() >= 4, "filled too early: {written:?}");
+    // The next write too, however small.
+    std::fs::write(&file, b"small").expect("file");
+    let output = aws(
+        port,
+        keys,
+        &["s3", "cp", file.to_str().expect("utf-8"), "s3://demo/small"],
+    );
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("XTidepoolStorageFull"));
+    let status: Value =
+        serde_json::from_str(&tidepool_ok(cluster, &["status", "--format", "json"]))
+            .expect("status JSON");
+    assert!(
+        status["health"]["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .any(|c| c["code"] == "OSD_FULL"),
+        "{status}"
+    );
+    for i in &written {
+        let output = aws(
+            port,
+            keys,
+            &["s3", "cp", &format!("s3://demo/fill-{i}"), "-"],
+        );
+        assert!(output.stdout == object(*i), "fill-{i} reads back exact");
+    }
+    let output = aws(port, keys, &["s3", "rm", "s3://demo/fill-0"]);
+    assert!(
+        output.status.success(),
+        "a delete passes: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// `tidepool bench`, as `rados bench` works: every write creates new objects (it never

@@ -386,6 +386,8 @@ pub struct RocksStore {
     /// The commit thread's queue (`None` once dropped, which ends the thread).
     commits: Option<mpsc::Sender<Pending>>,
     committer: Option<std::thread::JoinHandle<()>>,
+    /// Its size, when it has one (as BlueStore on a file of fixed size); else the disk's.
+    capacity: Option<u64>,
 }
 
 type StripeLock = parking_lot::RwLock<()>;
@@ -501,7 +503,15 @@ impl RocksStore {
             stripes: (0..STRIPES).map(|_| Arc::default()).collect(),
             commits: Some(commits),
             committer: Some(committer),
+            capacity: None,
         })
+    }
+
+    /// Gives the store a size: its usage counts its block file's data and its RocksDB files
+    /// against it, rather than the free space of the whole disk.
+    pub fn with_capacity(mut self, bytes: Option<u64>) -> RocksStore {
+        self.capacity = bytes;
+        self
     }
 
     /// The block file's size and how many of its bytes are free.
@@ -1234,13 +1244,27 @@ impl ObjectStore for RocksStore {
     fn usage(&self) -> Result<StoreUsage, StoreError> {
         let stat = rustix::fs::statvfs(&self.dir).map_err(kv_failed)?;
         // Free space inside the block file is available too.
-        let (_, free) = self.shared.block.space();
+        let (size, free) = self.shared.block.space();
+        let disk_available = stat
+            .f_bavail
+            .saturating_mul(stat.f_frsize)
+            .saturating_add(free);
+        let (total_bytes, available_bytes) = match self.capacity {
+            None => (stat.f_blocks.saturating_mul(stat.f_frsize), disk_available),
+            Some(capacity) => {
+                let metadata: u64 = std::fs::read_dir(self.dir.join("db"))
+                    .map_err(kv_failed)?
+                    .flatten()
+                    .filter_map(|entry| entry.metadata().ok())
+                    .map(|m| m.len())
+                    .sum();
+                let used = (size - free).saturating_add(metadata);
+                (capacity, capacity.saturating_sub(used).min(disk_available))
+            }
+        };
         Ok(StoreUsage {
-            total_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
-            available_bytes: stat
-                .f_bavail
-                .saturating_mul(stat.f_frsize)
-                .saturating_add(free),
+            total_bytes,
+            available_bytes,
             stored_bytes: self
                 .shared
                 .lock_collections()
@@ -1315,6 +1339,52 @@ mod omap_flag_tests {
             .iter()
             .filter(|op| matches!(op, KvOp::DeleteRange(..)))
             .count()
+    }
+
+    /// Rule: a store with a size reports that size, and its data and RocksDB files count
+    /// against it; removing the data gives the space back.
+    #[test]
+    fn a_sized_store_counts_its_data_against_its_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = 256 << 20;
+        let store = RocksStore::open(dir.path())
+            .expect("open")
+            .with_capacity(Some(size));
+        let empty = store.usage().expect("usage");
+        assert_eq!(empty.total_bytes, size);
+        assert!(empty.available_bytes < size, "RocksDB's files count");
+        assert!(empty.available_bytes > size - (1 << 20), "{empty:?}");
+        store
+            .apply(&Transaction {
+                ops: vec![
+                    Op::CreateCollection(COLL),
+                    Op::WriteFull {
+                        coll: COLL,
+                        name: "big".into(),
+                        data: vec![7u8; 8 << 20].into(),
+                        sums: None,
+                    },
+                ],
+            })
+            .expect("write");
+        let written = store.usage().expect("usage");
+        assert!(
+            written.available_bytes <= empty.available_bytes - (8 << 20),
+            "{empty:?} then {written:?}"
+        );
+        store
+            .apply(&Transaction {
+                ops: vec![Op::Remove {
+                    coll: COLL,
+                    name: "big".into(),
+                }],
+            })
+            .expect("remove");
+        let removed = store.usage().expect("usage");
+        assert!(
+            removed.available_bytes > written.available_bytes + (7 << 20),
+            "{written:?} then {removed:?}"
+        );
     }
 
     /// Rule: removing or clearing an object that never had omap entries deletes no key range;
