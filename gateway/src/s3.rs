@@ -203,9 +203,13 @@ fn hex_decode(text: &str) -> S3Result<String> {
     if !text.len().is_multiple_of(2) {
         return Err(bad());
     }
-    let bytes = (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| bad()))
+    // By bytes, not by string slices: a client's token may hold any UTF-8, and a slice
+    // through the middle of a character panics.
+    let digit = |b: u8| char::from(b).to_digit(16).ok_or_else(bad);
+    let bytes = text
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| Ok(((digit(pair[0])? << 4) | digit(pair[1])?) as u8))
         .collect::<S3Result<Vec<u8>>>()?;
     String::from_utf8(bytes).map_err(|_| bad())
 }
@@ -1228,6 +1232,34 @@ mod tests {
         assert_eq!(url_encode("a b+c/d%é"), "a%20b%2Bc/d%25%C3%A9");
         assert_eq!(hex_decode(&hex_encode("x/y z")).unwrap(), "x/y z");
         assert!(hex_decode("zz").is_err());
+    }
+
+    /// Regression: a continuation token with a multi-byte character at an odd offset made
+    /// `hex_decode` slice through the character and panic (found by `parsers_never_panic`).
+    #[test]
+    fn a_token_with_a_wide_character_is_refused() {
+        assert!(hex_decode("aéb").is_err());
+        assert!(hex_decode("éé").is_err());
+    }
+
+    proptest::proptest! {
+        /// Fuzz target: what the gateway parses itself from a request (continuation tokens,
+        /// base64 checksums, copy ranges) answers with a value or an error for any text.
+        #[test]
+        fn parsers_never_panic(text in ".{0,40}", hexish in "[0-9a-fA-Fé]{0,12}", size in proptest::prelude::any::<u64>()) {
+            let _ = hex_decode(&text);
+            let _ = hex_decode(&hexish);
+            let _ = base64_decode(&text);
+            let _ = url_encode(&text);
+            if let Ok(range) = copy_range(&text, size) {
+                proptest::prop_assert!(range.start < range.end && range.end <= size);
+            }
+            let spec = format!("bytes={text}");
+            if let Ok(range) = copy_range(&spec, size) {
+                proptest::prop_assert!(range.start < range.end && range.end <= size);
+            }
+            proptest::prop_assert_eq!(hex_decode(&hex_encode(&text)).ok(), Some(text.clone()));
+        }
     }
 
     #[test]
