@@ -4,7 +4,10 @@
 Content-Length. Prints one JSON line: the HTTP status and the S3 error code, if any.
 
 usage: raw_requests.py ENDPOINT ACCESS_KEY SECRET_KEY BUCKET KEY CASE
-CASE: signed-chunks | tampered-chunk | unsigned-trailer | wrong-trailer | short-body
+CASE: signed-chunks | tampered-chunk | unsigned-trailer | wrong-trailer | short-body |
+      damaged-SEED (200 requests: valid signed and trailer uploads and XML bodies, each with
+      random damage to its body or headers; prints the statuses seen, the requests answered
+      by a dropped connection, and which valid body the object holds after all of them)
 """
 
 import base64
@@ -14,6 +17,7 @@ import hmac
 import http.client
 import json
 import os
+import random
 import re
 import sys
 import urllib.parse
@@ -43,6 +47,121 @@ def chunked_body(chunks, key, scope, amz_date, seed, tamper):
     return out
 
 
+def damage(data, rng):
+    """`data` with one to four random edits: bytes flipped, set, inserted or removed, a cut,
+    or four bytes of 0xff (a length claiming the most it can)."""
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(len(data)) if data else 0
+        kind = rng.randrange(6)
+        if not data:
+            data.append(rng.randrange(256))
+        elif kind == 0:
+            data[at] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            data[at] = rng.randrange(256)
+        elif kind == 2:
+            data.insert(at, rng.randrange(256))
+        elif kind == 3:
+            del data[at]
+        elif kind == 4:
+            del data[at:]
+        else:
+            data[at:at + 4] = b"\xff\xff\xff\xff"
+    return bytes(data)
+
+
+def damaged_requests(endpoint, access, secret, bucket, key, seed):
+    """Valid uploads and XML bodies with random damage; the object `key` never changes."""
+    url = urllib.parse.urlparse(endpoint)
+    host = url.netloc
+    path = f"/{bucket}/{key}"
+    rng = random.Random(seed)
+    statuses = {}
+    dropped = []
+    for i in range(200):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        form = i % 4
+        query = ""
+        method = "PUT"
+        if form == 0:
+            chunks = [bytes([65 + j]) * 9000 for j in range(3)]
+            headers = {
+                "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+                "x-amz-decoded-content-length": str(sum(len(c) for c in chunks)),
+                "content-encoding": "aws-chunked",
+            }
+            signing, scope, amz_date, seed_sig = sign_headers("PUT", host, path, headers, secret, access, now)
+            body = chunked_body(chunks, signing, scope, amz_date, seed_sig, False)
+        elif form == 1:
+            data = b"trailing checksums " * 700
+            crc = zlib.crc32(data).to_bytes(4, "big")
+            headers = {
+                "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+                "x-amz-decoded-content-length": str(len(data)),
+                "content-encoding": "aws-chunked",
+                "x-amz-trailer": "x-amz-checksum-crc32",
+            }
+            sign_headers("PUT", host, path, headers, secret, access, now)
+            body = f"{len(data):x}\r\n".encode() + data + b"\r\n"
+            body += b"0\r\nx-amz-checksum-crc32:" + base64.b64encode(crc) + b"\r\n\r\n"
+        else:
+            # XML bodies the gateway reads: a multipart completion of an upload that does not
+            # exist, and a batch delete of keys that do not exist.
+            method = "POST"
+            if form == 2:
+                query = "uploadId=no-such-upload"
+                body = (b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber>"
+                        b"<ETag>\"0123\"</ETag></Part></CompleteMultipartUpload>")
+            else:
+                query = "delete="
+                body = (b"<Delete><Object><Key>absent-1</Key></Object>"
+                        b"<Object><Key>absent-2</Key></Object><Quiet>true</Quiet></Delete>")
+            headers = {
+                "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
+                "content-md5": base64.b64encode(hashlib.md5(body).digest()).decode(),
+            }
+            target = path if form == 2 else f"/{bucket}"
+            sign_headers("POST", host, target, headers, secret, access, now, query=query)
+        body = damage(body, rng)
+        if rng.randrange(4) == 0:
+            name = rng.choice(sorted(headers))
+            headers[name] = damage(headers[name].encode(), rng).decode("latin-1")
+        headers["content-length"] = str(len(body))
+        target = (path if form != 3 else f"/{bucket}") + (f"?{query}" if query else "")
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        try:
+            connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+            for name, value in headers.items():
+                connection.putheader(name, value.encode("latin-1"))
+            connection.endheaders(body)
+            response = connection.getresponse()
+            response.read()
+            statuses[response.status] = statuses.get(response.status, 0) + 1
+        except (http.client.HTTPException, ConnectionError, ValueError) as error:
+            dropped.append(f"{i}: {error}")
+        finally:
+            connection.close()
+    # The object as stored now, read with a plain signed GET.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    headers = {"x-amz-content-sha256": EMPTY_SHA256}
+    sign_headers("GET", host, path, headers, secret, access, now)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection.request("GET", path, headers=headers)
+    response = connection.getresponse()
+    stored = response.read()
+    valid = {
+        b"".join(bytes([65 + j]) * 9000 for j in range(3)): "signed",
+        b"trailing checksums " * 700: "trailer",
+    }
+    print(json.dumps({
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "dropped": dropped,
+        "get_status": response.status,
+        "stored": valid.get(stored, "other") if response.status == 200 else None,
+    }))
+
+
 def respond(connection):
     response = connection.getresponse()
     body = response.read().decode(errors="replace")
@@ -52,6 +171,9 @@ def respond(connection):
 
 def main():
     endpoint, access, secret, bucket, key, case = sys.argv[1:7]
+    if case.startswith("damaged-"):
+        damaged_requests(endpoint, access, secret, bucket, key, int(case.split("-")[1]))
+        return
     url = urllib.parse.urlparse(endpoint)
     host = url.netloc
     path = f"/{bucket}/{key}"
