@@ -174,16 +174,41 @@ fn version_2_encodings_decode() {
         acting: vec![OsdId(1), OsdId(4), OsdId(8)],
     };
     map.pg_active.insert(pg, activation.clone());
-    check_bytes("map-v2.bin", &encode(&map));
     let stored = std::fs::read(testdata("map-v2.bin")).expect("fixture");
+    assert_eq!(&stored[4..6], &2u16.to_le_bytes());
     assert_eq!(decode::<ClusterMap>(&stored).expect("decodes"), map);
 
     let incremental = Incremental {
         epoch: map.epoch.next(),
         changes: vec![Change::SetPgActive { pg, activation }],
     };
-    check_bytes("incremental-v2.bin", &encode(&incremental));
     let stored = std::fs::read(testdata("incremental-v2.bin")).expect("fixture");
+    assert_eq!(
+        decode::<Incremental>(&stored).expect("decodes"),
+        incremental
+    );
+}
+
+/// Rule: encodings written by version 3 (OSDs' `full` flag, and the change that sets it)
+/// decode to the same values; this build writes version 3.
+#[test]
+fn version_3_encodings_decode() {
+    let mut map = fixture_map();
+    map.osds.get_mut(&OsdId(5)).expect("osd.5").full = true;
+    check_bytes("map-v3.bin", &encode(&map));
+    let stored = std::fs::read(testdata("map-v3.bin")).expect("fixture");
+    assert_eq!(&stored[4..6], &3u16.to_le_bytes());
+    assert_eq!(decode::<ClusterMap>(&stored).expect("decodes"), map);
+
+    let incremental = Incremental {
+        epoch: map.epoch.next(),
+        changes: vec![Change::SetOsdFull {
+            id: OsdId(5),
+            full: false,
+        }],
+    };
+    check_bytes("incremental-v3.bin", &encode(&incremental));
+    let stored = std::fs::read(testdata("incremental-v3.bin")).expect("fixture");
     assert_eq!(
         decode::<Incremental>(&stored).expect("decodes"),
         incremental
