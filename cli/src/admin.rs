@@ -197,12 +197,13 @@ pub fn osd_dump(args: ClusterArgs) -> Result<()> {
                 }
                 for osd in map.osds.values() {
                     println!(
-                        "{} {} {} weight {} {}",
+                        "{} {} {} weight {} {}{}",
                         osd.id,
                         if osd.up { "up" } else { "down" },
                         if osd.is_in { "in" } else { "out" },
                         osd.weight,
-                        osd.addr.as_deref().unwrap_or("-")
+                        osd.addr.as_deref().unwrap_or("-"),
+                        if osd.full { " full" } else { "" }
                     );
                 }
             }

@@ -397,6 +397,20 @@ fn a_full_cluster_refuses_writes_and_keeps_what_it_has(
         "{refusal}"
     );
     assert!(written.len() >= 4, "filled too early: {written:?}");
+    // The first refusal may come from a primary that saw its own disk full; once the map
+    // marks it full, every write that needs space is refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let map: Value =
+            serde_json::from_str(&tidepool_ok(cluster, &["osd", "dump", "--format", "json"]))
+                .expect("map JSON");
+        let osds = map["osds"].as_object().expect("osds");
+        if osds.values().any(|osd| osd["full"] == true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no OSD marked full: {map}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The next write too, however small.
     std::fs::write(&file, b"small").expect("file");
     let output = aws(
