@@ -4,16 +4,23 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/tidepool-target
 CARGO ?= cargo
 DATA ?= tidepool-data
 
-.PHONY: up test deps build check bench bench-placement bench-transport
+.PHONY: up test fuzz deps build check bench bench-placement bench-transport
 
 ## Start Tidepool locally: 3 monitors and 4 OSDs under ./tidepool-data (created on the first run,
 ## resumed after), a pool `data`; Ctrl-C stops it.
 up: deps build
 	$(CARGO_TARGET_DIR)/release/tidepool up --dir $(DATA)
 
-## Run every test: format, lints, the pure crates without default features, then all tests.
+## Run every test: format, lints, the pure crates without default features, then all tests,
+## then the coverage-guided fuzz targets for 15 s each (when a nightly toolchain is here).
 test: deps check
 	$(CARGO) test --workspace --all-targets
+	scripts/fuzz.sh 15
+
+## Coverage-guided fuzzing for longer: make fuzz FUZZ_SECONDS=600
+FUZZ_SECONDS ?= 120
+fuzz: deps
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 deps:
 	@scripts/deps.sh

@@ -32,3 +32,9 @@ if [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/s3cmd ] || ! .venv/bin/python -c "
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q --upgrade awscli s3cmd awscrt jsonschema
 fi
+
+# cargo-fuzz for the coverage-guided targets (scripts/fuzz.sh), when a nightly toolchain is here.
+if cargo +nightly --version >/dev/null 2>&1 && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz"
+  cargo install -q --locked cargo-fuzz
+fi

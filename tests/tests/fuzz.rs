@@ -19,10 +19,11 @@ use tidepool_placement::generate::{self, Layout};
 use tidepool_placement::{
     BucketType, ClusterMap, Epoch, Incremental, OsdId, PgId, Placement, PoolKind, Scratch, Weight,
 };
-use tidepool_proto::frame::{decode_frame, encode_frame, FrameHeader, FrameKind};
+use tidepool_proto::frame::{decode_frame, encode_frame, Frame, FrameHeader, FrameKind};
 use tidepool_proto::mon::{Beacon, Command, MonRequest, MonResponse, OsdStat, PgStat, Request};
 use tidepool_proto::osd::{LogEntry, ObjectOp, ObjectRequest, OsdRequest, OsdResponse, PgInfo};
 use tidepool_proto::FRAME_HEADER_BYTES;
+use tidepool_tests::project_dir;
 
 /// The largest frame a daemon accepts in these tests.
 const LIMIT: u32 = 64 << 20;
@@ -73,9 +74,13 @@ fn damaged(mut bytes: Vec<u8>, edits: &[Damage]) -> Vec<u8> {
     bytes
 }
 
-/// The body and data section of `message` framed as a request.
-fn framed<T: serde::Serialize>(message: &T) -> (Vec<u8>, Vec<Bytes>) {
-    let frame = encode_frame(FrameKind::Request, message, LIMIT).expect("encodes");
+/// `message` framed as a request.
+fn framed<T: serde::Serialize>(message: &T) -> Frame {
+    encode_frame(FrameKind::Request, message, LIMIT).expect("encodes")
+}
+
+/// The body and data section of `frame`.
+fn parts(frame: Frame) -> (Vec<u8>, Vec<Bytes>) {
     (frame.head[FRAME_HEADER_BYTES..].to_vec(), frame.data)
 }
 
@@ -92,7 +97,7 @@ fn pg() -> PgId {
 }
 
 /// Valid messages of each kind that crosses the wire, as their framed bodies and data.
-fn osd_requests() -> Vec<(Vec<u8>, Vec<Bytes>)> {
+fn osd_requests() -> Vec<Frame> {
     let object = ObjectRequest {
         epoch: Epoch(7),
         pg: pg(),
@@ -137,7 +142,7 @@ fn osd_requests() -> Vec<(Vec<u8>, Vec<Bytes>)> {
     requests.iter().map(framed).collect()
 }
 
-fn mon_requests() -> Vec<(Vec<u8>, Vec<Bytes>)> {
+fn mon_requests() -> Vec<Frame> {
     let beacon = MonRequest::Beacon(Beacon {
         osd: OsdId(1),
         epoch: Epoch(3),
@@ -313,7 +318,7 @@ proptest! {
     /// Target: OSD messages from damaged valid ones, their data section cut or grown too.
     #[test]
     fn osd_messages_damaged(which in 0usize..3, edits in prop::collection::vec(damage(), 1..6), data_edits in prop::collection::vec(damage(), 0..3)) {
-        let (body, data) = osd_requests().swap_remove(which);
+        let (body, data) = parts(osd_requests().swap_remove(which));
         let data: Vec<Bytes> = data.into_iter().map(|d| Bytes::from(damaged(d.to_vec(), &data_edits))).collect();
         decodes_or_refuses::<tidepool_osd::daemon::PeerRequest>(&damaged(body, &edits), data);
     }
@@ -321,7 +326,7 @@ proptest! {
     /// Target: monitor requests and answers, from noise and from damaged valid ones.
     #[test]
     fn monitor_messages(which in 0usize..3, edits in prop::collection::vec(damage(), 1..6), noise in prop::collection::vec(any::<u8>(), 0..256)) {
-        let (body, _) = mon_requests().swap_remove(which);
+        let (body, _) = parts(mon_requests().swap_remove(which));
         decodes_or_refuses::<MonRequest>(&damaged(body, &edits), Vec::new());
         decodes_or_refuses::<MonRequest>(&noise, Vec::new());
         decodes_or_refuses::<MonResponse>(&noise, Vec::new());
@@ -380,5 +385,35 @@ proptest! {
                 let _ = store.stat(coll, name);
             }
         }
+    }
+}
+
+/// Rule: the seed inputs of the coverage-guided targets (`fuzz/seeds/TARGET/`, run by
+/// `scripts/fuzz.sh`) are valid encodings of this build: whole frames, message bodies, maps
+/// and incrementals. `TIDEPOOL_BLESS=1` rewrites them after a format change.
+#[test]
+fn seeds_of_the_coverage_guided_targets() {
+    let (map, next) = maps();
+    let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, frame) in osd_requests().into_iter().chain(mon_requests()).enumerate() {
+        seeds.push((format!("frames/message-{i}"), frame.to_vec()));
+        seeds.push((format!("messages/message-{i}"), parts(frame).0));
+    }
+    seeds.push(("maps/map".into(), encode(&map)));
+    seeds.push(("incrementals/add-osd".into(), encode(&next)));
+    let dir = project_dir().join("fuzz").join("seeds");
+    for (name, bytes) in seeds {
+        let path = dir.join(&name);
+        if std::env::var_os("TIDEPOOL_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().expect("a folder")).expect("seed folder");
+            std::fs::write(&path, &bytes).expect("write seed");
+        }
+        let stored = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (TIDEPOOL_BLESS=1 writes it)", path.display()));
+        assert!(
+            stored == bytes,
+            "{} is not what this build encodes",
+            path.display()
+        );
     }
 }
