@@ -11,6 +11,7 @@ use serde_json::Value;
 const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
     ("tidepool-placement", &[]),
     ("tidepool-proto", &["tidepool-placement"]),
+    ("tidepool-erasure", &[]),
     ("tidepool-messenger", &["tidepool-proto"]),
     ("tidepool-kv", &[]),
     (
@@ -70,6 +71,10 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
     (
         "tidepool-proto",
+        &["tokio", "quinn", "rustls", "librocksdb-sys", "axum", "mio"],
+    ),
+    (
+        "tidepool-erasure",
         &["tokio", "quinn", "rustls", "librocksdb-sys", "axum", "mio"],
     ),
     // Only kv links RocksDB (used by the monitor and OSD daemons); only the gateway links axum.

@@ -1,0 +1,330 @@
+//! Erasure coding for erasure pools, pure: the codec ([`Codec`], Reed–Solomon over GF(2⁸)) and
+//! the stripe layout ([`Layout`]): which stripes and chunks a range of an object touches, where
+//! they lie on each shard, and the shard writes that put new bytes anywhere in an object,
+//! re-encoding only the stripes they touch. See docs/erasure.md.
+//!
+//! An object is cut into stripes of `k × unit` bytes; stripe `s` keeps its data chunk `j` at
+//! offset `s × unit` of shard `j`, and its parity chunks at the same offset of shards
+//! `k..k+m`. Any `k` shards rebuild the rest.
+
+use std::ops::Range;
+
+use reed_solomon_erasure::galois_8::ReedSolomon;
+
+/// The codec's id, kept in a pool's profile: shards of another codec do not decode with this
+/// one.
+pub const CODEC_ID: &str = "rs-vandermonde-gf8";
+
+/// Most shards in a pool (`k + m`), as placement allows.
+pub const WIDTH_MAX: usize = 32;
+
+/// Why a profile or a decode was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ErasureError {
+    /// The numbers of an erasure profile make no sense.
+    #[error("invalid erasure profile: {0}")]
+    Profile(String),
+    /// Fewer than `k` shards of a stripe are at hand.
+    #[error("only {have} of the {need} shards needed are available")]
+    TooFewShards {
+        /// Shards at hand.
+        have: usize,
+        /// Shards needed (`k`).
+        need: usize,
+    },
+    /// The shards at hand disagree in length, or do not fit the layout.
+    #[error("shards do not fit the layout: {0}")]
+    Shape(String),
+}
+
+/// How an erasure pool cuts its objects: `k` data and `m` parity shards, `unit` bytes of each
+/// stripe on each shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    k: usize,
+    m: usize,
+    unit: usize,
+}
+
+impl Layout {
+    /// The layout of `k+m` with stripe unit `unit` bytes: `k ≥ 2`, `m ≥ 1`, `k + m ≤ 32`, and
+    /// a unit that is a positive multiple of 512 bytes up to 1 MiB.
+    pub fn new(k: usize, m: usize, unit: usize) -> Result<Layout, ErasureError> {
+        if k < 2 {
+            return Err(ErasureError::Profile(format!(
+                "k must be at least 2, not {k}"
+            )));
+        }
+        if m < 1 {
+            return Err(ErasureError::Profile("m must be at least 1".into()));
+        }
+        if k + m > WIDTH_MAX {
+            return Err(ErasureError::Profile(format!(
+                "k + m must be at most {WIDTH_MAX}, not {}",
+                k + m
+            )));
+        }
+        if unit == 0 || !unit.is_multiple_of(512) || unit > 1 << 20 {
+            return Err(ErasureError::Profile(format!(
+                "the stripe unit must be a multiple of 512 bytes up to 1 MiB, not {unit}"
+            )));
+        }
+        Ok(Layout { k, m, unit })
+    }
+
+    /// Data shards.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Parity shards.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Bytes of each stripe on each shard.
+    pub fn unit(&self) -> usize {
+        self.unit
+    }
+
+    /// Object bytes per stripe (`k × unit`).
+    pub fn stripe_width(&self) -> u64 {
+        (self.k * self.unit) as u64
+    }
+
+    /// Stripes an object of `size` bytes has.
+    pub fn stripes_of(&self, size: u64) -> u64 {
+        size.div_ceil(self.stripe_width())
+    }
+
+    /// The length of each shard of an object of `size` bytes.
+    pub fn shard_len(&self, size: u64) -> u64 {
+        self.stripes_of(size) * self.unit as u64
+    }
+
+    /// The stripes that bytes `range` of an object lie in (empty for an empty range).
+    pub fn stripes(&self, range: &Range<u64>) -> Range<u64> {
+        if range.is_empty() {
+            return 0..0;
+        }
+        let width = self.stripe_width();
+        range.start / width..(range.end - 1) / width + 1
+    }
+
+    /// The pieces of data chunks that bytes `range` of an object lie in, in object order.
+    pub fn extents(&self, range: &Range<u64>) -> Vec<Extent> {
+        let unit = self.unit as u64;
+        let mut out = Vec::new();
+        let mut at = range.start;
+        while at < range.end {
+            let chunk = at / unit;
+            let within = at % unit;
+            let len = (unit - within).min(range.end - at);
+            let stripe = chunk / self.k as u64;
+            out.push(Extent {
+                shard: (chunk % self.k as u64) as usize,
+                shard_offset: stripe * unit + within,
+                object_offset: at,
+                len,
+            });
+            at += len;
+        }
+        out
+    }
+
+    /// The stripes a write of `range` to an object of `size` bytes must read first: those it
+    /// covers only in part and that hold bytes of the object (at most the first and the last).
+    pub fn stripes_to_read(&self, size: u64, range: &Range<u64>) -> Vec<u64> {
+        let width = self.stripe_width();
+        self.stripes(range)
+            .filter(|&s| {
+                let bytes = s * width..(s + 1) * width;
+                let whole = range.start <= bytes.start && bytes.end <= range.end;
+                !whole && bytes.start < size
+            })
+            .collect()
+    }
+}
+
+/// A piece of one data chunk: `len` bytes at `shard_offset` of shard `shard`, which are the
+/// object's bytes at `object_offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// The data shard (`0..k`).
+    pub shard: usize,
+    /// Where on that shard.
+    pub shard_offset: u64,
+    /// Where in the object.
+    pub object_offset: u64,
+    /// How many bytes.
+    pub len: u64,
+}
+
+/// What one shard writes for an object write: `bytes` at `offset`, whole stripe units of the
+/// stripes the write touched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardWrite {
+    /// The shard's position (`0..k+m`).
+    pub shard: usize,
+    /// Where on the shard.
+    pub offset: u64,
+    /// The new bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// The Reed–Solomon codec of a layout.
+#[derive(Debug)]
+pub struct Codec {
+    layout: Layout,
+    rs: ReedSolomon,
+}
+
+impl Codec {
+    /// The codec of `layout`.
+    pub fn new(layout: Layout) -> Codec {
+        // The layout's checks (1 ≤ m, 2 ≤ k, k + m ≤ 32) are within what the codec takes.
+        let rs = ReedSolomon::new(layout.k, layout.m).expect("a checked layout");
+        Codec { layout, rs }
+    }
+
+    /// Its layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The `k + m` chunks of one stripe whose object bytes are `data` (at most a stripe,
+    /// zero-padded).
+    pub fn encode_stripe(&self, data: &[u8]) -> Vec<Vec<u8>> {
+        let unit = self.layout.unit;
+        let mut chunks: Vec<Vec<u8>> = (0..self.layout.k + self.layout.m)
+            .map(|j| {
+                let mut chunk = vec![0u8; unit];
+                if j < self.layout.k {
+                    let start = (j * unit).min(data.len());
+                    let end = ((j + 1) * unit).min(data.len());
+                    chunk[..end - start].copy_from_slice(&data[start..end]);
+                }
+                chunk
+            })
+            .collect();
+        self.rs
+            .encode(&mut chunks)
+            .expect("chunks of one length, as many as the codec has");
+        chunks
+    }
+
+    /// Every shard of an object whose bytes are `data`.
+    pub fn encode(&self, data: &[u8]) -> Vec<Vec<u8>> {
+        let width = self.layout.stripe_width() as usize;
+        let mut shards = vec![Vec::new(); self.layout.k + self.layout.m];
+        for stripe in data.chunks(width) {
+            for (shard, chunk) in shards.iter_mut().zip(self.encode_stripe(stripe)) {
+                shard.extend_from_slice(&chunk);
+            }
+        }
+        shards
+    }
+
+    /// Rebuilds the missing shards (`None`) in place from any `k` present ones, which must be
+    /// of one length, a whole number of stripe units.
+    pub fn reconstruct(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), ErasureError> {
+        let width = self.layout.k + self.layout.m;
+        if shards.len() != width {
+            return Err(ErasureError::Shape(format!(
+                "{} shards, not {width}",
+                shards.len()
+            )));
+        }
+        let have = shards.iter().filter(|s| s.is_some()).count();
+        if have < self.layout.k {
+            return Err(ErasureError::TooFewShards {
+                have,
+                need: self.layout.k,
+            });
+        }
+        let mut lengths = shards.iter().flatten().map(Vec::len);
+        let len = lengths.next().unwrap_or(0);
+        if lengths.any(|l| l != len) || !len.is_multiple_of(self.layout.unit) {
+            return Err(ErasureError::Shape(
+                "shards of different lengths, or not whole stripe units".into(),
+            ));
+        }
+        if len == 0 {
+            shards.iter_mut().for_each(|s| *s = Some(Vec::new()));
+            return Ok(());
+        }
+        self.rs
+            .reconstruct(shards)
+            .map_err(|e| ErasureError::Shape(e.to_string()))
+    }
+
+    /// The object of `size` bytes that the data shards hold.
+    pub fn join(&self, data_shards: &[Vec<u8>], size: u64) -> Result<Vec<u8>, ErasureError> {
+        let unit = self.layout.unit;
+        let need = self.layout.shard_len(size) as usize;
+        if data_shards.len() < self.layout.k || data_shards.iter().any(|s| s.len() < need) {
+            return Err(ErasureError::Shape(format!(
+                "an object of {size} bytes needs {} data shards of {need} bytes",
+                self.layout.k
+            )));
+        }
+        let mut out = Vec::with_capacity(need * self.layout.k);
+        for stripe in 0..need / unit {
+            for shard in &data_shards[..self.layout.k] {
+                out.extend_from_slice(&shard[stripe * unit..(stripe + 1) * unit]);
+            }
+        }
+        out.truncate(size as usize);
+        Ok(out)
+    }
+
+    /// The shard writes that put `data` at `offset` of an object of `size` bytes: the touched
+    /// stripes re-encoded whole, one contiguous write per shard. `old_stripe(s)` gives the
+    /// object bytes of stripe `s` as they are (asked only for [`Layout::stripes_to_read`]).
+    /// Returns the writes and the object's new size.
+    pub fn write<E>(
+        &self,
+        size: u64,
+        offset: u64,
+        data: &[u8],
+        mut old_stripe: impl FnMut(u64) -> Result<Vec<u8>, E>,
+    ) -> Result<(Vec<ShardWrite>, u64), E> {
+        let range = offset..offset + data.len() as u64;
+        let new_size = size.max(range.end);
+        let stripes = self.layout.stripes(&range);
+        let read = self.layout.stripes_to_read(size, &range);
+        let width = self.layout.stripe_width();
+        let unit = self.layout.unit as u64;
+        let mut writes: Vec<ShardWrite> = (0..self.layout.k + self.layout.m)
+            .map(|shard| ShardWrite {
+                shard,
+                offset: stripes.start * unit,
+                bytes: Vec::with_capacity(((stripes.end - stripes.start) * unit) as usize),
+            })
+            .collect();
+        for stripe in stripes {
+            let start = stripe * width;
+            let mut bytes = if read.contains(&stripe) {
+                let mut old = old_stripe(stripe)?;
+                old.resize(width as usize, 0);
+                old
+            } else {
+                vec![0u8; width as usize]
+            };
+            // The object's end: nothing past it, even where an old stripe had padding.
+            let end = (new_size - start).min(width) as usize;
+            bytes[end..].fill(0);
+            let from = range.start.max(start);
+            let to = range.end.min(start + width);
+            bytes[(from - start) as usize..(to - start) as usize]
+                .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
+            for (write, chunk) in writes.iter_mut().zip(self.encode_stripe(&bytes)) {
+                write.bytes.extend_from_slice(&chunk);
+            }
+        }
+        Ok((writes, new_size))
+    }
+}
+
+#[cfg(test)]
+mod tests;

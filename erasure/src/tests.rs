@@ -1,0 +1,164 @@
+use proptest::prelude::*;
+
+use super::*;
+
+/// A layout of small, varied shapes (units of 512 B keep the cases fast).
+fn layouts() -> impl Strategy<Value = Layout> {
+    (
+        2usize..9,
+        1usize..5,
+        prop_oneof![Just(512usize), Just(1024), Just(4096)],
+    )
+        .prop_map(|(k, m, unit)| Layout::new(k, m, unit).expect("valid"))
+}
+
+/// `shards` with the positions in `lost` (taken modulo the width, at most `m` of them) gone.
+fn lose(shards: &[Vec<u8>], lost: &[usize], m: usize) -> Vec<Option<Vec<u8>>> {
+    let mut kept: Vec<Option<Vec<u8>>> = shards.iter().cloned().map(Some).collect();
+    let width = shards.len();
+    for position in lost.iter().take(m) {
+        kept[position % width] = None;
+    }
+    kept
+}
+
+/// The object bytes of stripe `stripe` from shard images.
+fn stripe_of(codec: &Codec, shards: &[Vec<u8>], stripe: u64) -> Vec<u8> {
+    let unit = codec.layout().unit();
+    let at = stripe as usize * unit;
+    shards[..codec.layout().k()]
+        .iter()
+        .flat_map(|s| s.get(at..at + unit).unwrap_or(&[]).to_vec())
+        .collect()
+}
+
+proptest! {
+    /// Rule: any `k` of the `k + m` shards rebuild every byte, for any size (0 B, odd sizes,
+    /// sizes just off a stripe).
+    #[test]
+    fn any_k_shards_rebuild_every_byte(
+        layout in layouts(),
+        len in 0usize..40_000,
+        seed in any::<u8>(),
+        lost in prop::collection::vec(any::<usize>(), 0..5),
+    ) {
+        let codec = Codec::new(layout);
+        let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed | 1) ^ seed).collect();
+        let shards = codec.encode(&data);
+        prop_assert!(shards.iter().all(|s| s.len() as u64 == layout.shard_len(len as u64)));
+        let mut kept = lose(&shards, &lost, layout.m());
+        codec.reconstruct(&mut kept).expect("k shards are enough");
+        let rebuilt: Vec<Vec<u8>> = kept.into_iter().map(|s| s.expect("rebuilt")).collect();
+        prop_assert_eq!(&rebuilt, &shards);
+        prop_assert_eq!(codec.join(&rebuilt[..layout.k()], len as u64).expect("joins"), data);
+    }
+
+    /// Rule: writes at any offset (overwrites across stripe boundaries, appends, writes past
+    /// the end) leave shards equal to the encoding of the object as a plain byte array would
+    /// hold it, and any `k` of them rebuild it.
+    #[test]
+    fn writes_at_any_offset_keep_every_shard_exact(
+        layout in layouts(),
+        writes in prop::collection::vec((0u64..30_000, 0usize..9_000, any::<u8>()), 1..8),
+        lost in prop::collection::vec(any::<usize>(), 0..5),
+    ) {
+        let codec = Codec::new(layout);
+        let mut model: Vec<u8> = Vec::new();
+        let mut shards: Vec<Vec<u8>> = vec![Vec::new(); layout.k() + layout.m()];
+        for (offset, len, fill) in writes {
+            let data: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
+            let size = model.len() as u64;
+            let read = layout.stripes_to_read(size, &(offset..offset + len as u64));
+            prop_assert!(read.len() <= 2);
+            let (shard_writes, new_size) = codec
+                .write(size, offset, &data, |stripe| {
+                    assert!(read.contains(&stripe), "reads only what it said");
+                    Ok::<_, ()>(stripe_of(&codec, &shards, stripe))
+                })
+                .expect("no read fails");
+            for write in shard_writes {
+                let shard = &mut shards[write.shard];
+                let end = write.offset as usize + write.bytes.len();
+                if shard.len() < end {
+                    shard.resize(end, 0);
+                }
+                shard[write.offset as usize..end].copy_from_slice(&write.bytes);
+            }
+            let end = offset as usize + len;
+            if model.len() < end {
+                model.resize(end, 0);
+            }
+            model[offset as usize..end].copy_from_slice(&data);
+            prop_assert_eq!(new_size, model.len() as u64);
+        }
+        prop_assert_eq!(&shards, &codec.encode(&model));
+        let mut kept = lose(&shards, &lost, layout.m());
+        codec.reconstruct(&mut kept).expect("k shards are enough");
+        let rebuilt: Vec<Vec<u8>> = kept.into_iter().map(|s| s.expect("rebuilt")).collect();
+        prop_assert_eq!(codec.join(&rebuilt[..layout.k()], model.len() as u64).expect("joins"), model);
+    }
+
+    /// Rule: the extents of a range cover it exactly, in object order, each within one chunk,
+    /// and name where the encoding put those bytes.
+    #[test]
+    fn extents_name_where_each_byte_lies(
+        layout in layouts(),
+        len in 1usize..30_000,
+        start in 0u64..30_000,
+        span in 0u64..30_000,
+    ) {
+        let codec = Codec::new(layout);
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let shards = codec.encode(&data);
+        let start = start % len as u64;
+        let range = start..(start + span).min(len as u64);
+        let extents = layout.extents(&range);
+        let mut at = range.start;
+        for extent in &extents {
+            prop_assert_eq!(extent.object_offset, at);
+            prop_assert!(extent.len > 0 && extent.len <= layout.unit() as u64);
+            let on_shard = &shards[extent.shard]
+                [extent.shard_offset as usize..(extent.shard_offset + extent.len) as usize];
+            prop_assert_eq!(on_shard, &data[at as usize..(at + extent.len) as usize]);
+            at += extent.len;
+        }
+        prop_assert_eq!(at, range.end);
+        let stripes = layout.stripes(&range);
+        prop_assert!(extents.iter().all(|e| stripes.contains(&(e.shard_offset / layout.unit() as u64))));
+    }
+}
+
+/// Rule: profiles that make no sense are refused with the reason.
+#[test]
+fn nonsense_profiles_are_refused() {
+    for (k, m, unit) in [
+        (1, 1, 4096),
+        (4, 0, 4096),
+        (30, 3, 4096),
+        (4, 2, 0),
+        (4, 2, 1000),
+        (4, 2, 2 << 20),
+    ] {
+        assert!(
+            matches!(Layout::new(k, m, unit), Err(ErasureError::Profile(_))),
+            "{k}+{m} unit {unit}"
+        );
+    }
+    assert!(Layout::new(2, 1, 4096).is_ok());
+    assert!(Layout::new(28, 4, 4096).is_ok());
+}
+
+/// Rule: fewer than `k` shards are refused, not guessed from.
+#[test]
+fn fewer_than_k_shards_are_refused() {
+    let codec = Codec::new(Layout::new(4, 2, 512).expect("valid"));
+    let shards = codec.encode(&[7u8; 5000]);
+    let mut kept: Vec<Option<Vec<u8>>> = shards.into_iter().map(Some).collect();
+    kept[0] = None;
+    kept[2] = None;
+    kept[5] = None;
+    assert_eq!(
+        codec.reconstruct(&mut kept),
+        Err(ErasureError::TooFewShards { have: 3, need: 4 })
+    );
+}
