@@ -192,37 +192,30 @@ impl Codec {
         self.layout
     }
 
-    /// The `k + m` chunks of one stripe whose object bytes are `data` (at most a stripe,
-    /// zero-padded).
-    pub fn encode_stripe(&self, data: &[u8]) -> Vec<Vec<u8>> {
-        let unit = self.layout.unit;
-        let mut chunks: Vec<Vec<u8>> = (0..self.layout.k + self.layout.m)
-            .map(|j| {
-                let mut chunk = vec![0u8; unit];
-                if j < self.layout.k {
-                    let start = (j * unit).min(data.len());
-                    let end = ((j + 1) * unit).min(data.len());
-                    chunk[..end - start].copy_from_slice(&data[start..end]);
-                }
-                chunk
-            })
-            .collect();
-        self.rs
-            .encode(&mut chunks)
-            .expect("chunks of one length, as many as the codec has");
-        chunks
+    /// The `k + m` shard pieces of whole stripes whose object bytes are `data` (zero-padded
+    /// to whole stripes): data chunks are dealt out to their shards, then every parity byte is
+    /// computed in one pass over the shards. The code works byte position by byte position,
+    /// so coding the stripes side by side gives each stripe's own parity.
+    fn encode_stripes(&self, data: &[u8]) -> Vec<Vec<u8>> {
+        let (k, m, unit) = (self.layout.k, self.layout.m, self.layout.unit);
+        let stripes = (data.len() as u64).div_ceil(self.layout.stripe_width()) as usize;
+        let len = stripes * unit;
+        let mut shards: Vec<Vec<u8>> = (0..k + m).map(|_| vec![0u8; len]).collect();
+        for (i, chunk) in data.chunks(unit).enumerate() {
+            let (stripe, shard) = (i / k, i % k);
+            shards[shard][stripe * unit..stripe * unit + chunk.len()].copy_from_slice(chunk);
+        }
+        if len > 0 {
+            self.rs
+                .encode(&mut shards)
+                .expect("shards of one length, as many as the codec has");
+        }
+        shards
     }
 
     /// Every shard of an object whose bytes are `data`.
     pub fn encode(&self, data: &[u8]) -> Vec<Vec<u8>> {
-        let width = self.layout.stripe_width() as usize;
-        let mut shards = vec![Vec::new(); self.layout.k + self.layout.m];
-        for stripe in data.chunks(width) {
-            for (shard, chunk) in shards.iter_mut().zip(self.encode_stripe(stripe)) {
-                shard.extend_from_slice(&chunk);
-            }
-        }
-        shards
+        self.encode_stripes(data)
     }
 
     /// Rebuilds the missing shards (`None`) in place from any `k` present ones, which must be
@@ -295,33 +288,37 @@ impl Codec {
         let read = self.layout.stripes_to_read(size, &range);
         let width = self.layout.stripe_width();
         let unit = self.layout.unit as u64;
-        let mut writes: Vec<ShardWrite> = (0..self.layout.k + self.layout.m)
-            .map(|shard| ShardWrite {
-                shard,
-                offset: stripes.start * unit,
-                bytes: Vec::with_capacity(((stripes.end - stripes.start) * unit) as usize),
-            })
-            .collect();
-        for stripe in stripes {
+        // The touched stripes' new bytes, side by side, then coded in one pass.
+        let mut bytes = Vec::with_capacity(((stripes.end - stripes.start) * width) as usize);
+        for stripe in stripes.clone() {
             let start = stripe * width;
-            let mut bytes = if read.contains(&stripe) {
+            let at = bytes.len();
+            if read.contains(&stripe) {
                 let mut old = old_stripe(stripe)?;
                 old.resize(width as usize, 0);
-                old
+                bytes.extend_from_slice(&old);
             } else {
-                vec![0u8; width as usize]
-            };
+                bytes.resize(at + width as usize, 0);
+            }
+            let stripe_bytes = &mut bytes[at..];
             // The object's end: nothing past it, even where an old stripe had padding.
             let end = (new_size - start).min(width) as usize;
-            bytes[end..].fill(0);
+            stripe_bytes[end..].fill(0);
             let from = range.start.max(start);
             let to = range.end.min(start + width);
-            bytes[(from - start) as usize..(to - start) as usize]
+            stripe_bytes[(from - start) as usize..(to - start) as usize]
                 .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
-            for (write, chunk) in writes.iter_mut().zip(self.encode_stripe(&bytes)) {
-                write.bytes.extend_from_slice(&chunk);
-            }
         }
+        let writes = self
+            .encode_stripes(&bytes)
+            .into_iter()
+            .enumerate()
+            .map(|(shard, bytes)| ShardWrite {
+                shard,
+                offset: stripes.start * unit,
+                bytes,
+            })
+            .collect();
         Ok((writes, new_size))
     }
 }
