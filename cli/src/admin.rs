@@ -238,7 +238,7 @@ pub fn map_json(map: &ClusterMap) -> Result<serde_json::Value> {
 /// Pool changes.
 #[derive(Debug, Subcommand)]
 pub enum PoolChange {
-    /// Create a replicated pool.
+    /// Create a replicated pool, or with `--erasure K+M` an erasure-coded one.
     Create {
         /// Its name.
         name: String,
@@ -246,12 +246,18 @@ pub enum PoolChange {
         #[arg(long, default_value_t = 64)]
         pg_num: u32,
         /// Copies (replicated pool).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, conflicts_with = "erasure")]
         size: u8,
         /// Copies needed to accept writes (default: a majority of size).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "erasure")]
         min_size: Option<u8>,
-        /// No two copies share a bucket of this type.
+        /// Erasure-coded: K data and M parity shards, written K+M (writes need K+1 shards).
+        #[arg(long, value_parser = crate::simulate::parse_erasure)]
+        erasure: Option<(u8, u8)>,
+        /// An erasure pool's bytes per stripe on each shard (default 4096).
+        #[arg(long, requires = "erasure", value_parser = crate::daemons::parse_size)]
+        stripe_unit: Option<u64>,
+        /// No two copies (or shards) share a bucket of this type.
         #[arg(long, default_value = "host")]
         failure_domain: BucketType,
     },
@@ -390,12 +396,25 @@ impl From<PoolChange> for Command {
                 pg_num,
                 size,
                 min_size,
+                erasure,
+                stripe_unit,
                 failure_domain,
             } => Command::PoolCreate {
                 name,
-                kind: PoolKind::Replicated {
-                    size,
-                    min_size: min_size.unwrap_or(size - size / 2).max(1),
+                kind: match erasure {
+                    // A unit past u32 is refused by the map's checks as any unit over 1 MiB.
+                    Some((k, m)) => PoolKind::Erasure {
+                        k,
+                        m,
+                        stripe_unit: stripe_unit
+                            .map_or(tidepool_placement::STRIPE_UNIT_DEFAULT, |u| {
+                                u32::try_from(u).unwrap_or(u32::MAX)
+                            }),
+                    },
+                    None => PoolKind::Replicated {
+                        size,
+                        min_size: min_size.unwrap_or(size - size / 2).max(1),
+                    },
                 },
                 pg_num,
                 failure_domain,
@@ -447,12 +466,32 @@ pub fn pool_ls(args: ClusterArgs) -> Result<()> {
         let map: ClusterMap = args.client()?.map().await?;
         match args.format {
             OutputFormat::Json => {
-                let pools: Vec<_> = map.pools.values().collect();
+                let pools: Vec<_> = map
+                    .pools
+                    .values()
+                    .map(|pool| {
+                        let (raw, stored) = pool.kind.raw_ratio();
+                        let mut value = serde_json::to_value(pool)?;
+                        value["raw_per_stored"] = json!(f64::from(raw) / f64::from(stored));
+                        value["min_size"] = json!(pool.kind.min_size());
+                        anyhow::Ok(value)
+                    })
+                    .collect::<Result<_>>()?;
                 println!("{}", serde_json::to_string_pretty(&pools)?);
             }
             OutputFormat::Plain => {
                 for pool in map.pools.values() {
-                    println!("{} {}", pool.id.0, pool.name);
+                    let (raw, stored) = pool.kind.raw_ratio();
+                    println!(
+                        "{} {} {} min_size {} pg_num {} failure_domain {} raw/stored {:.2}",
+                        pool.id.0,
+                        pool.name,
+                        pool.kind,
+                        pool.kind.min_size(),
+                        pool.pg_num,
+                        pool.rule.failure_domain,
+                        f64::from(raw) / f64::from(stored)
+                    );
                 }
             }
         }

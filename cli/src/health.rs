@@ -151,7 +151,12 @@ pub struct OsdCounts {
 pub struct PoolLine {
     pub name: String,
     pub pg_num: u32,
+    /// OSDs per PG: copies, or `k + m` shards.
     pub size: usize,
+    /// `replicated size 3 min_size 2`, `erasure 4+2 stripe_unit 4096`.
+    pub profile: String,
+    /// Raw bytes per stored byte: the copies, or `(k + m) / k`.
+    pub raw_per_stored: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -460,10 +465,15 @@ pub fn status(snapshot: &Snapshot) -> Status {
         pools: map
             .pools
             .values()
-            .map(|p| PoolLine {
-                name: p.name.clone(),
-                pg_num: p.pg_num,
-                size: p.kind.width(),
+            .map(|p| {
+                let (raw, stored) = p.kind.raw_ratio();
+                PoolLine {
+                    name: p.name.clone(),
+                    pg_num: p.pg_num,
+                    size: p.kind.width(),
+                    profile: p.kind.to_string(),
+                    raw_per_stored: f64::from(raw) / f64::from(stored),
+                }
             })
             .collect(),
         data: Data {
@@ -583,6 +593,13 @@ pub fn render_status(s: &Status) -> String {
         s.pools.len(),
         s.pgs.total
     );
+    for pool in s.pools.iter().filter(|p| p.profile.starts_with("erasure")) {
+        let _ = writeln!(
+            out,
+            "             {}: {} (raw/stored {:.2})",
+            pool.name, pool.profile, pool.raw_per_stored
+        );
+    }
     let _ = writeln!(
         out,
         "    objects: {} objects, {}",

@@ -58,7 +58,7 @@ pub struct SimulateArgs {
     format: OutputFormat,
 }
 
-fn parse_erasure(text: &str) -> Result<(u8, u8), String> {
+pub(crate) fn parse_erasure(text: &str) -> Result<(u8, u8), String> {
     let parse = |s: &str| s.trim().parse::<u8>().map_err(|e| format!("{s:?}: {e}"));
     let (k, m) = text
         .split_once('+')
@@ -204,7 +204,7 @@ fn build(args: &SimulateArgs) -> Result<(ClusterMap, PoolId)> {
         return Ok((map.clone(), pool.id));
     }
     let kind = match (args.replicas, args.erasure) {
-        (_, Some((k, m))) => PoolKind::Erasure { k, m },
+        (_, Some((k, m))) => PoolKind::erasure(k, m),
         (replicas, None) => {
             let size = replicas.unwrap_or(3);
             PoolKind::Replicated {

@@ -20,7 +20,7 @@ pub fn base_map() -> ClusterMap {
                 min_size: 2,
             },
         ),
-        ("ec", PoolKind::Erasure { k: 2, m: 1 }),
+        ("ec", PoolKind::erasure(2, 1)),
     ] {
         let made = pool(&map, name, kind, 16, BucketType::Osd).expect("pool");
         map.pools.insert(made.id, made);

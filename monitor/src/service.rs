@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use tidepool_placement::generate::ROOT_NAME;
 use tidepool_placement::{
-    Bucket, BucketType, Change, ClusterMap, Incremental, Osd, OsdId, Placement, Pool, PoolId, Rule,
-    Scratch,
+    Bucket, BucketType, Change, ClusterMap, Incremental, Osd, OsdId, Placement, Pool, PoolId,
+    PoolKind, Rule, Scratch,
 };
 pub use tidepool_proto::mon::{Command, CommandError, Outcome, Request, User};
 
@@ -168,6 +168,23 @@ fn plan(
         } => {
             if map.pool_by_name(name).is_some() {
                 return Err(CommandError::Exists(format!("pool {name:?}")));
+            }
+            if let PoolKind::Erasure { k, m, .. } = kind {
+                // Each shard in a failure domain of its own, as placement will put them.
+                let domains: std::collections::BTreeSet<_> = map
+                    .osds
+                    .values()
+                    .filter(|o| o.is_in)
+                    .filter_map(|o| map.ancestor(o.id, *failure_domain))
+                    .collect();
+                let need = usize::from(*k) + usize::from(*m);
+                if domains.len() < need {
+                    return Err(CommandError::Invalid(format!(
+                        "erasure {k}+{m} puts its {need} shards in {need} different {}s, and the map has {} (in); add OSDs or choose a smaller profile or another failure domain",
+                        failure_domain.name(),
+                        domains.len()
+                    )));
+                }
             }
             let id: PoolId = map.next_pool_id();
             let pool = Pool {
@@ -499,6 +516,61 @@ mod tests {
     }
 
     /// Rule: a resent request gets its first answer and changes nothing again.
+    /// Rule: an erasure pool is created only when the map has a failure domain of the chosen
+    /// type for each of its `k + m` shards; otherwise the refusal says how many it needs and
+    /// has. A nonsensical profile is refused by the map's checks.
+    #[test]
+    fn erasure_pools_need_a_failure_domain_per_shard() {
+        let mut state = MapState::genesis();
+        let mut setup = Vec::new();
+        for (n, host) in ["host0", "host0", "host1", "host1"].into_iter().enumerate() {
+            setup.push(request(
+                "s",
+                n as u64 + 1,
+                Command::OsdCreate {
+                    host: host.into(),
+                    weight: Weight::ONE,
+                },
+            ));
+        }
+        state.apply_slot(&setup);
+        let ec = |name: &str, k, m, unit, domain| Command::PoolCreate {
+            name: name.into(),
+            kind: PoolKind::Erasure {
+                k,
+                m,
+                stripe_unit: unit,
+            },
+            pg_num: 8,
+            failure_domain: domain,
+        };
+        let answers = state
+            .apply_slot(&[
+                request("e", 1, ec("wide", 4, 2, 4096, BucketType::Osd)),
+                request("e", 2, ec("hosts", 2, 1, 4096, BucketType::Host)),
+                request("e", 3, ec("fits", 2, 1, 4096, BucketType::Osd)),
+                request("e", 4, ec("odd-unit", 2, 1, 1000, BucketType::Osd)),
+                request("e", 5, ec("k1", 1, 1, 4096, BucketType::Osd)),
+            ])
+            .1;
+        match &answers[0] {
+            Err(CommandError::Invalid(why)) => assert!(
+                why.contains("6 shards in 6 different osds, and the map has 4"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&answers[1], Err(CommandError::Invalid(why)) if why.contains("different hosts, and the map has 2"))
+        );
+        assert!(answers[2].is_ok(), "{:?}", answers[2]);
+        assert!(matches!(answers[3], Err(CommandError::Invalid(_))));
+        assert!(matches!(answers[4], Err(CommandError::Invalid(_))));
+        let fits = state.map.pool_by_name("fits").expect("created");
+        assert_eq!(fits.kind.min_size(), 3);
+        assert_eq!(fits.kind.raw_ratio(), (3, 2));
+    }
+
     #[test]
     fn resends_apply_once() {
         let mut state = MapState::genesis();

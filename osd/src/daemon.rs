@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use tidepool_client::MonClient;
 use tidepool_messenger::{Identity, Messenger, MessengerConfig, Peer, Service};
-use tidepool_placement::{
-    ClusterMap, Epoch, OsdId, PgActivation, PgId, Placement, PoolKind, Scratch,
-};
+use tidepool_placement::{ClusterMap, Epoch, OsdId, PgActivation, PgId, Placement, Scratch};
 use tidepool_proto::mon::{Beacon, Command, IoRates, MonMap, OsdStat, PgStat};
 use tidepool_proto::osd::{ObjectOp, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse};
 use tokio::sync::watch;
@@ -78,10 +76,7 @@ impl MapView {
     pub fn holders(&self, pg: PgId) -> Option<Holders> {
         let pool = self.map.pools.get(&pg.pool)?;
         let mapping = self.placement.map_pg(pg, &mut Scratch::default())?;
-        let min_size = match pool.kind {
-            PoolKind::Replicated { min_size, .. } => usize::from(min_size),
-            PoolKind::Erasure { k, .. } => usize::from(k),
-        };
+        let min_size = pool.kind.min_size();
         Some(Holders {
             up: mapping.up.into_iter().flatten().collect(),
             acting: mapping.acting.into_iter().flatten().collect(),
@@ -338,6 +333,18 @@ impl Osd {
         }
         if let Err(error) = pg::check_name(&request.name) {
             return OsdResponse::Object(Err(error));
+        }
+        if view
+            .map
+            .pools
+            .get(&request.pg.pool)
+            .is_some_and(|p| matches!(p.kind, tidepool_placement::PoolKind::Erasure { .. }))
+        {
+            // Never served as copies: the shard paths are being built (docs/erasure.md).
+            return OsdResponse::Object(Err(OpError::Invalid(
+                "erasure-coded pools take no objects yet in this version; use a replicated pool"
+                    .into(),
+            )));
         }
         if ObjectOp::needs_space(&request.ops) {
             // One full OSD stops the growth of every pool, as Ceph's full flag does: pools

@@ -48,11 +48,7 @@ fn mapping(c: &mut Criterion) {
             },
             true,
         ),
-        (
-            "erasure4+2_1000osd_50host",
-            PoolKind::Erasure { k: 4, m: 2 },
-            false,
-        ),
+        ("erasure4+2_1000osd_50host", PoolKind::erasure(4, 2), false),
     ];
     for (name, kind, weights_vary) in cases {
         let placement = placement(50, 20, kind, weights_vary);

@@ -20,15 +20,16 @@ pub trait Versioned: Serialize + DeserializeOwned {
 
 /// Version 2 added the record of each PG's last activation (`pg_active`, and the change that
 /// sets it); a version 1 map has none. Version 3 added each OSD's `full` flag (and the change
-/// that sets it); earlier maps have none full.
+/// that sets it); earlier maps have none full. Version 4 added an erasure pool's stripe unit;
+/// earlier erasure pools have the default, 4 KiB (none stored data before it).
 impl Versioned for ClusterMap {
     const MAGIC: [u8; 4] = *b"TPMP";
-    const VERSION: u16 = 3;
+    const VERSION: u16 = 4;
 }
 
 impl Versioned for Incremental {
     const MAGIC: [u8; 4] = *b"TPIN";
-    const VERSION: u16 = 3;
+    const VERSION: u16 = 4;
 }
 
 /// Why bytes did not decode.
@@ -75,9 +76,9 @@ pub fn decode<T: Versioned>(bytes: &[u8]) -> Result<T, DecodeError> {
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     match version {
-        // Versions 2 and 3 only added fields with defaults (and incremental changes), so
+        // Versions 2 to 4 only added fields with defaults (and incremental changes), so
         // earlier records decode as they are.
-        1..=3 => Ok(rmp_serde::from_slice(&bytes[6..])?),
+        1..=4 => Ok(rmp_serde::from_slice(&bytes[6..])?),
         found => Err(DecodeError::UnsupportedVersion {
             found,
             supported: T::VERSION,

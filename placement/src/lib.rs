@@ -22,7 +22,7 @@ mod select;
 pub use incremental::{ApplyError, Change, Incremental};
 pub use map::{
     limits, Ancestor, Bucket, BucketId, BucketType, ClusterMap, Epoch, MapError, Osd, OsdId,
-    PgActivation, PgId, Pool, PoolId, PoolKind, Rule, Tunables,
+    PgActivation, PgId, Pool, PoolId, PoolKind, Rule, Tunables, STRIPE_UNIT_DEFAULT,
 };
 pub use select::{PgMapping, Placement, Scratch};
 pub use weight::Weight;

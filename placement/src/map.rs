@@ -183,7 +183,17 @@ pub enum PoolKind {
         k: u8,
         /// Parity shards.
         m: u8,
+        /// Bytes of each stripe on each shard (a stripe holds `k` of them).
+        #[serde(default = "default_stripe_unit")]
+        stripe_unit: u32,
     },
+}
+
+/// The stripe unit of erasure pools unless given (Ceph's default too).
+pub const STRIPE_UNIT_DEFAULT: u32 = 4096;
+
+fn default_stripe_unit() -> u32 {
+    STRIPE_UNIT_DEFAULT
 }
 
 impl fmt::Display for PoolKind {
@@ -193,17 +203,47 @@ impl fmt::Display for PoolKind {
             PoolKind::Replicated { size, min_size } => {
                 write!(f, "replicated size {size} min_size {min_size}")
             }
-            PoolKind::Erasure { k, m } => write!(f, "erasure {k}+{m}"),
+            PoolKind::Erasure { k, m, stripe_unit } => {
+                write!(f, "erasure {k}+{m} stripe_unit {stripe_unit}")
+            }
         }
     }
 }
 
 impl PoolKind {
+    /// An erasure profile `k+m` with the default stripe unit.
+    pub const fn erasure(k: u8, m: u8) -> PoolKind {
+        PoolKind::Erasure {
+            k,
+            m,
+            stripe_unit: STRIPE_UNIT_DEFAULT,
+        }
+    }
+
     /// How many OSDs hold each placement group.
     pub const fn width(self) -> usize {
         match self {
             PoolKind::Replicated { size, .. } => size as usize,
-            PoolKind::Erasure { k, m } => k as usize + m as usize,
+            PoolKind::Erasure { k, m, .. } => k as usize + m as usize,
+        }
+    }
+
+    /// How many holders a placement group needs to take writes: `min_size` of a replicated
+    /// pool, `k + 1` of an erasure pool (as Ceph: one shard lost after an acknowledged write
+    /// still leaves `k` to rebuild it).
+    pub const fn min_size(self) -> usize {
+        match self {
+            PoolKind::Replicated { min_size, .. } => min_size as usize,
+            PoolKind::Erasure { k, .. } => k as usize + 1,
+        }
+    }
+
+    /// Raw bytes stored per byte of data, as a fraction (numerator, denominator): the
+    /// copies, or `(k + m) / k`.
+    pub const fn raw_ratio(self) -> (u32, u32) {
+        match self {
+            PoolKind::Replicated { size, .. } => (size as u32, 1),
+            PoolKind::Erasure { k, m, .. } => (k as u32 + m as u32, k as u32),
         }
     }
 }
@@ -581,9 +621,14 @@ fn validate_pool(pool: &Pool) -> Result<(), MapError> {
                 return Err(bad("replicated pools need 1 <= min_size <= size"));
             }
         }
-        PoolKind::Erasure { k, .. } => {
-            if k == 0 {
-                return Err(bad("erasure pools need k >= 1"));
+        PoolKind::Erasure { k, m, stripe_unit } => {
+            if k < 2 || m < 1 {
+                return Err(bad("erasure pools need k >= 2 and m >= 1"));
+            }
+            if stripe_unit == 0 || stripe_unit % 512 != 0 || stripe_unit > 1 << 20 {
+                return Err(bad(
+                    "an erasure pool's stripe unit is a multiple of 512 bytes up to 1 MiB",
+                ));
             }
         }
     }

@@ -118,7 +118,7 @@ proptest! {
     /// (almost) nothing else.
     #[test]
     fn erasure_positions_stay_put(hosts in 7u32..14, per_host in 1u32..4, k in 2u8..5, m in 1u8..3, victim in 0u32..40, by_host: bool) {
-        let (map, pool) = cluster(hosts, per_host, PoolKind::Erasure { k, m }, 2048, domain(by_host));
+        let (map, pool) = cluster(hosts, per_host, PoolKind::erasure(k, m), 2048, domain(by_host));
         let victim = OsdId(victim % (hosts * per_host));
         let after = changed(&map, vec![Change::SetOsdIn { id: victim, is_in: false }]);
         let moved = movement(&Placement::new(&map), &Placement::new(&after), pool);

@@ -196,7 +196,7 @@ fn maps() -> (ClusterMap, Incremental) {
                 min_size: 2,
             },
         ),
-        ("ec", PoolKind::Erasure { k: 2, m: 1 }),
+        ("ec", PoolKind::erasure(2, 1)),
     ] {
         let pool = generate::pool(&map, name, kind, 16, BucketType::Osd).expect("pool");
         map.pools.insert(pool.id, pool);

@@ -193,6 +193,47 @@ fn five_monitors_and_a_minority() {
         "{stderr}"
     );
 
+    // An erasure pool needs a failure domain per shard: refused while no OSD exists, made
+    // once three do, and listed with its profile.
+    let ec = [
+        "pool",
+        "create",
+        "ec",
+        "--erasure",
+        "2+1",
+        "--failure-domain",
+        "osd",
+        "--cluster",
+        dir_text,
+    ];
+    let output = run(&ec);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("erasure 2+1 puts its 3 shards in 3 different osds, and the map has 0"),
+        "{stderr}"
+    );
+    for _ in 0..3 {
+        let output = run(&["osd", "create", "--cluster", dir_text]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = run(&ec);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed = run(&["pool", "ls", "--cluster", dir_text]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(" ec erasure 2+1 stripe_unit 4096 min_size 3 pg_num 64 failure_domain osd raw/stored 1.50"),
+        "{listed}"
+    );
+
     monitors[1].kill();
     let started = Instant::now();
     let output = run(&["pool", "create", "refused", "--cluster", dir_text]);
