@@ -462,12 +462,13 @@ pub fn up(args: UpArgs) -> Result<()> {
     })?;
     let osds = osd_folders(&dir, args.osds);
     let workers = osd_workers(osds.len()).to_string();
-    let new_osds = osds.iter().filter(|f| folder_osd(f).is_none()).count() as u64;
+    let any_new = osds.iter().any(|f| folder_osd(f).is_none());
     let size = args.osd_size.or_else(|| {
         // An equal share of the free space for each OSD made now (as BlueStore on a file has
         // a fixed size), so that together they never claim more than the disk has.
-        let free = free_bytes(&dir)?;
-        (new_osds > 0).then(|| free / osds.len() as u64)
+        any_new
+            .then(|| free_bytes(&dir).map(|free| free / osds.len() as u64))
+            .flatten()
     });
     for folder in &osds {
         let name = folder_osd(folder).map_or_else(

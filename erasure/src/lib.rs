@@ -192,11 +192,11 @@ impl Codec {
         self.layout
     }
 
-    /// The `k + m` shard pieces of whole stripes whose object bytes are `data` (zero-padded
-    /// to whole stripes): data chunks are dealt out to their shards, then every parity byte is
-    /// computed in one pass over the shards. The code works byte position by byte position,
-    /// so coding the stripes side by side gives each stripe's own parity.
-    fn encode_stripes(&self, data: &[u8]) -> Vec<Vec<u8>> {
+    /// Every shard of an object, or of a run of whole stripes, whose bytes are `data`
+    /// (zero-padded to whole stripes): data chunks are dealt out to their shards, then every
+    /// parity byte is computed in one pass over the shards. The code works byte position by
+    /// byte position, so coding the stripes side by side gives each stripe's own parity.
+    pub fn encode(&self, data: &[u8]) -> Vec<Vec<u8>> {
         let (k, m, unit) = (self.layout.k, self.layout.m, self.layout.unit);
         let stripes = (data.len() as u64).div_ceil(self.layout.stripe_width()) as usize;
         let len = stripes * unit;
@@ -211,11 +211,6 @@ impl Codec {
                 .expect("shards of one length, as many as the codec has");
         }
         shards
-    }
-
-    /// Every shard of an object whose bytes are `data`.
-    pub fn encode(&self, data: &[u8]) -> Vec<Vec<u8>> {
-        self.encode_stripes(data)
     }
 
     /// Rebuilds the missing shards (`None`) in place from any `k` present ones, which must be
@@ -310,7 +305,7 @@ impl Codec {
                 .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
         }
         let writes = self
-            .encode_stripes(&bytes)
+            .encode(&bytes)
             .into_iter()
             .enumerate()
             .map(|(shard, bytes)| ShardWrite {

@@ -47,6 +47,39 @@ def chunked_body(chunks, key, scope, amz_date, seed, tamper):
     return out
 
 
+def signed_chunked_upload(chunks, host, path, access, secret, now, tamper=False):
+    """Headers and body of a PUT of `chunks` as a SigV4 signed aws-chunked body."""
+    headers = {
+        "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "x-amz-decoded-content-length": str(sum(len(c) for c in chunks)),
+        "content-encoding": "aws-chunked",
+    }
+    signing, scope, amz_date, seed = sign_headers("PUT", host, path, headers, secret, access, now)
+    return headers, chunked_body(chunks, signing, scope, amz_date, seed, tamper)
+
+
+def trailer_upload(data, host, path, access, secret, now, wrong=False):
+    """Headers and body of a PUT of `data` as aws-cli sends it over HTTPS by default: an
+    unsigned aws-chunked body (chunks of 64 KiB) whose CRC32 comes in a trailer after the
+    last chunk; with `wrong`, the CRC32 is not the data's."""
+    crc = zlib.crc32(data).to_bytes(4, "big")
+    if wrong:
+        crc = bytes(b ^ 0xFF for b in crc)
+    headers = {
+        "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "x-amz-decoded-content-length": str(len(data)),
+        "content-encoding": "aws-chunked",
+        "x-amz-trailer": "x-amz-checksum-crc32",
+    }
+    sign_headers("PUT", host, path, headers, secret, access, now)
+    body = b""
+    for start in range(0, len(data), 65536):
+        chunk = data[start:start + 65536]
+        body += f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    body += b"0\r\nx-amz-checksum-crc32:" + base64.b64encode(crc) + b"\r\n\r\n"
+    return headers, body
+
+
 def damage(data, rng):
     """`data` with one to four random edits: bytes flipped, set, inserted or removed, a cut,
     or four bytes of 0xff (a length claiming the most it can)."""
@@ -86,25 +119,9 @@ def damaged_requests(endpoint, access, secret, bucket, key, seed):
         method = "PUT"
         if form == 0:
             chunks = [bytes([65 + j]) * 9000 for j in range(3)]
-            headers = {
-                "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
-                "x-amz-decoded-content-length": str(sum(len(c) for c in chunks)),
-                "content-encoding": "aws-chunked",
-            }
-            signing, scope, amz_date, seed_sig = sign_headers("PUT", host, path, headers, secret, access, now)
-            body = chunked_body(chunks, signing, scope, amz_date, seed_sig, False)
+            headers, body = signed_chunked_upload(chunks, host, path, access, secret, now)
         elif form == 1:
-            data = b"trailing checksums " * 700
-            crc = zlib.crc32(data).to_bytes(4, "big")
-            headers = {
-                "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
-                "x-amz-decoded-content-length": str(len(data)),
-                "content-encoding": "aws-chunked",
-                "x-amz-trailer": "x-amz-checksum-crc32",
-            }
-            sign_headers("PUT", host, path, headers, secret, access, now)
-            body = f"{len(data):x}\r\n".encode() + data + b"\r\n"
-            body += b"0\r\nx-amz-checksum-crc32:" + base64.b64encode(crc) + b"\r\n\r\n"
+            headers, body = trailer_upload(b"trailing checksums " * 700, host, path, access, secret, now)
         else:
             # XML bodies the gateway reads: a multipart completion of an upload that does not
             # exist, and a batch delete of keys that do not exist.
@@ -179,38 +196,15 @@ def main():
     path = f"/{bucket}/{key}"
     now = datetime.datetime.now(datetime.timezone.utc)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    if case in ("signed-chunks", "tampered-chunk"):
-        chunks = [bytes([65 + i]) * 65536 for i in range(3)]
-        decoded = sum(len(c) for c in chunks)
-        headers = {
-            "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
-            "x-amz-decoded-content-length": str(decoded),
-            "content-encoding": "aws-chunked",
-        }
-        signing, scope, amz_date, seed = sign_headers("PUT", host, path, headers, secret, access, now)
-        body = chunked_body(chunks, signing, scope, amz_date, seed, case == "tampered-chunk")
-        headers["content-length"] = str(len(body))
-        connection.request("PUT", path, body=body, headers=headers)
-        respond(connection)
-    elif case in ("unsigned-trailer", "wrong-trailer"):
-        # What aws-cli and the SDKs send over HTTPS by default: an unsigned aws-chunked body
-        # whose CRC32 comes in a trailer after the last chunk.
-        data = b"trailing checksums " * 5000
-        crc = zlib.crc32(data).to_bytes(4, "big")
-        if case == "wrong-trailer":
-            crc = bytes(b ^ 0xFF for b in crc)
-        headers = {
-            "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
-            "x-amz-decoded-content-length": str(len(data)),
-            "content-encoding": "aws-chunked",
-            "x-amz-trailer": "x-amz-checksum-crc32",
-        }
-        sign_headers("PUT", host, path, headers, secret, access, now)
-        body = b""
-        for start in range(0, len(data), 65536):
-            chunk = data[start:start + 65536]
-            body += f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
-        body += b"0\r\nx-amz-checksum-crc32:" + base64.b64encode(crc) + b"\r\n\r\n"
+    if case in ("signed-chunks", "tampered-chunk", "unsigned-trailer", "wrong-trailer"):
+        if case in ("signed-chunks", "tampered-chunk"):
+            chunks = [bytes([65 + i]) * 65536 for i in range(3)]
+            headers, body = signed_chunked_upload(
+                chunks, host, path, access, secret, now, tamper=case == "tampered-chunk")
+        else:
+            headers, body = trailer_upload(
+                b"trailing checksums " * 5000, host, path, access, secret, now,
+                wrong=case == "wrong-trailer")
         headers["content-length"] = str(len(body))
         connection.request("PUT", path, body=body, headers=headers)
         respond(connection)
