@@ -114,7 +114,9 @@ class Cluster:
         elif name.startswith("osd."):
             n = name.split(".")[1]
             self.spawn(name, ["osd", "--data", os.path.join(self.dir, f"osd-{n}"),
-                              "--cluster", self.dir, "--workers", "1"])
+                              "--cluster", self.dir, "--workers", "1",
+                              # Fullness follows what the run wrote, not the machine's disk.
+                              "--size", "32G"])
         else:
             self.spawn(name, ["gateway", "--cluster", self.dir, "--bind",
                               f"127.0.0.1:{self.gateway_port}", "--gc-delay", "1",

@@ -6,6 +6,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// Builds the `tidepool` binary once per test process and returns its path.
+/// The size every test OSD reports (`tidepool osd --size`): fullness then follows what the
+/// test wrote, not how full the machine's disk is with everything else on it.
+pub const OSD_SIZE: &str = "32G";
+
 pub fn tidepool() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {

@@ -19,7 +19,7 @@ use tidepool_client::MonClient;
 use tidepool_placement::{ClusterMap, OsdId, Placement, Scratch};
 use tidepool_proto::mon::Report;
 use tidepool_proto::osd::ObjectOp;
-use tidepool_tests::{run, tidepool_ok, venv_bin};
+use tidepool_tests::{run, tidepool_ok, venv_bin, OSD_SIZE};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -141,7 +141,14 @@ fn grow_and_shrink_while_traffic_flows() {
     let workload = Workload::start(&runtime, client.clone(), (2000, 64 * KIB), 64 * KIB);
     workload.wait_acked(20);
     let data = path.join("osd-4");
-    let added = cluster.json(&["osd", "add", "--data", data.to_str().expect("utf-8")]);
+    let added = cluster.json(&[
+        "osd",
+        "add",
+        "--data",
+        data.to_str().expect("utf-8"),
+        "--size",
+        OSD_SIZE,
+    ]);
     let new_osd = Pid(added["pid"].as_u64().expect("pid") as u32);
     assert_eq!(added["osd"], 4);
     // While data moves: the outputs keep their schemas, and watch reports the change.

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tidepool_tests::{free_port, pattern, run, tidepool_ok, venv_bin, Daemon, TempDir};
+use tidepool_tests::{free_port, pattern, run, tidepool_ok, venv_bin, Daemon, TempDir, OSD_SIZE};
 
 const MIB: usize = 1 << 20;
 
@@ -41,6 +41,8 @@ impl S3Cluster {
                     data.to_str().expect("utf-8"),
                     "--cluster",
                     &text,
+                    "--size",
+                    OSD_SIZE,
                 ],
                 &path.join(format!("osd-{n}.log")),
             ));

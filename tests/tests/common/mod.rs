@@ -13,7 +13,7 @@ use serde_json::Value;
 use tidepool_client::{MonClient, ObjectClient, ObjectError};
 use tidepool_messenger::{Identity, Messenger, MessengerConfig};
 use tidepool_proto::osd::{ObjectOp, OpOutput};
-use tidepool_tests::{cluster_id, run, tidepool_ok, Daemon, TempDir};
+use tidepool_tests::{cluster_id, run, tidepool_ok, Daemon, TempDir, OSD_SIZE};
 
 pub const MIB: u64 = 1 << 20;
 
@@ -134,6 +134,8 @@ impl Cluster {
                 data.to_str().expect("utf-8"),
                 "--cluster",
                 path.to_str().expect("utf-8"),
+                "--size",
+                OSD_SIZE,
             ],
             &path.join(format!("osd-{n}.log")),
         )
