@@ -14,6 +14,7 @@
 //!   `recovery`, peering, log-based recovery, backfill behind `pg_temp`, stray removal.
 
 pub mod daemon;
+pub mod ec;
 pub mod fence;
 pub mod machine;
 pub mod peering;

@@ -162,6 +162,9 @@ pub enum OpError {
     /// The OSD's disk failed or holds corrupt data.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The pool does not support the operation (omap on an erasure-coded pool).
+    #[error("not supported: {0}")]
+    NotSupported(String),
 }
 
 /// A client's object transaction, sent to the PG's primary.
