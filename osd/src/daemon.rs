@@ -10,16 +10,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tidepool_client::MonClient;
+use tidepool_erasure::{Codec, Layout};
 use tidepool_messenger::{Identity, Messenger, MessengerConfig, Peer, Service};
-use tidepool_placement::{ClusterMap, Epoch, OsdId, PgActivation, PgId, Placement, Scratch};
+use tidepool_placement::{
+    ClusterMap, Epoch, OsdId, PgActivation, PgId, Placement, PoolId, PoolKind, Scratch,
+};
 use tidepool_proto::mon::{Beacon, Command, IoRates, MonMap, OsdStat, PgStat};
 use tidepool_proto::osd::{ObjectOp, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::ec::is_internal;
 use crate::fence::Fences;
 use crate::machine::WriteError;
-use crate::pg::{self, META};
+use crate::pg;
 use crate::recovery::Progress;
 use crate::shell::PgSlot;
 use crate::store::{ObjectStore, StoreError, Transaction};
@@ -64,12 +68,39 @@ pub struct MapView {
     pub map: ClusterMap,
     /// Its placement.
     pub placement: Placement,
+    /// The codec of each erasure pool.
+    codecs: HashMap<PoolId, Arc<Codec>>,
 }
 
 impl MapView {
     fn new(map: ClusterMap) -> MapView {
         let placement = Placement::new(&map);
-        MapView { map, placement }
+        let codecs = map
+            .pools
+            .values()
+            .filter_map(|pool| match pool.kind {
+                PoolKind::Erasure { k, m, stripe_unit } => {
+                    let layout = Layout::new(k.into(), m.into(), stripe_unit as usize).ok()?;
+                    Some((pool.id, Arc::new(Codec::new(layout))))
+                }
+                PoolKind::Replicated { .. } => None,
+            })
+            .collect();
+        MapView {
+            map,
+            placement,
+            codecs,
+        }
+    }
+
+    /// The codec of `pool`, when it is an erasure pool.
+    pub fn codec(&self, pool: PoolId) -> Option<Arc<Codec>> {
+        self.codecs.get(&pool).cloned()
+    }
+
+    /// Who serves each position of `pg` (erasure pools: a shard per position).
+    pub fn positions(&self, pg: PgId) -> Option<Vec<Option<OsdId>>> {
+        Some(self.placement.map_pg(pg, &mut Scratch::default())?.acting)
     }
 
     /// Who holds `pg` and who serves it (`None` for an unknown pool or PG).
@@ -218,6 +249,20 @@ pub(crate) struct Osd {
     full: Mutex<(Instant, bool)>,
 }
 
+/// The answer to a client's write, from its outcome and the outputs of its reads.
+pub(crate) fn written(result: Result<u64, WriteError>, outputs: Vec<OpOutput>) -> OsdResponse {
+    match result {
+        Ok(version) => OsdResponse::Object(Ok((version, outputs))),
+        Err(WriteError::Undersized { acting, min_size }) => {
+            OsdResponse::Object(Err(OpError::Undersized {
+                up: acting,
+                min_size,
+            }))
+        }
+        Err(WriteError::NotActive(reason)) => OsdResponse::Failed(reason),
+    }
+}
+
 pub(crate) fn storage_failed(error: StoreError) -> OsdResponse {
     OsdResponse::Failed(error.to_string())
 }
@@ -334,18 +379,6 @@ impl Osd {
         if let Err(error) = pg::check_name(&request.name) {
             return OsdResponse::Object(Err(error));
         }
-        if view
-            .map
-            .pools
-            .get(&request.pg.pool)
-            .is_some_and(|p| matches!(p.kind, tidepool_placement::PoolKind::Erasure { .. }))
-        {
-            // Never served as copies: the shard paths are being built (docs/erasure.md).
-            return OsdResponse::Object(Err(OpError::Invalid(
-                "erasure-coded pools take no objects yet in this version; use a replicated pool"
-                    .into(),
-            )));
-        }
         if ObjectOp::needs_space(&request.ops) {
             // One full OSD stops the growth of every pool, as Ceph's full flag does: pools
             // share the OSDs, and a write that still fits elsewhere now fails there soon.
@@ -381,6 +414,9 @@ impl Osd {
             Ok((true, _, Some(version))) => return OsdResponse::Object(Ok((version, Vec::new()))),
             Ok((true, _, None)) => {}
         }
+        if let Some(codec) = view.codec(pg.pool) {
+            return self.erasure_object(&view, &slot, codec, request).await;
+        }
         let coll = pg::collection(pg);
         // A plan that reads only the object's metadata (its onode, cached or in RocksDB's
         // caches) runs right here: handing the worker thread over, as `block_in_place` does,
@@ -396,10 +432,24 @@ impl Osd {
             Ok(planned) => planned,
             Err(error) => return OsdResponse::Object(Err(error)),
         };
+        self.count_client_op(&planned.outputs);
+        if planned.ops.is_empty() {
+            return self
+                .after_read(pg, &view, planned.version, planned.outputs)
+                .await;
+        }
+        let outputs = std::mem::take(&mut planned.outputs);
+        let result = self
+            .write(pg, &slot, request.name.clone(), planned, reqid)
+            .await;
+        written(result, outputs)
+    }
+
+    /// Counts a client operation and the bytes it read.
+    pub(crate) fn count_client_op(&self, outputs: &[OpOutput]) {
         self.io.ops.fetch_add(1, Ordering::Relaxed);
         self.io.client_op();
-        let read: usize = planned
-            .outputs
+        let read: usize = outputs
             .iter()
             .map(|o| match o {
                 OpOutput::Data(data) => data.len(),
@@ -407,34 +457,30 @@ impl Osd {
             })
             .sum();
         self.io.read_bytes.fetch_add(read as u64, Ordering::Relaxed);
-        if planned.ops.is_empty() {
-            // Read after planning: the bytes were current when the lease still held, since
-            // no newer primary serves before this primary's leases have run out.
-            let others: Vec<OsdId> = holders
-                .acting
-                .iter()
-                .copied()
-                .filter(|o| *o != self.id)
-                .collect();
-            if !self.fences.held_from_all(&others) || !self.serves(pg).await {
-                return OsdResponse::Failed(format!("PG {pg}: no read lease from its holders"));
-            }
-            return OsdResponse::Object(Ok((planned.version, planned.outputs)));
+    }
+
+    /// The answer to a read-only transaction, planned just now: given only while this primary
+    /// still holds its read lease from every other holder.
+    pub(crate) async fn after_read(
+        self: &Arc<Self>,
+        pg: PgId,
+        view: &MapView,
+        version: u64,
+        outputs: Vec<OpOutput>,
+    ) -> OsdResponse {
+        // Read after planning: the bytes were current when the lease still held, since no
+        // newer primary serves before this primary's leases have run out.
+        let others: Vec<OsdId> = view
+            .holders(pg)
+            .map(|h| h.acting)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| *o != self.id)
+            .collect();
+        if !self.fences.held_from_all(&others) || !self.serves(pg).await {
+            return OsdResponse::Failed(format!("PG {pg}: no read lease from its holders"));
         }
-        let outputs = std::mem::take(&mut planned.outputs);
-        match self
-            .write(pg, &slot, request.name.clone(), planned, reqid)
-            .await
-        {
-            Ok(version) => OsdResponse::Object(Ok((version, outputs))),
-            Err(WriteError::Undersized { acting, min_size }) => {
-                OsdResponse::Object(Err(OpError::Undersized {
-                    up: acting,
-                    min_size,
-                }))
-            }
-            Err(WriteError::NotActive(reason)) => OsdResponse::Failed(reason),
-        }
+        OsdResponse::Object(Ok((version, outputs)))
     }
 
     async fn handle(self: &Arc<Self>, request: PeerRequest) -> OsdResponse {
@@ -480,7 +526,7 @@ impl Osd {
                     Ok(names) => {
                         let done = names.len() < 1024;
                         OsdResponse::PgList {
-                            names: names.into_iter().filter(|n| n != META).collect(),
+                            names: names.into_iter().filter(|n| !is_internal(n)).collect(),
                             done,
                         }
                     }
@@ -490,6 +536,17 @@ impl Osd {
                     },
                     Err(error) => storage_failed(error),
                 }
+            }
+            OsdRequest::ShardRead {
+                pg,
+                name,
+                offset,
+                len,
+            } => self.shard_read(pg, &name, offset, len),
+            OsdRequest::PgRead { pg, .. } if self.view().codec(pg.pool).is_some() => {
+                OsdResponse::Failed(format!(
+                    "{pg} is of an erasure pool: its shards are rebuilt, not copied"
+                ))
             }
             OsdRequest::PgRead { pg, names } => {
                 let coll = pg::collection(pg);
@@ -668,7 +725,7 @@ pub(crate) fn list_all(
             return Ok(names);
         };
         after = Some(last);
-        names.extend(page.into_iter().filter(|n| n != META));
+        names.extend(page.into_iter().filter(|n| !is_internal(n)));
     }
 }
 

@@ -20,6 +20,7 @@ pub mod machine;
 pub mod peering;
 pub mod pg;
 mod recovery;
+mod shards;
 mod shell;
 pub mod store;
 pub mod throttle;

@@ -138,6 +138,8 @@ pub struct Planned {
     pub removed: bool,
     /// The object's version before the transaction.
     pub version: u64,
+    /// Erasure pools: each other holder's shard ops (`ops` are this OSD's shard's).
+    pub others: Vec<(tidepool_placement::OsdId, Vec<Op>)>,
 }
 
 /// Whether planning `step` may read much from the store: object data, or omap entries.

@@ -13,8 +13,9 @@ use tidepool_proto::osd::{LogEntry, ObjectState, OsdRequest, OsdResponse, PgInfo
 use tracing::{info, warn};
 
 use crate::daemon::{Holders, Osd};
+use crate::ec::is_internal;
 use crate::machine::{names_of, Answer};
-use crate::pg::{self, META};
+use crate::pg;
 use crate::shell::RECOVERY_BATCH;
 use crate::store::{Op, Transaction};
 
@@ -221,7 +222,7 @@ impl Osd {
                 .map_err(|e| e.to_string())?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.clone());
-                let names: Vec<String> = page.into_iter().filter(|n| n != META).collect();
+                let names: Vec<String> = page.into_iter().filter(|n| !is_internal(n)).collect();
                 self.read_objects(pg, &names)?
             };
             let count = objects.len() as u64;

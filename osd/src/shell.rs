@@ -51,6 +51,15 @@ struct Stash {
     writes: HashMap<Token, ClientWrite>,
     /// The transactions of this primary's changes in flight, by version, for the replicas.
     changes: HashMap<u64, Transaction>,
+    /// Erasure pools: each holder's own transaction of a change in flight, by version.
+    shard_changes: HashMap<(u64, OsdId), Transaction>,
+}
+
+impl Stash {
+    fn clear_changes(&mut self) {
+        self.changes.clear();
+        self.shard_changes.clear();
+    }
 }
 
 enum RequestData {
@@ -251,8 +260,11 @@ impl Osd {
                     origin,
                     record,
                 } => {
-                    let tx = self.record_tx(pg, slot, machine, origin, &record);
-                    match self.submit(tx).await {
+                    let submitted = match self.record_tx(pg, slot, machine, origin, &record) {
+                        Ok(tx) => self.submit(tx).await,
+                        Err(error) => Err(error),
+                    };
+                    match submitted {
                         Ok(commit) => {
                             let osd = self.clone();
                             let slot = slot.clone();
@@ -294,7 +306,7 @@ impl Osd {
                 Output::WantPgTemp(want) => self.want_pg_temp(pg, want),
                 Output::Written { token, result } => {
                     let write = slot.stash().writes.remove(&token);
-                    slot.stash().changes.clear();
+                    slot.stash().clear_changes();
                     if let Some(write) = write {
                         let _ = write.done.send(result);
                     }
@@ -320,9 +332,10 @@ impl Osd {
         machine: &PgMachine,
         origin: Origin,
         record: &Record,
-    ) -> Transaction {
+    ) -> Result<Transaction, StoreError> {
         let coll = pg::collection(pg);
         let before = machine.durable();
+        let erasure = self.view().codec(pg.pool).is_some();
         let mut ops = Vec::new();
         let fresh = match record {
             Record::Copy { reset, .. } => *reset || !before.present,
@@ -342,43 +355,71 @@ impl Osd {
             // The primary's own change: the planned operations, the version, the log entry
             // and summary; its replicas get the same transaction.
             (Record::Change { entry, info }, Origin::Write(token), _) => {
-                let Some(mut write) = slot.stash().writes.get_mut(&token).map(|w| {
-                    (
-                        std::mem::take(&mut w.planned.ops),
-                        w.planned.removed,
-                        w.name.clone(),
-                    )
-                }) else {
-                    return Transaction { ops };
+                let Some((own, removed, name, others)) =
+                    slot.stash().writes.get_mut(&token).map(|w| {
+                        (
+                            std::mem::take(&mut w.planned.ops),
+                            w.planned.removed,
+                            w.name.clone(),
+                            std::mem::take(&mut w.planned.others),
+                        )
+                    })
+                else {
+                    return Ok(Transaction { ops });
                 };
-                ops.append(&mut write.0);
-                if !write.1 {
-                    ops.push(Op::SetXattr {
-                        coll,
-                        name: write.2.clone(),
-                        key: VERSION_XATTR.into(),
-                        value: entry.version.to_le_bytes().to_vec(),
-                    });
-                }
                 let trim = (info.log_tail > before.info.log_tail)
                     .then(|| (before.info.log_tail + 1, info.log_tail));
-                ops.extend(pg::record(coll, std::slice::from_ref(entry), info, trim));
-                let mut tx = Transaction { ops };
-                let written = tx.written_bytes();
-                if written >= crate::store::BLOB_MIN_BYTES as u64 {
-                    tokio::task::block_in_place(|| tx.add_checksums());
-                }
-                self.io.write_bytes.fetch_add(written, Ordering::Relaxed);
-                // The replicas' copy shares the data buffers (see `tidepool_proto::Payload`).
+                // The object's ops, its version, the log entry and the summary.
+                let change = |mut ops: Vec<Op>| {
+                    if !removed {
+                        ops.push(Op::SetXattr {
+                            coll,
+                            name: name.clone(),
+                            key: VERSION_XATTR.into(),
+                            value: entry.version.to_le_bytes().to_vec(),
+                        });
+                    }
+                    ops.extend(pg::record(coll, std::slice::from_ref(entry), info, trim));
+                    let mut tx = Transaction { ops };
+                    if tx.written_bytes() >= crate::store::BLOB_MIN_BYTES as u64 {
+                        tokio::task::block_in_place(|| tx.add_checksums());
+                    }
+                    tx
+                };
+                let own = if erasure {
+                    self.with_rollback(coll, entry, before.info.last_update, own)?
+                } else {
+                    own
+                };
+                ops.extend(change(own).ops);
+                let tx = Transaction { ops };
+                self.io
+                    .write_bytes
+                    .fetch_add(tx.written_bytes(), Ordering::Relaxed);
                 let mut stash = slot.stash();
-                stash.changes.clear();
-                stash.changes.insert(entry.version, tx.clone());
-                tx
+                stash.clear_changes();
+                if erasure {
+                    // Each holder gets its own shard of the change.
+                    for (osd, ops) in others {
+                        stash
+                            .shard_changes
+                            .insert((entry.version, osd), change(ops));
+                    }
+                } else {
+                    // The replicas' copy shares the data buffers (see `tidepool_proto::Payload`).
+                    stash.changes.insert(entry.version, tx.clone());
+                }
+                Ok(tx)
             }
-            // A primary's change: its transaction as sent.
-            (Record::Change { .. }, _, Some(RequestData::Change(tx))) => {
-                ops.extend(tx.ops);
-                Transaction { ops }
+            // A primary's change: its transaction as sent, with this shard's rollback record
+            // first in an erasure pool.
+            (Record::Change { entry, .. }, _, Some(RequestData::Change(tx))) => {
+                if erasure {
+                    ops.extend(self.with_rollback(coll, entry, before.info.last_update, tx.ops)?);
+                } else {
+                    ops.extend(tx.ops);
+                }
+                Ok(Transaction { ops })
             }
             (Record::Copy { entries, info, .. }, _, data) => {
                 let objects = match data {
@@ -398,14 +439,35 @@ impl Osd {
                 if let Some(info) = info {
                     ops.extend(pg::record(coll, entries, info, None));
                 }
-                Transaction { ops }
+                Ok(Transaction { ops })
             }
             (Record::Info(info), _, _) => {
                 ops.extend(pg::record(coll, &[], info, None));
-                Transaction { ops }
+                Ok(Transaction { ops })
             }
-            (Record::Change { .. }, _, _) => Transaction { ops },
+            (Record::Change { .. }, _, _) => Ok(Transaction { ops }),
         }
+    }
+
+    /// An erasure pool's change `ops` on this shard, with the record that undoes it first
+    /// (and the record of the change before it dropped).
+    fn with_rollback(
+        &self,
+        coll: crate::store::CollectionId,
+        entry: &tidepool_proto::osd::LogEntry,
+        previous: u64,
+        ops: Vec<Op>,
+    ) -> Result<Vec<Op>, StoreError> {
+        tokio::task::block_in_place(|| {
+            crate::ec::with_rollback(
+                &*self.store,
+                coll,
+                &entry.name,
+                entry.version,
+                Some(previous),
+                ops,
+            )
+        })
     }
 
     /// Submits `tx` to the store, in order with what this PG submitted before: a small one
@@ -561,7 +623,14 @@ impl Osd {
             }
             Request::Log { after } => OsdRequest::PgLog { pg, after },
             Request::Change { epoch, entry, .. } => {
-                let transaction = slot.stash().changes.get(&entry.version).cloned()?;
+                let transaction = {
+                    let stash = slot.stash();
+                    stash
+                        .shard_changes
+                        .get(&(entry.version, to))
+                        .or_else(|| stash.changes.get(&entry.version))
+                        .cloned()?
+                };
                 OsdRequest::Replicate {
                     epoch,
                     pg,
@@ -639,6 +708,14 @@ impl Osd {
         .map_err(|e| e.to_string())
     }
 
+    /// Why objects of `pg` cannot be copied between its holders: an erasure pool's shards
+    /// differ per position, and are rebuilt from `k` others, not copied.
+    fn erasure_recovery(&self, pg: PgId) -> Option<String> {
+        self.view().codec(pg.pool).map(|_| {
+            format!("{pg}: erasure shards are rebuilt by decoding, which this version does not do yet; the PG waits")
+        })
+    }
+
     /// One recovery push, under the recovery throttles.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn push(
@@ -651,6 +728,11 @@ impl Osd {
         entries: Vec<tidepool_proto::osd::LogEntry>,
         info: Option<PgInfo>,
     ) -> Option<Answer> {
+        if reset || !objects.is_empty() {
+            if let Some(refused) = self.erasure_recovery(pg) {
+                return Some(Answer::Failed(refused));
+            }
+        }
         let count = objects.len() as u64;
         let bytes: u64 = objects
             .iter()
@@ -693,6 +775,11 @@ impl Osd {
         present: bool,
     ) -> Result<Record, String> {
         let coll = pg::collection(pg);
+        if !matches!(plan, Catchup::UpToDate) {
+            if let Some(refused) = self.erasure_recovery(pg) {
+                return Err(refused);
+            }
+        }
         tracing::info!(%pg, from = source.0, "recovering this primary's copy");
         let (names, entries, reset) = match plan {
             Catchup::UpToDate => (Vec::new(), Vec::new(), false),

@@ -228,6 +228,17 @@ pub struct ObjectState {
     pub omap: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
 }
 
+/// Bytes of one shard of an object of an erasure pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardBytes {
+    /// The object's PG version on this shard.
+    pub version: u64,
+    /// The shard's position in the acting set, as its metadata says.
+    pub position: Option<u64>,
+    /// The bytes read.
+    pub data: Payload,
+}
+
 /// Requests between clients and OSDs, and between OSDs.
 ///
 /// `T` is the store transaction a primary replicates: a type of the OSDs, which send it as a
@@ -279,6 +290,18 @@ pub enum OsdRequest<T = serde_bytes::ByteBuf> {
         pg: PgId,
         /// The objects.
         names: Vec<String>,
+    },
+    /// From the primary of an erasure pool's PG: `len` bytes at `offset` of this holder's
+    /// shard of object `name`.
+    ShardRead {
+        /// The PG.
+        pg: PgId,
+        /// The object.
+        name: String,
+        /// Where on the shard.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
     },
     /// From a primary: bring this holder up to date.
     PgPush {
@@ -348,6 +371,9 @@ pub enum OsdResponse {
     },
     /// Whole objects (`None` for those that do not exist).
     PgObjects(Vec<(String, Option<ObjectState>)>),
+    /// Bytes of a holder's shard of an object, with the object's version and the shard's
+    /// position as its metadata says (`None`: the holder has no such object).
+    Shard(Option<ShardBytes>),
     /// A holder is behind the entry it was sent (it missed earlier ones): recover it first.
     Behind,
     /// The request failed on this OSD.

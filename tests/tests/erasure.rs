@@ -1,0 +1,225 @@
+//! Erasure pools over real processes: a 2+1 and a 4+2 pool on six OSDs; objects of every
+//! awkward size written, read back whole and by ranges, overwritten at offsets; reads that
+//! decode while m OSDs are killed (-9), and a clear failure, never wrong bytes, with m+1.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{object_client, runtime, Cluster};
+use tidepool_client::{ObjectClient, ObjectError};
+use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
+use tidepool_tests::{pattern, tidepool_ok};
+
+/// Objects written, by name, with their bytes.
+type Objects = Vec<(String, Vec<u8>)>;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+/// Messages stay under the messenger's 64 MiB frame: larger objects move in pieces.
+const PIECE: usize = 16 * MIB;
+
+async fn read(client: &ObjectClient, pool: &str, name: &str, offset: u64, len: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let at = offset + out.len() as u64;
+        let want = (len - out.len() as u64).min(PIECE as u64);
+        let piece = try_read(client, pool, name, at, want)
+            .await
+            .unwrap_or_else(|e| panic!("read {pool}/{name}: {e}"));
+        let short = (piece.len() as u64) < want;
+        out.extend(piece);
+        if short || out.len() as u64 == len {
+            return out;
+        }
+    }
+}
+
+async fn try_read(
+    client: &ObjectClient,
+    pool: &str,
+    name: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, ObjectError> {
+    let (_, outputs) = client
+        .execute(pool, name, vec![ObjectOp::Read { offset, len }])
+        .await?;
+    match outputs.into_iter().next() {
+        Some(OpOutput::Data(data)) => Ok(data.into_vec()),
+        other => panic!("a read of {name} answered {other:?}"),
+    }
+}
+
+async fn write(client: &ObjectClient, pool: &str, name: &str, ops: Vec<ObjectOp>) {
+    client
+        .execute(pool, name, ops)
+        .await
+        .unwrap_or_else(|e| panic!("write {pool}/{name}: {e}"));
+}
+
+/// Every object of `objects` reads back exact, whole and by a few ranges.
+async fn check(client: &ObjectClient, pool: &str, objects: &Objects) {
+    for (name, data) in objects {
+        assert!(
+            read(client, pool, name, 0, u64::MAX).await == *data,
+            "{pool}/{name}: whole read differs"
+        );
+        let len = data.len() as u64;
+        for (offset, count) in [
+            (1, 5000),
+            (len / 3, len / 2 + 1),
+            (len.saturating_sub(7), 100),
+        ] {
+            let start = offset.min(len) as usize;
+            let end = (offset + count).min(len) as usize;
+            assert!(
+                read(client, pool, name, offset, count).await == data[start..end],
+                "{pool}/{name}: range {offset}+{count} differs"
+            );
+        }
+    }
+}
+
+/// Rule: erasure pools keep every byte: objects of 0 B to 64 MiB and overwrites at any offset
+/// read back exact, whole and by ranges, through the loss of m OSDs; with m+1 lost, reads
+/// fail with a clear message rather than return other bytes; with the OSDs back, all is exact.
+#[test]
+fn erasure_pools_read_back_exact_through_m_failures() {
+    let mut cluster = Cluster::start("erasure", 6, 8, &[("mon_osd_down_out_interval", "600")]);
+    let path = cluster.path().to_path_buf();
+    for (pool, profile) in [("ec21", "2+1"), ("ec42", "4+2")] {
+        tidepool_ok(
+            &path,
+            &[
+                "pool",
+                "create",
+                pool,
+                "--erasure",
+                profile,
+                "--pg-num",
+                "8",
+                "--failure-domain",
+                "osd",
+            ],
+        );
+    }
+    cluster.wait_clean(Duration::from_secs(90));
+    let runtime = runtime();
+    let mut client = runtime.block_on(object_client(&path));
+    client.deadline = Duration::from_secs(30);
+
+    let stripe = 4 * 4096;
+    let sizes = [
+        0,
+        1,
+        stripe - 1,
+        stripe + 1,
+        4 * MIB + 17,
+        64 * MIB,
+        2 * 4096 - 1,
+    ];
+    let mut pools: Vec<(&str, Objects)> = Vec::new();
+    runtime.block_on(async {
+        for pool in ["ec21", "ec42"] {
+            let mut objects = Vec::new();
+            for (i, size) in sizes.iter().enumerate() {
+                let name = format!("obj-{i}");
+                let data = pattern(i as u64 + 1, *size);
+                let mut pieces = data.chunks(PIECE);
+                let first = pieces.next().unwrap_or_default();
+                write(
+                    &client,
+                    pool,
+                    &name,
+                    vec![ObjectOp::WriteFull(first.to_vec().into())],
+                )
+                .await;
+                for piece in pieces {
+                    write(
+                        &client,
+                        pool,
+                        &name,
+                        vec![ObjectOp::Append(piece.to_vec().into())],
+                    )
+                    .await;
+                }
+                objects.push((name, data));
+            }
+            // Overwrites inside and across stripes, an append and a truncate.
+            let (_, data) = &mut objects[4];
+            for (offset, len) in [(10, 100), (stripe - 3, 2 * stripe + 5), (3 * MIB, 1)] {
+                let bytes = pattern(offset as u64 + 99, len);
+                data[offset..offset + len].copy_from_slice(&bytes);
+                write(
+                    &client,
+                    pool,
+                    "obj-4",
+                    vec![ObjectOp::Write {
+                        offset: offset as u64,
+                        data: bytes.into(),
+                    }],
+                )
+                .await;
+            }
+            let tail = pattern(7, 5000);
+            data.extend_from_slice(&tail);
+            write(&client, pool, "obj-4", vec![ObjectOp::Append(tail.into())]).await;
+            let (_, data) = &mut objects[3];
+            data.truncate(stripe / 2);
+            write(
+                &client,
+                pool,
+                "obj-3",
+                vec![ObjectOp::Truncate((stripe / 2) as u64)],
+            )
+            .await;
+            check(&client, pool, &objects).await;
+            // Omap stays on replicated pools.
+            let refused = client
+                .execute(pool, "obj-1", vec![ObjectOp::OmapGet(Vec::new())])
+                .await;
+            assert!(
+                matches!(refused, Err(ObjectError::Op(OpError::NotSupported(_)))),
+                "{refused:?}"
+            );
+            pools.push((pool, objects));
+        }
+    });
+
+    // m OSDs killed: every object still reads exact, by decoding.
+    let killed = [1usize, 4];
+    cluster.osds[killed[0]].take().expect("osd").kill();
+    cluster.wait_for(Duration::from_secs(60), "one OSD marked down", || {
+        cluster.osd_states().values().filter(|(up, _)| *up).count() == 5
+    });
+    runtime.block_on(check(&client, "ec21", &pools[0].1));
+    cluster.osds[killed[1]].take().expect("osd").kill();
+    cluster.wait_for(Duration::from_secs(60), "two OSDs marked down", || {
+        cluster.osd_states().values().filter(|(up, _)| *up).count() == 4
+    });
+    runtime.block_on(check(&client, "ec42", &pools[1].1));
+
+    // m+1 killed: a clear failure, never other bytes.
+    cluster.osds[2].take().expect("osd").kill();
+    cluster.wait_for(Duration::from_secs(60), "three OSDs marked down", || {
+        cluster.osd_states().values().filter(|(up, _)| *up).count() == 3
+    });
+    client.deadline = Duration::from_secs(8);
+    let failed = runtime.block_on(try_read(&client, "ec42", "obj-4", 0, u64::MAX));
+    match failed {
+        Err(error) => eprintln!("with m+1 OSDs down, a read fails: {error}"),
+        Ok(data) => panic!("a read with m+1 OSDs down answered {} bytes", data.len()),
+    }
+
+    // Back: every object exact again.
+    for n in [1, 2, 4] {
+        cluster.osds[n] = Some(cluster.start_osd(n));
+    }
+    cluster.wait_osds_up(6);
+    client.deadline = Duration::from_secs(60);
+    for (pool, objects) in &pools {
+        runtime.block_on(check(&client, pool, objects));
+    }
+}
