@@ -28,6 +28,7 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
         &[
             "tidepool-placement",
             "tidepool-proto",
+            "tidepool-erasure",
             "tidepool-messenger",
             "tidepool-kv",
             "tidepool-client",
