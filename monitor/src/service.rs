@@ -322,6 +322,7 @@ fn plan(
         }
         Command::PgTemp(entries) => {
             let mut changes = Vec::new();
+            let mut placement: Option<Placement> = None;
             for (pg, osds) in entries {
                 let pool = map
                     .pools
@@ -338,7 +339,20 @@ fn plan(
                         pool.kind.width()
                     )));
                 }
-                let wanted: Vec<Option<OsdId>> = osds.iter().map(|&o| Some(o)).collect();
+                let wanted: Vec<Option<OsdId>> = match pool.kind {
+                    // Positional: an erasure PG's shards differ per position, so each OSD
+                    // named keeps its place in the PG's placement, and a position whose OSD
+                    // is not named (it is backfilling) is left empty.
+                    PoolKind::Erasure { .. } if !osds.is_empty() => placement
+                        .get_or_insert_with(|| Placement::new(map))
+                        .map_pg(*pg, &mut Scratch::default())
+                        .map(|mapping| mapping.up)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|slot| slot.filter(|o| osds.contains(o)))
+                        .collect(),
+                    _ => osds.iter().map(|&o| Some(o)).collect(),
+                };
                 match (map.pg_temp.get(pg), osds.is_empty()) {
                     (None, true) => {}
                     (Some(_), true) => changes.push(Change::ClearPgTemp(*pg)),

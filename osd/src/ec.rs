@@ -72,6 +72,11 @@ impl Meta {
         }
     }
 
+    /// The logical size its xattrs record.
+    pub fn logical_size(&self) -> u64 {
+        u64_xattr(&self.xattrs, SIZE_XATTR)
+    }
+
     /// The position of the shard that holds this metadata, when it says.
     pub fn position(&self) -> Option<usize> {
         self.xattrs

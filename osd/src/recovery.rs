@@ -223,7 +223,7 @@ impl Osd {
                 let Some(last) = page.last() else { break };
                 after = Some(last.clone());
                 let names: Vec<String> = page.into_iter().filter(|n| !is_internal(n)).collect();
-                self.read_objects(pg, &names)?
+                self.objects_for(pg, target, &names).await?
             };
             let count = objects.len() as u64;
             self.backfill_push(target, pg, false, objects, Vec::new(), None)
@@ -246,7 +246,7 @@ impl Osd {
             .filter(|e| e.version > start)
             .cloned()
             .collect();
-        let objects = self.read_objects(pg, &names_of(&changed))?;
+        let objects = self.objects_for(pg, target, &names_of(&changed)).await?;
         self.backfill_push(target, pg, false, objects, copy.log, Some(copy.info))
             .await
     }

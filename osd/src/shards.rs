@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_bytes::ByteBuf;
 use tidepool_erasure::Codec;
 use tidepool_placement::{OsdId, PgId};
-use tidepool_proto::osd::{ObjectRequest, OsdRequest, OsdResponse, ShardBytes};
+use tidepool_proto::osd::{ObjectRequest, ObjectState, OsdRequest, OsdResponse, ShardBytes};
 
 use crate::daemon::{MapView, Osd};
 use crate::ec::{self, Meta};
@@ -117,16 +118,13 @@ impl Osd {
         }
         for (first, end) in runs {
             let (offset, len) = (first * unit, (end - first) * unit);
-            let read = |at: usize| self.read_shard(pg, positions, at, name, offset, len, old);
+            let version = old.version;
+            let read = |at: usize| self.read_shard(pg, positions, at, name, offset, len, version);
             let mut chunks: Vec<Option<Vec<u8>>> =
                 futures_util::future::join_all((0..k).map(read)).await;
             if chunks.iter().any(Option::is_none) {
                 // A degraded read: the parity shards too, then any k of them.
-                let parity = futures_util::future::join_all(
-                    (k..k + layout.m())
-                        .map(|at| self.read_shard(pg, positions, at, name, offset, len, old)),
-                )
-                .await;
+                let parity = futures_util::future::join_all((k..k + layout.m()).map(read)).await;
                 chunks.extend(parity);
                 let have = chunks.iter().flatten().count();
                 if have < k {
@@ -158,7 +156,7 @@ impl Osd {
     }
 
     /// `len` bytes at `offset` of the shard at position `at` (zero-padded to `len`), when its
-    /// holder answers with the object at `old`'s version and the right position.
+    /// holder answers with the object at `version` and the right position.
     #[allow(clippy::too_many_arguments)]
     async fn read_shard(
         &self,
@@ -168,7 +166,7 @@ impl Osd {
         name: &str,
         offset: u64,
         len: u64,
-        old: &Meta,
+        version: u64,
     ) -> Option<Vec<u8>> {
         let holder = positions.get(at).copied().flatten()?;
         let shard = if holder == self.id {
@@ -195,7 +193,7 @@ impl Osd {
                 }
             }
         }?;
-        if shard.version != old.version || shard.position != Some(at as u64) {
+        if shard.version != version || shard.position != Some(at as u64) {
             tracing::warn!(
                 %pg, name, osd = holder.0, version = shard.version, position = ?shard.position,
                 "a shard of another version or position; decoding without it"
@@ -210,6 +208,156 @@ impl Osd {
         Some(data)
     }
 
+    /// Objects `names` of `pg` as the holder `to` keeps them: whole copies from this OSD in a
+    /// replicated pool; in an erasure pool, the shard of `to`'s position, rebuilt from `k`
+    /// others at the version this OSD's shard has.
+    pub(crate) async fn objects_for(
+        &self,
+        pg: PgId,
+        to: OsdId,
+        names: &[String],
+    ) -> Result<Vec<(String, Option<ObjectState>)>, String> {
+        let view = self.view();
+        let Some(codec) = view.codec(pg.pool) else {
+            return self.read_objects(pg, names);
+        };
+        let mapping = view
+            .placement
+            .map_pg(pg, &mut tidepool_placement::Scratch::default())
+            .ok_or_else(|| format!("{pg}: no such PG"))?;
+        let positions = mapping.acting;
+        // A holder serves its position; a backfill target (an empty position of `pg_temp`)
+        // takes the position placement gives it.
+        let at = positions
+            .iter()
+            .position(|o| *o == Some(to))
+            .or_else(|| mapping.up.iter().position(|o| *o == Some(to)))
+            .ok_or_else(|| format!("{pg}: osd.{} holds no position of it", to.0))?;
+        let coll = pg::collection(pg);
+        let mut objects = Vec::with_capacity(names.len());
+        for name in names {
+            let meta = Meta::load(&*self.store, coll, name).map_err(|e| e.to_string())?;
+            if !meta.exists {
+                objects.push((name.clone(), None));
+                continue;
+            }
+            let data = self
+                .rebuild_shard(pg, &positions, &codec, name, meta.version, meta.size, at)
+                .await?;
+            objects.push((name.clone(), Some(shard_state(name, meta.xattrs, at, data))));
+        }
+        Ok(objects)
+    }
+
+    /// Objects `names` of `pg` for this OSD's own shard (at position `at`), as the holder
+    /// `source` has them: their metadata from `source`, their bytes rebuilt from `k` shards.
+    pub(crate) async fn own_shards_from(
+        &self,
+        pg: PgId,
+        source: OsdId,
+        names: &[String],
+    ) -> Result<Vec<(String, Option<ObjectState>)>, String> {
+        let view = self.view();
+        let (Some(codec), Some(positions)) = (view.codec(pg.pool), view.positions(pg)) else {
+            return Err(format!("{pg} is not a PG of an erasure pool"));
+        };
+        let at = positions
+            .iter()
+            .position(|o| *o == Some(self.id))
+            .ok_or_else(|| format!("{pg}: this OSD holds no position of it"))?;
+        let mut objects = Vec::with_capacity(names.len());
+        for name in names {
+            let request = OsdRequest::ShardRead {
+                pg,
+                name: name.clone(),
+                offset: 0,
+                len: 0,
+            };
+            let meta = match self
+                .call_while_up(source, &request, SHARD_READ_TIMEOUT)
+                .await
+            {
+                Some(OsdResponse::Shard(Some(shard))) => shard,
+                Some(OsdResponse::Shard(None)) => {
+                    objects.push((name.clone(), None));
+                    continue;
+                }
+                other => {
+                    return Err(format!(
+                        "osd.{} did not say what {name:?} is: {other:?}",
+                        source.0
+                    ))
+                }
+            };
+            let xattrs: BTreeMap<String, Vec<u8>> = meta
+                .xattrs
+                .into_iter()
+                .map(|(k, v)| (k, v.into_vec()))
+                .collect();
+            let size = Meta {
+                exists: true,
+                xattrs: xattrs.clone(),
+                ..Meta::default()
+            }
+            .logical_size();
+            let data = self
+                .rebuild_shard(pg, &positions, &codec, name, meta.version, size, at)
+                .await?;
+            objects.push((name.clone(), Some(shard_state(name, xattrs, at, data))));
+        }
+        Ok(objects)
+    }
+
+    /// The shard at position `at` of object `name` (at `version`, of `size` bytes), rebuilt
+    /// from `k` shards at other positions.
+    #[allow(clippy::too_many_arguments)]
+    async fn rebuild_shard(
+        &self,
+        pg: PgId,
+        positions: &[Option<OsdId>],
+        codec: &Codec,
+        name: &str,
+        version: u64,
+        size: u64,
+        at: usize,
+    ) -> Result<Vec<u8>, String> {
+        let layout = codec.layout();
+        let (k, n) = (layout.k(), layout.k() + layout.m());
+        let len = layout.shard_len(size);
+        let others: Vec<usize> = (0..n).filter(|p| *p != at).collect();
+        let read = |p: usize| self.read_shard(pg, positions, p, name, 0, len, version);
+        let mut chunks: Vec<Option<Vec<u8>>> = vec![None; n];
+        // k shards first; the others only when some of those fail.
+        let (first, rest) = others.split_at(k.min(others.len()));
+        for (p, chunk) in first
+            .iter()
+            .zip(futures_util::future::join_all(first.iter().copied().map(read)).await)
+        {
+            chunks[*p] = chunk;
+        }
+        if chunks.iter().flatten().count() < k {
+            for (p, chunk) in rest
+                .iter()
+                .zip(futures_util::future::join_all(rest.iter().copied().map(read)).await)
+            {
+                chunks[*p] = chunk;
+            }
+        }
+        let have = chunks.iter().flatten().count();
+        if have < k {
+            return Err(format!(
+                "{pg}: only {have} of the {k} shards needed to rebuild {name:?} (version {version}) answered"
+            ));
+        }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        codec
+            .reconstruct(&mut chunks)
+            .map_err(|e| format!("{pg}: rebuilding {name:?}: {e}"))?;
+        Ok(chunks[at].take().expect("rebuilt"))
+    }
+
     /// A holder's answer to [`OsdRequest::ShardRead`].
     pub(crate) fn shard_read(&self, pg: PgId, name: &str, offset: u64, len: u64) -> OsdResponse {
         let store = &*self.store;
@@ -217,6 +365,28 @@ impl Osd {
             Ok(shard) => OsdResponse::Shard(shard),
             Err(error) => crate::daemon::storage_failed(error),
         }
+    }
+}
+
+/// Object `name`'s shard at position `at`: `data`, and `xattrs` with that position.
+fn shard_state(
+    name: &str,
+    mut xattrs: BTreeMap<String, Vec<u8>>,
+    at: usize,
+    data: Vec<u8>,
+) -> ObjectState {
+    xattrs.insert(
+        ec::POSITION_XATTR.into(),
+        (at as u64).to_le_bytes().to_vec(),
+    );
+    ObjectState {
+        name: name.into(),
+        data: data.into(),
+        xattrs: xattrs
+            .into_iter()
+            .map(|(k, v)| (k, ByteBuf::from(v)))
+            .collect(),
+        omap: Vec::new(),
     }
 }
 
@@ -238,6 +408,11 @@ fn read_local_shard(
     Ok(Some(ShardBytes {
         version: meta.version,
         position: meta.position().map(|p| p as u64),
+        xattrs: meta
+            .xattrs
+            .into_iter()
+            .map(|(k, v)| (k, ByteBuf::from(v)))
+            .collect(),
         data: data.into(),
     }))
 }

@@ -679,7 +679,13 @@ impl Osd {
         }
         let mut first = true;
         for batch in names.chunks(RECOVERY_BATCH) {
-            let objects = self.read_objects(pg, batch).ok()?;
+            let objects = match self.objects_for(pg, to, batch).await {
+                Ok(objects) => objects,
+                Err(reason) => {
+                    warn!(%pg, to = to.0, %reason, "reading objects to push failed");
+                    return None;
+                }
+            };
             let answer = self
                 .push(to, pg, epoch, reset && first, objects, Vec::new(), None)
                 .await;
@@ -708,14 +714,6 @@ impl Osd {
         .map_err(|e| e.to_string())
     }
 
-    /// Why objects of `pg` cannot be copied between its holders: an erasure pool's shards
-    /// differ per position, and are rebuilt from `k` others, not copied.
-    fn erasure_recovery(&self, pg: PgId) -> Option<String> {
-        self.view().codec(pg.pool).map(|_| {
-            format!("{pg}: erasure shards are rebuilt by decoding, which this version does not do yet; the PG waits")
-        })
-    }
-
     /// One recovery push, under the recovery throttles.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn push(
@@ -728,11 +726,6 @@ impl Osd {
         entries: Vec<tidepool_proto::osd::LogEntry>,
         info: Option<PgInfo>,
     ) -> Option<Answer> {
-        if reset || !objects.is_empty() {
-            if let Some(refused) = self.erasure_recovery(pg) {
-                return Some(Answer::Failed(refused));
-            }
-        }
         let count = objects.len() as u64;
         let bytes: u64 = objects
             .iter()
@@ -775,11 +768,6 @@ impl Osd {
         present: bool,
     ) -> Result<Record, String> {
         let coll = pg::collection(pg);
-        if !matches!(plan, Catchup::UpToDate) {
-            if let Some(refused) = self.erasure_recovery(pg) {
-                return Err(refused);
-            }
-        }
         tracing::info!(%pg, from = source.0, "recovering this primary's copy");
         let (names, entries, reset) = match plan {
             Catchup::UpToDate => (Vec::new(), Vec::new(), false),
@@ -816,7 +804,20 @@ impl Osd {
             .await
             .map_err(|e| e.to_string())?;
         }
+        let erasure = self.view().codec(pg.pool).is_some();
         for batch in names.chunks(RECOVERY_BATCH) {
+            if erasure {
+                // This shard rebuilt from k others, not copied from the source.
+                let objects = self.own_shards_from(pg, source, batch).await?;
+                let mut ops = Vec::new();
+                for (name, object) in &objects {
+                    ops.extend(pg::write_state(&*self.store, coll, name, object.as_ref()));
+                }
+                self.apply(Transaction { ops })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
             let Some(OsdResponse::PgObjects(objects)) = self
                 .call_while_up(
                     source,

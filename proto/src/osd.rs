@@ -235,6 +235,8 @@ pub struct ShardBytes {
     pub version: u64,
     /// The shard's position in the acting set, as its metadata says.
     pub position: Option<u64>,
+    /// The object's xattrs on this shard (its logical size, version and position among them).
+    pub xattrs: BTreeMap<String, serde_bytes::ByteBuf>,
     /// The bytes read.
     pub data: Payload,
 }
