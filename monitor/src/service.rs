@@ -346,7 +346,7 @@ fn plan(
                     PoolKind::Erasure { .. } if !osds.is_empty() => placement
                         .get_or_insert_with(|| Placement::new(map))
                         .map_pg(*pg, &mut Scratch::default())
-                        .map(|mapping| mapping.up)
+                        .map(|mapping| mapping.raw)
                         .unwrap_or_default()
                         .into_iter()
                         .map(|slot| slot.filter(|o| osds.contains(o)))
@@ -431,6 +431,52 @@ mod tests {
             pg_num: 64,
             failure_domain: BucketType::Osd,
         }
+    }
+
+    /// Rule: the pg_temp of an erasure PG is positional: each OSD named keeps its place in the
+    /// PG's placement, and the position of an OSD not named is left empty.
+    #[test]
+    fn erasure_pg_temp_keeps_positions() {
+        let mut state = MapState::genesis();
+        let mut setup = Vec::new();
+        for n in 0..4 {
+            setup.push(request(
+                "s",
+                n + 1,
+                Command::OsdCreate {
+                    host: "host0".into(),
+                    weight: Weight::ONE,
+                },
+            ));
+        }
+        setup.push(request(
+            "s",
+            5,
+            Command::PoolCreate {
+                name: "ec".into(),
+                kind: PoolKind::erasure(2, 1),
+                pg_num: 8,
+                failure_domain: BucketType::Osd,
+            },
+        ));
+        state.apply_slot(&setup);
+        let pool = state.map.pool_by_name("ec").expect("pool").id;
+        let pg = tidepool_placement::PgId { pool, seed: 3 };
+        let raw = Placement::new(&state.map)
+            .map_pg(pg, &mut Scratch::default())
+            .expect("mapping")
+            .raw;
+        let named: Vec<OsdId> = raw.iter().flatten().rev().take(2).copied().collect();
+        let (_, answers) =
+            state.apply_slot(&[request("p", 1, Command::PgTemp(vec![(pg, named.clone())]))]);
+        assert!(answers[0].is_ok());
+        let want: Vec<Option<OsdId>> = raw
+            .iter()
+            .map(|slot| slot.filter(|o| named.contains(o)))
+            .collect();
+        assert_eq!(state.map.pg_temp.get(&pg), Some(&want));
+        assert_eq!(want.iter().filter(|s| s.is_none()).count(), 1);
+        assert_eq!(want[0], None, "the first position was not named");
     }
 
     /// Rule: one pg_temp command sets and clears many PGs in one epoch; asking again for what
