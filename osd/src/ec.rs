@@ -181,14 +181,6 @@ pub fn plan(
         ..EcPlan::default()
     };
     let mut wrote = false;
-    let user_key = |key: &str| -> Result<(), OpError> {
-        if key.starts_with('\0') {
-            return Err(OpError::Invalid(
-                "xattr names may not start with NUL".into(),
-            ));
-        }
-        Ok(())
-    };
     for step in steps {
         let output = match step {
             ObjectOp::Create { exclusive } => {
@@ -199,46 +191,24 @@ pub fn plan(
                 wrote = true;
                 OpOutput::None
             }
-            ObjectOp::WriteFull(data) => {
-                dirty.clear();
-                old_valid = 0;
-                reset = true;
-                size = 0;
-                write_at(
-                    &mut dirty,
-                    stripes,
-                    width,
-                    old_valid,
-                    &mut size,
-                    0,
-                    data.bytes(),
-                )?;
-                plan.written += data.len() as u64;
-                exists = true;
-                wrote = true;
-                OpOutput::None
-            }
-            ObjectOp::Write { offset, data } => {
-                let end = offset.checked_add(data.len() as u64);
-                if end.is_none_or(|end| end > MAX_SIZE) {
+            ObjectOp::WriteFull(data) | ObjectOp::Write { data, .. } | ObjectOp::Append(data) => {
+                let offset = match step {
+                    ObjectOp::WriteFull(_) => {
+                        dirty.clear();
+                        old_valid = 0;
+                        reset = true;
+                        size = 0;
+                        0
+                    }
+                    ObjectOp::Write { offset, .. } => *offset,
+                    _ => size,
+                };
+                if offset
+                    .checked_add(data.len() as u64)
+                    .is_none_or(|end| end > MAX_SIZE)
+                {
                     return Err(OpError::Invalid("a write past 16 TiB".into()));
                 }
-                write_at(
-                    &mut dirty,
-                    stripes,
-                    width,
-                    old_valid,
-                    &mut size,
-                    *offset,
-                    data.bytes(),
-                )?;
-                plan.written += data.len() as u64;
-                exists = true;
-                wrote = true;
-                OpOutput::None
-            }
-            ObjectOp::Append(data) => {
-                let offset = size;
                 write_at(
                     &mut dirty,
                     stripes,
@@ -291,14 +261,14 @@ pub fn plan(
                 OpOutput::None
             }
             ObjectOp::SetXattr(key, value) => {
-                user_key(key)?;
+                crate::pg::check_xattr_name(key)?;
                 xattrs.insert(key.clone(), value.clone());
                 exists = true;
                 wrote = true;
                 OpOutput::None
             }
             ObjectOp::RemoveXattr(key) => {
-                user_key(key)?;
+                crate::pg::check_xattr_name(key)?;
                 if !exists {
                     return Err(OpError::NotFound);
                 }

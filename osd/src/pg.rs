@@ -53,6 +53,16 @@ pub fn check_name(name: &str) -> Result<(), OpError> {
     Ok(())
 }
 
+/// Checks a client's xattr name (names starting with NUL are the PG's own).
+pub fn check_xattr_name(key: &str) -> Result<(), OpError> {
+    if key.starts_with('\0') {
+        return Err(OpError::Invalid(
+            "xattr names may not start with NUL".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The PG's summary and log as stored (`None` when this OSD holds no copy).
 pub fn load(
     store: &dyn ObjectStore,
@@ -172,14 +182,6 @@ pub fn plan(
         version,
         ..Planned::default()
     };
-    let user_key = |key: &str| -> Result<(), OpError> {
-        if key.starts_with('\0') {
-            return Err(OpError::Invalid(
-                "xattr names may not start with NUL".into(),
-            ));
-        }
-        Ok(())
-    };
     // Steps are taken by value so that written data moves into the store ops uncopied.
     for step in steps {
         let output = match step {
@@ -256,7 +258,7 @@ pub fn plan(
                 OpOutput::None
             }
             ObjectOp::SetXattr(key, value) => {
-                user_key(&key)?;
+                check_xattr_name(&key)?;
                 planned.ops.push(Op::SetXattr {
                     coll,
                     name: name.into(),
@@ -267,7 +269,7 @@ pub fn plan(
                 OpOutput::None
             }
             ObjectOp::RemoveXattr(key) => {
-                user_key(&key)?;
+                check_xattr_name(&key)?;
                 if !exists {
                     return Err(OpError::NotFound);
                 }

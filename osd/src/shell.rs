@@ -806,30 +806,24 @@ impl Osd {
         }
         let erasure = self.view().codec(pg.pool).is_some();
         for batch in names.chunks(RECOVERY_BATCH) {
-            if erasure {
+            let objects = if erasure {
                 // This shard rebuilt from k others, not copied from the source.
-                let objects = self.own_shards_from(pg, source, batch).await?;
-                let mut ops = Vec::new();
-                for (name, object) in &objects {
-                    ops.extend(pg::write_state(&*self.store, coll, name, object.as_ref()));
-                }
-                self.apply(Transaction { ops })
+                self.own_shards_from(pg, source, batch).await?
+            } else {
+                let Some(OsdResponse::PgObjects(objects)) = self
+                    .call_while_up(
+                        source,
+                        &OsdRequest::PgRead {
+                            pg,
+                            names: batch.to_vec(),
+                        },
+                        RECOVERY_TIMEOUT,
+                    )
                     .await
-                    .map_err(|e| e.to_string())?;
-                continue;
-            }
-            let Some(OsdResponse::PgObjects(objects)) = self
-                .call_while_up(
-                    source,
-                    &OsdRequest::PgRead {
-                        pg,
-                        names: batch.to_vec(),
-                    },
-                    RECOVERY_TIMEOUT,
-                )
-                .await
-            else {
-                return Err(format!("osd.{} did not send objects", source.0));
+                else {
+                    return Err(format!("osd.{} did not send objects", source.0));
+                };
+                objects
             };
             let mut ops = Vec::new();
             for (name, object) in &objects {
