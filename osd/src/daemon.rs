@@ -115,6 +115,7 @@ impl MapView {
             temp: self.map.pg_temp.contains_key(&pg),
             size: pool.kind.width(),
             min_size,
+            k: pool.kind.rebuild_from(),
         })
     }
 
@@ -148,6 +149,8 @@ pub struct Holders {
     pub size: usize,
     /// Copies needed to take writes.
     pub min_size: usize,
+    /// Copies that rebuild every object (1, or an erasure pool's `k`).
+    pub k: usize,
 }
 
 /// Counters of client and recovery traffic, turned into rates by the beacons.
@@ -489,7 +492,9 @@ impl Osd {
             OsdRequest::Replicate { pg, .. } | OsdRequest::PgQuery { pg, .. } => {
                 self.ask(pg, request).await
             }
-            OsdRequest::PgLog { pg, .. } => self.ask(pg, request).await,
+            OsdRequest::PgLog { pg, .. } | OsdRequest::PgUndo { pg, .. } => {
+                self.ask(pg, request).await
+            }
             OsdRequest::PgPush { pg, .. } => {
                 let _slot = self
                     .recovery_in

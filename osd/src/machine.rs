@@ -38,6 +38,11 @@ pub const PEERING_RETRY_MS: Millis = 2_000;
 pub const RESEND_MS: Millis = 200;
 /// How long a write may wait for its holders in all, across map changes.
 pub const WRITE_DEADLINE_MS: Millis = 60_000;
+/// The fewest log entries kept: undoing the newest needs the one before it.
+const MIN_KEEP: u64 = 2;
+/// Why a copy does not undo a change: it took it in a recovery push.
+const NOTHING_KEPT: &str =
+    "this copy took the change in a recovery push and kept nothing to undo it";
 
 /// What the map says about the PG, and about this OSD.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -56,6 +61,9 @@ pub struct Interval {
     pub size: usize,
     /// Copies needed to take writes.
     pub min_size: usize,
+    /// Copies that rebuild every object: 1 for a replicated pool, `k` for an erasure pool
+    /// (each copy is one shard).
+    pub k: usize,
     /// The newest activation the map records for the PG.
     pub last_active: Option<PgActivation>,
     /// The OSDs up in the map.
@@ -108,6 +116,14 @@ pub enum Request {
         entry: LogEntry,
         /// The summary after it.
         info: PgInfo,
+    },
+    /// Peering of an erasure pool: undo `entry`, this copy's newest change, which reached
+    /// too few shards to stand. Fences the PG at `epoch`.
+    Undo {
+        /// The asker's map.
+        epoch: Epoch,
+        /// The change.
+        entry: LogEntry,
     },
     /// Recovery: objects, then the log and summary that go with them.
     Push {
@@ -168,6 +184,14 @@ pub enum Record {
     },
     /// A new summary alone (an interval started).
     Info(PgInfo),
+    /// The newest change undone (its objects restored by the caller from what it kept to
+    /// undo it), and the summary after.
+    Undo {
+        /// The change undone.
+        entry: LogEntry,
+        /// The summary after.
+        info: PgInfo,
+    },
 }
 
 /// What this OSD holds of the PG, as durable: rebuilt from the store after a restart.
@@ -180,12 +204,26 @@ pub struct Durable {
     /// Its log, in order: every entry after `info.log_tail`, and up to a batch of older ones
     /// (trimmed in batches).
     pub log: Vec<LogEntry>,
+    /// The version of its newest change when this copy kept what undoes it (it took it as a
+    /// change; a recovery push keeps nothing to undo).
+    pub undoable: Option<u64>,
 }
 
 impl Durable {
     /// Applies one record.
     pub fn apply(&mut self, record: &Record) {
         self.present = true;
+        self.undoable = match record {
+            Record::Change { entry, .. } => Some(entry.version),
+            // A summary alone (an interval's start) changes no object.
+            Record::Copy {
+                reset: false,
+                entries,
+                ..
+            } if entries.is_empty() => self.undoable,
+            Record::Info(_) => self.undoable,
+            Record::Copy { .. } | Record::Undo { .. } => None,
+        };
         match record {
             Record::Change { entry, info } => {
                 if self.log.last().is_some_and(|e| e.version >= entry.version) {
@@ -212,6 +250,10 @@ impl Durable {
                 }
             }
             Record::Info(info) => self.info = info.clone(),
+            Record::Undo { entry, info } => {
+                self.log.retain(|e| e.version < entry.version);
+                self.info = info.clone();
+            }
         }
         // The log is in version order: what the summary no longer keeps is at its ends. The
         // old end goes in batches, so that a change does not move the whole log.
@@ -315,7 +357,7 @@ pub enum Output {
     Fenced(Epoch),
     /// Ask the monitors to record this activation; feed [`Input::RecordFailed`] if refused.
     RecordActivation(PgActivation),
-    /// Ask the monitors for this `pg_temp`.
+    /// Ask the monitors for this `pg_temp` (empty: none).
     WantPgTemp(Vec<OsdId>),
     /// The client write of `token` is finished.
     Written {
@@ -418,12 +460,15 @@ struct Peering {
     authority: OsdId,
     auth: (PgInfo, Vec<LogEntry>),
     recovering: u64,
+    /// The newest entry, undone in this peering (at most one is).
+    undo: Option<LogEntry>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
     Asking,
     Log,
+    Undo,
     Pull,
     Push,
     Lease(Millis),
@@ -475,6 +520,8 @@ enum Pending {
     Local(Record),
     /// The interval's start.
     Started(Record),
+    /// This copy's part of peering's undo.
+    Undone(Record),
 }
 
 /// One PG on one OSD.
@@ -506,7 +553,7 @@ impl PgMachine {
             .collect();
         PgMachine {
             me,
-            keep: keep.max(1),
+            keep: keep.max(MIN_KEEP),
             durable,
             reqids,
             fence: Epoch(0),
@@ -527,7 +574,7 @@ impl PgMachine {
 
     /// Sets how many log entries are kept.
     pub fn set_keep(&mut self, keep: u64) {
-        self.keep = keep.max(1);
+        self.keep = keep.max(MIN_KEEP);
     }
 
     /// The PG's fence here (`None` while this OSD is not up in its map: it takes nothing).
@@ -614,7 +661,7 @@ impl PgMachine {
         token
     }
 
-    fn persist(&mut self, origin: Origin, record: Record, pending: Pending) {
+    fn persist(&mut self, origin: Origin, record: Record, pending: Pending) -> Token {
         let token = self.token();
         self.pending.insert(token, pending);
         self.out.push(Output::Persist {
@@ -622,6 +669,7 @@ impl PgMachine {
             origin,
             record,
         });
+        token
     }
 
     /// The epoch of the newest map this machine has.
@@ -768,6 +816,7 @@ impl PgMachine {
             authority: self.me,
             auth: (PgInfo::default(), Vec::new()),
             recovering: 0,
+            undo: None,
         };
         for osd in probe {
             let token = self.send(
@@ -821,11 +870,25 @@ impl PgMachine {
         match p.step {
             Step::Asking => {
                 let answered: Vec<OsdId> = p.copies.iter().map(|(o, _)| *o).collect();
-                if let Err(waiting) =
-                    peering::prior_answered(interval.last_active.as_ref(), &answered, |o| {
-                        interval.exists.contains(&o)
-                    })
-                {
+                let prior = peering::prior_answered(
+                    interval.last_active.as_ref(),
+                    &answered,
+                    interval.k,
+                    |o| interval.exists.contains(&o),
+                );
+                // An erasure PG serves nothing with fewer than `k` shards acting.
+                let shards = if interval.acting.len() < interval.k {
+                    let missing = interval.up.iter().filter(|o| !interval.acting.contains(o));
+                    Err(missing.copied().collect())
+                } else {
+                    Ok(())
+                };
+                if let Err(waiting) = prior.and(shards) {
+                    if interval.temp && interval.acting.len() < interval.k {
+                        // A `pg_temp` that holds too few shards to serve: back to placement's
+                        // holders, to plan again.
+                        self.out.push(Output::WantPgTemp(Vec::new()));
+                    }
                     let retry_at = self.now + PEERING_RETRY_MS;
                     self.role = Role::Down { waiting, retry_at };
                     self.out.push(Output::Timer(retry_at));
@@ -846,6 +909,25 @@ impl PgMachine {
                 }
             }
             Step::Log => self.plan(),
+            Step::Undo => {
+                // Every holder undid it: the authority's history ends with the entry before.
+                let before = p.auth.1.iter().rev().nth(1).cloned();
+                if let Some(entry) = p.undo.clone() {
+                    if p.auth.1.last() == Some(&entry) {
+                        p.auth.1.pop();
+                        p.auth.0 = peering::undone(&p.auth.0, before.as_ref());
+                    }
+                    for (_, copy) in p.copies.iter_mut() {
+                        if let Some((info, last)) = copy {
+                            if last.as_ref() == Some(&entry) {
+                                *info = peering::undone(info, before.as_ref());
+                                last.clone_from(&before);
+                            }
+                        }
+                    }
+                }
+                self.plan();
+            }
             Step::Pull => self.push_all(),
             Step::Push => {
                 let answered: Vec<OsdId> = p.copies.iter().map(|(o, _)| *o).collect();
@@ -882,11 +964,24 @@ impl PgMachine {
         }
     }
 
-    /// With the authority's log: the `pg_temp` to ask for, or the recovery of this copy.
+    /// With the authority's log: the newest entry to undo, the `pg_temp` to ask for, or the
+    /// recovery of this copy.
     fn plan(&mut self) {
         let interval = self.interval.clone().expect("peering has a map");
         let me = self.me;
         let Some(p) = self.peering() else { return };
+        if p.undo.is_none() {
+            let newest = p
+                .copies
+                .iter()
+                .find(|(osd, _)| *osd == p.authority)
+                .and_then(|(_, copy)| copy.as_ref())
+                .and_then(|(_, last)| last.clone());
+            if let Some(holders) = peering::in_doubt(newest.as_ref(), &p.copies, interval.k) {
+                let entry = newest.expect("an entry in doubt");
+                return self.undo(entry, holders);
+            }
+        }
         let plans: BTreeMap<OsdId, Catchup> = p
             .copies
             .iter()
@@ -908,6 +1003,14 @@ impl PgMachine {
                 .map(|(osd, _)| *osd)
                 .collect();
             let want = peering::choose_acting(&interval.up, &usable, interval.size);
+            if want.len() < interval.k {
+                // Too few shards with a usable history to serve: wait for more.
+                let waiting = interval.up.iter().filter(|o| !usable.contains(o));
+                let (waiting, retry_at) = (waiting.copied().collect(), self.now + PEERING_RETRY_MS);
+                self.role = Role::Down { waiting, retry_at };
+                self.out.push(Output::Timer(retry_at));
+                return;
+            }
             if want != interval.up {
                 self.out.push(Output::WantPgTemp(want));
                 self.role = Role::Waiting { retry_at: None };
@@ -938,6 +1041,47 @@ impl PgMachine {
         } else {
             self.advance_peering();
         }
+    }
+
+    /// Has every copy in `holders` undo `entry` (this one too, when it holds it).
+    fn undo(&mut self, entry: LogEntry, holders: Vec<OsdId>) {
+        let epoch = self.map_epoch();
+        tracing::info!(
+            version = entry.version,
+            object = %entry.name,
+            holders = ?holders,
+            "undoing a change that reached too few shards"
+        );
+        if let Some(p) = self.peering() {
+            p.step = Step::Undo;
+            p.undo = Some(entry.clone());
+        }
+        if holders.contains(&self.me) && self.durable.undoable != Some(entry.version) {
+            // Held by too few shards, and not to be undone here: peering tries again, until
+            // more of the shards that hold it answer.
+            if let Some(p) = self.peering() {
+                p.failed = Some(NOTHING_KEPT.into());
+            }
+            return self.advance_peering();
+        }
+        for osd in holders {
+            let token = if osd == self.me {
+                let before = self.durable.log.iter().rev().nth(1);
+                let info = peering::undone(&self.durable.info, before);
+                let record = Record::Undo {
+                    entry: entry.clone(),
+                    info,
+                };
+                self.persist(Origin::Own, record.clone(), Pending::Undone(record))
+            } else {
+                let entry = entry.clone();
+                self.send(osd, Request::Undo { epoch, entry })
+            };
+            if let Some(p) = self.peering() {
+                p.sent.insert(token, osd);
+            }
+        }
+        self.advance_peering();
     }
 
     /// Brings every other acting copy up to this one.
@@ -1018,7 +1162,7 @@ impl PgMachine {
                     self.reqids.retain(|_, version| *version > tail);
                 }
             }
-            Record::Copy { .. } => self.reload_reqids(),
+            Record::Copy { .. } | Record::Undo { .. } => self.reload_reqids(),
             Record::Info(_) => {}
         }
     }
@@ -1064,7 +1208,7 @@ impl PgMachine {
             (Step::Log, Some(Answer::Log(Some(log)))) => {
                 p.auth = (copy_info(&p.copies, osd), log);
             }
-            (Step::Push | Step::Announce, Some(Answer::Ack)) => {}
+            (Step::Undo | Step::Push | Step::Announce, Some(Answer::Ack)) => {}
             (step, answer) => {
                 p.failed = Some(format!("osd.{} answered {answer:?} in {step:?}", osd.0));
             }
@@ -1151,6 +1295,34 @@ impl PgMachine {
                 }
                 self.take(token, epoch, Record::Change { entry, info });
             }
+            Request::Undo { epoch, entry } => {
+                let Some(fence) = self.fence() else {
+                    return respond(self, not_up());
+                };
+                if epoch < fence {
+                    return respond(self, Answer::Stale(fence));
+                }
+                if self.in_flight() || self.local_in_flight() {
+                    let busy = "a change is on its way to disk here".to_owned();
+                    return respond(self, Answer::Failed(busy));
+                }
+                if self.durable.log.last() != Some(&entry) {
+                    // Undone already (a resend), or never taken: either way not here. Newer
+                    // entries after it mean the asker's view of this copy is out of date.
+                    let answer = if self.durable.log.contains(&entry) {
+                        Answer::Failed("newer changes follow the one to undo".into())
+                    } else {
+                        self.acknowledge(epoch)
+                    };
+                    return respond(self, answer);
+                }
+                if self.durable.undoable != Some(entry.version) {
+                    return respond(self, Answer::Failed(NOTHING_KEPT.into()));
+                }
+                let before = self.durable.log.iter().rev().nth(1);
+                let info = peering::undone(&self.durable.info, before);
+                self.take(token, epoch, Record::Undo { entry, info });
+            }
             Request::Push {
                 epoch,
                 reset,
@@ -1218,11 +1390,11 @@ impl PgMachine {
             .any(|p| matches!(p, Pending::Reply { .. }))
     }
 
-    /// Whether a write of this primary's is on its way to disk here.
+    /// Whether a write or undo of this primary's is on its way to disk here.
     fn local_in_flight(&self) -> bool {
         self.pending
             .values()
-            .any(|p| matches!(p, Pending::Local(_)))
+            .any(|p| matches!(p, Pending::Local(_) | Pending::Undone(_)))
     }
 
     /// Answers the peering questions deferred while changes went to disk, once they are.
@@ -1285,6 +1457,22 @@ impl PgMachine {
                 } else if matches!(self.role, Role::Waiting { retry_at: None }) {
                     // Its write failed meanwhile: peer now that this copy is durable.
                     self.restart();
+                }
+            }
+            Pending::Undone(record) => {
+                self.apply(&record);
+                self.answer_deferred();
+                let me = self.me;
+                match self.peering() {
+                    Some(p) if p.step == Step::Undo && p.sent.get(&token) == Some(&me) => {
+                        p.sent.remove(&token);
+                        self.advance_peering();
+                    }
+                    _ => {
+                        if matches!(self.role, Role::Waiting { retry_at: None }) {
+                            self.restart();
+                        }
+                    }
                 }
             }
             Pending::Started(record) => {
@@ -1445,6 +1633,7 @@ impl PgMachine {
     fn on_write_answer(&mut self, token: Token, answer: Option<Answer>) {
         let now = self.now;
         let epoch = self.map_epoch();
+        let shards = self.interval.as_ref().is_some_and(|i| i.k > 1);
         let Some(write) = self.write() else { return };
         let Some((osd, sent)) = write.sent.remove(&token) else {
             return;
@@ -1454,6 +1643,11 @@ impl PgMachine {
             (Sent::Change | Sent::Push, Some(Answer::Ack)) => {
                 write.waiting.remove(&osd);
                 write.behind.remove(&osd);
+            }
+            (Sent::Change, Some(Answer::Behind)) if shards => {
+                // A shard that is behind would take this change inside a recovery push, with
+                // nothing kept to undo it: the PG peers again instead, and recovers it there.
+                return self.fail_write(format!("osd.{} is behind", osd.0));
             }
             (Sent::Change, Some(Answer::Behind)) => {
                 write.behind.insert(osd);

@@ -66,12 +66,15 @@ pub fn probe_set(
 }
 
 /// Whether a PG may go active after the OSDs in `answered` (the asker included) answered:
-/// at least one member of the last interval that went active must be among them, unless
-/// every member is gone from the map (removed: its data is declared lost). Otherwise the PG
-/// is down, and the answer names the OSDs it waits for.
+/// at least `k` members of the last interval that went active must be among them (`k` is 1
+/// for a replicated pool, whose every copy is whole, and the data shard count of an erasure
+/// pool, whose objects need `k` shards), or every member still in the map when fewer are left
+/// (the others were removed: their data is declared lost). Otherwise the PG is down, and the
+/// answer names the members it waits for.
 pub fn prior_answered(
     last_active: Option<&PgActivation>,
     answered: &[OsdId],
+    k: usize,
     exists: impl Fn(OsdId) -> bool,
 ) -> Result<(), Vec<OsdId>> {
     let Some(record) = last_active else {
@@ -83,10 +86,56 @@ pub fn prior_answered(
         .copied()
         .filter(|o| exists(*o))
         .collect();
-    if alive.is_empty() || alive.iter().any(|o| answered.contains(o)) {
+    let heard = alive.iter().filter(|o| answered.contains(o)).count();
+    if heard >= k.max(1).min(alive.len()) {
         Ok(())
     } else {
-        Err(alive)
+        Err(alive
+            .into_iter()
+            .filter(|o| !answered.contains(o))
+            .collect())
+    }
+}
+
+/// The copies that must undo the authority's newest entry `newest` in an erasure PG's
+/// peering: those whose newest entry it is, when fewer than `k` answering copies may hold it.
+/// Such a change reached too few shards to be decoded, and was never acknowledged (an
+/// acknowledged change is on every shard of an acting set of at least `k + 1`, and peering
+/// hears from `k` of them). Only the newest entry can be in doubt: a primary sends a change
+/// only once every holder took the one before.
+///
+/// A copy with newer entries than `newest` (from an older interval: the authority outranks it)
+/// may hold it below them; it is counted as holding it, so that an acknowledged change is
+/// never undone. Never anything for `k` = 1: the authority holds it.
+pub fn in_doubt(
+    newest: Option<&LogEntry>,
+    copies: &[(OsdId, Copy)],
+    k: usize,
+) -> Option<Vec<OsdId>> {
+    let newest = newest?;
+    let mut may_hold = 0;
+    let mut holders = Vec::new();
+    for (osd, copy) in copies {
+        let Some((info, last)) = copy else { continue };
+        if last.as_ref() == Some(newest) {
+            holders.push(*osd);
+            may_hold += 1;
+        } else if info.last_update > newest.version && info.last_epoch >= newest.epoch {
+            may_hold += 1;
+        }
+    }
+    (may_hold < k.max(1)).then_some(holders)
+}
+
+/// The summary of a copy whose summary is `info` once its newest entry, at `info.last_update`,
+/// is undone; `before` is the entry before it (`None` when it was the first).
+pub fn undone(info: &PgInfo, before: Option<&LogEntry>) -> PgInfo {
+    let last_update = info.last_update.saturating_sub(1);
+    PgInfo {
+        last_update,
+        last_epoch: before.map_or(Epoch(0), |e| e.epoch),
+        log_tail: info.log_tail.min(last_update),
+        last_epoch_started: info.last_epoch_started,
     }
 }
 
@@ -362,17 +411,80 @@ mod tests {
     fn down_until_the_last_active_interval_answers() {
         let record = activation(5, &[3, 4, 5]);
         let exists = |o: OsdId| o != OsdId(5);
-        assert_eq!(prior_answered(None, &osds(&[1]), exists), Ok(()));
+        assert_eq!(prior_answered(None, &osds(&[1]), 1, exists), Ok(()));
         assert_eq!(
-            prior_answered(Some(&record), &osds(&[1, 4]), exists),
+            prior_answered(Some(&record), &osds(&[1, 4]), 1, exists),
             Ok(())
         );
         assert_eq!(
-            prior_answered(Some(&record), &osds(&[1, 2]), exists),
+            prior_answered(Some(&record), &osds(&[1, 2]), 1, exists),
             Err(osds(&[3, 4]))
         );
         let gone = activation(5, &[5]);
-        assert_eq!(prior_answered(Some(&gone), &osds(&[1]), exists), Ok(()));
+        assert_eq!(prior_answered(Some(&gone), &osds(&[1]), 1, exists), Ok(()));
+    }
+
+    /// Rule: an erasure PG needs `k` shards of its last active interval (or all that are left
+    /// in the map, when fewer are), and names those it still waits for.
+    #[test]
+    fn erasure_pg_is_down_below_k_shards_of_the_last_interval() {
+        let record = activation(5, &[1, 2, 3, 4, 5, 6]);
+        let all = |_: OsdId| true;
+        assert_eq!(
+            prior_answered(Some(&record), &osds(&[1, 2, 3, 9]), 4, all),
+            Err(osds(&[4, 5, 6]))
+        );
+        assert_eq!(
+            prior_answered(Some(&record), &osds(&[1, 2, 3, 6]), 4, all),
+            Ok(())
+        );
+        // Four of the six were removed: the two left are all there is.
+        let two_left = |o: OsdId| o.0 > 4;
+        assert_eq!(
+            prior_answered(Some(&record), &osds(&[5, 6]), 4, two_left),
+            Ok(())
+        );
+        assert_eq!(
+            prior_answered(Some(&record), &osds(&[5]), 4, two_left),
+            Err(osds(&[6]))
+        );
+    }
+
+    /// Rule: the authority's newest entry is undone when fewer than `k` answering copies have
+    /// it as their newest; those copies are the ones to undo it. Never with `k` = 1.
+    #[test]
+    fn the_newest_entry_is_in_doubt_below_k_holders() {
+        let copies = vec![
+            (OsdId(1), copy(8, 3, 0)),
+            (OsdId(2), copy(8, 3, 0)),
+            (OsdId(3), copy(7, 1, 0)),
+            (OsdId(4), copy(8, 2, 0)),
+            (OsdId(5), None),
+        ];
+        let newest = entry(8, 3);
+        assert_eq!(
+            in_doubt(Some(&newest), &copies, 3),
+            Some(osds(&[1, 2])),
+            "the entry 8 of epoch 2 is another change"
+        );
+        assert_eq!(in_doubt(Some(&newest), &copies, 2), None);
+        assert_eq!(in_doubt(Some(&newest), &copies[..1], 1), None);
+        assert_eq!(in_doubt(None, &copies, 3), None);
+        // A copy with newer entries, made after it, may hold it below them.
+        let mut more = copies.clone();
+        more.push((OsdId(6), copy(9, 3, 0)));
+        assert_eq!(in_doubt(Some(&newest), &more, 3), None);
+        let before = entry(7, 1);
+        assert_eq!(
+            undone(&info(8, 2), Some(&before)),
+            PgInfo {
+                last_update: 7,
+                last_epoch: Epoch(1),
+                log_tail: 2,
+                last_epoch_started: Epoch(0),
+            }
+        );
+        assert_eq!(undone(&info(1, 1), None), PgInfo::default());
     }
 
     /// Rule: a new primary waits out the leases granted to the last interval's primary,

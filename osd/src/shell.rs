@@ -124,6 +124,7 @@ impl Osd {
             temp: holders.temp,
             size: holders.size,
             min_size: holders.min_size,
+            k: holders.k,
             last_active: map.pg_active.get(&pg).cloned(),
             up_osds: map.osds.values().filter(|o| o.up).map(|o| o.id).collect(),
             exists: map.osds.keys().copied().collect(),
@@ -175,10 +176,17 @@ impl Osd {
         let durable = match loaded {
             Some((info, mut log)) => {
                 log.retain(|e| e.version > info.log_tail && e.version <= info.last_update);
+                let kept = crate::ec::rollback_name(info.last_update);
+                let undoable = self
+                    .store
+                    .stat(pg::collection(pg), &kept)
+                    .is_ok()
+                    .then_some(info.last_update);
                 Durable {
                     present: true,
                     info,
                     log,
+                    undoable,
                 }
             }
             None => Durable::default(),
@@ -445,6 +453,12 @@ impl Osd {
                 ops.extend(pg::record(coll, &[], info, None));
                 Ok(Transaction { ops })
             }
+            (Record::Undo { entry, info }, _, _) => {
+                ops.extend(self.undo_ops(coll, entry)?);
+                let dropped = Some((entry.version, entry.version));
+                ops.extend(pg::record(coll, &[], info, dropped));
+                Ok(Transaction { ops })
+            }
             (Record::Change { .. }, _, _) => Ok(Transaction { ops }),
         }
     }
@@ -470,6 +484,24 @@ impl Osd {
         })
     }
 
+    /// The ops that undo `entry` on this shard, from its rollback record (the machine undoes
+    /// only a change this copy kept the record of).
+    fn undo_ops(
+        &self,
+        coll: crate::store::CollectionId,
+        entry: &tidepool_proto::osd::LogEntry,
+    ) -> Result<Vec<Op>, StoreError> {
+        let kept = tokio::task::block_in_place(|| {
+            crate::ec::rollback_ops(&*self.store, coll, entry.version)
+        })?;
+        kept.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{coll}: the record that undoes version {} of {:?} is gone",
+                entry.version, entry.name
+            ))
+        })
+    }
+
     /// Submits `tx` to the store, in order with what this PG submitted before: a small one
     /// right here (its reads come from RocksDB's caches), a heavy one on a blocking thread.
     pub(crate) async fn submit(&self, tx: Transaction) -> Result<crate::store::Commit, StoreError> {
@@ -491,6 +523,7 @@ impl Osd {
         let (request, data, query) = match request {
             OsdRequest::PgQuery { epoch, .. } => (Request::Query { epoch }, None, Some(epoch)),
             OsdRequest::PgLog { after, .. } => (Request::Log { after }, None, None),
+            OsdRequest::PgUndo { epoch, entry, .. } => (Request::Undo { epoch, entry }, None, None),
             OsdRequest::Replicate {
                 epoch,
                 pg: _,
@@ -622,6 +655,7 @@ impl Osd {
                 return answer.and_then(answer_of);
             }
             Request::Log { after } => OsdRequest::PgLog { pg, after },
+            Request::Undo { epoch, entry } => OsdRequest::PgUndo { epoch, pg, entry },
             Request::Change { epoch, entry, .. } => {
                 let transaction = {
                     let stash = slot.stash();

@@ -1,5 +1,6 @@
-//! Deterministic simulation of one PG (3 copies, `min_size` 2) on five OSDs, each driven by the
-//! real [`PgMachine`]: a seeded network that drops, delays and reorders messages; disks that
+//! Deterministic simulation of one PG on five OSDs, each driven by the real [`PgMachine`]: a
+//! replicated PG (3 copies, `min_size` 2), and erasure PGs (2+1 and 2+2: each holder keeps
+//! one shard, an object needs 2 of them, and each change keeps what undoes it). Around it: a seeded network that drops, delays and reorders messages; disks that
 //! are slow and lose what was not yet durable when their OSD crashes; OSDs that crash and
 //! restart from what they persisted, pause (their inputs wait, then arrive all at once, old
 //! messages before the newer map) or are cut off; a monitor that marks OSDs down and out after
@@ -11,7 +12,10 @@
 //! value is its last acknowledged write or a write that was still unacknowledged after that
 //! one started (no acknowledged write lost, no acknowledged delete undone); two OSDs never
 //! serve the PG in the same interval; after the faults stop, the PG is active and clean, and
-//! every holder has the same objects and summary, within a bounded simulated time.
+//! every holder has the same objects and summary, within a bounded simulated time. For
+//! erasure PGs also: every object state that recovery copies is held by at least `k`
+//! reachable shards (so it could be decoded), and at activation every acting shard holds the
+//! same state of every object (a reader never decodes a mix of two versions).
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 2,000); `SIM_SEED=S` replays one seed with a trace.
 
@@ -25,8 +29,31 @@ use tidepool_osd::peering::Catchup;
 use tidepool_placement::{Epoch, OsdId, PgActivation};
 
 const OSDS: usize = 5;
-const SIZE: usize = 3;
-const MIN_SIZE: usize = 2;
+
+/// A PG's redundancy: holders, holders needed for writes, holders that rebuild an object.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    size: usize,
+    min_size: usize,
+    k: usize,
+}
+
+const REPLICATED: Shape = Shape {
+    size: 3,
+    min_size: 2,
+    k: 1,
+};
+/// Erasure 2+1 and 2+2 (`min_size` `k + 1`, as the pools have).
+const ERASURE_2_1: Shape = Shape {
+    size: 3,
+    min_size: 3,
+    k: 2,
+};
+const ERASURE_2_2: Shape = Shape {
+    size: 4,
+    min_size: 3,
+    k: 2,
+};
 const KEYS: u64 = 4;
 const CLIENTS: usize = 3;
 /// How long an OSD may be silent before the monitor marks it down, and down before out.
@@ -64,6 +91,8 @@ impl Rng {
 
 /// Objects and their values: the id of the write that made each.
 type Values = BTreeMap<String, u64>;
+/// The value of a shard undone with nothing kept to undo it (the checks catch it).
+const MISSING: u64 = u64::MAX;
 /// What a message carries of objects: each named object's value, `None` for none.
 type Data = Vec<(String, Option<u64>)>;
 
@@ -165,6 +194,9 @@ struct Osd {
     /// What is durable: the summary and log, and the objects.
     durable: Durable,
     objects: Values,
+    /// Erasure shape: what undoes this copy's newest change (its version, object and the
+    /// object's value before), kept with the change as the OSDs keep a rollback record.
+    undo: Option<(u64, String, Option<u64>)>,
     /// Disk writes not yet durable, in order: their token, record and object changes.
     disk: Vec<(Token, Record, Data)>,
     disk_busy_until: Millis,
@@ -190,6 +222,21 @@ impl Osd {
         if matches!(record, Record::Copy { reset: true, .. }) {
             self.objects.clear();
         }
+        if let Record::Change { entry, .. } = record {
+            let before = self.objects.get(&entry.name).copied();
+            self.undo = Some((entry.version, entry.name.clone(), before));
+        }
+        if let Record::Undo { entry, .. } = record {
+            match self.undo.take() {
+                Some((version, key, before)) if version == entry.version => match before {
+                    Some(v) => self.objects.insert(key, v),
+                    None => self.objects.remove(&key),
+                },
+                // Nothing kept (never, as the machine undoes only what a copy kept): the
+                // object is marked so that the checks catch it.
+                _ => self.objects.insert(entry.name.clone(), MISSING),
+            };
+        }
         for (key, value) in data {
             match value {
                 Some(v) => self.objects.insert(key, v),
@@ -201,6 +248,7 @@ impl Osd {
 }
 
 struct Mon {
+    shape: Shape,
     epoch: u64,
     up: [bool; OSDS],
     inn: [bool; OSDS],
@@ -217,7 +265,7 @@ impl Mon {
             .iter()
             .copied()
             .filter(|&o| self.inn[o])
-            .take(SIZE)
+            .take(self.shape.size)
             .filter(|&o| self.up[o])
             .map(|o| OsdId(o as u32))
             .collect()
@@ -241,8 +289,9 @@ impl Mon {
             up: self.up_set(),
             acting: self.acting(),
             temp: self.pg_temp.is_some(),
-            size: SIZE,
-            min_size: MIN_SIZE,
+            size: self.shape.size,
+            min_size: self.shape.min_size,
+            k: self.shape.k,
             last_active: self.last_active.clone(),
             up_osds: (0..OSDS)
                 .filter(|&o| self.up[o])
@@ -273,6 +322,7 @@ struct Client {
 
 struct Sim {
     seed: u64,
+    shape: Shape,
     rng: Rng,
     now: Millis,
     sequence: u64,
@@ -301,7 +351,7 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(seed: u64, trace: bool) -> Sim {
+    fn new(shape: Shape, seed: u64, trace: bool) -> Sim {
         let mut rng = Rng(seed);
         let mut pref: Vec<usize> = (0..OSDS).collect();
         for i in (1..OSDS).rev() {
@@ -316,6 +366,7 @@ impl Sim {
                 life: 0,
                 durable: Durable::default(),
                 objects: Values::new(),
+                undo: None,
                 disk: Vec::new(),
                 disk_busy_until: 0,
                 paused_until: None,
@@ -331,6 +382,7 @@ impl Sim {
             .collect();
         let mut sim = Sim {
             seed,
+            shape,
             drop_per_thousand: rng.below(100),
             delay_max: 1 + rng.below(100),
             disk_max: 1 + rng.below(40),
@@ -341,6 +393,7 @@ impl Sim {
             queue: BTreeMap::new(),
             osds,
             mon: Mon {
+                shape,
                 epoch: 1,
                 up: [true; OSDS],
                 inn: [true; OSDS],
@@ -565,6 +618,14 @@ impl Sim {
                 ..
             } => Some("refusals of an older epoch"),
             Output::WantPgTemp(_) => Some("pg_temp asked for"),
+            Output::Send {
+                request: Request::Undo { .. },
+                ..
+            }
+            | Output::Persist {
+                record: Record::Undo { .. },
+                ..
+            } => Some("undos of a change on too few shards"),
             _ => None,
         };
         if let Some(path) = path {
@@ -575,7 +636,15 @@ impl Sim {
             Output::Send { token, to, request } => {
                 let to = to.0 as usize;
                 let data = self.data_for(osd, &request);
-                if self.delivers(osd, to) {
+                // What a primary with the newest map recovers must be decodable (one that
+                // resumes from a pause may send what it decided long ago: it is fenced).
+                let current = self.osds[osd]
+                    .machine
+                    .as_ref()
+                    .is_some_and(|m| m.epoch().0 == self.mon.epoch);
+                let rebuilt = !matches!(request, Request::Push { .. })
+                    || self.rebuildable(osd, &data, current);
+                if rebuilt && self.delivers(osd, to) {
                     let delay = self.delay();
                     self.schedule(
                         delay,
@@ -647,11 +716,10 @@ impl Sim {
                         let (_, _, key, value) = self.osds[osd].writes[&write].clone();
                         vec![(key, value)]
                     }
-                    Origin::Request(request) => self.osds[osd]
-                        .inbound
-                        .get(&request)
-                        .map(|(_, _, _, data)| data.clone())
-                        .unwrap_or_default(),
+                    Origin::Request(request) => {
+                        let data = self.osds[osd].inbound.get(&request);
+                        data.map(|(_, _, _, data)| data.clone()).unwrap_or_default()
+                    }
                     Origin::Own => Vec::new(),
                 };
                 let o = &mut self.osds[osd];
@@ -667,6 +735,23 @@ impl Sim {
                 plan,
                 info,
             } => {
+                // What peering decided to recover must be decodable when it decides; the pull
+                // itself may come later (a pause) and fail.
+                let current = self.osds[osd]
+                    .machine
+                    .as_ref()
+                    .is_some_and(|m| m.epoch().0 == self.mon.epoch);
+                if let (Catchup::Log(entries), true) = (&plan, current) {
+                    let source = &self.osds[from.0 as usize].objects;
+                    let data: Data = tidepool_osd::machine::names_of(entries)
+                        .into_iter()
+                        .map(|n| {
+                            let value = source.get(&n).copied();
+                            (n, value)
+                        })
+                        .collect();
+                    self.rebuildable(from.0 as usize, &data, true);
+                }
                 let delay = self.delay() * 2;
                 self.schedule(
                     delay,
@@ -747,19 +832,58 @@ impl Sim {
                     .and_then(|op| op.value);
                 vec![(entry.name.clone(), value)]
             }
-            Request::Push { objects, .. } => match objects {
-                Objects::All => o
-                    .objects
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Some(*v)))
-                    .collect(),
-                Objects::Named(names) => names
-                    .iter()
-                    .map(|n| (n.clone(), o.objects.get(n).copied()))
-                    .collect(),
-            },
+            Request::Push { objects, .. } => {
+                let data = match objects {
+                    Objects::All => o
+                        .objects
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Some(*v)))
+                        .collect(),
+                    Objects::Named(names) => names
+                        .iter()
+                        .map(|n| (n.clone(), o.objects.get(n).copied()))
+                        .collect(),
+                };
+                data
+            }
             _ => Vec::new(),
         }
+    }
+
+    /// Erasure shape: recovery rebuilds each object state it copies from `k` shards of that
+    /// state. Whether they are reachable from `from` now (when not, the copy fails, as the
+    /// daemon's does, and is tried again). With `settled` (peering's recovery, not backfill
+    /// beside a write in flight), fewer than `k` shards of it anywhere fails the run: peering
+    /// kept a change that no reader could ever decode.
+    fn rebuildable(&self, from: usize, data: &Data, settled: bool) -> bool {
+        if self.shape.k < 2 {
+            return true;
+        }
+        let mut reachable = true;
+        for (key, value) in data {
+            let Some(value) = value.filter(|v| *v != MISSING) else {
+                continue;
+            };
+            let holders: Vec<usize> = (0..OSDS)
+                .filter(|&o| self.osds[o].objects.get(key) == Some(&value))
+                .collect();
+            if settled && holders.len() < self.shape.k {
+                self.fail(&format!(
+                    "osd.{from} recovers {key} = {value}, held by {holders:?} only: fewer than \
+                     k = {} shards",
+                    self.shape.k
+                ));
+            }
+            let live = holders.iter().filter(|&&o| {
+                let osd = &self.osds[o];
+                o == from
+                    || osd.machine.is_some()
+                        && osd.paused_until.is_none()
+                        && self.reachable(from, o)
+            });
+            reachable &= live.count() >= self.shape.k;
+        }
+        reachable
     }
 
     fn disk_done(&mut self, osd: usize) {
@@ -810,6 +934,15 @@ impl Sim {
                 .iter()
                 .map(|n| (n.clone(), source.objects.get(n).copied()))
                 .collect();
+            if !self.rebuildable(from, &data, false) {
+                return self.feed(
+                    osd,
+                    Input::Pulled {
+                        token,
+                        record: None,
+                    },
+                );
+            }
             let record = Record::Copy {
                 reset,
                 entries,
@@ -866,7 +999,16 @@ impl Sim {
             };
             let data = self.data_for(osd, &request);
             let life = o.life;
-            if self.delivers(osd, to) {
+            // Backfill runs beside client writes: an object whose newest state is not yet on
+            // `k` shards cannot be rebuilt, and the attempt fails (the daemon tries again).
+            let rebuilt = self.rebuildable(osd, &data, false);
+            if !rebuilt {
+                *self
+                    .stats
+                    .entry("backfills retried for a write in flight")
+                    .or_default() += 1;
+            }
+            if rebuilt && self.delivers(osd, to) {
                 let delay = self.delay();
                 // The answer comes back as `Backfilled` through a token the machine never
                 // hands out.
@@ -1334,6 +1476,19 @@ impl Sim {
         // hold every acknowledged write.
         if self.mon.last_active.as_ref() == Some(&activation) {
             self.check_objects(osd, "activation");
+            if self.shape.k > 1 {
+                // Every shard of the interval holds the same state of every object.
+                for other in &activation.acting {
+                    let other = other.0 as usize;
+                    if self.osds[other].objects != self.osds[osd].objects {
+                        self.fail(&format!(
+                            "at activation, shard osd.{other} holds {:?} and the primary \
+                             osd.{osd} {:?}",
+                            self.osds[other].objects, self.osds[osd].objects
+                        ));
+                    }
+                }
+            }
         }
     }
 
@@ -1344,7 +1499,7 @@ impl Sim {
             return false;
         };
         self.mon.pg_temp.is_none()
-            && acting.len() == SIZE
+            && acting.len() == self.shape.size
             && (0..OSDS).all(|o| self.mon.up[o] && self.mon.inn[o])
             && self.osds[primary]
                 .machine
@@ -1421,26 +1576,24 @@ impl Sim {
     }
 }
 
-/// Thousands of seeds of crashes, pauses and cut-off OSDs under concurrent writers: nothing
-/// acknowledged is lost, one primary per interval, and the PG heals.
-#[test]
-fn a_pg_loses_no_acknowledged_write_under_faults() {
+/// Runs `seeds` seeds of `shape` (`SIM_SEEDS` overrides), or replays `SIM_SEED` with a trace.
+fn run_seeds(shape: Shape, seeds: u64) {
     if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        let (ops, acked, activations, stats) = Sim::new(seed, true).run_to_end();
+        let (ops, acked, activations, stats) = Sim::new(shape, seed, true).run_to_end();
         eprintln!(
-            "seed {seed}: {ops} operations, {acked} acknowledged, {activations} activations; \
-             {stats:?}"
+            "{shape:?} seed {seed}: {ops} operations, {acked} acknowledged, {activations} \
+             activations; {stats:?}"
         );
         return;
     }
     let seeds: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2_000);
+        .unwrap_or(seeds);
     let (mut ops, mut acked, mut activations) = (0, 0, 0);
     let mut paths: BTreeMap<&'static str, u64> = BTreeMap::new();
     for seed in 0..seeds {
-        let (o, a, v, stats) = Sim::new(seed, false).run_to_end();
+        let (o, a, v, stats) = Sim::new(shape, seed, false).run_to_end();
         ops += o;
         acked += a;
         activations += v;
@@ -1449,11 +1602,27 @@ fn a_pg_loses_no_acknowledged_write_under_faults() {
         }
     }
     eprintln!(
-        "{seeds} seeds: {ops} operations, {acked} acknowledged, {activations} activations; \
-         {paths:?}"
+        "{shape:?}, {seeds} seeds: {ops} operations, {acked} acknowledged, {activations} \
+         activations; {paths:?}"
     );
     assert!(
         acked > seeds,
         "the clients got almost nothing done: {acked} acknowledged"
     );
+}
+
+/// Thousands of seeds of crashes, pauses and cut-off OSDs under concurrent writers: nothing
+/// acknowledged is lost, one primary per interval, and the PG heals.
+#[test]
+fn a_pg_loses_no_acknowledged_write_under_faults() {
+    run_seeds(REPLICATED, 2_000);
+}
+
+/// The same faults on erasure PGs, where a change that reached fewer than `k` shards when its
+/// primary failed is undone by peering: nothing acknowledged is lost, every object state that
+/// recovery rebuilds has `k` shards, and the shards of an active PG agree.
+#[test]
+fn an_erasure_pg_loses_no_acknowledged_write_and_never_mixes_versions() {
+    run_seeds(ERASURE_2_1, 1_000);
+    run_seeds(ERASURE_2_2, 1_000);
 }

@@ -238,6 +238,15 @@ impl PoolKind {
         }
     }
 
+    /// How many holders rebuild every object: 1 for a replicated pool (each copy is whole),
+    /// `k` for an erasure pool.
+    pub const fn rebuild_from(self) -> usize {
+        match self {
+            PoolKind::Replicated { .. } => 1,
+            PoolKind::Erasure { k, .. } => k as usize,
+        }
+    }
+
     /// Raw bytes stored per byte of data, as a fraction (numerator, denominator): the
     /// copies, or `(k + m) / k`.
     pub const fn raw_ratio(self) -> (u32, u32) {

@@ -337,6 +337,16 @@ pub enum OsdRequest<T = serde_bytes::ByteBuf> {
         /// Its epoch.
         epoch: Epoch,
     },
+    /// From the primary of an erasure pool's PG, in peering: undo `entry`, this holder's
+    /// newest change, which reached too few shards to stand (docs/erasure.md, "Peering").
+    PgUndo {
+        /// The primary's map epoch (refused when older than the holder's fence).
+        epoch: Epoch,
+        /// The PG.
+        pg: PgId,
+        /// The change.
+        entry: LogEntry,
+    },
 }
 
 /// Answers of OSDs.
