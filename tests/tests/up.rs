@@ -397,10 +397,11 @@ fn a_full_cluster_refuses_writes_and_keeps_what_it_has(
         "{refusal}"
     );
     assert!(written.len() >= 4, "filled too early: {written:?}");
-    // The first refusal may come from a primary that saw its own disk full; once the map
-    // marks it full, every write that needs space is refused.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    // The first refusal may come from a primary whose disk had no room for 16 MiB more
+    // while still under the full ratio: smaller writes then fill it until the map marks it
+    // full, after which every write that needs space is refused.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0.. {
         let map: Value =
             serde_json::from_str(&tidepool_ok(cluster, &["osd", "dump", "--format", "json"]))
                 .expect("map JSON");
@@ -409,6 +410,13 @@ fn a_full_cluster_refuses_writes_and_keeps_what_it_has(
             break;
         }
         assert!(Instant::now() < deadline, "no OSD marked full: {map}");
+        std::fs::write(&file, &object(100 + i)[..1 << 20]).expect("file");
+        let target = format!("s3://demo/top-{i}");
+        aws(
+            port,
+            keys,
+            &["s3", "cp", file.to_str().expect("utf-8"), &target],
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // The next write too, however small.
