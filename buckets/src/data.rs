@@ -17,13 +17,16 @@ use crate::{random_id, BucketError, Buckets};
 pub type DataStream = Pin<Box<dyn Stream<Item = Result<Bytes, BucketError>> + Send>>;
 
 /// How [`Buckets::write_data`] may store data.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct WriteOptions {
     /// Whether small data may stay in memory to be linked inline (objects may; multipart
     /// parts may not).
     pub inline_allowed: bool,
     /// The size the caller expects (`Content-Length`), to size buffers; not trusted.
     pub size_hint: Option<u64>,
+    /// The data pool of the stripes (`None`: the default; see
+    /// [`Buckets::storage_class_pool`]).
+    pub pool: Option<String>,
 }
 
 /// Data written and not yet linked into an index.
@@ -62,6 +65,7 @@ impl Buckets {
             prefix: format!("{}.{}", bucket.id, random_id()),
             size: 0,
             stripe_bytes,
+            pool: options.pool.clone(),
         };
         let mut md5 = Md5::new();
         let mut buffer: Vec<u8> = Vec::new();
@@ -94,7 +98,7 @@ impl Buckets {
                     let name = segment.stripe(next_stripe);
                     next_stripe += 1;
                     let data = std::mem::take(&mut buffer);
-                    in_flight.push(self.write_stripe(name, data));
+                    in_flight.push(self.write_stripe(&segment, name, data));
                 }
             }
             let mut error = None;
@@ -126,7 +130,8 @@ impl Buckets {
                 if !buffer.is_empty() {
                     let name = segment.stripe(next_stripe);
                     next_stripe += 1;
-                    in_flight.push(self.write_stripe(name, std::mem::take(&mut buffer)));
+                    let data = std::mem::take(&mut buffer);
+                    in_flight.push(self.write_stripe(&segment, name, data));
                 }
                 let mut error = None;
                 while let Some(result) = in_flight.next().await {
@@ -137,7 +142,6 @@ impl Buckets {
                 error
             }
         };
-        let segment = Segment { size, ..segment };
         if let Some(error) = failed {
             // Let every write that was sent finish before its stripe is removed.
             while in_flight.next().await.is_some() {}
@@ -149,6 +153,8 @@ impl Buckets {
             self.remove_segments(std::slice::from_ref(&written)).await;
             return Err(error);
         }
+        drop(in_flight);
+        let segment = Segment { size, ..segment };
         let digest: [u8; 16] = md5.finalize().into();
         Ok(Written {
             segment: (size > 0).then_some(segment),
@@ -159,8 +165,13 @@ impl Buckets {
         })
     }
 
-    async fn write_stripe(&self, name: String, data: Vec<u8>) -> Result<(), BucketError> {
-        self.data_op(&name, vec![ObjectOp::WriteFull(data.into())])
+    async fn write_stripe(
+        &self,
+        segment: &Segment,
+        name: String,
+        data: Vec<u8>,
+    ) -> Result<(), BucketError> {
+        self.data_op(&segment.pool, &name, vec![ObjectOp::WriteFull(data.into())])
             .await?;
         Ok(())
     }
@@ -177,7 +188,7 @@ impl Buckets {
         for segment in segments {
             for n in 0..segment.stripes() {
                 match self
-                    .data_op(&segment.stripe(n), vec![ObjectOp::Remove])
+                    .data_op(&segment.pool, &segment.stripe(n), vec![ObjectOp::Remove])
                     .await
                 {
                     Ok(_) | Err(ObjectError::Op(OpError::NotFound)) => {}
@@ -206,9 +217,9 @@ impl Buckets {
         let ahead = self.config().stripes_in_flight.max(1);
         Box::pin(
             futures::stream::iter(pieces)
-                .map(move |(name, offset, len)| {
+                .map(move |(pool, name, offset, len)| {
                     let this = this.clone();
-                    async move { this.read_piece(name, offset, len).await }
+                    async move { this.read_piece(pool, name, offset, len).await }
                 })
                 .buffered(ahead)
                 .map_ok(|chunks| futures::stream::iter(chunks.into_iter().map(Ok)))
@@ -219,12 +230,13 @@ impl Buckets {
     /// `len` bytes at `offset` of the stripe `name`, in the pieces they arrived in (no copy).
     async fn read_piece(
         &self,
+        pool: Option<String>,
         name: String,
         offset: u64,
         len: u64,
     ) -> Result<Vec<Bytes>, BucketError> {
         let (_, outputs) = self
-            .data_op(&name, vec![ObjectOp::Read { offset, len }])
+            .data_op(&pool, &name, vec![ObjectOp::Read { offset, len }])
             .await
             .map_err(|e| match e {
                 ObjectError::Op(OpError::NotFound) => {
@@ -245,9 +257,12 @@ impl Buckets {
     }
 }
 
-/// The stripe reads that cover `range` of the concatenated `segments`: (stripe, offset in
-/// the stripe, length).
-fn pieces(segments: &[Segment], range: Range<u64>) -> Vec<(String, u64, u64)> {
+/// A stripe read: the stripe's data pool (`None`: the default), the stripe, offset in the
+/// stripe, length.
+type Piece = (Option<String>, String, u64, u64);
+
+/// The stripe reads that cover `range` of the concatenated `segments`.
+fn pieces(segments: &[Segment], range: Range<u64>) -> Vec<Piece> {
     let mut out = Vec::new();
     let mut base = 0u64;
     for segment in segments {
@@ -264,7 +279,7 @@ fn pieces(segments: &[Segment], range: Range<u64>) -> Vec<(String, u64, u64)> {
             let n = at / segment.stripe_bytes;
             let within = at % segment.stripe_bytes;
             let len = (segment.stripe_bytes - within).min(stop - at);
-            out.push((segment.stripe(n), within, len));
+            out.push((segment.pool.clone(), segment.stripe(n), within, len));
             at += len;
         }
     }
@@ -285,14 +300,20 @@ mod tests {
             prefix: prefix.into(),
             size,
             stripe_bytes: 10,
+            pool: None,
         }
+    }
+
+    fn reads(segments: &[Segment], range: Range<u64>) -> Vec<(String, u64, u64)> {
+        let pieces = pieces(segments, range);
+        pieces.into_iter().map(|(_, n, o, l)| (n, o, l)).collect()
     }
 
     #[test]
     fn pieces_cover_exactly_the_range() {
         let segments = [segment("a", 25), segment("b", 7)];
         assert_eq!(
-            pieces(&segments, 0..32),
+            reads(&segments, 0..32),
             vec![
                 ("a.0".to_string(), 0, 10),
                 ("a.1".to_string(), 0, 10),
@@ -301,7 +322,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            pieces(&segments, 12..27),
+            reads(&segments, 12..27),
             vec![
                 ("a.1".to_string(), 2, 8),
                 ("a.2".to_string(), 0, 5),
@@ -311,7 +332,7 @@ mod tests {
         assert!(pieces(&segments, 32..32).is_empty());
         for start in 0..32 {
             for end in start..=32 {
-                let total: u64 = pieces(&segments, start..end).iter().map(|p| p.2).sum();
+                let total: u64 = reads(&segments, start..end).iter().map(|p| p.2).sum();
                 assert_eq!(total, end - start);
             }
         }

@@ -3,6 +3,7 @@
 //! objects described by a manifest, multipart uploads whose parts become the manifest, and a
 //! garbage collector for unlinked stripes. See docs/buckets.md.
 
+pub mod classes;
 mod data;
 pub mod gc;
 mod index;
@@ -42,6 +43,9 @@ pub enum BucketError {
     /// No multipart upload of that id.
     #[error("no such upload")]
     NoSuchUpload,
+    /// A write names a storage class that maps to no data pool.
+    #[error("no storage class {0}")]
+    InvalidStorageClass(String),
     /// A conditional write's condition is false.
     #[error("a precondition failed")]
     PreconditionFailed,
@@ -126,6 +130,7 @@ struct Inner {
     client: Arc<ObjectClient>,
     config: BucketsConfig,
     cache: index::BucketCache,
+    classes: classes::ClassCache,
 }
 
 impl Buckets {
@@ -136,6 +141,7 @@ impl Buckets {
                 client,
                 config,
                 cache: index::BucketCache::default(),
+                classes: classes::ClassCache::default(),
             }),
         }
     }
@@ -153,12 +159,15 @@ impl Buckets {
         self.op(&self.inner.config.index_pool, object, ops).await
     }
 
+    /// An operation on a stripe of data pool `pool` (`None`: the default data pool).
     async fn data_op(
         &self,
+        pool: &Option<String>,
         object: &str,
         ops: Vec<ObjectOp>,
     ) -> Result<(u64, Vec<OpOutput>), ObjectError> {
-        self.op(&self.inner.config.data_pool, object, ops).await
+        let pool = pool.as_deref().unwrap_or(&self.inner.config.data_pool);
+        self.op(pool, object, ops).await
     }
 
     async fn op(

@@ -66,6 +66,9 @@ pub struct Segment {
     pub size: u64,
     /// Bytes per stripe.
     pub stripe_bytes: u64,
+    /// The data pool of its stripes (`None`: the layer's default data pool).
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 impl Segment {
@@ -106,6 +109,9 @@ pub struct ObjectMeta {
     pub metadata: BTreeMap<String, String>,
     /// Checksums by algorithm (`CRC32`, `CRC32C`, `SHA1`, `SHA256`, `CRC64NVME`), base64.
     pub checksums: BTreeMap<String, String>,
+    /// The S3 storage class it was written with (`None`: `STANDARD`).
+    #[serde(default)]
+    pub storage_class: Option<String>,
 }
 
 /// An object's index entry.
@@ -213,6 +219,8 @@ pub mod keys {
 
 /// The directory object.
 pub const DIRECTORY: &str = "buckets";
+/// The index pool object whose omap maps S3 storage classes to data pools.
+pub const STORAGE_CLASSES: &str = "storage_classes";
 
 /// The object holding the parts of upload `id`.
 pub fn upload_object(id: &str) -> String {

@@ -180,6 +180,10 @@ pub struct UpArgs {
     /// space); OSDs keep the size they were made with unless this is given again.
     #[arg(long, value_parser = parse_size)]
     osd_size: Option<u64>,
+    /// Keep S3 data in an erasure pool `K+M` (failure domain osd; first run only): at least
+    /// K+M OSDs are started.
+    #[arg(long, value_parser = crate::simulate::parse_erasure)]
+    erasure: Option<(u8, u8)>,
 }
 
 /// Worker threads for each of `osds` OSDs on this machine: its cores shared out, at least one.
@@ -406,7 +410,11 @@ struct UpFile {
 
 /// `tidepool up`: starts (and on the first run creates) a local cluster, waits until its PGs
 /// are active, prints how to use it, restarts what dies, and stops everything on Ctrl-C.
-pub fn up(args: UpArgs) -> Result<()> {
+pub fn up(mut args: UpArgs) -> Result<()> {
+    if let Some((k, m)) = args.erasure {
+        // A shard per OSD.
+        args.osds = args.osds.max(u32::from(k) + u32::from(m));
+    }
     let dir = args.dir.clone();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let Some(mut lock) = lock_folder(&dir)? else {
@@ -449,14 +457,22 @@ pub fn up(args: UpArgs) -> Result<()> {
                 .command(pool)
                 .await?
                 .map_err(|e| anyhow::anyhow!("creating pool data: {e}"))?;
+            let buckets = tidepool_buckets::BucketsConfig::default();
+            if let Some((k, m)) = args.erasure {
+                // The S3 data pool first: the gateway then finds it and makes the others.
+                let pool = Command::PoolCreate {
+                    name: buckets.data_pool.clone(),
+                    kind: PoolKind::erasure(k, m),
+                    pg_num: 32,
+                    failure_domain: BucketType::Osd,
+                };
+                admin
+                    .command(pool)
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("creating pool {}: {e}", buckets.data_pool))?;
+            }
             let size = args.osds.clamp(1, 3) as u8;
-            crate::gateway::ensure_pools(
-                &mut admin,
-                &tidepool_buckets::BucketsConfig::default(),
-                size,
-                BucketType::Osd,
-            )
-            .await?;
+            crate::gateway::ensure_pools(&mut admin, &buckets, size, BucketType::Osd).await?;
         }
         anyhow::Ok(())
     })?;

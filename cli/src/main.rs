@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod classes;
 mod cluster;
 mod daemons;
 mod gateway;
@@ -104,6 +105,13 @@ enum Command {
         cluster: admin::ClusterArgs,
         #[command(subcommand)]
         command: admin::UserCommand,
+    },
+    /// S3 storage classes and the data pool of each.
+    StorageClass {
+        #[command(flatten)]
+        cluster: admin::ClusterArgs,
+        #[command(subcommand)]
+        command: classes::ClassCommand,
     },
     /// Pools: list, create, remove.
     Pool {
@@ -262,5 +270,6 @@ fn run() -> Result<()> {
         Command::Bucket { cluster, command } => admin::change(cluster, command.into()),
         Command::Config { cluster, command } => admin::config(cluster, command),
         Command::User { cluster, command } => admin::user(cluster, command),
+        Command::StorageClass { cluster, command } => classes::run(cluster, command),
     }
 }

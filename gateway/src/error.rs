@@ -25,6 +25,10 @@ pub fn s3(error: BucketError) -> S3Error {
             "The bucket you tried to delete is not empty."
         ),
         BucketError::NoSuchKey => s3_error!(NoSuchKey, "The specified key does not exist."),
+        BucketError::InvalidStorageClass(class) => s3_error!(
+            InvalidStorageClass,
+            "The storage class {class} is not one this cluster offers (tidepool storage-class ls)."
+        ),
         BucketError::NoSuchUpload => s3_error!(
             NoSuchUpload,
             "The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."

@@ -59,13 +59,35 @@ impl Gateway {
         Ok(())
     }
 
+    /// The class a write names (`None`: STANDARD) as it is recorded, and its data pool.
+    async fn class_pool(
+        &self,
+        class: Option<&StorageClass>,
+    ) -> S3Result<(Option<String>, Option<String>)> {
+        self.buckets
+            .storage_class_pool(class.map(|c| c.as_str()))
+            .await
+            .map_err(s3)
+    }
+
+    /// The data pool of the parts of upload `id`: that of its storage class.
+    async fn upload_pool(&self, bucket: &str, key: &str, id: &str) -> S3Result<Option<String>> {
+        let (upload, _) = self.buckets.upload(bucket, key, id).await.map_err(s3)?;
+        let (_, pool) = self
+            .buckets
+            .storage_class_pool(upload.meta.storage_class.as_deref())
+            .await
+            .map_err(s3)?;
+        Ok(pool)
+    }
+
     /// Writes `body` as data of `bucket`, checking its length and checksums; nothing is
     /// linked.
     async fn receive(
         &self,
         bucket: &str,
         body: Option<StreamingBlob>,
-        inline_allowed: bool,
+        options: WriteOptions,
         check: BodyCheck<'_>,
     ) -> S3Result<(Written, BTreeMap<String, String>)> {
         let info = self.buckets.lookup(bucket, false).await.map_err(s3)?;
@@ -80,8 +102,8 @@ impl Gateway {
                 &info,
                 stream,
                 WriteOptions {
-                    inline_allowed,
                     size_hint: check.content_length.and_then(|n| u64::try_from(n).ok()),
+                    ..options
                 },
             )
             .await
@@ -220,8 +242,12 @@ fn object_of(key: String, entry: &Entry, encode: fn(&str) -> String) -> Object {
         size: Some(entry.size as i64),
         e_tag: Some(etag(&entry.etag)),
         last_modified: Some(timestamp(entry.modified_ms)),
-        storage_class: Some(ObjectStorageClass::from_static(
-            ObjectStorageClass::STANDARD,
+        storage_class: Some(ObjectStorageClass::from(
+            entry
+                .meta
+                .storage_class
+                .clone()
+                .unwrap_or_else(|| ObjectStorageClass::STANDARD.to_owned()),
         )),
         ..Default::default()
     }
@@ -244,6 +270,7 @@ fn meta_of(headers: ContentHeaders, metadata: Option<Metadata>) -> ObjectMeta {
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect(),
         checksums: BTreeMap::new(),
+        storage_class: None,
     }
 }
 
@@ -439,6 +466,8 @@ macro_rules! read_answer {
             checksum_sha256: sums.checksum_sha256,
             checksum_crc64nvme: sums.checksum_crc64nvme,
             parts_count,
+            // Shown unless STANDARD, as S3 does.
+            storage_class: entry.meta.storage_class.clone().map(StorageClass::from),
             ..Default::default()
         };
         (range, output)
@@ -544,7 +573,15 @@ impl S3 for Gateway {
             content_md5: input.content_md5.as_deref(),
             trailers: req.trailing_headers,
         };
-        let (written, sums) = self.receive(&input.bucket, input.body, true, check).await?;
+        let (class, pool) = self.class_pool(input.storage_class.as_ref()).await?;
+        let options = WriteOptions {
+            inline_allowed: true,
+            pool,
+            ..Default::default()
+        };
+        let (written, sums) = self
+            .receive(&input.bucket, input.body, options, check)
+            .await?;
         let mut meta = meta_of(
             ContentHeaders {
                 content_type: input.content_type,
@@ -557,6 +594,7 @@ impl S3 for Gateway {
             input.metadata,
         );
         meta.checksums = sums;
+        meta.storage_class = class;
         let entry = self
             .buckets
             .put(&input.bucket, &input.key, written, meta, &condition)
@@ -700,7 +738,11 @@ impl S3 for Gateway {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        if !replace && source_bucket == input.bucket && source_key == input.key {
+        if !replace
+            && input.storage_class.is_none()
+            && source_bucket == input.bucket
+            && source_key == input.key
+        {
             return Err(s3_error!(InvalidRequest, "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes."));
         }
         let mut meta = if replace {
@@ -722,6 +764,9 @@ impl S3 for Gateway {
             }
         };
         meta.checksums = source.meta.checksums.clone();
+        // As in S3, the copy is of the class the request names, else STANDARD.
+        let (class, pool) = self.class_pool(input.storage_class.as_ref()).await?;
+        meta.storage_class = class;
         let data = self.buckets.read_data(&source, inline, 0..source.size);
         let info = self
             .buckets
@@ -736,6 +781,7 @@ impl S3 for Gateway {
                 WriteOptions {
                     inline_allowed: true,
                     size_hint: Some(source.size),
+                    pool,
                 },
             )
             .await
@@ -879,6 +925,8 @@ impl S3 for Gateway {
             meta.checksums
                 .insert(algorithm.as_str().to_ascii_uppercase(), String::new());
         }
+        let (class, _) = self.class_pool(input.storage_class.as_ref()).await?;
+        meta.storage_class = class;
         let upload = self
             .buckets
             .create_upload(&input.bucket, &input.key, meta)
@@ -915,8 +963,14 @@ impl S3 for Gateway {
             content_md5: input.content_md5.as_deref(),
             trailers: req.trailing_headers,
         };
+        let options = WriteOptions {
+            pool: self
+                .upload_pool(&input.bucket, &input.key, &input.upload_id)
+                .await?,
+            ..Default::default()
+        };
         let (written, sums) = self
-            .receive(&input.bucket, input.body, false, check)
+            .receive(&input.bucket, input.body, options, check)
             .await?;
         let part = self
             .buckets
@@ -984,6 +1038,9 @@ impl S3 for Gateway {
                 WriteOptions {
                     inline_allowed: false,
                     size_hint: Some(range_len),
+                    pool: self
+                        .upload_pool(&input.bucket, &input.key, &input.upload_id)
+                        .await?,
                 },
             )
             .await
@@ -1204,7 +1261,12 @@ impl S3 for Gateway {
                         key: Some(encode(&u.key)),
                         upload_id: Some(u.id),
                         initiated: Some(timestamp(u.initiated_ms)),
-                        storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+                        storage_class: Some(StorageClass::from(
+                            u.meta
+                                .storage_class
+                                .clone()
+                                .unwrap_or_else(|| StorageClass::STANDARD.to_owned()),
+                        )),
                         ..Default::default()
                     })
                     .collect(),

@@ -635,15 +635,21 @@ impl Osd {
         stats
     }
 
-    /// Objects and bytes of this OSD's copy of `pg`, as the store counts them (without the PG's
-    /// own log object).
+    /// Objects and bytes of this OSD's copy of `pg`, as the store counts them, without the
+    /// PG's own objects (its log, and an erasure pool's rollback records), whose names start
+    /// with NUL and so come first.
     fn usage(&self, pg: PgId) -> (u64, u64) {
         let coll = pg::collection(pg);
         let Ok(usage) = self.store.collection_usage(coll) else {
             return (0, 0);
         };
-        let log = u64::from(self.store.stat(coll, pg::META).is_ok());
-        (usage.objects.saturating_sub(log), usage.bytes)
+        let own = self.store.list(coll, None, 16).map_or(0, |names| {
+            names
+                .iter()
+                .take_while(|n| crate::ec::is_internal(n))
+                .count() as u64
+        });
+        (usage.objects.saturating_sub(own), usage.bytes)
     }
 }
 

@@ -300,6 +300,8 @@ fn aws_cli_s3_commands() {
     }
 
     eprintln!("sizes done at {:?}", started.elapsed());
+    storage_classes(&s3);
+    eprintln!("storage classes done at {:?}", started.elapsed());
     // A tree of 200 files: sync up, list, sync down, remove.
     let tree = s3.file("tree");
     for i in 0..200 {
@@ -412,6 +414,127 @@ fn aws_cli_s3_commands() {
     s3.aws_ok(&["s3", "rm", "--recursive", "--only-show-errors", "s3://bkt"]);
     s3.aws_ok(&["s3", "rb", "s3://bkt"]);
     assert!(!s3.aws_ok(&["s3", "ls"]).contains("bkt"));
+}
+
+/// A storage class mapped to an erasure pool (2+1 over the three OSDs): objects of 1 B, 7 MiB
+/// and 100 MiB (multipart) written with it come back exact, HEAD and LIST name their class,
+/// their stripes are in that pool, a copy takes the class it asks for (else STANDARD), and an
+/// unknown class is refused.
+fn storage_classes(s3: &S3Cluster) {
+    tidepool_ok(
+        s3.path(),
+        &[
+            "pool",
+            "create",
+            "cold",
+            "--erasure",
+            "2+1",
+            "--pg-num",
+            "8",
+            "--failure-domain",
+            "osd",
+        ],
+    );
+    tidepool_ok(
+        s3.path(),
+        &["storage-class", "set", "STANDARD_IA", "--pool", "cold"],
+    );
+    let classes = tidepool_ok(s3.path(), &["storage-class", "ls", "--format", "json"]);
+    assert!(
+        classes.contains("STANDARD_IA") && classes.contains("cold"),
+        "{classes}"
+    );
+    for (name, size) in [("one", 1), ("seven", 7 * MIB), ("hundred", 100 * MIB)] {
+        let data = pattern(size as u64 + 5, size);
+        let up = s3.file(&format!("{name}.cold.up"));
+        let down = s3.file(&format!("{name}.cold.down"));
+        write(&up, &data);
+        let target = format!("s3://bkt/cold/{name}");
+        let up_path = up.to_str().unwrap();
+        s3.aws_ok(&[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            "--storage-class",
+            "STANDARD_IA",
+            up_path,
+            &target,
+        ]);
+        s3.aws_ok(&[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            &target,
+            down.to_str().unwrap(),
+        ]);
+        assert!(read(&down) == data, "cold/{name} came back different");
+        let key = format!("cold/{name}");
+        let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", &key]);
+        assert_eq!(head["StorageClass"], "STANDARD_IA", "{head}");
+        assert_eq!(head["ContentLength"], size as u64);
+    }
+    let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", "sizes/seven"]);
+    assert!(
+        head.get("StorageClass").is_none(),
+        "STANDARD is not shown: {head}"
+    );
+    let listing = s3.s3api(&["list-objects-v2", "--bucket", "bkt", "--prefix", "cold/"]);
+    let listed: Vec<&str> = listing["Contents"]
+        .as_array()
+        .expect("contents")
+        .iter()
+        .map(|o| o["StorageClass"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(listed, ["STANDARD_IA"; 3], "{listing}");
+    // 7 MiB is two stripes, 100 MiB at least 25: all in the erasure pool.
+    let stripes = tidepool_ok(s3.path(), &["object", "ls", "cold"]);
+    assert!(stripes.lines().count() >= 27, "stripes in cold: {stripes}");
+    // Copies: the class asked for, else STANDARD; the bytes either way.
+    s3.aws_ok(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "s3://bkt/cold/seven",
+        "s3://bkt/warm/seven",
+    ]);
+    let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", "warm/seven"]);
+    assert!(head.get("StorageClass").is_none(), "{head}");
+    s3.aws_ok(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "--storage-class",
+        "STANDARD_IA",
+        "s3://bkt/sizes/seven",
+        "s3://bkt/cold/copied",
+    ]);
+    let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", "cold/copied"]);
+    assert_eq!(head["StorageClass"], "STANDARD_IA", "{head}");
+    let back = s3.file("copied.down");
+    s3.aws_ok(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "s3://bkt/cold/copied",
+        back.to_str().unwrap(),
+    ]);
+    assert!(
+        read(&back) == pattern(7 * MIB as u64, 7 * MIB),
+        "the copy differs"
+    );
+    // A class that maps to no pool.
+    expect_error(
+        &s3.aws(&[
+            "s3",
+            "cp",
+            "--storage-class",
+            "GLACIER",
+            s3.file("one.up").to_str().unwrap(),
+            "s3://bkt/glacier",
+        ]),
+        "InvalidStorageClass",
+        &["cp"],
+    );
 }
 
 /// Rule: each S3 operation aws-cli's `s3api` exposes answers as S3 does, keys of any shape
