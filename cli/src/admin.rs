@@ -482,12 +482,16 @@ pub fn pool_ls(args: ClusterArgs) -> Result<()> {
             OutputFormat::Plain => {
                 for pool in map.pools.values() {
                     let (raw, stored) = pool.kind.raw_ratio();
+                    // A replicated profile names its min_size already.
+                    let min_size = match pool.kind {
+                        PoolKind::Erasure { .. } => format!(" min_size {}", pool.kind.min_size()),
+                        PoolKind::Replicated { .. } => String::new(),
+                    };
                     println!(
-                        "{} {} {} min_size {} pg_num {} failure_domain {} raw/stored {:.2}",
+                        "{} {} {}{min_size} pg_num {} failure_domain {} raw/stored {:.2}",
                         pool.id.0,
                         pool.name,
                         pool.kind,
-                        pool.kind.min_size(),
                         pool.pg_num,
                         pool.rule.failure_domain,
                         f64::from(raw) / f64::from(stored)

@@ -457,22 +457,12 @@ pub fn up(mut args: UpArgs) -> Result<()> {
                 .command(pool)
                 .await?
                 .map_err(|e| anyhow::anyhow!("creating pool data: {e}"))?;
-            let buckets = tidepool_buckets::BucketsConfig::default();
-            if let Some((k, m)) = args.erasure {
-                // The S3 data pool first: the gateway then finds it and makes the others.
-                let pool = Command::PoolCreate {
-                    name: buckets.data_pool.clone(),
-                    kind: PoolKind::erasure(k, m),
-                    pg_num: 32,
-                    failure_domain: BucketType::Osd,
-                };
-                admin
-                    .command(pool)
-                    .await?
-                    .map_err(|e| anyhow::anyhow!("creating pool {}: {e}", buckets.data_pool))?;
+            // An erasure data pool needs its OSDs in the map first: it is made below.
+            if args.erasure.is_none() {
+                let size = args.osds.clamp(1, 3) as u8;
+                let buckets = tidepool_buckets::BucketsConfig::default();
+                crate::gateway::ensure_pools(&mut admin, &buckets, size, BucketType::Osd).await?;
             }
-            let size = args.osds.clamp(1, 3) as u8;
-            crate::gateway::ensure_pools(&mut admin, &buckets, size, BucketType::Osd).await?;
         }
         anyhow::Ok(())
     })?;
@@ -523,6 +513,9 @@ pub fn up(mut args: UpArgs) -> Result<()> {
             }
         }
     }
+    if let (true, Some((k, m))) = (first_run, args.erasure) {
+        rt.block_on(erasure_data_pool(&cluster, k, m, args.osds))?;
+    }
     let started = Instant::now();
     let (active, total) = rt.block_on(wait_active(&cluster, Duration::from_secs(90)))?;
     let s3_addr = SocketAddr::from(([127, 0, 0, 1], args.s3_port));
@@ -560,6 +553,9 @@ pub fn up(mut args: UpArgs) -> Result<()> {
     println!("  OSDs:     {}", osds.len());
     println!("  PGs:      {active} of {total} active");
     println!("  pool:     data (3 copies, writes need 2)");
+    if let Some(kind) = rt.block_on(s3_data_kind(&cluster)) {
+        println!("  S3 data:  {kind}");
+    }
     println!("  S3:       http://{s3_addr}");
     println!("            access key {}", user.access_key);
     println!("            secret key {}", user.secret_key);
@@ -591,6 +587,47 @@ pub fn up(mut args: UpArgs) -> Result<()> {
     let _ = std::fs::remove_file(dir.join(UP_FILE));
     println!("stopped");
     Ok(())
+}
+
+/// Makes the S3 data pool an erasure pool `k+m` (failure domain osd), once the OSDs are in
+/// the map, then the bucket layer's other pools.
+async fn erasure_data_pool(cluster: &ClusterArgs, k: u8, m: u8, osds: u32) -> Result<()> {
+    let mut admin = cluster.client()?;
+    let buckets = tidepool_buckets::BucketsConfig::default();
+    let command = Command::PoolCreate {
+        name: buckets.data_pool.clone(),
+        kind: PoolKind::erasure(k, m),
+        pg_num: 32,
+        failure_domain: BucketType::Osd,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.command(command.clone()).await? {
+            Ok(_) | Err(tidepool_proto::mon::CommandError::Exists(_)) => break,
+            // The OSDs just made may not all be in the map yet.
+            Err(error) if Instant::now() < deadline => {
+                tracing::debug!(%error, "the erasure data pool waits for its OSDs");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => bail!("creating pool {}: {error}", buckets.data_pool),
+        }
+    }
+    let size = osds.clamp(1, 3) as u8;
+    crate::gateway::ensure_pools(&mut admin, &buckets, size, BucketType::Osd).await
+}
+
+/// How the S3 data pool keeps its data, for the greeting (`None` when it cannot tell).
+async fn s3_data_kind(cluster: &ClusterArgs) -> Option<String> {
+    let map = cluster.client().ok()?.map().await.ok()?;
+    let name = tidepool_buckets::BucketsConfig::default().data_pool;
+    let pool = map.pool_by_name(&name)?;
+    Some(match pool.kind {
+        PoolKind::Erasure { k, m, .. } => format!(
+            "{name}, erasure {k}+{m} ({:.2}x raw per byte stored)",
+            f64::from(k + m) / f64::from(k)
+        ),
+        PoolKind::Replicated { size, .. } => format!("{name}, {size} copies"),
+    })
 }
 
 /// The bytes free for unprivileged use on the file system holding `dir`.

@@ -129,7 +129,9 @@ pub fn movement(before: &ClusterMap, after: &ClusterMap, report: &Report) -> Mov
                 continue;
             }
             let leaving: Vec<OsdId> = now.iter().filter(|o| !then.contains(o)).copied().collect();
-            let per_copy = bytes_of.get(&pg).copied().unwrap_or(0);
+            // A copy of a replicated PG holds its bytes; a shard of an erasure PG 1/k of them.
+            let shards = pool.kind.rebuild_from() as u64;
+            let per_copy = bytes_of.get(&pg).copied().unwrap_or(0) / shards;
             for osd in &arriving {
                 let flow = result.to.entry(osd.to_string()).or_default();
                 flow.copies += 1;
@@ -476,6 +478,53 @@ mod tests {
         assert_eq!(movement(&before, &same, &Report::default()).pgs_moving, 0);
         let text = render_movement(&moved);
         assert!(text.starts_with("would move "), "{text}");
+    }
+
+    /// Rule: a shard of an erasure PG that moves carries 1/k of the PG's bytes; a copy of a
+    /// replicated PG all of them.
+    #[test]
+    fn moving_shards_count_a_kth_of_the_bytes() {
+        use tidepool_placement::generate::pool;
+        use tidepool_placement::{BucketType, PoolKind};
+        let mut before = map();
+        let ec = pool(&before, "ec", PoolKind::erasure(2, 1), 16, BucketType::Osd).expect("pool");
+        let ec_id = ec.id;
+        before.pools.insert(ec.id, ec);
+        let after = preview(&before, &[Command::OsdOut { id: OsdId(1) }]).expect("preview");
+        let mut report = Report::default();
+        for pool in before.pools.values() {
+            for seed in 0..pool.pg_num {
+                report.pgs.push(tidepool_proto::mon::PgStat {
+                    pg: PgId {
+                        pool: pool.id,
+                        seed,
+                    },
+                    state: "active+clean".into(),
+                    objects: 1,
+                    bytes: 6_000,
+                    degraded: 0,
+                    misplaced: 0,
+                    up: Vec::new(),
+                    acting: Vec::new(),
+                    epoch: before.epoch,
+                    waiting_for: Vec::new(),
+                });
+            }
+        }
+        let moved = movement(&before, &after, &report);
+        for mv in &moved.moves {
+            let arriving = mv.to.iter().filter(|o| !mv.from.contains(o)).count() as u64;
+            let shard = if mv.pg.starts_with(&format!("{}.", ec_id.0)) {
+                3_000
+            } else {
+                6_000
+            };
+            assert_eq!(mv.bytes, shard * arriving, "{}", mv.pg);
+        }
+        assert!(moved
+            .moves
+            .iter()
+            .any(|m| m.pg.starts_with(&format!("{}.", ec_id.0))));
     }
 
     /// Rule: an out OSD's copies all leave it; a refused command is an error.

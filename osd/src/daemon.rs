@@ -635,7 +635,8 @@ impl Osd {
         stats
     }
 
-    /// Objects and bytes of this OSD's copy of `pg`, as the store counts them, without the
+    /// Objects and bytes of this OSD's copy of `pg` (bytes of whole objects: a shard's times
+    /// `k`), as the store counts them, without the
     /// PG's own objects (its log, and an erasure pool's rollback records), whose names start
     /// with NUL and so come first.
     fn usage(&self, pg: PgId) -> (u64, u64) {
@@ -649,7 +650,14 @@ impl Osd {
                 .take_while(|n| crate::ec::is_internal(n))
                 .count() as u64
         });
-        (usage.objects.saturating_sub(own), usage.bytes)
+        // A shard holds 1/k of each object: a PG's stored bytes are its objects' bytes.
+        let k = self
+            .view()
+            .map
+            .pools
+            .get(&pg.pool)
+            .map_or(1, |pool| pool.kind.rebuild_from() as u64);
+        (usage.objects.saturating_sub(own), usage.bytes * k)
     }
 }
 
