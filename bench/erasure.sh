@@ -9,7 +9,8 @@
 # each object once on `ec42` (4+2), the same reads with one OSD paused (SIGSTOP, until the
 # monitors mark it down: the reads decode), then 4 MiB writes and reads on `rep3` (size 3); on
 # Ceph, 4 MiB writes and reads on a 4+2 pool (k=4 m=2, crush-failure-domain=osd), and the
-# same degraded read. THREADS in flight, SECONDS_PER_PHASE each.
+# same degraded read (the paused OSD marked down with `ceph osd down`, as peers on other
+# hosts would mark it). THREADS in flight, SECONDS_PER_PHASE each.
 # Env: RUNS=3 SECONDS_PER_PHASE=10 THREADS=16 CEPH=0 CEPH_DIR=/tmp/cephanchor
 # Prints a JSON line per phase, run and system, then medians and per-run ratios, raw bytes per
 # stored byte of each 4+2 pool, and the OSDs' RSS idle and after the runs.
@@ -40,7 +41,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$T" up --dir "$DIR/cluster" --osds 6 --mons 1 --osd-size 4G --s3-port "$(free_port)" \
+# A session of its own: an OSD paused below must not get the SIGHUP that the kernel sends a
+# stopped process whose process group is orphaned when a process of this script exits.
+setsid "$T" up --dir "$DIR/cluster" --osds 6 --mons 1 --osd-size 4G --s3-port "$(free_port)" \
   > "$DIR/up.log" 2>&1 &
 UP_PID=$!
 for _ in $(seq 120); do grep -qs 'Ctrl-C stops' "$DIR/up.log" && break; sleep 1; done
@@ -116,7 +119,7 @@ sys.exit(0 if any(not o["up"] for o in json.load(sys.stdin)["osds"].values()) el
     sleep 0.5
   done
   "$@"
-  kill -CONT "$pid"
+  kill -CONT "$pid" || log "osd-2 (pid $pid) was gone when it was to resume"
   PAUSED=""
   for _ in $(seq 120); do
     "$T" osd dump --format json | python3 -c '
@@ -131,12 +134,15 @@ ceph_degraded() {
   pid="$(cat "$CEPH_DIR/run/osd.2.pid")"
   PAUSED="$pid"
   kill -STOP "$pid"
+  # On one host Ceph's peers never report an OSD down (their reports count as one host):
+  # mark it down, as its peers on other hosts would; paused, it cannot say otherwise.
+  "${C[@]}" osd down 2 > /dev/null 2>&1
   for _ in $(seq 120); do
     "${C[@]}" osd dump 2>/dev/null | grep -q '^osd.2 down' && break
     sleep 0.5
   done
   "$@"
-  kill -CONT "$pid"
+  kill -CONT "$pid" || log "ceph osd.2 (pid $pid) was gone when it was to resume"
   PAUSED=""
   for _ in $(seq 120); do
     "${C[@]}" osd dump 2>/dev/null | grep -q '^osd.2 up' && break
