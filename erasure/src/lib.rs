@@ -193,18 +193,33 @@ impl Codec {
     }
 
     /// Every shard of an object, or of a run of whole stripes, whose bytes are `data`
-    /// (zero-padded to whole stripes): data chunks are dealt out to their shards, then every
-    /// parity byte is computed in one pass over the shards. The code works byte position by
-    /// byte position, so coding the stripes side by side gives each stripe's own parity.
+    /// (zero-padded to whole stripes).
     pub fn encode(&self, data: &[u8]) -> Vec<Vec<u8>> {
+        let width = self.layout.stripe_width() as usize;
+        self.encode_stripes(&data.chunks(width).collect::<Vec<_>>())
+    }
+
+    /// Every shard of a run of consecutive stripes whose object bytes are `stripes`, each at
+    /// most a stripe wide (zero-padded to it): data chunks are dealt out to their shards, then
+    /// every parity byte is computed in one pass over the shards. The code works byte position
+    /// by byte position, so coding the stripes side by side gives each stripe's own parity.
+    pub fn encode_stripes(&self, stripes: &[&[u8]]) -> Vec<Vec<u8>> {
         let (k, m, unit) = (self.layout.k, self.layout.m, self.layout.unit);
-        let stripes = (data.len() as u64).div_ceil(self.layout.stripe_width()) as usize;
-        let len = stripes * unit;
-        let mut shards: Vec<Vec<u8>> = (0..k + m).map(|_| vec![0u8; len]).collect();
-        for (i, chunk) in data.chunks(unit).enumerate() {
-            let (stripe, shard) = (i / k, i % k);
-            shards[shard][stripe * unit..stripe * unit + chunk.len()].copy_from_slice(chunk);
+        let len = stripes.len() * unit;
+        // Each data shard built by appending its units, so that no byte is written twice.
+        let mut shards: Vec<Vec<u8>> = Vec::with_capacity(k + m);
+        for shard in 0..k {
+            let mut bytes = Vec::with_capacity(len);
+            for stripe in stripes {
+                debug_assert!(stripe.len() <= k * unit, "a stripe wider than the layout's");
+                let from = (shard * unit).min(stripe.len());
+                let to = ((shard + 1) * unit).min(stripe.len());
+                bytes.extend_from_slice(&stripe[from..to]);
+                bytes.resize(bytes.len() + unit - (to - from), 0);
+            }
+            shards.push(bytes);
         }
+        shards.extend((0..m).map(|_| vec![0; len]));
         if len > 0 {
             self.rs
                 .encode(&mut shards)

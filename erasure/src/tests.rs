@@ -53,6 +53,31 @@ proptest! {
         prop_assert_eq!(codec.join(&rebuilt[..layout.k()], len as u64).expect("joins"), data);
     }
 
+    /// Rule: stripes coded side by side from pieces of their own (each at most a stripe,
+    /// short ones zero-padded) code as the object bytes laid end to end do.
+    #[test]
+    fn stripes_in_pieces_code_as_one_buffer(
+        layout in layouts(),
+        lens in prop::collection::vec(0usize..20_000, 0..6),
+        seed in any::<u8>(),
+    ) {
+        let codec = Codec::new(layout);
+        let width = layout.stripe_width() as usize;
+        let stripes: Vec<Vec<u8>> = lens
+            .iter()
+            .enumerate()
+            .map(|(s, len)| (0..len % (width + 1)).map(|i| (i + s) as u8 ^ seed).collect())
+            .collect();
+        let mut whole = Vec::new();
+        for stripe in &stripes {
+            let at = whole.len();
+            whole.extend_from_slice(stripe);
+            whole.resize(at + width, 0);
+        }
+        let pieces: Vec<&[u8]> = stripes.iter().map(Vec::as_slice).collect();
+        prop_assert_eq!(codec.encode_stripes(&pieces), codec.encode(&whole));
+    }
+
     /// Rule: writes at any offset (overwrites across stripe boundaries, appends, writes past
     /// the end) leave shards equal to the encoding of the object as a plain byte array would
     /// hold it, and any `k` of them rebuild it.

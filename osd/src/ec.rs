@@ -15,12 +15,15 @@
 //! the PG arrives: the primary sends a change only after the one before was acknowledged by
 //! every holder, so it is durable on enough shards to be rolled forward.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tidepool_erasure::{Codec, Layout};
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
+use tidepool_proto::payload::Payload;
 
 use crate::pg::VERSION_XATTR;
 use crate::store::{CollectionId, ObjectStore, Op, StoreError};
@@ -95,9 +98,20 @@ fn u64_xattr(xattrs: &BTreeMap<String, Vec<u8>>, key: &str) -> u64 {
 
 /// Where the old stripes a plan reads come from.
 pub trait OldStripes {
-    /// The object bytes of stripe `stripe` before the transaction (`k × unit` bytes, zeros
-    /// past the object's end).
-    fn stripe(&mut self, stripe: u64) -> Result<&[u8], OpError>;
+    /// Appends bytes `within` of stripe `stripe` as they were before the transaction (zeros
+    /// past the object's end) to `out`.
+    fn extend(
+        &mut self,
+        stripe: u64,
+        within: Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpError>;
+
+    /// Whether this pass only records the stripes asked for: the plan then stops before it
+    /// codes the shards.
+    fn recording(&self) -> bool {
+        false
+    }
 }
 
 /// The first pass: records the stripes asked for and answers zeros.
@@ -105,32 +119,81 @@ pub trait OldStripes {
 pub struct Needed {
     /// The stripes the plan reads.
     pub stripes: BTreeSet<u64>,
-    zeros: Vec<u8>,
-}
-
-impl Needed {
-    /// A recorder for stripes of `layout`.
-    pub fn new(layout: Layout) -> Needed {
-        Needed {
-            stripes: BTreeSet::new(),
-            zeros: vec![0; layout.stripe_width() as usize],
-        }
-    }
 }
 
 impl OldStripes for Needed {
-    fn stripe(&mut self, stripe: u64) -> Result<&[u8], OpError> {
+    fn extend(
+        &mut self,
+        stripe: u64,
+        within: Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpError> {
         self.stripes.insert(stripe);
-        Ok(&self.zeros)
+        out.resize(out.len() + within.len(), 0);
+        Ok(())
+    }
+
+    fn recording(&self) -> bool {
+        true
     }
 }
 
-/// The second pass: stripes fetched by the shell.
-impl OldStripes for BTreeMap<u64, Vec<u8>> {
-    fn stripe(&mut self, stripe: u64) -> Result<&[u8], OpError> {
-        self.get(&stripe)
-            .map(Vec::as_slice)
-            .ok_or_else(|| OpError::Storage(format!("stripe {stripe} was not read")))
+/// The second pass: old stripes as the shell read them from the data shards, in runs of
+/// consecutive stripes with the `k` data chunks of each run.
+#[derive(Debug)]
+pub struct Fetched {
+    layout: Layout,
+    /// By first stripe: the end of the run and its data chunks, which may be short (zeros
+    /// past their end).
+    runs: BTreeMap<u64, (u64, Vec<Payload>)>,
+}
+
+impl Fetched {
+    /// Nothing fetched yet, for stripes of `layout`.
+    pub fn new(layout: Layout) -> Fetched {
+        Fetched {
+            layout,
+            runs: BTreeMap::new(),
+        }
+    }
+
+    /// The stripes from `first` on whose data shards hold `chunks` (one per data shard, each
+    /// the units of those stripes, at most `stripes` of them).
+    pub fn insert(&mut self, first: u64, stripes: u64, chunks: Vec<Payload>) {
+        debug_assert_eq!(chunks.len(), self.layout.k());
+        self.runs.insert(first, (first + stripes, chunks));
+    }
+}
+
+impl OldStripes for Fetched {
+    fn extend(
+        &mut self,
+        stripe: u64,
+        within: Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpError> {
+        let (first, (_, chunks)) = self
+            .runs
+            .range(..=stripe)
+            .next_back()
+            .filter(|(_, (end, _))| stripe < *end)
+            .ok_or_else(|| OpError::Storage(format!("stripe {stripe} was not read")))?;
+        let unit = self.layout.unit();
+        let base = (stripe - first) as usize * unit;
+        let mut at = within.start;
+        while at < within.end {
+            let (shard, into) = (at / unit, at % unit);
+            let to = within.end.min((shard + 1) * unit);
+            let chunk = chunks.get(shard).map_or(&[][..], |c| &c[..]);
+            let from = base + into;
+            let have = chunk.len().saturating_sub(from).min(to - at);
+            if have > 0 {
+                out.extend_from_slice(&chunk[from..from + have]);
+            }
+            out.resize(out.len() + (to - at - have), 0);
+            at = to;
+        }
+        Ok(())
     }
 }
 
@@ -173,8 +236,8 @@ pub fn plan(
     let mut xattrs = old.xattrs.clone();
     // Stripes at or past this one hold no old bytes any more (a truncate, a full write).
     let mut old_valid = layout.stripes_of(old.size);
-    // The stripes changed, as whole object bytes.
-    let mut dirty: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    // The stripes changed, as whole object bytes: borrowed from a write that covers them whole.
+    let mut dirty: BTreeMap<u64, Cow<[u8]>> = BTreeMap::new();
     let mut reset = false;
     let mut plan = EcPlan {
         version: old.version,
@@ -216,7 +279,7 @@ pub fn plan(
                     old_valid,
                     &mut size,
                     offset,
-                    data.bytes(),
+                    &data.pieces(),
                 )?;
                 plan.written += data.len() as u64;
                 exists = true;
@@ -292,8 +355,11 @@ pub fn plan(
                     let stripe = at / width;
                     let start = stripe * width;
                     let to = end.min(start + width);
-                    let bytes = stripes.stripe(stripe)?;
-                    data.extend_from_slice(&bytes[(at - start) as usize..(to - start) as usize]);
+                    stripes.extend(
+                        stripe,
+                        (at - start) as usize..(to - start) as usize,
+                        &mut data,
+                    )?;
                     at = to;
                 }
                 OpOutput::Data(data.into())
@@ -339,7 +405,7 @@ pub fn plan(
         plan.outputs.push(output);
     }
     plan.removed = !exists;
-    if !wrote {
+    if !wrote || stripes.recording() {
         return Ok(plan);
     }
     plan.shards = shard_ops(
@@ -351,57 +417,100 @@ pub fn plan(
 /// Objects of erasure pools stay below 16 TiB, so that shard offsets never overflow.
 const MAX_SIZE: u64 = 1 << 44;
 
-/// The stripe `stripe` as it will be, taken into `dirty` (from the old bytes while they are
-/// valid, else zeros).
-fn stripe_mut<'a>(
-    dirty: &'a mut BTreeMap<u64, Vec<u8>>,
+/// The stripe `stripe` as it will be, taken into `dirty` as bytes of its own (from the old
+/// bytes while they are valid, else zeros).
+fn stripe_mut<'a, 'd>(
+    dirty: &'a mut BTreeMap<u64, Cow<'d, [u8]>>,
     stripes: &mut dyn OldStripes,
     width: u64,
     old_valid: u64,
     stripe: u64,
 ) -> Result<&'a mut Vec<u8>, OpError> {
-    match dirty.entry(stripe) {
-        std::collections::btree_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+    let bytes = match dirty.entry(stripe) {
+        std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
         std::collections::btree_map::Entry::Vacant(entry) => {
-            Ok(entry.insert(if stripe < old_valid {
-                stripes.stripe(stripe)?.to_vec()
+            let mut bytes = Vec::with_capacity(width as usize);
+            if stripe < old_valid {
+                stripes.extend(stripe, 0..width as usize, &mut bytes)?;
             } else {
-                vec![0; width as usize]
-            }))
+                bytes.resize(width as usize, 0);
+            }
+            entry.insert(Cow::Owned(bytes))
         }
-    }
+    };
+    Ok(bytes.to_mut())
 }
 
-fn write_at(
-    dirty: &mut BTreeMap<u64, Vec<u8>>,
+/// Takes the bytes of `pieces` (one write's data, as it arrived) into the stripes they cover
+/// from `offset` on.
+fn write_at<'d>(
+    dirty: &mut BTreeMap<u64, Cow<'d, [u8]>>,
     stripes: &mut dyn OldStripes,
     width: u64,
     old_valid: u64,
     size: &mut u64,
     offset: u64,
-    data: &[u8],
+    pieces: &[&'d [u8]],
 ) -> Result<(), OpError> {
-    let end = offset + data.len() as u64;
+    let end = offset + pieces.iter().map(|p| p.len() as u64).sum::<u64>();
+    let mut data = Cursor { pieces, at: 0 };
     let mut at = offset;
     while at < end {
         let stripe = at / width;
         let start = stripe * width;
         let to = end.min(start + width);
-        let whole = at == start && to == start + width;
-        let bytes = if whole && !dirty.contains_key(&stripe) {
-            // Covered whole: nothing old to read.
-            dirty
-                .entry(stripe)
-                .or_insert_with(|| vec![0; width as usize])
+        let new = data.next((to - at) as usize);
+        if at == start && to == start + width {
+            // Covered whole: nothing old to read, and nothing to copy when the stripe's bytes
+            // arrived in one piece.
+            dirty.insert(stripe, new);
         } else {
             stripe_mut(dirty, stripes, width, old_valid, stripe)?
-        };
-        bytes[(at - start) as usize..(to - start) as usize]
-            .copy_from_slice(&data[(at - offset) as usize..(to - offset) as usize]);
+                [(at - start) as usize..(to - start) as usize]
+                .copy_from_slice(&new);
+        }
         at = to;
     }
     *size = (*size).max(end);
     Ok(())
+}
+
+/// Bytes held in pieces, read front to back.
+struct Cursor<'p, 'd> {
+    pieces: &'p [&'d [u8]],
+    /// How far into the first piece.
+    at: usize,
+}
+
+impl<'d> Cursor<'_, 'd> {
+    /// The next `n` bytes (there must be as many): borrowed when they lie in one piece.
+    fn next(&mut self, n: usize) -> Cow<'d, [u8]> {
+        while let Some((&first, rest)) = self.pieces.split_first() {
+            if self.at < first.len() {
+                if first.len() - self.at >= n {
+                    let bytes = &first[self.at..self.at + n];
+                    self.at += n;
+                    return Cow::Borrowed(bytes);
+                }
+                break;
+            }
+            (self.pieces, self.at) = (rest, 0);
+        }
+        let mut bytes = Vec::with_capacity(n);
+        while let Some((&first, rest)) = self.pieces.split_first() {
+            if bytes.len() == n {
+                break;
+            }
+            let take = (n - bytes.len()).min(first.len() - self.at);
+            bytes.extend_from_slice(&first[self.at..self.at + take]);
+            self.at += take;
+            if self.at == first.len() {
+                (self.pieces, self.at) = (rest, 0);
+            }
+        }
+        debug_assert_eq!(bytes.len(), n, "fewer bytes than asked for");
+        Cow::Owned(bytes)
+    }
 }
 
 /// Each position's store ops: the touched stripes re-encoded and written at their shard
@@ -416,7 +525,7 @@ fn shard_ops(
     size: u64,
     reset: bool,
     old_valid: u64,
-    dirty: &BTreeMap<u64, Vec<u8>>,
+    dirty: &BTreeMap<u64, Cow<[u8]>>,
     xattrs: &BTreeMap<String, Vec<u8>>,
 ) -> Vec<Vec<Op>> {
     let layout = codec.layout();
@@ -464,19 +573,15 @@ fn shard_ops(
         }
     }
     // Runs of consecutive touched stripes below the end, each coded in one call.
-    let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut runs: Vec<(u64, Vec<&[u8]>)> = Vec::new();
     for (stripe, bytes) in dirty.range(..stripes) {
         match runs.last_mut() {
-            Some((first, run))
-                if *first + (run.len() as u64 / layout.stripe_width()) == *stripe =>
-            {
-                run.extend_from_slice(bytes);
-            }
-            _ => runs.push((*stripe, bytes.clone())),
+            Some((first, run)) if *first + run.len() as u64 == *stripe => run.push(bytes),
+            _ => runs.push((*stripe, vec![bytes])),
         }
     }
     for (first, run) in runs {
-        for (position, bytes) in codec.encode(&run).into_iter().enumerate() {
+        for (position, bytes) in codec.encode_stripes(&run).into_iter().enumerate() {
             shards[position].push(Op::Write {
                 coll,
                 name: name.into(),

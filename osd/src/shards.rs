@@ -11,6 +11,7 @@ use serde_bytes::ByteBuf;
 use tidepool_erasure::Codec;
 use tidepool_placement::{OsdId, PgId};
 use tidepool_proto::osd::{ObjectRequest, ObjectState, OsdRequest, OsdResponse, ShardBytes};
+use tidepool_proto::payload::Payload;
 
 use crate::daemon::{MapView, Osd};
 use crate::ec::{self, Meta};
@@ -50,7 +51,7 @@ impl Osd {
             ));
         }
         // First pass: which old stripes the transaction reads.
-        let mut needed = ec::Needed::new(codec.layout());
+        let mut needed = ec::Needed::default();
         if let Err(error) = ec::plan(&codec, coll, &name, &old, &request.ops, &mut needed) {
             return OsdResponse::Object(Err(error));
         }
@@ -104,10 +105,10 @@ impl Osd {
         name: &str,
         old: &Meta,
         stripes: &BTreeSet<u64>,
-    ) -> Result<BTreeMap<u64, Vec<u8>>, String> {
+    ) -> Result<ec::Fetched, String> {
         let layout = codec.layout();
         let (k, unit) = (layout.k(), layout.unit() as u64);
-        let mut out = BTreeMap::new();
+        let mut out = ec::Fetched::new(layout);
         // Runs of consecutive stripes, each read with one request per shard.
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for stripe in stripes {
@@ -120,43 +121,42 @@ impl Osd {
             let (offset, len) = (first * unit, (end - first) * unit);
             let version = old.version;
             let read = |at: usize| self.read_shard(pg, positions, at, name, offset, len, version);
-            let mut chunks: Vec<Option<Vec<u8>>> =
+            let chunks: Vec<Option<Payload>> =
                 futures_util::future::join_all((0..k).map(read)).await;
-            if chunks.iter().any(Option::is_none) {
-                // A degraded read: the parity shards too, then any k of them.
-                let parity = futures_util::future::join_all((k..k + layout.m()).map(read)).await;
-                chunks.extend(parity);
-                let have = chunks.iter().flatten().count();
-                if have < k {
-                    return Err(format!(
-                        "{pg}: only {have} of the {k} shards needed to read {name:?} answered; \
-                         waiting for more"
-                    ));
-                }
-                tracing::info!(%pg, name, have, "a degraded read: decoding from {k} shards");
-                codec
-                    .reconstruct(&mut chunks)
-                    .map_err(|e| format!("{pg}: decoding {name:?}: {e}"))?;
+            if chunks.iter().all(Option::is_some) {
+                out.insert(first, end - first, chunks.into_iter().flatten().collect());
+                continue;
             }
-            let data: Vec<Vec<u8>> = chunks
+            // A degraded read: the parity shards too, then any k of them.
+            let parity = futures_util::future::join_all((k..k + layout.m()).map(read)).await;
+            let mut chunks: Vec<Option<Vec<u8>>> = chunks
+                .into_iter()
+                .chain(parity)
+                .map(|c| c.map(|c| padded(c, len)))
+                .collect();
+            let have = chunks.iter().flatten().count();
+            if have < k {
+                return Err(format!(
+                    "{pg}: only {have} of the {k} shards needed to read {name:?} answered; \
+                     waiting for more"
+                ));
+            }
+            tracing::info!(%pg, name, have, "a degraded read: decoding from {k} shards");
+            codec
+                .reconstruct(&mut chunks)
+                .map_err(|e| format!("{pg}: decoding {name:?}: {e}"))?;
+            let data = chunks
                 .into_iter()
                 .take(k)
-                .map(|c| c.expect("present or rebuilt"))
+                .map(|c| c.expect("present or rebuilt").into())
                 .collect();
-            for stripe in first..end {
-                let at = ((stripe - first) * unit) as usize;
-                let mut bytes = Vec::with_capacity(layout.stripe_width() as usize);
-                for chunk in &data {
-                    bytes.extend_from_slice(&chunk[at..at + unit as usize]);
-                }
-                out.insert(stripe, bytes);
-            }
+            out.insert(first, end - first, data);
         }
         Ok(out)
     }
 
-    /// `len` bytes at `offset` of the shard at position `at` (zero-padded to `len`), when its
-    /// holder answers with the object at `version` and the right position.
+    /// `len` bytes at `offset` of the shard at position `at` (fewer past the shard's end), when
+    /// its holder answers with the object at `version` and the right position.
     #[allow(clippy::too_many_arguments)]
     async fn read_shard(
         &self,
@@ -167,7 +167,7 @@ impl Osd {
         offset: u64,
         len: u64,
         version: u64,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Payload> {
         let holder = positions.get(at).copied().flatten()?;
         let shard = if holder == self.id {
             let store = &*self.store;
@@ -200,12 +200,10 @@ impl Osd {
             );
             return None;
         }
-        let mut data = shard.data.into_vec();
-        if data.len() as u64 > len {
+        if shard.data.len() as u64 > len {
             return None;
         }
-        data.resize(len as usize, 0);
-        Some(data)
+        Some(shard.data)
     }
 
     /// Objects `names` of `pg` as the holder `to` keeps them: whole copies from this OSD in a
@@ -325,7 +323,12 @@ impl Osd {
         let (k, n) = (layout.k(), layout.k() + layout.m());
         let len = layout.shard_len(size);
         let others: Vec<usize> = (0..n).filter(|p| *p != at).collect();
-        let read = |p: usize| self.read_shard(pg, positions, p, name, 0, len, version);
+        let read = |p: usize| async move {
+            let chunk = self
+                .read_shard(pg, positions, p, name, 0, len, version)
+                .await;
+            chunk.map(|c| padded(c, len))
+        };
         let mut chunks: Vec<Option<Vec<u8>>> = vec![None; n];
         // k shards first; the others only when some of those fail.
         let (first, rest) = others.split_at(k.min(others.len()));
@@ -366,6 +369,13 @@ impl Osd {
             Err(error) => crate::daemon::storage_failed(error),
         }
     }
+}
+
+/// A shard read's bytes zero-padded to `len`, as the codec takes them.
+fn padded(chunk: Payload, len: u64) -> Vec<u8> {
+    let mut bytes = chunk.into_vec();
+    bytes.resize(len as usize, 0);
+    bytes
 }
 
 /// Object `name`'s shard at position `at`: `data`, and `xattrs` with that position.

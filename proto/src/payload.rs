@@ -68,6 +68,12 @@ impl Payload {
         })
     }
 
+    /// A payload of `chunks` in order, held as they are (the inverse of
+    /// [`Payload::into_chunks`]).
+    pub fn from_chunks(chunks: Vec<Bytes>) -> Payload {
+        Payload::from_pieces(chunks.into_iter().filter(|c| !c.is_empty()).collect())
+    }
+
     /// Number of bytes (without joining pieces).
     pub fn len(&self) -> usize {
         match &self.0 {
@@ -110,6 +116,18 @@ impl Payload {
             Repr::Pieces { pieces, joined, .. } => match joined.get() {
                 Some(bytes) => vec![bytes.clone()],
                 None => pieces.to_vec(),
+            },
+        }
+    }
+
+    /// The bytes as they are held, in order, without a copy or a join: one buffer, or the
+    /// pieces they arrived in.
+    pub fn pieces(&self) -> Vec<&[u8]> {
+        match &self.0 {
+            Repr::One(bytes) => vec![bytes],
+            Repr::Pieces { pieces, joined, .. } => match joined.get() {
+                Some(bytes) => vec![bytes],
+                None => pieces.iter().map(|p| &p[..]).collect(),
             },
         }
     }

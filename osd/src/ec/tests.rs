@@ -1,11 +1,9 @@
 //! The erasure plan and its rollback records against a model object, on shards kept in one
 //! `MemStore` (a collection per position).
-
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 use tidepool_erasure::{Codec, Layout};
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
+use tidepool_proto::payload::Payload;
 
 use super::*;
 use crate::store::{MemStore, ObjectStore, Op, Transaction};
@@ -48,8 +46,8 @@ impl Shards {
         self.codec.layout().k() + self.codec.layout().m()
     }
 
-    /// The stripe's object bytes, rebuilt from the shards at `from` (any `k`).
-    fn stripe(&self, stripe: u64, from: &[usize]) -> Vec<u8> {
+    /// The stripe's `k` data chunks, rebuilt from the shards at `from` (any `k`).
+    fn chunks(&self, stripe: u64, from: &[usize]) -> Vec<Vec<u8>> {
         let layout = self.codec.layout();
         let unit = layout.unit() as u64;
         let mut shards: Vec<Option<Vec<u8>>> = (0..self.positions())
@@ -66,12 +64,17 @@ impl Shards {
             })
             .collect();
         self.codec.reconstruct(&mut shards).expect("k shards");
-        let data: Vec<Vec<u8>> = shards[..layout.k()]
+        shards[..layout.k()]
             .iter()
             .map(|s| s.clone().expect("rebuilt"))
-            .collect();
+            .collect()
+    }
+
+    /// The stripe's object bytes, rebuilt from the shards at `from` (any `k`).
+    fn stripe(&self, stripe: u64, from: &[usize]) -> Vec<u8> {
+        let layout = self.codec.layout();
         self.codec
-            .join(&data, layout.stripe_width())
+            .join(&self.chunks(stripe, from), layout.stripe_width())
             .expect("a stripe")
     }
 
@@ -79,14 +82,14 @@ impl Shards {
     /// its rollback record.
     fn run(&mut self, steps: &[ObjectOp]) -> Result<Vec<OpOutput>, OpError> {
         let old = Meta::load(&self.store, coll(0), NAME)?;
-        let mut needed = Needed::new(self.codec.layout());
+        let mut needed = Needed::default();
         plan(&self.codec, coll(0), NAME, &old, steps, &mut needed)?;
         let k: Vec<usize> = (0..self.codec.layout().k()).collect();
-        let mut fetched: BTreeMap<u64, Vec<u8>> = needed
-            .stripes
-            .iter()
-            .map(|s| (*s, self.stripe(*s, &k)))
-            .collect();
+        let mut fetched = Fetched::new(self.codec.layout());
+        for stripe in &needed.stripes {
+            let chunks = self.chunks(*stripe, &k).into_iter().map(Payload::from);
+            fetched.insert(*stripe, 1, chunks.collect());
+        }
         let planned = plan(&self.codec, coll(0), NAME, &old, steps, &mut fetched)?;
         if planned.shards.is_empty() {
             return Ok(planned.outputs);
@@ -213,6 +216,22 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// `data` as a payload received in pieces of uneven sizes, so that some stripes lie in one
+/// piece and others span two or more.
+fn in_pieces(data: &[u8]) -> Payload {
+    let mut pieces = Vec::new();
+    let mut rest = data;
+    for size in [1000, 333, 4096, 1777, 64].into_iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, after) = rest.split_at(size.min(rest.len()));
+        pieces.push(bytes::Bytes::copy_from_slice(piece));
+        rest = after;
+    }
+    Payload::from_chunks(pieces)
+}
+
 fn apply_model(model: &mut Vec<u8>, step: &Step) -> ObjectOp {
     match step {
         Step::Write(offset, data) => {
@@ -223,12 +242,12 @@ fn apply_model(model: &mut Vec<u8>, step: &Step) -> ObjectOp {
             model[*offset as usize..end].copy_from_slice(data);
             ObjectOp::Write {
                 offset: *offset,
-                data: data.clone().into(),
+                data: in_pieces(data),
             }
         }
         Step::Append(data) => {
             model.extend_from_slice(data);
-            ObjectOp::Append(data.clone().into())
+            ObjectOp::Append(in_pieces(data))
         }
         Step::Truncate(size) => {
             model.resize(*size as usize, 0);
@@ -289,6 +308,58 @@ proptest! {
         shards.roll_back(&all, shards.version);
         prop_assert_eq!(shards.object(&from), before);
     }
+}
+
+/// Rule: the bytes of a write in pieces are read in order, borrowed where the bytes asked for
+/// lie in one piece.
+#[test]
+fn a_cursor_reads_pieces_in_order() {
+    let pieces: [&[u8]; 4] = [b"abc", b"defgh", b"", b"ij"];
+    let mut cursor = Cursor {
+        pieces: &pieces,
+        at: 0,
+    };
+    let taken: Vec<(Vec<u8>, bool)> = [2, 3, 4, 1]
+        .into_iter()
+        .map(|n| {
+            let bytes = cursor.next(n);
+            let borrowed = matches!(bytes, Cow::Borrowed(_));
+            (bytes.into_owned(), borrowed)
+        })
+        .collect();
+    let expected: Vec<(Vec<u8>, bool)> = vec![
+        (b"ab".to_vec(), true),
+        (b"cde".to_vec(), false),
+        (b"fghi".to_vec(), false),
+        (b"j".to_vec(), true),
+    ];
+    assert_eq!(taken, expected);
+}
+
+/// Rule: fetched stripes answer from the data chunks of their run, zeros past a short chunk,
+/// and a stripe that was not fetched is an error.
+#[test]
+fn fetched_stripes_answer_from_their_run() {
+    let layout = Layout::new(2, 1, 512).expect("layout");
+    let mut fetched = Fetched::new(layout);
+    // Stripes 3 and 4: shard 0 holds both units, shard 1 only 600 bytes of its 1,024.
+    let zero: Vec<u8> = (0..1024).map(|i| i as u8).collect();
+    let one: Vec<u8> = (0..600).map(|i| (i as u8) ^ 0xff).collect();
+    fetched.insert(3, 2, vec![zero.clone().into(), one.clone().into()]);
+    let read = |fetched: &mut Fetched, stripe, within| {
+        let mut out = Vec::new();
+        fetched.extend(stripe, within, &mut out).map(|()| out)
+    };
+    let stripe_3 = [&zero[..512], &one[..512]].concat();
+    assert_eq!(read(&mut fetched, 3, 0..1024).expect("stripe 3"), stripe_3);
+    let mut stripe_4 = [&zero[512..], &one[512..]].concat();
+    stripe_4.resize(1024, 0);
+    assert_eq!(
+        read(&mut fetched, 4, 500..700).expect("stripe 4"),
+        stripe_4[500..700]
+    );
+    assert!(read(&mut fetched, 5, 0..8).is_err());
+    assert!(read(&mut fetched, 2, 0..8).is_err());
 }
 
 /// Rule: a change that reached only some shards is undone on them by its rollback record, and
