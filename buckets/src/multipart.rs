@@ -86,13 +86,11 @@ impl Buckets {
         Ok((records::decode(&raw)?, raw))
     }
 
-    /// Records `written` as part `number` of upload `id`; a part uploaded before under the
-    /// same number becomes garbage.
+    /// Records `written` as part `number` of `upload` (as [`Buckets::upload`] found it); a
+    /// part uploaded before under the same number becomes garbage.
     pub async fn put_part(
         &self,
-        bucket: &str,
-        key: &str,
-        id: &str,
+        upload: &Upload,
         number: u32,
         written: Written,
         checksums: BTreeMap<String, String>,
@@ -103,10 +101,7 @@ impl Buckets {
                 "part numbers are 1 to {PART_NUMBER_MAX}"
             )));
         }
-        if let Err(error) = self.upload(bucket, key, id).await {
-            self.discard(written).await;
-            return Err(error);
-        }
+        let id = &upload.id;
         let part = Part {
             number,
             etag: written.md5_hex.clone(),

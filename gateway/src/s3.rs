@@ -11,7 +11,7 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 use tidepool_buckets::{
     BucketError, Buckets, CompletedPart as BucketPart, ContentHeaders, Entry, ListQuery,
-    ObjectMeta, PutCondition, WriteOptions, Written,
+    ObjectMeta, PutCondition, Upload, WriteOptions, Written,
 };
 
 use crate::checksum::{self, Expected};
@@ -70,15 +70,20 @@ impl Gateway {
             .map_err(s3)
     }
 
-    /// The data pool of the parts of upload `id`: that of its storage class.
-    async fn upload_pool(&self, bucket: &str, key: &str, id: &str) -> S3Result<Option<String>> {
+    /// Upload `id`, and the data pool of its parts: that of its storage class.
+    async fn open_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &str,
+    ) -> S3Result<(Upload, Option<String>)> {
         let (upload, _) = self.buckets.upload(bucket, key, id).await.map_err(s3)?;
         let (_, pool) = self
             .buckets
             .storage_class_pool(upload.meta.storage_class.as_deref())
             .await
             .map_err(s3)?;
-        Ok(pool)
+        Ok((upload, pool))
     }
 
     /// Writes `body` as data of `bucket`, checking its length and checksums; nothing is
@@ -963,10 +968,11 @@ impl S3 for Gateway {
             content_md5: input.content_md5.as_deref(),
             trailers: req.trailing_headers,
         };
+        let (upload, pool) = self
+            .open_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
         let options = WriteOptions {
-            pool: self
-                .upload_pool(&input.bucket, &input.key, &input.upload_id)
-                .await?,
+            pool,
             ..Default::default()
         };
         let (written, sums) = self
@@ -974,14 +980,7 @@ impl S3 for Gateway {
             .await?;
         let part = self
             .buckets
-            .put_part(
-                &input.bucket,
-                &input.key,
-                &input.upload_id,
-                number,
-                written,
-                sums,
-            )
+            .put_part(&upload, number, written, sums)
             .await
             .map_err(s3)?;
         let sums = checksum::to_dto(&part.checksums);
@@ -1024,6 +1023,9 @@ impl S3 for Gateway {
             None => 0..source.size,
         };
         let range_len = range.end - range.start;
+        let (upload, pool) = self
+            .open_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
         let data = self.buckets.read_data(&source, inline, range);
         let info = self
             .buckets
@@ -1038,23 +1040,14 @@ impl S3 for Gateway {
                 WriteOptions {
                     inline_allowed: false,
                     size_hint: Some(range_len),
-                    pool: self
-                        .upload_pool(&input.bucket, &input.key, &input.upload_id)
-                        .await?,
+                    pool,
                 },
             )
             .await
             .map_err(s3)?;
         let part = self
             .buckets
-            .put_part(
-                &input.bucket,
-                &input.key,
-                &input.upload_id,
-                number,
-                written,
-                BTreeMap::new(),
-            )
+            .put_part(&upload, number, written, BTreeMap::new())
             .await
             .map_err(s3)?;
         Ok(S3Response::new(UploadPartCopyOutput {

@@ -255,6 +255,37 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).expect("read")
 }
 
+/// Sends `size` bytes (a pattern of `seed`) to `key` of `bkt` with `aws s3 cp` (in `class`
+/// when one is given), fetches them back the same way and checks them; returns the object's
+/// HEAD, whose length it checks.
+fn up_and_down(s3: &S3Cluster, key: &str, size: usize, seed: u64, class: Option<&str>) -> Value {
+    let data = pattern(seed, size);
+    let file = key.replace('/', "-");
+    let (up, down) = (
+        s3.file(&format!("{file}.up")),
+        s3.file(&format!("{file}.down")),
+    );
+    write(&up, &data);
+    let target = format!("s3://bkt/{key}");
+    let mut send = vec!["s3", "cp", "--only-show-errors"];
+    if let Some(class) = class {
+        send.extend(["--storage-class", class]);
+    }
+    send.extend([up.to_str().unwrap(), &target]);
+    s3.aws_ok(&send);
+    s3.aws_ok(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        &target,
+        down.to_str().unwrap(),
+    ]);
+    assert!(read(&down) == data, "{key} came back different");
+    let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", key]);
+    assert_eq!(head["ContentLength"], size as u64, "{key}");
+    head
+}
+
 /// Rule: aws-cli's everyday commands work: buckets made and removed, objects of 1 byte to
 /// 100 MiB (multipart) up and down bit-exact, a 200-file tree synced, listed and removed,
 /// and presigned URLs readable with plain HTTP until they expire.
@@ -267,34 +298,7 @@ fn aws_cli_s3_commands() {
     eprintln!("bucket made at {:?}", started.elapsed());
     assert!(s3.aws_ok(&["s3", "ls"]).contains("bkt"));
     for (name, size) in [("one", 1), ("seven", 7 * MIB), ("hundred", 100 * MIB)] {
-        let data = pattern(size as u64, size);
-        let up = s3.file(&format!("{name}.up"));
-        let down = s3.file(&format!("{name}.down"));
-        write(&up, &data);
-        let target = format!("s3://bkt/sizes/{name}");
-        s3.aws_ok(&[
-            "s3",
-            "cp",
-            "--only-show-errors",
-            up.to_str().unwrap(),
-            &target,
-        ]);
-        s3.aws_ok(&[
-            "s3",
-            "cp",
-            "--only-show-errors",
-            &target,
-            down.to_str().unwrap(),
-        ]);
-        assert!(read(&down) == data, "{name} came back different");
-        let head = s3.s3api(&[
-            "head-object",
-            "--bucket",
-            "bkt",
-            "--key",
-            &format!("sizes/{name}"),
-        ]);
-        assert_eq!(head["ContentLength"], size as u64);
+        let head = up_and_down(&s3, &format!("sizes/{name}"), size, size as u64, None);
         let etag = head["ETag"].as_str().expect("etag");
         assert_eq!(etag.contains('-'), size > 8 * MIB, "{name}: ETag {etag}");
     }
@@ -351,7 +355,7 @@ fn aws_cli_s3_commands() {
 
     eprintln!("tree done at {:?}", started.elapsed());
     // Presigned URLs, SigV2 (aws-cli's default for presign) and SigV4, read by plain HTTP.
-    let data = read(&s3.file("one.up"));
+    let data = read(&s3.file("sizes-one.up"));
     for profile in ["default", "v4"] {
         let url = s3.aws_ok(&["--profile", profile, "s3", "presign", "s3://bkt/sizes/one"]);
         assert_eq!(url.contains("X-Amz-Signature"), profile == "v4", "{url}");
@@ -445,33 +449,9 @@ fn storage_classes(s3: &S3Cluster) {
         "{classes}"
     );
     for (name, size) in [("one", 1), ("seven", 7 * MIB), ("hundred", 100 * MIB)] {
-        let data = pattern(size as u64 + 5, size);
-        let up = s3.file(&format!("{name}.cold.up"));
-        let down = s3.file(&format!("{name}.cold.down"));
-        write(&up, &data);
-        let target = format!("s3://bkt/cold/{name}");
-        let up_path = up.to_str().unwrap();
-        s3.aws_ok(&[
-            "s3",
-            "cp",
-            "--only-show-errors",
-            "--storage-class",
-            "STANDARD_IA",
-            up_path,
-            &target,
-        ]);
-        s3.aws_ok(&[
-            "s3",
-            "cp",
-            "--only-show-errors",
-            &target,
-            down.to_str().unwrap(),
-        ]);
-        assert!(read(&down) == data, "cold/{name} came back different");
-        let key = format!("cold/{name}");
-        let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", &key]);
+        let class = Some("STANDARD_IA");
+        let head = up_and_down(s3, &format!("cold/{name}"), size, size as u64 + 5, class);
         assert_eq!(head["StorageClass"], "STANDARD_IA", "{head}");
-        assert_eq!(head["ContentLength"], size as u64);
     }
     let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", "sizes/seven"]);
     assert!(
@@ -529,7 +509,7 @@ fn storage_classes(s3: &S3Cluster) {
             "cp",
             "--storage-class",
             "GLACIER",
-            s3.file("one.up").to_str().unwrap(),
+            s3.file("sizes-one.up").to_str().unwrap(),
             "s3://bkt/glacier",
         ]),
         "InvalidStorageClass",
