@@ -55,9 +55,9 @@ for _ in $(seq 120); do
   "$T" status | grep -qE '^ +pgs: +[0-9]+ active\+clean$' && break
   sleep 1
 done
-osd_rss() { # pattern
-  for pid in $(pgrep -f "$1"); do ps -o rss= -p "$pid"; done | awk '{printf "%s%.0f", sep, $1/1024; sep=" "} END {print " MiB"}'
-}
+RADOS=(rados -c "$CEPH_DIR/ceph.conf" -p ecbench)
+# shellcheck source=bench/rados.sh
+. bench/rados.sh
 log "tidepool OSD RSS idle: $(osd_rss "tidepool osd --data $DIR/cluster")"
 
 if [ "$CEPH" = 1 ]; then
@@ -74,101 +74,47 @@ if [ "$CEPH" = 1 ]; then
   done
   log "ceph OSD RSS idle: $(osd_rss "ceph-osd .*$CEPH_DIR")"
 fi
-RADOS=(rados -c "$CEPH_DIR/ceph.conf" -p ecbench)
-# shellcheck source=bench/cpu.sh
-. bench/cpu.sh
-
-emit() { # system run phase mib/s ops/s p50-ms cpu-ms/op
-  echo "{\"system\":\"$1\",\"run\":$2,\"phase\":\"$3\",\"mib_per_second\":$4,\"ops_per_second\":$5,\"p50_ms\":$6,\"cpu_ms_per_op\":$7}" | tee -a "$RESULTS"
-}
-
-tidepool_phase() { # run phase pool mode
-  local out before
-  before="$(busy_ticks)"
-  out="$("$T" bench "$3" "$4" --seconds "$SECS" --threads "$THREADS" --format json)"
-  # shellcheck disable=SC2046 # four numbers
-  emit tidepool "$1" "$2" $(python3 -c '
+# Whether the map has some OSD down / every OSD up.
+tidepool_some_down() {
+  "$T" osd dump --format json | python3 -c '
 import json, sys
-r = json.load(sys.stdin)
-print(r["mib_per_second"], r["ops_per_second"], r["latency_ms"]["p50"], int(sys.argv[1]) / max(r["operations"], 1))' \
-    "$(busy_ms_since "$before")" <<<"$out")
+sys.exit(0 if any(not o["up"] for o in json.load(sys.stdin)["osds"].values()) else 1)'
 }
-
-rados_phase() { # run phase mode
-  local out before size=()
-  [ "$3" = write ] && size=(-b 4194304)
-  before="$(busy_ticks)"
-  out="$("${RADOS[@]}" bench "$SECS" "$3" -t "$THREADS" "${size[@]}" --no-cleanup 2>&1)"
-  emit ceph "$1" "$2" \
-    "$(awk -F: '/^Bandwidth \(MB\/sec\)/ {gsub(/ /,"",$2); print $2}' <<<"$out")" \
-    "$(awk -F: '/^Average IOPS/ {gsub(/ /,"",$2); print $2}' <<<"$out")" \
-    "$(awk -F: '/^Average Latency\(s\)/ {gsub(/ /,"",$2); print $2 * 1000}' <<<"$out")" \
-    "$(awk -F: -v ms="$(busy_ms_since "$before")" '/^Total (reads|writes) made/ {print ms / ($2 > 0 ? $2 : 1)}' <<<"$out")"
-}
-
-# Tidepool: pause one OSD until the map has it down, run `$@`, resume it and wait for it up.
-tidepool_degraded() {
-  local pid
-  pid="$(pgrep -f "tidepool osd --data $DIR/cluster/osd-2" | head -1)"
-  PAUSED="$pid"
-  kill -STOP "$pid"
-  for _ in $(seq 60); do
-    "$T" osd dump --format json | python3 -c '
+tidepool_all_up() {
+  "$T" osd dump --format json | python3 -c '
 import json, sys
-sys.exit(0 if any(not o["up"] for o in json.load(sys.stdin)["osds"].values()) else 1)' && break
-    sleep 0.5
-  done
-  "$@"
-  kill -CONT "$pid" || log "osd-2 (pid $pid) was gone when it was to resume"
-  PAUSED=""
-  for _ in $(seq 120); do
-    "$T" osd dump --format json | python3 -c '
-import json, sys
-sys.exit(0 if all(o["up"] for o in json.load(sys.stdin)["osds"].values()) else 1)' && break
-    sleep 0.5
-  done
+sys.exit(0 if all(o["up"] for o in json.load(sys.stdin)["osds"].values()) else 1)'
 }
-
-ceph_degraded() {
-  local pid
-  pid="$(cat "$CEPH_DIR/run/osd.2.pid")"
-  PAUSED="$pid"
-  kill -STOP "$pid"
-  # On one host Ceph's peers never report an OSD down (their reports count as one host):
-  # mark it down, as its peers on other hosts would; paused, it cannot say otherwise.
+# On one host Ceph's peers never report an OSD down (their reports count as one host): mark
+# osd.2 down, as its peers on other hosts would; paused, it cannot say otherwise.
+ceph_osd2_down() {
   "${C[@]}" osd down 2 > /dev/null 2>&1
-  for _ in $(seq 120); do
-    "${C[@]}" osd dump 2>/dev/null | grep -q '^osd.2 down' && break
-    sleep 0.5
-  done
-  "$@"
-  kill -CONT "$pid" || log "ceph osd.2 (pid $pid) was gone when it was to resume"
-  PAUSED=""
-  for _ in $(seq 120); do
-    "${C[@]}" osd dump 2>/dev/null | grep -q '^osd.2 up' && break
-    sleep 0.5
-  done
+  "${C[@]}" osd dump 2>/dev/null | grep -q '^osd.2 down'
 }
+ceph_osd2_up() { "${C[@]}" osd dump 2>/dev/null | grep -q '^osd.2 up'; }
 
 for run in $(seq "$RUNS"); do
   log "run $run: tidepool"
   used0="$("$T" status --format json | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; print(d["used_bytes"], d["stored_bytes"])')"
-  tidepool_phase "$run" ec_write_4M ec42 write
+  tidepool_phase "$run" ec_write_4M ec42 write 4194304
   used1="$("$T" status --format json | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; print(d["used_bytes"], d["stored_bytes"])')"
   echo "{\"system\":\"tidepool\",\"run\":$run,\"phase\":\"ec_used\",\"before\":\"$used0\",\"after\":\"$used1\"}" >> "$RESULTS"
-  tidepool_phase "$run" ec_read_4M ec42 read
-  tidepool_degraded tidepool_phase "$run" ec_degraded_read_4M ec42 read
+  tidepool_phase "$run" ec_read_4M ec42 read 4194304
+  while_paused "$(pgrep -f "tidepool osd --data $DIR/cluster/osd-2" | head -1)" \
+    tidepool_some_down tidepool_all_up \
+    tidepool_phase "$run" ec_degraded_read_4M ec42 read 4194304
   "$T" bench ec42 cleanup > /dev/null
-  tidepool_phase "$run" rep_write_4M rep3 write
-  tidepool_phase "$run" rep_read_4M rep3 read
+  tidepool_phase "$run" rep_write_4M rep3 write 4194304
+  tidepool_phase "$run" rep_read_4M rep3 read 4194304
   "$T" bench rep3 cleanup > /dev/null
   if [ "$CEPH" = 1 ]; then
     log "run $run: ceph"
-    rados_phase "$run" ec_write_4M write
+    rados_phase "$run" ec_write_4M write 4194304
     sleep 5
     "${C[@]}" df --format json > "$DIR/ceph-df-$run.json"
-    rados_phase "$run" ec_read_4M seq
-    ceph_degraded rados_phase "$run" ec_degraded_read_4M seq
+    rados_phase "$run" ec_read_4M seq 4194304
+    while_paused "$(cat "$CEPH_DIR/run/osd.2.pid")" ceph_osd2_down ceph_osd2_up \
+      rados_phase "$run" ec_degraded_read_4M seq 4194304
     "${RADOS[@]}" cleanup > /dev/null 2>&1 || true
   fi
 done

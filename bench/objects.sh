@@ -57,9 +57,9 @@ UP_PID=$!
 for _ in $(seq 120); do grep -qs 'Ctrl-C stops' "$DIR/up.log" && break; sleep 1; done
 grep -q 'Ctrl-C stops' "$DIR/up.log" || { cat "$DIR/up.log"; exit 1; }
 export TIDEPOOL_CLUSTER="$DIR/cluster"
-osd_rss() { # pattern
-  for pid in $(pgrep -f "$1"); do ps -o rss= -p "$pid"; done | awk '{printf "%s%.0f", sep, $1/1024; sep=" "} END {print " MiB"}'
-}
+RADOS=(rados -c "$CEPH_DIR/ceph.conf" -p rbench)
+# shellcheck source=bench/rados.sh
+. bench/rados.sh
 log "tidepool OSD RSS idle: $(osd_rss "tidepool osd --data $DIR/cluster")"
 
 if [ "$CEPH" = 1 ]; then
@@ -67,44 +67,12 @@ if [ "$CEPH" = 1 ]; then
   RGW_PORT="$(free_port)" FRESH=1 "$SHARED/ceph/up.sh" "$CEPH_DIR" > "$DIR/ceph-up.log" 2>&1
   log "ceph OSD RSS idle: $(osd_rss "ceph-osd .*$CEPH_DIR")"
 fi
-RADOS=(rados -c "$CEPH_DIR/ceph.conf" -p rbench)
-# shellcheck source=bench/cpu.sh
-. bench/cpu.sh
-
-emit() { # system run phase mib/s ops/s p50-ms cpu-ms/op
-  echo "{\"system\":\"$1\",\"run\":$2,\"phase\":\"$3\",\"mib_per_second\":$4,\"ops_per_second\":$5,\"p50_ms\":$6,\"cpu_ms_per_op\":$7}" | tee -a "$RESULTS"
-}
-
-tidepool_phase() { # run phase mode size
-  local out before
-  before="$(busy_ticks)"
-  out="$("$T" bench data "$3" --seconds "$SECS" --threads "$THREADS" --size "$4" --format json)"
-  # shellcheck disable=SC2046 # four numbers
-  emit tidepool "$1" "$2" $(python3 -c '
-import json, sys
-r = json.load(sys.stdin)
-print(r["mib_per_second"], r["ops_per_second"], r["latency_ms"]["p50"], int(sys.argv[1]) / max(r["operations"], 1))' \
-    "$(busy_ms_since "$before")" <<<"$out")
-}
-
-rados_phase() { # run phase mode size
-  local out before size=()
-  [ "$3" = write ] && size=(-b "$4")
-  before="$(busy_ticks)"
-  out="$("${RADOS[@]}" bench "$SECS" "$3" -t "$THREADS" "${size[@]}" --no-cleanup 2>&1)"
-  emit ceph "$1" "$2" \
-    "$(awk -F: '/^Bandwidth \(MB\/sec\)/ {gsub(/ /,"",$2); print $2}' <<<"$out")" \
-    "$(awk -F: '/^Average IOPS/ {gsub(/ /,"",$2); print $2}' <<<"$out")" \
-    "$(awk -F: '/^Average Latency\(s\)/ {gsub(/ /,"",$2); print $2 * 1000}' <<<"$out")" \
-    "$(awk -F: -v ms="$(busy_ms_since "$before")" '/^Total (reads|writes) made/ {print ms / ($2 > 0 ? $2 : 1)}' <<<"$out")"
-}
-
 for run in $(seq "$RUNS"); do
   log "run $run: tidepool"
-  tidepool_phase "$run" write_4M write 4194304
-  tidepool_phase "$run" read_4M read 4194304
+  tidepool_phase "$run" write_4M data write 4194304
+  tidepool_phase "$run" read_4M data read 4194304
   "$T" bench data cleanup > /dev/null
-  tidepool_phase "$run" write_4K write 4096
+  tidepool_phase "$run" write_4K data write 4096
   "$T" bench data cleanup > /dev/null
   if [ "$CEPH" = 1 ]; then
     log "run $run: ceph"
