@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tidepool_erasure::{Codec, Layout};
@@ -114,7 +115,8 @@ pub trait OldStripes {
     }
 }
 
-/// The first pass: records the stripes asked for and answers zeros.
+/// The first pass: records the stripes asked for and appends nothing (its outputs are not
+/// used).
 #[derive(Debug, Default)]
 pub struct Needed {
     /// The stripes the plan reads.
@@ -128,8 +130,8 @@ impl OldStripes for Needed {
         within: Range<usize>,
         out: &mut Vec<u8>,
     ) -> Result<(), OpError> {
+        let _ = (within, out);
         self.stripes.insert(stripe);
-        out.resize(out.len() + within.len(), 0);
         Ok(())
     }
 
@@ -145,7 +147,47 @@ pub struct Fetched {
     layout: Layout,
     /// By first stripe: the end of the run and its data chunks, which may be short (zeros
     /// past their end).
-    runs: BTreeMap<u64, (u64, Vec<Payload>)>,
+    runs: BTreeMap<u64, (u64, Vec<Chunk>)>,
+}
+
+/// A data chunk as it arrived: its pieces, each with its offset in the chunk.
+#[derive(Debug)]
+struct Chunk {
+    pieces: Vec<(usize, Bytes)>,
+    len: usize,
+}
+
+impl Chunk {
+    fn new(payload: Payload) -> Chunk {
+        let mut len = 0;
+        let pieces = payload
+            .into_chunks()
+            .into_iter()
+            .map(|piece| {
+                let at = len;
+                len += piece.len();
+                (at, piece)
+            })
+            .collect();
+        Chunk { pieces, len }
+    }
+
+    /// Appends bytes `from..to` of the chunk to `out`, zeros past its end.
+    fn extend(&self, from: usize, to: usize, out: &mut Vec<u8>) {
+        let have = to.min(self.len).max(from);
+        // The piece holding `from`: the last one starting at or before it.
+        let first = self.pieces.partition_point(|(at, _)| *at <= from);
+        let mut at = from;
+        for (start, piece) in &self.pieces[first.saturating_sub(1)..] {
+            if at >= have {
+                break;
+            }
+            let end = (start + piece.len()).min(have);
+            out.extend_from_slice(&piece[at - start..end - start]);
+            at = end;
+        }
+        out.resize(out.len() + (to - at), 0);
+    }
 }
 
 impl Fetched {
@@ -161,6 +203,7 @@ impl Fetched {
     /// the units of those stripes, at most `stripes` of them).
     pub fn insert(&mut self, first: u64, stripes: u64, chunks: Vec<Payload>) {
         debug_assert_eq!(chunks.len(), self.layout.k());
+        let chunks = chunks.into_iter().map(Chunk::new).collect();
         self.runs.insert(first, (first + stripes, chunks));
     }
 }
@@ -184,13 +227,11 @@ impl OldStripes for Fetched {
         while at < within.end {
             let (shard, into) = (at / unit, at % unit);
             let to = within.end.min((shard + 1) * unit);
-            let chunk = chunks.get(shard).map_or(&[][..], |c| &c[..]);
             let from = base + into;
-            let have = chunk.len().saturating_sub(from).min(to - at);
-            if have > 0 {
-                out.extend_from_slice(&chunk[from..from + have]);
+            match chunks.get(shard) {
+                Some(chunk) => chunk.extend(from, from + (to - at), out),
+                None => out.resize(out.len() + (to - at), 0),
             }
-            out.resize(out.len() + (to - at - have), 0);
             at = to;
         }
         Ok(())
@@ -432,9 +473,9 @@ fn stripe_mut<'a, 'd>(
             let mut bytes = Vec::with_capacity(width as usize);
             if stripe < old_valid {
                 stripes.extend(stripe, 0..width as usize, &mut bytes)?;
-            } else {
-                bytes.resize(width as usize, 0);
             }
+            // Zeros past the old bytes (all of it in the first pass, which reads none).
+            bytes.resize(width as usize, 0);
             entry.insert(Cow::Owned(bytes))
         }
     };

@@ -342,10 +342,11 @@ fn a_cursor_reads_pieces_in_order() {
 fn fetched_stripes_answer_from_their_run() {
     let layout = Layout::new(2, 1, 512).expect("layout");
     let mut fetched = Fetched::new(layout);
-    // Stripes 3 and 4: shard 0 holds both units, shard 1 only 600 bytes of its 1,024.
+    // Stripes 3 and 4: shard 0 holds both units (arrived in pieces that do not follow the
+    // units), shard 1 only 600 bytes of its 1,024.
     let zero: Vec<u8> = (0..1024).map(|i| i as u8).collect();
     let one: Vec<u8> = (0..600).map(|i| (i as u8) ^ 0xff).collect();
-    fetched.insert(3, 2, vec![zero.clone().into(), one.clone().into()]);
+    fetched.insert(3, 2, vec![in_pieces(&zero), one.clone().into()]);
     let read = |fetched: &mut Fetched, stripe, within| {
         let mut out = Vec::new();
         fetched.extend(stripe, within, &mut out).map(|()| out)
