@@ -106,18 +106,7 @@ pub fn mon(args: MonArgs) -> Result<()> {
         identity,
         retain_slots,
     };
-    runtime()?.block_on(async {
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing a SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        daemon::run(config, shutdown).await
-    })?;
+    runtime()?.block_on(async { daemon::run(config, crate::daemons::daemon_stopped()).await })?;
     Ok(())
 }
 

@@ -94,6 +94,24 @@ pub(crate) async fn signalled() {
     }
 }
 
+/// Until Ctrl-C or SIGTERM, for a daemon. From the call on, SIGHUP (a closed terminal, or a
+/// paused daemon whose process group lost its leader) is logged and ignored, as daemons do:
+/// it must not stop an OSD that holds data.
+pub(crate) fn daemon_stopped() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP ignored: a daemon stops on SIGTERM or Ctrl-C");
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "SIGHUP cannot be ignored; it stops this daemon"),
+    }
+    signalled()
+}
+
 /// Runs an OSD. The first time, it creates itself in the map (with the admin certificate of
 /// the cluster folder) and gets its own certificate `osd-<id>` from the cluster CA.
 pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
@@ -156,7 +174,7 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
             monmap: load_monmap(&dir)?,
             bind: args.bind,
         };
-        daemon::run(config, Arc::new(store), signalled()).await?;
+        daemon::run(config, Arc::new(store), daemon_stopped()).await?;
         Ok(())
     })
 }

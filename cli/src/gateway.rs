@@ -70,7 +70,7 @@ pub fn gateway(args: GatewayArgs) -> Result<()> {
             bind: args.bind,
             gc_interval: Duration::from_secs(args.gc_interval.max(1)),
         };
-        tidepool_gateway::serve(buckets, mon, gateway, crate::daemons::signalled())
+        tidepool_gateway::serve(buckets, mon, gateway, crate::daemons::daemon_stopped())
             .await
             .with_context(|| format!("serving S3 on {}", args.bind))
     })

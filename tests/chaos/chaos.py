@@ -4,7 +4,8 @@ concurrent S3 clients that record every operation (start, end, outcome), a fault
 checker of what the clients saw.
 
 Faults, one at a time per kind, drawn from the seed: kill -9 and restart of an OSD, a monitor or
-the gateway; SIGSTOP/SIGCONT of an OSD or a monitor; a partition of one OSD or monitor (its UDP
+the gateway; SIGSTOP of an OSD or a monitor, then SIGHUP and SIGCONT (as the kernel sends a
+stopped process whose process group is orphaned); a partition of one OSD or monitor (its UDP
 port dropped both ways with nftables). At the end every fault is healed, the cluster is left to
 become clean, and every key is read and listed once more.
 
@@ -15,7 +16,8 @@ The checker, per key (a register; a DELETE writes "absent"):
   acknowledged write, no acknowledged delete undone, no acknowledged write lost;
 - every body read is exactly the bytes its write sent (each value's bytes derive from its id);
 - every key the final listing names can be read, and every key whose last write was
-  acknowledged (with none in doubt after it) is listed.
+  acknowledged (with none in doubt after it) is listed;
+- no daemon exits unless a fault killed it.
 
 The seed is printed first; the same seed draws the same faults, sizes and keys (timing differs).
 
@@ -197,6 +199,9 @@ class Cluster:
 
     def resume(self, name):
         if name in self.stopped:
+            # As the kernel does to a stopped process whose process group is orphaned: a
+            # daemon must ignore the SIGHUP.
+            os.kill(self.procs[name].pid, signal.SIGHUP)
             os.kill(self.procs[name].pid, signal.SIGCONT)
             self.stopped.discard(name)
 
@@ -225,13 +230,18 @@ class Cluster:
         subprocess.run(["nft", "-f", "-"], input="\n".join(rules), text=True, check=True)
 
     def heal_all(self):
+        """Heals every fault; returns the daemons that had exited on their own (the faults
+        restart the ones they kill), each with its exit status."""
         for name in list(self.stopped):
             self.resume(name)
         self.partitioned.clear()
         self.apply_partitions()
+        exited = []
         for name, proc in list(self.procs.items()):
             if proc.poll() is not None:
+                exited.append(f"{name} exited on its own with status {proc.returncode}")
                 self.start(name)
+        return exited
 
     def shutdown(self):
         self.partitioned.clear()
@@ -521,7 +531,7 @@ def main():
         stop.set()
         injector.join()
         log("healing every fault; waiting for the cluster to be clean")
-        cluster.heal_all()
+        errors.extend(cluster.heal_all())
         cluster.wait("every OSD up", lambda: cluster.osds_up() == args.osds, 120)
 
         def clean():
