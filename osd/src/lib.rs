@@ -9,6 +9,8 @@
 //!   backfill, what a holder does with a primary's change.
 //! * [`fence`]: fences and read leases, which keep an OSD with an older view of a PG from
 //!   acknowledging writes or serving reads.
+//! * [`scrub`]: scrub's comparison of the holders' scrub maps: what is wrong where, and the
+//!   repairs that a provably good copy allows.
 //! * [`throttle`]: recovery throttles whose limits change at runtime.
 //! * [`daemon`]: the OSD process: maps, boot, beacons, heartbeats, replication; with
 //!   `recovery`, peering, log-based recovery, backfill behind `pg_temp`, stray removal.
@@ -20,6 +22,7 @@ pub mod machine;
 pub mod peering;
 pub mod pg;
 mod recovery;
+pub mod scrub;
 mod shards;
 mod shell;
 pub mod store;

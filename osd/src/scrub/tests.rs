@@ -1,0 +1,239 @@
+//! The comparison against every case docs/scrub.md names, and a property: whatever one holder
+//! of three suffers, the repairs bring it back to the other two.
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn copy(version: u64, size: u64) -> ObjectScrub {
+    ObjectScrub {
+        version,
+        size,
+        xattrs: [1; 32],
+        omap: [2; 32],
+        data: Some([version as u8; 32]),
+        error: None,
+    }
+}
+
+fn bad(version: u64) -> ObjectScrub {
+    ObjectScrub {
+        error: Some("blob 0000000000000007: crc32c of block 3 does not match".into()),
+        ..copy(version, 10)
+    }
+}
+
+/// Three holders (osd.0 to osd.2) whose maps hold `objects[i]` as object "o".
+fn maps(objects: [Option<ObjectScrub>; 3]) -> Vec<(OsdId, ScrubMap)> {
+    objects
+        .into_iter()
+        .enumerate()
+        .map(|(i, object)| {
+            let map = object.map(|o| ("o".to_string(), o)).into_iter().collect();
+            (OsdId(i as u32), map)
+        })
+        .collect()
+}
+
+fn problem(holder: u32, problem: Problem) -> Inconsistency {
+    Inconsistency {
+        object: "o".into(),
+        holder: OsdId(holder),
+        problem,
+    }
+}
+
+fn copy_to(from: &[u32], to: &[u32]) -> Repair {
+    Repair::Copy {
+        object: "o".into(),
+        from: from.iter().map(|o| OsdId(*o)).collect(),
+        to: to.iter().map(|o| OsdId(*o)).collect(),
+    }
+}
+
+/// Rule: holders that agree are consistent.
+#[test]
+fn agreeing_holders_are_clean() {
+    let verdict = compare(
+        &maps([Some(copy(4, 10)), Some(copy(4, 10)), Some(copy(4, 10))]),
+        1,
+    );
+    assert_eq!(verdict, Verdict::default());
+}
+
+/// Rule: a copy that fails its checksums is bad, and is repaired from an intact one, even
+/// when it is the only intact one left (its checksums prove it).
+#[test]
+fn a_bad_copy_is_known_not_voted_on() {
+    let verdict = compare(
+        &maps([Some(bad(4)), Some(copy(4, 10)), Some(copy(4, 10))]),
+        1,
+    );
+    assert!(matches!(
+        &verdict.inconsistencies[..],
+        [Inconsistency {
+            holder: OsdId(0),
+            problem: Problem::ReadError(_),
+            ..
+        }]
+    ));
+    assert_eq!(verdict.repairs, [copy_to(&[1, 2], &[0])]);
+    let verdict = compare(&maps([Some(bad(4)), Some(bad(4)), Some(copy(4, 10))]), 1);
+    assert_eq!(verdict.repairs, [copy_to(&[2], &[0, 1])]);
+    assert!(verdict.unrepairable.is_empty());
+}
+
+/// Rule: every copy bad: reported, nothing repaired.
+#[test]
+fn every_copy_bad_is_unrepairable() {
+    let verdict = compare(&maps([Some(bad(4)), Some(bad(4)), Some(bad(4))]), 1);
+    assert_eq!(verdict.unrepairable, ["o"]);
+    assert!(verdict.repairs.is_empty());
+    assert_eq!(verdict.inconsistencies.len(), 3);
+}
+
+/// Rule: an object missing on one holder is copied to it; one stray on one holder is removed.
+#[test]
+fn missing_and_stray_objects_follow_the_majority() {
+    let verdict = compare(&maps([None, Some(copy(4, 10)), Some(copy(4, 10))]), 1);
+    assert_eq!(verdict.inconsistencies, [problem(0, Problem::Missing)]);
+    assert_eq!(verdict.repairs, [copy_to(&[1, 2], &[0])]);
+    let verdict = compare(&maps([Some(copy(4, 10)), None, None]), 1);
+    assert_eq!(verdict.inconsistencies, [problem(0, Problem::Stray)]);
+    assert_eq!(
+        verdict.repairs,
+        [Repair::Remove {
+            object: "o".into(),
+            on: vec![OsdId(0)]
+        }]
+    );
+}
+
+/// Rule: a holder whose metadata, omap or bytes changed behind the PG's back is repaired to
+/// what the others agree on, and the fields that differ are named.
+#[test]
+fn a_diverged_copy_is_repaired_to_the_majority() {
+    let mut changed = copy(4, 10);
+    changed.omap = [9; 32];
+    changed.size = 11;
+    let verdict = compare(
+        &maps([Some(copy(4, 10)), Some(changed), Some(copy(4, 10))]),
+        1,
+    );
+    assert_eq!(
+        verdict.inconsistencies,
+        [problem(1, Problem::Differs(vec![Field::Size, Field::Omap]))]
+    );
+    assert_eq!(verdict.repairs, [copy_to(&[0, 2], &[1])]);
+}
+
+/// Rule: with no strict majority, nothing is repaired: two holders that disagree, three that
+/// all differ, an object on one holder of two.
+#[test]
+fn no_majority_is_unrepairable() {
+    let two = |a: Option<ObjectScrub>, b: Option<ObjectScrub>| {
+        let mut m = maps([a, b, None]);
+        m.pop();
+        compare(&m, 1)
+    };
+    for verdict in [
+        two(Some(copy(4, 10)), Some(copy(5, 10))),
+        two(Some(copy(4, 10)), None),
+        compare(
+            &maps([Some(copy(3, 10)), Some(copy(4, 10)), Some(copy(5, 10))]),
+            1,
+        ),
+        compare(
+            &maps([Some(copy(4, 10)), Some(copy(5, 10)), Some(bad(4))]),
+            1,
+        ),
+    ] {
+        assert_eq!(verdict.unrepairable, ["o"], "{verdict:?}");
+        assert!(verdict.repairs.is_empty(), "{verdict:?}");
+        assert!(!verdict.inconsistencies.is_empty());
+    }
+}
+
+/// Rule: shards of an erasure pool hold different bytes: their data digests are not compared,
+/// and a bad shard is rebuilt only from at least `k` good ones.
+#[test]
+fn shards_are_rebuilt_from_k_good_ones() {
+    let shard = |data: u8| ObjectScrub {
+        data: Some([data; 32]),
+        ..copy(4, 10)
+    };
+    let verdict = compare(&maps([Some(shard(1)), Some(shard(2)), Some(shard(3))]), 2);
+    assert_eq!(verdict, Verdict::default());
+    let verdict = compare(&maps([Some(shard(1)), Some(bad(4)), Some(shard(3))]), 2);
+    assert_eq!(verdict.repairs, [copy_to(&[0, 2], &[1])]);
+    let verdict = compare(&maps([Some(shard(1)), Some(bad(4)), None]), 2);
+    assert_eq!(verdict.unrepairable, ["o"]);
+    assert!(verdict.repairs.is_empty());
+}
+
+/// What one holder of three may suffer.
+#[derive(Clone, Debug)]
+enum Harm {
+    Rot,
+    Lose,
+    Stray,
+    Diverge(u8),
+}
+
+proptest! {
+    /// Rule: whatever harms one holder of three (each object on its own), the verdict names
+    /// exactly the harmed objects on that holder, and its repairs make every holder's map
+    /// equal to the others'.
+    #[test]
+    fn repairs_converge_one_harmed_holder(
+        objects in proptest::collection::vec((1u64..50, 0u64..1000), 0..12),
+        harms in proptest::collection::vec(
+            prop_oneof![Just(Harm::Rot), Just(Harm::Lose), Just(Harm::Stray), (2u8..5).prop_map(Harm::Diverge)],
+            0..6,
+        ),
+        victim in 0usize..3,
+    ) {
+        let good: ScrubMap = objects
+            .iter()
+            .enumerate()
+            .map(|(i, (v, s))| (format!("o{i}"), copy(*v, *s)))
+            .collect();
+        let mut harmed = good.clone();
+        let mut expected = BTreeSet::new();
+        for (i, harm) in harms.iter().enumerate() {
+            let name = format!("o{i}");
+            match (harm, good.get(&name)) {
+                (Harm::Rot, Some(c)) => { harmed.insert(name.clone(), ObjectScrub { error: Some("rot".into()), ..c.clone() }); }
+                (Harm::Lose, Some(_)) => { harmed.remove(&name); }
+                (Harm::Diverge(d), Some(c)) => { harmed.insert(name.clone(), ObjectScrub { xattrs: [*d; 32], ..c.clone() }); }
+                (Harm::Stray, None) => { harmed.insert(name.clone(), copy(1, 1)); }
+                _ => continue,
+            }
+            expected.insert(name);
+        }
+        let mut all: Vec<(OsdId, ScrubMap)> = (0..3).map(|o| (OsdId(o), good.clone())).collect();
+        all[victim].1 = harmed;
+        let verdict = compare(&all, 1);
+        prop_assert!(verdict.unrepairable.is_empty());
+        let named: BTreeSet<String> = verdict.inconsistencies.iter().map(|i| i.object.clone()).collect();
+        prop_assert_eq!(&named, &expected);
+        prop_assert!(verdict.inconsistencies.iter().all(|i| i.holder == OsdId(victim as u32)));
+        for repair in &verdict.repairs {
+            match repair {
+                Repair::Copy { object, from, to } => {
+                    let source = from.first().expect("a source");
+                    let good_copy = all[source.0 as usize].1[object].clone();
+                    for osd in to {
+                        all[osd.0 as usize].1.insert(object.clone(), good_copy.clone());
+                    }
+                }
+                Repair::Remove { object, on } => {
+                    for osd in on {
+                        all[osd.0 as usize].1.remove(object);
+                    }
+                }
+            }
+        }
+        prop_assert!(all.iter().all(|(_, map)| *map == good));
+    }
+}
