@@ -10,6 +10,7 @@ mod health;
 mod logs;
 mod objects;
 mod operate;
+mod pgs;
 mod simulate;
 
 use anyhow::Result;
@@ -119,6 +120,13 @@ enum Command {
         cluster: admin::ClusterArgs,
         #[command(subcommand)]
         command: PoolCommand,
+    },
+    /// Placement groups: scrub and deep-scrub now.
+    Pg {
+        #[command(flatten)]
+        cluster: admin::ClusterArgs,
+        #[command(subcommand)]
+        command: pgs::PgCommand,
     },
 }
 
@@ -271,5 +279,6 @@ fn run() -> Result<()> {
         Command::Config { cluster, command } => admin::config(cluster, command),
         Command::User { cluster, command } => admin::user(cluster, command),
         Command::StorageClass { cluster, command } => classes::run(cluster, command),
+        Command::Pg { cluster, command } => pgs::run(cluster, command),
     }
 }

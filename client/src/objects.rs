@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tidepool_messenger::{Messenger, MessengerError};
 use tidepool_placement::{ClusterMap, OsdId, PgId, Placement, Scratch};
 use tidepool_proto::osd::{ObjectOp, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse};
+use tidepool_proto::scrub::ScrubReport;
 use tokio::sync::{Mutex, RwLock};
 
 use crate::{ClientError, MonClient};
@@ -17,6 +18,12 @@ use crate::{ClientError, MonClient};
 /// How long one attempt at a primary may take; a primary that does not answer in time is
 /// asked again (under a newer map, if it was replaced).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a primary may take to list a page of a PG's objects.
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a primary may take to scrub a PG (a deep scrub reads every byte of every holder).
+const SCRUB_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Why an object transaction failed.
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +272,39 @@ impl ObjectClient {
         pg: PgId,
         start_after: Option<String>,
     ) -> Result<(Vec<String>, bool), ObjectError> {
+        let request = OsdRequest::PgList { pg, start_after };
+        let what = format!("listing {pg}");
+        self.call_primary(pg, &request, &what, LIST_TIMEOUT, |answer| match answer {
+            OsdResponse::PgList { names, done } => Ok((names, done)),
+            other => Err(format!("{other:?}")),
+        })
+        .await
+    }
+
+    /// Scrubs `pg` now (reading every byte when `deep`) and returns what its primary found.
+    /// A PG that is not active and clean is retried until the client's deadline.
+    pub async fn scrub(&self, pg: PgId, deep: bool) -> Result<ScrubReport, ObjectError> {
+        let what = format!("scrubbing {pg}");
+        let request = OsdRequest::PgScrub { pg, deep };
+        self.call_primary(pg, &request, &what, SCRUB_TIMEOUT, |answer| match answer {
+            OsdResponse::Scrubbed(report) => Ok(report),
+            OsdResponse::Failed(reason) => Err(reason),
+            other => Err(format!("{other:?}")),
+        })
+        .await
+    }
+
+    /// Sends `request` to the primary of `pg` (each attempt within `limit`) until `accept`
+    /// takes its answer, or times out with the last refusal; `what` names the request in that
+    /// error.
+    async fn call_primary<T>(
+        &self,
+        pg: PgId,
+        request: &OsdRequest,
+        what: &str,
+        limit: Duration,
+        accept: impl Fn(OsdResponse) -> Result<T, String>,
+    ) -> Result<T, ObjectError> {
         let started = Instant::now();
         let mut last = String::new();
         loop {
@@ -278,23 +318,21 @@ impl ObjectClient {
                 .and_then(|o| o.addr.as_deref())
                 .and_then(|a| a.parse().ok());
             if let (Some(primary), Some(addr)) = (primary, addr) {
-                let request: OsdRequest = OsdRequest::PgList {
-                    pg,
-                    start_after: start_after.clone(),
-                };
                 match self
                     .messenger
-                    .call(addr, &format!("osd-{}", primary.0), &request)
+                    .call_within(addr, &format!("osd-{}", primary.0), request, limit)
                     .await
                 {
-                    Ok(OsdResponse::PgList { names, done }) => return Ok((names, done)),
-                    Ok(other) => last = format!("{other:?}"),
+                    Ok(answer) => match accept(answer) {
+                        Ok(result) => return Ok(result),
+                        Err(refused) => last = refused,
+                    },
                     Err(error) => last = error.to_string(),
                 }
             }
             if started.elapsed() > self.deadline {
                 return Err(ObjectError::Timeout {
-                    what: format!("listing {pg}"),
+                    what: what.to_owned(),
                     waited: self.deadline,
                     last,
                 });

@@ -9,8 +9,9 @@
 //!   backfill, what a holder does with a primary's change.
 //! * [`fence`]: fences and read leases, which keep an OSD with an older view of a PG from
 //!   acknowledging writes or serving reads.
-//! * [`scrub`]: scrub's comparison of the holders' scrub maps: what is wrong where, and the
-//!   repairs that a provably good copy allows.
+//! * [`scrub`]: a holder's scrub map of a PG, and scrub's comparison of the holders' maps:
+//!   what is wrong where, and the repairs that a provably good copy allows; `scrubber`: the
+//!   primary's scrub of a PG on request.
 //! * [`throttle`]: recovery throttles whose limits change at runtime.
 //! * [`daemon`]: the OSD process: maps, boot, beacons, heartbeats, replication; with
 //!   `recovery`, peering, log-based recovery, backfill behind `pg_temp`, stray removal.
@@ -23,6 +24,7 @@ pub mod peering;
 pub mod pg;
 mod recovery;
 pub mod scrub;
+mod scrubber;
 mod shards;
 mod shell;
 pub mod store;

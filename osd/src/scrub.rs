@@ -8,45 +8,26 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
 use tidepool_placement::OsdId;
 
-/// A digest (blake3).
-pub type Digest = [u8; 32];
+use crate::ec::{self, POSITION_XATTR, SIZE_XATTR};
+use crate::pg::{self, VERSION_XATTR};
+use crate::store::{CollectionId, ObjectStore, StoreError};
 
-/// One holder's view of one object in a scrub.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectScrub {
-    /// Its PG version.
-    pub version: u64,
-    /// Its logical size.
-    pub size: u64,
-    /// The digest of its xattrs (for a shard, without its position).
-    pub xattrs: Digest,
-    /// The digest of its omap.
-    pub omap: Digest,
-    /// The digest of its bytes as read, in a deep scrub of a replicated pool.
-    pub data: Option<Digest>,
-    /// Why its bytes or metadata could not be read (a checksum that does not match): the copy
-    /// is bad.
-    pub error: Option<String>,
+pub use tidepool_proto::scrub::{
+    Digest, Field, Inconsistency, ObjectScrub, Problem, ScrubMap, ScrubReport,
+};
+
+/// What an intact copy says about the object.
+fn content_of(copy: &ObjectScrub) -> Option<Content> {
+    copy.error.is_none().then_some(Content {
+        version: copy.version,
+        size: copy.size,
+        xattrs: copy.xattrs,
+        omap: copy.omap,
+        data: copy.data,
+    })
 }
-
-impl ObjectScrub {
-    /// What this copy says about the object, when it is intact.
-    fn content(&self) -> Option<Content> {
-        self.error.is_none().then_some(Content {
-            version: self.version,
-            size: self.size,
-            xattrs: self.xattrs,
-            omap: self.omap,
-            data: self.data,
-        })
-    }
-}
-
-/// A holder's scrub map: its objects of the PG (internal ones left out), by name.
-pub type ScrubMap = BTreeMap<String, ObjectScrub>;
 
 /// What an intact copy says, compared across holders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -58,47 +39,123 @@ struct Content {
     data: Option<Digest>,
 }
 
-/// A field of an object in which a copy differs from the authoritative one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Field {
-    /// Its version.
-    Version,
-    /// Its size.
-    Size,
-    /// Its xattrs.
-    Xattrs,
-    /// Its omap.
-    Omap,
-    /// Its bytes.
-    Data,
+/// Omap entries read per store call while digesting an object's omap.
+const OMAP_PAGE: usize = 1024;
+
+/// Objects listed per store call.
+const LIST_PAGE: usize = 1024;
+
+/// This holder's scrub map of the PG in collection `coll`: every object but the PG's own,
+/// with its version, logical size (an erasure shard's from its size xattr) and the digests of
+/// its xattrs (without its version and an erasure shard's position, which are compared apart
+/// or differ by shard) and omap. When `deep`, every byte is read through its checksums (each
+/// block's crc32c, each blob's blake3) and digested; a copy that fails them gets the error
+/// instead, and so does one whose metadata cannot be read.
+pub fn map_of(
+    store: &dyn ObjectStore,
+    coll: CollectionId,
+    deep: bool,
+) -> Result<ScrubMap, StoreError> {
+    let mut map = ScrubMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let names = store.list(coll, after.as_deref(), LIST_PAGE)?;
+        let Some(last) = names.last().cloned() else {
+            return Ok(map);
+        };
+        for name in names.into_iter().filter(|n| !ec::is_internal(n)) {
+            match object_of(store, coll, &name, deep) {
+                Ok(Some(object)) => {
+                    map.insert(name, object);
+                }
+                // Removed since the listing.
+                Ok(None) => {}
+                Err(error) => {
+                    map.insert(name, unreadable(error));
+                }
+            }
+        }
+        after = Some(last);
+    }
 }
 
-/// What is wrong with one holder's copy of an object.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Problem {
-    /// The object exists, and this holder lacks it.
-    Missing,
-    /// The object does not exist, and this holder has it.
-    Stray,
-    /// Its bytes or metadata fail their checksums.
-    ReadError(String),
-    /// It differs from the authoritative copy in these fields.
-    Differs(Vec<Field>),
-    /// The holders disagree and none of them is provably right.
-    Disagrees,
+/// A copy whose metadata could not be read.
+fn unreadable(error: StoreError) -> ObjectScrub {
+    ObjectScrub {
+        version: 0,
+        size: 0,
+        xattrs: [0; 32],
+        omap: [0; 32],
+        data: None,
+        error: Some(error.to_string()),
+    }
 }
 
-/// One inconsistency: an object, a holder, what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Inconsistency {
-    /// The object.
-    pub object: String,
-    /// The holder.
-    pub holder: OsdId,
-    /// What is wrong with its copy.
-    pub problem: Problem,
+fn object_of(
+    store: &dyn ObjectStore,
+    coll: CollectionId,
+    name: &str,
+    deep: bool,
+) -> Result<Option<ObjectScrub>, StoreError> {
+    let xattrs = match store.xattrs(coll, name) {
+        Ok(xattrs) => xattrs,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(other) => return Err(other),
+    };
+    let logical = xattrs
+        .get(SIZE_XATTR)
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_le_bytes);
+    let size = match logical {
+        Some(size) => size,
+        None => store.stat(coll, name)?.size,
+    };
+    let mut digest = blake3::Hasher::new();
+    for (key, value) in &xattrs {
+        if key != VERSION_XATTR && key != POSITION_XATTR {
+            hash_entry(&mut digest, key.as_bytes(), value);
+        }
+    }
+    let xattrs_digest = *digest.finalize().as_bytes();
+    let mut digest = blake3::Hasher::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.omap_list(coll, name, after.as_deref(), OMAP_PAGE)?;
+        for (key, value) in &page {
+            hash_entry(&mut digest, key, value);
+        }
+        match page.last() {
+            Some((key, _)) if page.len() == OMAP_PAGE => after = Some(key.clone()),
+            _ => break,
+        }
+    }
+    let omap = *digest.finalize().as_bytes();
+    let (data, error) = if deep {
+        match store.read_copy(coll, name) {
+            Ok(bytes) => (Some(*blake3::hash(&bytes).as_bytes()), None),
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(error) => (None, Some(error.to_string())),
+        }
+    } else {
+        (None, None)
+    };
+    Ok(Some(ObjectScrub {
+        version: pg::version_of(&xattrs),
+        size,
+        xattrs: xattrs_digest,
+        omap,
+        data,
+        error,
+    }))
+}
+
+/// Feeds one key and value to `digest`, each after its length, so that no two different
+/// lists of entries feed it the same bytes.
+fn hash_entry(digest: &mut blake3::Hasher, key: &[u8], value: &[u8]) {
+    digest.update(&(key.len() as u64).to_le_bytes());
+    digest.update(key);
+    digest.update(&(value.len() as u64).to_le_bytes());
+    digest.update(value);
 }
 
 /// A repair that makes the holders agree.
@@ -158,7 +215,7 @@ fn compare_object(
 ) {
     let shards = rebuild_from > 1;
     let content = |copy: &ObjectScrub| {
-        copy.content().map(|mut c| {
+        content_of(copy).map(|mut c| {
             if shards {
                 c.data = None;
             }

@@ -76,6 +76,26 @@ impl fmt::Display for PgId {
     }
 }
 
+impl std::str::FromStr for PgId {
+    type Err = String;
+
+    /// Ceph's notation, as [`PgId`]'s `Display` writes it (`1.1f`).
+    fn from_str(text: &str) -> Result<PgId, String> {
+        let bad = || format!("{text:?} is not a PG id (a pool id, a dot, a hex seed: 1.1f)");
+        let (pool, seed) = text.split_once('.').ok_or_else(bad)?;
+        // The number parsers take a leading `+`; the notation has none.
+        if text.contains('+') {
+            return Err(bad());
+        }
+        let pool = pool.parse().map_err(|_| bad())?;
+        let seed = u32::from_str_radix(seed, 16).map_err(|_| bad())?;
+        Ok(PgId {
+            pool: PoolId(pool),
+            seed,
+        })
+    }
+}
+
 /// The levels of the placement hierarchy, from a single disk up to the whole cluster. A bucket's
 /// parent is always of a higher level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -673,5 +693,41 @@ mod tests {
         assert_eq!(map.failure_domains(root, BucketType::Host), 1);
         map.osds.get_mut(&OsdId(0)).expect("osd").weight = Weight::ZERO;
         assert_eq!(map.failure_domains(root, BucketType::Osd), 2);
+    }
+
+    /// Rule: a PG id reads back from the notation it prints, and nothing else reads as one.
+    #[test]
+    fn pg_ids_parse_as_they_print() {
+        for pg in [
+            PgId {
+                pool: PoolId(1),
+                seed: 0x1f,
+            },
+            PgId {
+                pool: PoolId(12),
+                seed: 0,
+            },
+            PgId {
+                pool: PoolId(0),
+                seed: u32::MAX,
+            },
+        ] {
+            assert_eq!(pg.to_string().parse::<PgId>(), Ok(pg));
+        }
+        for bad in [
+            "",
+            "1",
+            "1.",
+            ".1",
+            "a.1",
+            "1.g",
+            "1.+1",
+            "+1.1",
+            "-1.1",
+            "1.1.1",
+            "1.100000000",
+        ] {
+            assert!(bad.parse::<PgId>().is_err(), "{bad:?}");
+        }
     }
 }

@@ -347,6 +347,21 @@ pub enum OsdRequest<T = serde_bytes::ByteBuf> {
         /// The change.
         entry: LogEntry,
     },
+    /// From a client (an operator): scrub the PG now, this OSD being its primary, and answer
+    /// what the scrub found (docs/scrub.md).
+    PgScrub {
+        /// The PG.
+        pg: PgId,
+        /// Read and check every byte too.
+        deep: bool,
+    },
+    /// From a primary scrubbing the PG: this holder's scrub map of it.
+    ScrubMap {
+        /// The PG.
+        pg: PgId,
+        /// Read and check every byte too.
+        deep: bool,
+    },
 }
 
 /// Answers of OSDs.
@@ -390,6 +405,10 @@ pub enum OsdResponse {
     Behind,
     /// The request failed on this OSD.
     Failed(String),
+    /// A holder's scrub map of a PG.
+    ScrubMap(crate::scrub::ScrubMap),
+    /// What a scrub of a PG found.
+    Scrubbed(crate::scrub::ScrubReport),
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::store::{Op, RocksStore, Transaction};
 
 fn copy(version: u64, size: u64) -> ObjectScrub {
     ObjectScrub {
@@ -236,4 +237,144 @@ proptest! {
         }
         prop_assert!(all.iter().all(|(_, map)| *map == good));
     }
+}
+
+const COLL: CollectionId = CollectionId {
+    pool: 1,
+    seed: 3,
+    shard: CollectionId::NO_SHARD,
+};
+
+/// A store in a temporary folder holding, in `COLL`: "big" (200,000 bytes, a blob of its
+/// own), "small" with an xattr and two omap entries, and the PG's own "\0meta".
+fn holder() -> (tempfile::TempDir, RocksStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = RocksStore::open(dir.path()).expect("open");
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let ops = vec![
+        Op::CreateCollection(COLL),
+        Op::Write {
+            coll: COLL,
+            name: "big".into(),
+            offset: 0,
+            data: big.into(),
+            sums: None,
+        },
+        Op::SetXattr {
+            coll: COLL,
+            name: "big".into(),
+            key: VERSION_XATTR.into(),
+            value: 7u64.to_le_bytes().to_vec(),
+        },
+        Op::Write {
+            coll: COLL,
+            name: "small".into(),
+            offset: 0,
+            data: b"hello".to_vec().into(),
+            sums: None,
+        },
+        Op::SetXattr {
+            coll: COLL,
+            name: "small".into(),
+            key: "user.colour".into(),
+            value: b"blue".to_vec(),
+        },
+        Op::OmapSet {
+            coll: COLL,
+            name: "small".into(),
+            entries: vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"2".to_vec()),
+            ],
+        },
+        Op::Write {
+            coll: COLL,
+            name: "\0meta".into(),
+            offset: 0,
+            data: b"the PG's own".to_vec().into(),
+            sums: None,
+        },
+    ];
+    store.apply(&Transaction { ops }).expect("objects");
+    (dir, store)
+}
+
+/// Rule: holders with the same objects have the same scrub maps, shallow and deep; the PG's
+/// own objects are left out.
+#[test]
+fn equal_holders_have_equal_maps() {
+    let ((_a, a), (_b, b)) = (holder(), holder());
+    for deep in [false, true] {
+        let (map_a, map_b) = (
+            map_of(&a, COLL, deep).expect("a"),
+            map_of(&b, COLL, deep).expect("b"),
+        );
+        assert_eq!(map_a, map_b);
+        assert_eq!(map_a.keys().collect::<Vec<_>>(), ["big", "small"]);
+        assert_eq!((map_a["big"].version, map_a["big"].size), (7, 200_000));
+        assert_eq!(map_a["big"].data.is_some(), deep);
+    }
+}
+
+/// Rule: a byte flipped on disk is found by a deep scrub (not by a shallow one, which reads
+/// no data), named on that holder, and repaired from the others.
+#[test]
+fn a_deep_scrub_finds_a_flipped_byte() {
+    let (_a, a) = holder();
+    let (b_dir, b) = holder();
+    let (_c, c) = holder();
+    let block = b_dir.path().join("block");
+    let mut bytes = std::fs::read(&block).expect("block file");
+    bytes[70_000] ^= 0x08;
+    std::fs::write(&block, &bytes).expect("flip a byte");
+    let maps = |deep| -> Vec<(OsdId, ScrubMap)> {
+        [&a, &b, &c]
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (OsdId(i as u32), map_of(s, COLL, deep).expect("map")))
+            .collect()
+    };
+    assert_eq!(compare(&maps(false), 1), Verdict::default());
+    let verdict = compare(&maps(true), 1);
+    assert!(
+        matches!(
+            &verdict.inconsistencies[..],
+            [Inconsistency { object, holder: OsdId(1), problem: Problem::ReadError(_) }] if object == "big"
+        ),
+        "{verdict:?}"
+    );
+    assert_eq!(
+        verdict.repairs,
+        [Repair::Copy {
+            object: "big".into(),
+            from: vec![OsdId(0), OsdId(2)],
+            to: vec![OsdId(1)]
+        }]
+    );
+}
+
+/// Rule: an omap entry or an xattr changed on one holder changes its digests, and nothing else.
+#[test]
+fn changed_metadata_shows_in_its_digest() {
+    let (_a, a) = holder();
+    let before = map_of(&a, COLL, false).expect("map");
+    let change = |op: Op| {
+        a.apply(&Transaction { ops: vec![op] }).expect("change");
+        map_of(&a, COLL, false).expect("map")
+    };
+    let after = change(Op::OmapSet {
+        coll: COLL,
+        name: "small".into(),
+        entries: vec![(b"b".to_vec(), b"3".to_vec())],
+    });
+    assert_ne!(after["small"].omap, before["small"].omap);
+    assert_eq!(after["small"].xattrs, before["small"].xattrs);
+    let again = change(Op::SetXattr {
+        coll: COLL,
+        name: "small".into(),
+        key: "user.colour".into(),
+        value: b"red".to_vec(),
+    });
+    assert_ne!(again["small"].xattrs, after["small"].xattrs);
+    assert_eq!(again["big"], before["big"]);
 }

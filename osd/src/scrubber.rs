@@ -1,0 +1,111 @@
+//! Scrub on the OSD: a holder's scrub map of a PG, and the primary's scrub of a PG on an
+//! operator's request (every holder's map gathered while the PG's writes wait, then compared).
+//! See docs/scrub.md.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidepool_placement::{OsdId, PgId};
+use tidepool_proto::osd::{OsdRequest, OsdResponse};
+
+use crate::daemon::{storage_failed, Osd};
+use crate::pg;
+use crate::scrub::{self, ScrubMap, ScrubReport};
+use crate::store::StoreError;
+
+/// How long a holder may take to answer with its scrub map (a deep one reads every byte).
+const SCRUB_MAP_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Osd {
+    /// A holder's answer to [`OsdRequest::ScrubMap`]: its scrub map of `pg`.
+    pub(crate) fn scrub_map(&self, pg: PgId, deep: bool) -> OsdResponse {
+        let coll = pg::collection(pg);
+        match tokio::task::block_in_place(|| scrub::map_of(&*self.store, coll, deep)) {
+            Ok(map) => OsdResponse::ScrubMap(map),
+            Err(StoreError::NoCollection(_)) => OsdResponse::ScrubMap(ScrubMap::new()),
+            Err(error) => storage_failed(error),
+        }
+    }
+
+    /// The primary's scrub of `pg`: refused unless this OSD leads it and it is active and
+    /// clean (a holder that is behind is recovery's work). The PG's writes wait while the
+    /// holders' maps are read, so every map is of the same PG version.
+    pub(crate) async fn scrub_pg(self: &Arc<Self>, pg: PgId, deep: bool) -> OsdResponse {
+        let view = self.view();
+        let Some(holders) = view.holders(pg) else {
+            return OsdResponse::Failed(format!("{pg}: no such PG"));
+        };
+        if holders.primary != Some(self.id) {
+            return OsdResponse::NotPrimary;
+        }
+        let slot = self.slot(pg);
+        let _ops = slot.ops.lock().await;
+        let clean = holders.acting.len() == holders.size && !holders.temp;
+        let serving = self
+            .with_machine_in(pg, &slot, |m| {
+                let status = m.status();
+                status.active && status.recovering == 0
+            })
+            .await;
+        match serving {
+            Err(error) => return storage_failed(error),
+            Ok(false) => return OsdResponse::Failed(format!("{pg} is not active; scrub later")),
+            Ok(true) if !clean => {
+                return OsdResponse::Failed(format!(
+                    "{pg} is not clean (acting {:?} of {} copies); scrub once it is",
+                    holders.acting, holders.size
+                ))
+            }
+            Ok(true) => {}
+        }
+        let request = OsdRequest::ScrubMap { pg, deep };
+        let answers = futures_util::future::join_all(holders.acting.iter().map(|osd| {
+            let request = &request;
+            async move {
+                let answer = if *osd == self.id {
+                    Some(self.scrub_map(pg, deep))
+                } else {
+                    self.call_while_up(*osd, request, SCRUB_MAP_TIMEOUT).await
+                };
+                (*osd, answer)
+            }
+        }))
+        .await;
+        let mut maps: Vec<(OsdId, ScrubMap)> = Vec::with_capacity(answers.len());
+        for (osd, answer) in answers {
+            match answer {
+                Some(OsdResponse::ScrubMap(map)) => maps.push((osd, map)),
+                other => {
+                    return OsdResponse::Failed(format!(
+                        "{pg}: osd.{} sent no scrub map ({other:?}); scrub later",
+                        osd.0
+                    ))
+                }
+            }
+        }
+        let verdict = scrub::compare(&maps, holders.k);
+        let objects = maps
+            .iter()
+            .flat_map(|(_, map)| map.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64;
+        for found in &verdict.inconsistencies {
+            tracing::warn!(
+                %pg, object = found.object, osd = found.holder.0, problem = ?found.problem,
+                deep, "scrub found an inconsistency"
+            );
+        }
+        tracing::info!(
+            %pg, deep, objects, inconsistencies = verdict.inconsistencies.len(),
+            unrepairable = verdict.unrepairable.len(), "scrubbed"
+        );
+        OsdResponse::Scrubbed(ScrubReport {
+            pg,
+            deep,
+            holders: holders.acting,
+            objects,
+            inconsistencies: verdict.inconsistencies,
+            unrepairable: verdict.unrepairable,
+        })
+    }
+}

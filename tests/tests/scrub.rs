@@ -1,0 +1,131 @@
+//! Scrub over real processes: three OSDs with a pool of size 3 and an erasure pool 2+1, small
+//! (inline) and large (blob) objects; a byte flipped in every block of one OSD's block file
+//! while it runs. A shallow scrub, which reads no data, finds nothing; a deep scrub names
+//! exactly the large objects on that OSD, in both pools (docs/scrub.md).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{object_client, runtime, Cluster};
+use serde_json::Value;
+use tidepool_proto::osd::ObjectOp;
+use tidepool_tests::{pattern, tidepool_ok};
+
+/// Objects of each pool: large ones (their bytes in the block file) and small ones (inline
+/// in RocksDB).
+const LARGE: [&str; 4] = ["large-0", "large-1", "large-2", "large-3"];
+const SMALL: [&str; 3] = ["small-0", "small-1", "small-2"];
+
+/// `tidepool pg SCRUB POOL --format json`: per PG, its objects and its inconsistencies as
+/// (object, holder, problem kind).
+fn scrub(cluster: &Cluster, kind: &str, pool: &str) -> (u64, BTreeSet<(String, u64, String)>) {
+    let reports: Value = cluster.json(&["pg", kind, pool]);
+    let mut objects = 0;
+    let mut found = BTreeSet::new();
+    for report in reports.as_array().expect("reports") {
+        objects += report["objects"].as_u64().expect("objects");
+        for inconsistency in report["inconsistencies"].as_array().expect("list") {
+            let problem = &inconsistency["problem"];
+            let kind = match problem {
+                Value::String(kind) => kind.clone(),
+                Value::Object(map) => map.keys().next().expect("a kind").clone(),
+                other => panic!("a problem {other}"),
+            };
+            found.insert((
+                inconsistency["object"].as_str().expect("object").to_owned(),
+                inconsistency["holder"].as_u64().expect("holder"),
+                kind,
+            ));
+        }
+        assert_eq!(report["unrepairable"], Value::Array(Vec::new()), "{report}");
+    }
+    (objects, found)
+}
+
+#[test]
+fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
+    let cluster = Cluster::start("scrub", 3, 4, &[]);
+    let path = cluster.path().to_path_buf();
+    tidepool_ok(
+        &path,
+        &[
+            "pool",
+            "create",
+            "ec21",
+            "--erasure",
+            "2+1",
+            "--pg-num",
+            "4",
+            "--failure-domain",
+            "osd",
+        ],
+    );
+    cluster.wait_clean(Duration::from_secs(90));
+    let runtime = runtime();
+    let client = runtime.block_on(object_client(&path));
+    runtime.block_on(async {
+        for pool in ["data", "ec21"] {
+            for (i, name) in LARGE.iter().chain(&SMALL).enumerate() {
+                let size = if name.starts_with("large") {
+                    200_000 + i
+                } else {
+                    100 + i
+                };
+                let ops = vec![ObjectOp::WriteFull(pattern(i as u64, size).into())];
+                client.execute(pool, name, ops).await.expect("write");
+            }
+        }
+    });
+    for pool in ["data", "ec21"] {
+        for kind in ["scrub", "deep-scrub"] {
+            let (objects, found) = scrub(&cluster, kind, pool);
+            assert_eq!(objects, 7, "{kind} of {pool}");
+            assert!(
+                found.is_empty(),
+                "{kind} of {pool} before any rot: {found:?}"
+            );
+        }
+    }
+
+    // Rot: one byte flipped in every block of osd-1's block file, under the running OSD.
+    let block = path.join("osd-1").join("store").join("block");
+    let mut bytes = std::fs::read(&block).expect("block file");
+    for at in (100..bytes.len()).step_by(4096) {
+        bytes[at] ^= 0x20;
+    }
+    std::fs::write(&block, &bytes).expect("rot");
+
+    for pool in ["data", "ec21"] {
+        let (_, found) = scrub(&cluster, "scrub", pool);
+        assert!(
+            found.is_empty(),
+            "a shallow scrub of {pool} reads no data: {found:?}"
+        );
+        let (objects, found) = scrub(&cluster, "deep-scrub", pool);
+        assert_eq!(objects, 7);
+        let expected: BTreeSet<(String, u64, String)> = LARGE
+            .iter()
+            .map(|name| (name.to_string(), 1, "read_error".to_string()))
+            .collect();
+        assert_eq!(found, expected, "a deep scrub of {pool}");
+    }
+
+    // One PG by its id; a PG that does not exist and a name that is neither are refused.
+    let reports: Value = cluster.json(&["pg", "scrub", "data"]);
+    let pool = reports[0]["pg"]["pool"].as_u64().expect("pool id");
+    let one: Value = cluster.json(&["pg", "scrub", &format!("{pool}.3")]);
+    assert_eq!(one.as_array().map(Vec::len), Some(1), "{one}");
+    assert_eq!(one[0]["pg"]["seed"], 3, "{one}");
+    for bad in [format!("{pool}.ff"), "nopool".to_string()] {
+        let out = tidepool_tests::run(&[
+            "pg",
+            "scrub",
+            &bad,
+            "--cluster",
+            path.to_str().expect("utf-8"),
+        ]);
+        assert!(!out.status.success(), "{bad} was taken");
+    }
+}
