@@ -165,6 +165,12 @@ impl ObjectClient {
         Some((pg, mapping.primary))
     }
 
+    /// Where object `name` of `pool` lives under the current map: its PG and the PG's
+    /// primary (`None` when the pool does not exist).
+    pub async fn locate(&self, pool: &str, name: &str) -> Option<(PgId, Option<OsdId>)> {
+        Self::route(&*self.view.read().await, pool, name)
+    }
+
     /// Runs `ops` on object `name` of `pool` as one transaction: returns the object's version
     /// and one output per step.
     pub async fn execute(

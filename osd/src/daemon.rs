@@ -425,15 +425,28 @@ impl Osd {
         // caches) runs right here: handing the worker thread over, as `block_in_place` does,
         // costs more than the lookup. Reads of data or of many omap keys hand it over.
         let heavy = request.ops.iter().any(pg::reads_much);
+        // A read that fails its checksums here is served from another holder's copy: its
+        // steps are kept for a second try.
+        let again =
+            (heavy && !request.ops.iter().any(ObjectOp::is_write)).then(|| request.ops.clone());
         let plan = || pg::plan(&*self.store, coll, &request.name, request.ops);
         let planned = if heavy {
             tokio::task::block_in_place(plan)
         } else {
             plan()
         };
-        let mut planned = match planned {
-            Ok(planned) => planned,
-            Err(error) => return OsdResponse::Object(Err(error)),
+        let mut planned = match (planned, again) {
+            (Ok(planned), _) => planned,
+            (Err(OpError::Storage(reason)), Some(steps)) => {
+                match self
+                    .read_repaired(pg, &view, &request.name, &reason, steps)
+                    .await
+                {
+                    Ok(planned) => planned,
+                    Err(error) => return OsdResponse::Object(Err(error)),
+                }
+            }
+            (Err(error), _) => return OsdResponse::Object(Err(error)),
         };
         self.count_client_op(&planned.outputs);
         if planned.ops.is_empty() {

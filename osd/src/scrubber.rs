@@ -6,15 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidepool_placement::{OsdId, PgId};
-use tidepool_proto::osd::{OsdRequest, OsdResponse};
+use tidepool_proto::osd::{ObjectOp, OpError, OsdRequest, OsdResponse};
 
-use crate::daemon::{storage_failed, Osd};
-use crate::pg;
+use crate::daemon::{storage_failed, MapView, Osd};
+use crate::pg::{self, Planned, VERSION_XATTR};
 use crate::scrub::{self, ScrubMap, ScrubReport};
-use crate::store::StoreError;
+use crate::store::{StoreError, Transaction};
 
 /// How long a holder may take to answer with its scrub map (a deep one reads every byte).
 const SCRUB_MAP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a holder may take to send a good copy of an object whose read failed here.
+const GOOD_COPY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Osd {
     /// A holder's answer to [`OsdRequest::ScrubMap`]: its scrub map of `pg`.
@@ -107,5 +110,75 @@ impl Osd {
             inconsistencies: verdict.inconsistencies,
             unrepairable: verdict.unrepairable,
         })
+    }
+
+    /// The read-only transaction `steps` on `name` of `pg`, whose read here failed with
+    /// `reason` (a checksum that does not match): this OSD's copy is replaced by another
+    /// holder's at the same version (read through that holder's own checksums), and the steps
+    /// run again on it. The client gets exact bytes; the bad copy is repaired as it is found,
+    /// and logged. Fails as before when no other holder has a good copy.
+    pub(crate) async fn read_repaired(
+        self: &Arc<Self>,
+        pg: PgId,
+        view: &MapView,
+        name: &str,
+        reason: &str,
+        steps: Vec<ObjectOp>,
+    ) -> Result<Planned, OpError> {
+        let coll = pg::collection(pg);
+        let failed = || OpError::Storage(reason.to_owned());
+        // The copy's metadata says which version a good copy must have.
+        let version = match self.store.xattrs(coll, name) {
+            Ok(xattrs) => pg::version_of(&xattrs),
+            Err(_) => return Err(failed()),
+        };
+        tracing::warn!(%pg, name, version, reason, "a read failed its checksums; fetching a good copy");
+        let others: Vec<OsdId> = view
+            .holders(pg)
+            .map(|h| h.acting)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| *o != self.id)
+            .collect();
+        for osd in others {
+            let request = OsdRequest::PgRead {
+                pg,
+                names: vec![name.to_owned()],
+            };
+            let state = match self.call_while_up(osd, &request, GOOD_COPY_TIMEOUT).await {
+                Some(OsdResponse::PgObjects(objects)) => {
+                    objects.into_iter().next().and_then(|o| o.1)
+                }
+                other => {
+                    tracing::warn!(%pg, name, osd = osd.0, ?other, "no good copy from this holder");
+                    continue;
+                }
+            };
+            let Some(state) = state else { continue };
+            let theirs = state
+                .xattrs
+                .get(VERSION_XATTR)
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(u64::from_le_bytes);
+            if theirs != Some(version) {
+                continue;
+            }
+            let store = &*self.store;
+            let ops =
+                tokio::task::block_in_place(|| pg::write_state(store, coll, name, Some(&state)));
+            let written = match self.store.submit(&Transaction { ops }) {
+                Ok(commit) => commit.await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = written {
+                tracing::warn!(%pg, name, %error, "repairing this OSD's copy failed");
+                return Err(failed());
+            }
+            tracing::warn!(%pg, name, version, osd = osd.0, "this OSD's bad copy was repaired from another holder's");
+            return tokio::task::block_in_place(|| pg::plan(store, coll, name, steps));
+        }
+        Err(OpError::Storage(format!(
+            "{reason}; no other holder has a good copy of version {version}"
+        )))
     }
 }

@@ -1,7 +1,8 @@
 //! Scrub over real processes: three OSDs with a pool of size 3 and an erasure pool 2+1, small
 //! (inline) and large (blob) objects; a byte flipped in every block of one OSD's block file
 //! while it runs. A shallow scrub, which reads no data, finds nothing; a deep scrub names
-//! exactly the large objects on that OSD, in both pools (docs/scrub.md).
+//! exactly the large objects on that OSD, in both pools; every object still reads exact, and
+//! a read that found the primary's copy bad repaired it (docs/scrub.md).
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use common::{object_client, runtime, Cluster};
 use serde_json::Value;
-use tidepool_proto::osd::ObjectOp;
+use tidepool_proto::osd::{ObjectOp, OpOutput};
 use tidepool_tests::{pattern, tidepool_ok};
 
 /// Objects of each pool: large ones (their bytes in the block file) and small ones (inline
@@ -89,14 +90,31 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
         }
     }
 
-    // Rot: one byte flipped in every block of osd-1's block file, under the running OSD.
-    let block = path.join("osd-1").join("store").join("block");
+    // Rot: one byte flipped in every block of the block file of large-0's primary in `data`,
+    // under the running OSD. Every OSD holds a copy or a shard of every object.
+    let primaries: Vec<u64> = runtime.block_on(async {
+        let mut primaries = Vec::new();
+        for name in LARGE {
+            let (_, primary) = client.locate("data", name).await.expect("pool data");
+            primaries.push(u64::from(primary.expect("a primary").0));
+        }
+        primaries
+    });
+    let victim = primaries[0];
+    let block = path
+        .join(format!("osd-{victim}"))
+        .join("store")
+        .join("block");
     let mut bytes = std::fs::read(&block).expect("block file");
     for at in (100..bytes.len()).step_by(4096) {
         bytes[at] ^= 0x20;
     }
     std::fs::write(&block, &bytes).expect("rot");
-
+    let rotten = |names: &mut dyn Iterator<Item = &str>| -> BTreeSet<(String, u64, String)> {
+        names
+            .map(|name| (name.to_string(), victim, "read_error".to_string()))
+            .collect()
+    };
     for pool in ["data", "ec21"] {
         let (_, found) = scrub(&cluster, "scrub", pool);
         assert!(
@@ -105,12 +123,48 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
         );
         let (objects, found) = scrub(&cluster, "deep-scrub", pool);
         assert_eq!(objects, 7);
-        let expected: BTreeSet<(String, u64, String)> = LARGE
-            .iter()
-            .map(|name| (name.to_string(), 1, "read_error".to_string()))
-            .collect();
-        assert_eq!(found, expected, "a deep scrub of {pool}");
+        assert_eq!(
+            found,
+            rotten(&mut LARGE.into_iter()),
+            "a deep scrub of {pool}"
+        );
     }
+
+    // Every object reads exact: from another copy where the primary's is bad (which repairs
+    // it), by decoding in the erasure pool.
+    runtime.block_on(async {
+        for pool in ["data", "ec21"] {
+            for (i, name) in LARGE.iter().chain(&SMALL).enumerate() {
+                let size = if name.starts_with("large") {
+                    200_000 + i
+                } else {
+                    100 + i
+                };
+                let ops = vec![ObjectOp::Read {
+                    offset: 0,
+                    len: u64::MAX,
+                }];
+                let (_, outputs) = client.execute(pool, name, ops).await.expect("read");
+                match &outputs[..] {
+                    [OpOutput::Data(data)] => {
+                        assert!(
+                            data[..] == pattern(i as u64, size)[..],
+                            "{pool}/{name} differs"
+                        )
+                    }
+                    other => panic!("{pool}/{name}: {other:?}"),
+                }
+            }
+        }
+    });
+    // The reads repaired the copies they found bad (the primary's); the others wait for repair.
+    let (_, found) = scrub(&cluster, "deep-scrub", "data");
+    let mut kept = LARGE
+        .iter()
+        .zip(&primaries)
+        .filter(|(_, primary)| **primary != victim)
+        .map(|(name, _)| *name);
+    assert_eq!(found, rotten(&mut kept), "a deep scrub after the reads");
 
     // One PG by its id; a PG that does not exist and a name that is neither are refused.
     let reports: Value = cluster.json(&["pg", "scrub", "data"]);
