@@ -1,5 +1,5 @@
-//! `tidepool pg`: operations on placement groups: a scrub or deep scrub now, of one PG or of
-//! every PG of a pool, and what it found (docs/scrub.md).
+//! `tidepool pg`: operations on placement groups: a scrub, deep scrub or repair now, of one PG
+//! or of every PG of a pool, and what it found and repaired (docs/scrub.md).
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
@@ -23,12 +23,19 @@ pub enum PgCommand {
         /// A PG id (`1.1f`), or a pool name for every PG of the pool.
         target: String,
     },
+    /// A deep scrub, then the repair of every inconsistency that has a provably good copy
+    /// (a copy that fails its checksums, a missing, stray or diverged one).
+    Repair {
+        /// A PG id (`1.1f`), or a pool name for every PG of the pool.
+        target: String,
+    },
 }
 
 pub fn run(cluster: ClusterArgs, command: PgCommand) -> Result<()> {
-    let (target, deep) = match command {
-        PgCommand::Scrub { target } => (target, false),
-        PgCommand::DeepScrub { target } => (target, true),
+    let (target, deep, repair) = match command {
+        PgCommand::Scrub { target } => (target, false, false),
+        PgCommand::DeepScrub { target } => (target, true, false),
+        PgCommand::Repair { target } => (target, true, true),
     };
     runtime()?.block_on(async {
         let client = crate::objects::connect(&cluster).await?;
@@ -53,7 +60,7 @@ pub fn run(cluster: ClusterArgs, command: PgCommand) -> Result<()> {
         };
         let mut reports = Vec::with_capacity(pgs.len());
         for pg in pgs {
-            let report = client.scrub(pg, deep).await?;
+            let report = client.scrub(pg, deep, repair).await?;
             if cluster.format() == OutputFormat::Plain {
                 print!("{}", describe(&report));
             }
@@ -95,6 +102,10 @@ fn describe(report: &ScrubReport) -> String {
     }
     for object in &report.unrepairable {
         text.push_str(&format!("  {object:?}: no provably good copy\n"));
+    }
+    for (object, on) in &report.repaired {
+        let on: Vec<String> = on.iter().map(|o| o.to_string()).collect();
+        text.push_str(&format!("  {object:?}: repaired on {}\n", on.join(", ")));
     }
     text
 }

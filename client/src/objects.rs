@@ -287,11 +287,17 @@ impl ObjectClient {
         .await
     }
 
-    /// Scrubs `pg` now (reading every byte when `deep`) and returns what its primary found.
-    /// A PG that is not active and clean is retried until the client's deadline.
-    pub async fn scrub(&self, pg: PgId, deep: bool) -> Result<ScrubReport, ObjectError> {
+    /// Scrubs `pg` now (reading every byte when `deep`), then repairs what has a provably
+    /// good copy when `repair`; returns what its primary found and repaired. A PG that is not
+    /// active and clean is retried until the client's deadline.
+    pub async fn scrub(
+        &self,
+        pg: PgId,
+        deep: bool,
+        repair: bool,
+    ) -> Result<ScrubReport, ObjectError> {
         let what = format!("scrubbing {pg}");
-        let request = OsdRequest::PgScrub { pg, deep };
+        let request = OsdRequest::PgScrub { pg, deep, repair };
         self.call_primary(pg, &request, &what, SCRUB_TIMEOUT, |answer| match answer {
             OsdResponse::Scrubbed(report) => Ok(report),
             OsdResponse::Failed(reason) => Err(reason),

@@ -562,7 +562,7 @@ impl Osd {
                 len,
             } => self.shard_read(pg, &name, offset, len),
             OsdRequest::ScrubMap { pg, deep } => self.scrub_map(pg, deep),
-            OsdRequest::PgScrub { pg, deep } => self.scrub_pg(pg, deep).await,
+            OsdRequest::PgScrub { pg, deep, repair } => self.scrub_pg(pg, deep, repair).await,
             OsdRequest::PgRead { pg, .. } if self.view().codec(pg.pool).is_some() => {
                 OsdResponse::Failed(format!(
                     "{pg} is of an erasure pool: its shards are rebuilt, not copied"

@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidepool_placement::{OsdId, PgId};
-use tidepool_proto::osd::{ObjectOp, OpError, OsdRequest, OsdResponse};
+use tidepool_placement::{Epoch, OsdId, PgId};
+use tidepool_proto::osd::{ObjectOp, ObjectState, OpError, OsdRequest, OsdResponse};
 
 use crate::daemon::{storage_failed, MapView, Osd};
+use crate::machine::Answer;
 use crate::pg::{self, Planned, VERSION_XATTR};
-use crate::scrub::{self, ScrubMap, ScrubReport};
+use crate::scrub::{self, Repair, ScrubMap, ScrubReport};
 use crate::store::{StoreError, Transaction};
 
 /// How long a holder may take to answer with its scrub map (a deep one reads every byte).
@@ -30,10 +31,16 @@ impl Osd {
         }
     }
 
-    /// The primary's scrub of `pg`: refused unless this OSD leads it and it is active and
-    /// clean (a holder that is behind is recovery's work). The PG's writes wait while the
-    /// holders' maps are read, so every map is of the same PG version.
-    pub(crate) async fn scrub_pg(self: &Arc<Self>, pg: PgId, deep: bool) -> OsdResponse {
+    /// The primary's scrub of `pg`, then its repairs when `repair`: refused unless this OSD
+    /// leads the PG and it is active and clean (a holder that is behind is recovery's work).
+    /// The PG's writes wait while the holders' maps are read and the repairs are made, so
+    /// every map is of the same PG version and every repair writes that version.
+    pub(crate) async fn scrub_pg(
+        self: &Arc<Self>,
+        pg: PgId,
+        deep: bool,
+        repair: bool,
+    ) -> OsdResponse {
         let view = self.view();
         let Some(holders) = view.holders(pg) else {
             return OsdResponse::Failed(format!("{pg}: no such PG"));
@@ -102,6 +109,20 @@ impl Osd {
             %pg, deep, objects, inconsistencies = verdict.inconsistencies.len(),
             unrepairable = verdict.unrepairable.len(), "scrubbed"
         );
+        let mut repaired = Vec::new();
+        if repair {
+            for fix in &verdict.repairs {
+                match self.repair(pg, view.map.epoch, fix).await {
+                    Ok(done) => {
+                        tracing::warn!(%pg, object = done.0, on = ?done.1, "repaired");
+                        repaired.push(done);
+                    }
+                    Err(reason) => {
+                        return OsdResponse::Failed(format!("{pg}: a repair failed: {reason}"))
+                    }
+                }
+            }
+        }
         OsdResponse::Scrubbed(ScrubReport {
             pg,
             deep,
@@ -109,7 +130,104 @@ impl Osd {
             objects,
             inconsistencies: verdict.inconsistencies,
             unrepairable: verdict.unrepairable,
+            repaired,
         })
+    }
+
+    /// Carries out one repair of a scrub of `pg` under `epoch`: this OSD's own copy (or shard)
+    /// first, from a good holder's, so that it can serve as a source; then each other holder's,
+    /// pushed as recovery pushes are. Returns the object and the holders written.
+    async fn repair(
+        self: &Arc<Self>,
+        pg: PgId,
+        epoch: Epoch,
+        fix: &Repair,
+    ) -> Result<(String, Vec<OsdId>), String> {
+        let (object, targets) = match fix {
+            Repair::Remove { object, on } => {
+                for osd in on {
+                    self.put_object(pg, epoch, *osd, object, None).await?;
+                }
+                return Ok((object.clone(), on.clone()));
+            }
+            Repair::Copy { object, from, to } => (object, (from, to)),
+        };
+        let (from, to) = targets;
+        let names = [object.clone()];
+        let erasure = self.view().codec(pg.pool).is_some();
+        if to.contains(&self.id) {
+            let source = *from.first().ok_or("no good copy to repair from")?;
+            let mut got = if erasure {
+                self.own_shards_from(pg, source, &names).await?
+            } else {
+                self.fetch_objects(pg, source, &names, GOOD_COPY_TIMEOUT)
+                    .await?
+            };
+            let state = got
+                .pop()
+                .and_then(|(_, state)| state)
+                .ok_or_else(|| format!("osd.{} no longer has {object:?}", source.0))?;
+            self.put_object(pg, epoch, self.id, object, Some(state))
+                .await?;
+        }
+        for osd in to.iter().filter(|o| **o != self.id) {
+            let mut got = self.objects_for(pg, *osd, &names).await?;
+            let state = got.pop().and_then(|(_, state)| state);
+            self.put_object(pg, epoch, *osd, object, state).await?;
+        }
+        Ok((object.clone(), to.clone()))
+    }
+
+    /// Makes `name` of `pg` exactly `state` (or removes it) on `osd`: in this OSD's store, or
+    /// by a push to another holder.
+    async fn put_object(
+        &self,
+        pg: PgId,
+        epoch: Epoch,
+        osd: OsdId,
+        name: &str,
+        state: Option<ObjectState>,
+    ) -> Result<(), String> {
+        if osd != self.id {
+            let objects = vec![(name.to_owned(), state)];
+            return match self
+                .push(osd, pg, epoch, false, objects, Vec::new(), None)
+                .await
+            {
+                Some(Answer::Ack) => Ok(()),
+                other => Err(format!(
+                    "osd.{} took no repair of {name:?}: {other:?}",
+                    osd.0
+                )),
+            };
+        }
+        let coll = pg::collection(pg);
+        let store = &*self.store;
+        let ops =
+            tokio::task::block_in_place(|| pg::write_state(store, coll, name, state.as_ref()));
+        match self.store.submit(&Transaction { ops }) {
+            Ok(commit) => commit.await,
+            Err(error) => Err(error),
+        }
+        .map_err(|e| format!("repairing {name:?} here: {e}"))
+    }
+
+    /// Objects `names` of `pg` as the holder `source` has them, read through its checksums.
+    pub(crate) async fn fetch_objects(
+        &self,
+        pg: PgId,
+        source: OsdId,
+        names: &[String],
+        limit: Duration,
+    ) -> Result<Vec<(String, Option<ObjectState>)>, String> {
+        let request = OsdRequest::PgRead {
+            pg,
+            names: names.to_vec(),
+        };
+        match self.call_while_up(source, &request, limit).await {
+            Some(OsdResponse::PgObjects(objects)) => Ok(objects),
+            other => Err(format!("osd.{} sent no objects: {other:?}", source.0)),
+        }
     }
 
     /// The read-only transaction `steps` on `name` of `pg`, whose read here failed with
@@ -140,17 +258,12 @@ impl Osd {
             .into_iter()
             .filter(|o| *o != self.id)
             .collect();
+        let names = [name.to_owned()];
         for osd in others {
-            let request = OsdRequest::PgRead {
-                pg,
-                names: vec![name.to_owned()],
-            };
-            let state = match self.call_while_up(osd, &request, GOOD_COPY_TIMEOUT).await {
-                Some(OsdResponse::PgObjects(objects)) => {
-                    objects.into_iter().next().and_then(|o| o.1)
-                }
-                other => {
-                    tracing::warn!(%pg, name, osd = osd.0, ?other, "no good copy from this holder");
+            let state = match self.fetch_objects(pg, osd, &names, GOOD_COPY_TIMEOUT).await {
+                Ok(objects) => objects.into_iter().next().and_then(|o| o.1),
+                Err(reason) => {
+                    tracing::warn!(%pg, name, reason, "no good copy from this holder");
                     continue;
                 }
             };

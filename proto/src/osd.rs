@@ -354,6 +354,8 @@ pub enum OsdRequest<T = serde_bytes::ByteBuf> {
         pg: PgId,
         /// Read and check every byte too.
         deep: bool,
+        /// Then repair every inconsistency that has a provably good copy.
+        repair: bool,
     },
     /// From a primary scrubbing the PG: this holder's scrub map of it.
     ScrubMap {

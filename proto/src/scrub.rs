@@ -88,4 +88,7 @@ pub struct ScrubReport {
     pub inconsistencies: Vec<Inconsistency>,
     /// Objects with no provably good copy.
     pub unrepairable: Vec<String>,
+    /// Objects repaired after the scrub (asked for with it), each on the holders it was
+    /// written to or removed from.
+    pub repaired: Vec<(String, Vec<OsdId>)>,
 }

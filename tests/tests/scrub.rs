@@ -1,8 +1,9 @@
 //! Scrub over real processes: three OSDs with a pool of size 3 and an erasure pool 2+1, small
 //! (inline) and large (blob) objects; a byte flipped in every block of one OSD's block file
 //! while it runs. A shallow scrub, which reads no data, finds nothing; a deep scrub names
-//! exactly the large objects on that OSD, in both pools; every object still reads exact, and
-//! a read that found the primary's copy bad repaired it (docs/scrub.md).
+//! exactly the large objects on that OSD, in both pools; every object still reads exact, a
+//! read that found the primary's copy bad repaired it, and `pg repair` repairs the rest
+//! (docs/scrub.md).
 
 mod common;
 
@@ -165,6 +166,36 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
         .filter(|(_, primary)| **primary != victim)
         .map(|(name, _)| *name);
     assert_eq!(found, rotten(&mut kept), "a deep scrub after the reads");
+
+    // Repair: every bad copy rewritten from a good one; a deep scrub is then clean.
+    for pool in ["data", "ec21"] {
+        let (_, before) = scrub(&cluster, "deep-scrub", pool);
+        let reports: Value = cluster.json(&["pg", "repair", pool]);
+        let repaired: BTreeSet<String> = reports
+            .as_array()
+            .expect("reports")
+            .iter()
+            .flat_map(|r| r["repaired"].as_array().expect("repaired").clone())
+            .map(|r| r[0].as_str().expect("object").to_owned())
+            .collect();
+        let (_, found) = scrub(&cluster, "deep-scrub", pool);
+        assert!(found.is_empty(), "{pool} after its repair: {found:?}");
+        let bad: BTreeSet<String> = before.into_iter().map(|(object, _, _)| object).collect();
+        assert_eq!(repaired, bad, "{pool}: what was repaired");
+    }
+    runtime.block_on(async {
+        for (i, name) in LARGE.iter().enumerate() {
+            let ops = vec![ObjectOp::Read {
+                offset: 0,
+                len: u64::MAX,
+            }];
+            let (_, outputs) = client.execute("ec21", name, ops).await.expect("read");
+            assert!(
+                matches!(&outputs[..], [OpOutput::Data(d)] if d[..] == pattern(i as u64, 200_000 + i)[..]),
+                "ec21/{name} after its repair"
+            );
+        }
+    });
 
     // One PG by its id; a PG that does not exist and a name that is neither are refused.
     let reports: Value = cluster.json(&["pg", "scrub", "data"]);
