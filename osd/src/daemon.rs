@@ -103,6 +103,16 @@ impl MapView {
         Some(self.placement.map_pg(pg, &mut Scratch::default())?.acting)
     }
 
+    /// The acting holders of `pg` other than `me`.
+    pub fn other_holders(&self, pg: PgId, me: OsdId) -> Vec<OsdId> {
+        self.holders(pg)
+            .map(|h| h.acting)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| *o != me)
+            .collect()
+    }
+
     /// Who holds `pg` and who serves it (`None` for an unknown pool or PG).
     pub fn holders(&self, pg: PgId) -> Option<Holders> {
         let pool = self.map.pools.get(&pg.pool)?;
@@ -486,13 +496,7 @@ impl Osd {
     ) -> OsdResponse {
         // Read after planning: the bytes were current when the lease still held, since no
         // newer primary serves before this primary's leases have run out.
-        let others: Vec<OsdId> = view
-            .holders(pg)
-            .map(|h| h.acting)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|o| *o != self.id)
-            .collect();
+        let others = view.other_holders(pg, self.id);
         if !self.fences.held_from_all(&others) || !self.serves(pg).await {
             return OsdResponse::Failed(format!("PG {pg}: no read lease from its holders"));
         }

@@ -251,15 +251,8 @@ impl Osd {
             Err(_) => return Err(failed()),
         };
         tracing::warn!(%pg, name, version, reason, "a read failed its checksums; fetching a good copy");
-        let others: Vec<OsdId> = view
-            .holders(pg)
-            .map(|h| h.acting)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|o| *o != self.id)
-            .collect();
         let names = [name.to_owned()];
-        for osd in others {
+        for osd in view.other_holders(pg, self.id) {
             let state = match self.fetch_objects(pg, osd, &names, GOOD_COPY_TIMEOUT).await {
                 Ok(objects) => objects.into_iter().next().and_then(|o| o.1),
                 Err(reason) => {

@@ -20,6 +20,16 @@ use tidepool_tests::{pattern, tidepool_ok};
 const LARGE: [&str; 4] = ["large-0", "large-1", "large-2", "large-3"];
 const SMALL: [&str; 3] = ["small-0", "small-1", "small-2"];
 
+/// The bytes of the `i`-th object, `name`, of a pool.
+fn bytes_of(i: usize, name: &str) -> Vec<u8> {
+    let size = if name.starts_with("large") {
+        200_000 + i
+    } else {
+        100 + i
+    };
+    pattern(i as u64, size)
+}
+
 /// `tidepool pg SCRUB POOL --format json`: per PG, its objects and its inconsistencies as
 /// (object, holder, problem kind).
 fn scrub(cluster: &Cluster, kind: &str, pool: &str) -> (u64, BTreeSet<(String, u64, String)>) {
@@ -70,12 +80,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
     runtime.block_on(async {
         for pool in ["data", "ec21"] {
             for (i, name) in LARGE.iter().chain(&SMALL).enumerate() {
-                let size = if name.starts_with("large") {
-                    200_000 + i
-                } else {
-                    100 + i
-                };
-                let ops = vec![ObjectOp::WriteFull(pattern(i as u64, size).into())];
+                let ops = vec![ObjectOp::WriteFull(bytes_of(i, name).into())];
                 client.execute(pool, name, ops).await.expect("write");
             }
         }
@@ -136,11 +141,6 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
     runtime.block_on(async {
         for pool in ["data", "ec21"] {
             for (i, name) in LARGE.iter().chain(&SMALL).enumerate() {
-                let size = if name.starts_with("large") {
-                    200_000 + i
-                } else {
-                    100 + i
-                };
                 let ops = vec![ObjectOp::Read {
                     offset: 0,
                     len: u64::MAX,
@@ -148,10 +148,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
                 let (_, outputs) = client.execute(pool, name, ops).await.expect("read");
                 match &outputs[..] {
                     [OpOutput::Data(data)] => {
-                        assert!(
-                            data[..] == pattern(i as u64, size)[..],
-                            "{pool}/{name} differs"
-                        )
+                        assert!(data[..] == bytes_of(i, name)[..], "{pool}/{name} differs")
                     }
                     other => panic!("{pool}/{name}: {other:?}"),
                 }
@@ -191,7 +188,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
             }];
             let (_, outputs) = client.execute("ec21", name, ops).await.expect("read");
             assert!(
-                matches!(&outputs[..], [OpOutput::Data(d)] if d[..] == pattern(i as u64, 200_000 + i)[..]),
+                matches!(&outputs[..], [OpOutput::Data(d)] if d[..] == bytes_of(i, name)[..]),
                 "ec21/{name} after its repair"
             );
         }
