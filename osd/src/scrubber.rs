@@ -1,6 +1,7 @@
-//! Scrub on the OSD: a holder's scrub map of a PG, and the primary's scrub of a PG on an
-//! operator's request (every holder's map gathered while the PG's writes wait, then compared).
-//! See docs/scrub.md.
+//! Scrub on the OSD: a holder's scrub map of a PG; the primary's scrub and repair of a PG on an
+//! operator's request (every holder's map gathered while the PG's writes wait, compared, and
+//! each bad copy rewritten from a good one); and a read whose copy here fails its checksums,
+//! served and repaired from another holder's. See docs/scrub.md.
 
 use std::sync::Arc;
 use std::time::Duration;
