@@ -23,12 +23,8 @@ THREADS="${THREADS:-16}"
 CEPH="${CEPH:-0}"
 CEPH_DIR="${CEPH_DIR:-/tmp/cephanchor}"
 SHARED="$(cd .. && pwd)/shared/bench"
-scripts/deps.sh
-cargo build --release -q -p tidepool
-T="$CARGO_TARGET_DIR/release/tidepool"
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
+# shellcheck source=bench/cluster.sh
+. bench/cluster.sh
 DIR="$(mktemp -d /tmp/tidepool-erasure.XXXXXX)"
 RESULTS="$DIR/results.jsonl"
 UP_PID=""
@@ -41,20 +37,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A session of its own: an OSD paused below must not get the SIGHUP that the kernel sends a
-# stopped process whose process group is orphaned when a process of this script exits.
-setsid "$T" up --dir "$DIR/cluster" --osds 6 --mons 1 --osd-size 4G --s3-port "$(free_port)" \
-  > "$DIR/up.log" 2>&1 &
-UP_PID=$!
-for _ in $(seq 120); do grep -qs 'Ctrl-C stops' "$DIR/up.log" && break; sleep 1; done
-grep -q 'Ctrl-C stops' "$DIR/up.log" || { cat "$DIR/up.log"; exit 1; }
-export TIDEPOOL_CLUSTER="$DIR/cluster"
+up_cluster "$DIR/cluster" --osds 6 --mons 1 --osd-size 4G
 "$T" pool create ec42 --erasure 4+2 --pg-num 32 --failure-domain osd > /dev/null
 "$T" pool create rep3 --size 3 --pg-num 32 --failure-domain osd > /dev/null
-for _ in $(seq 120); do
-  "$T" status | grep -qE '^ +pgs: +[0-9]+ active\+clean$' && break
-  sleep 1
-done
+wait_clean
 RADOS=(rados -c "$CEPH_DIR/ceph.conf" -p ecbench)
 # shellcheck source=bench/rados.sh
 . bench/rados.sh

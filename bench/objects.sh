@@ -24,16 +24,13 @@ OSDS="${OSDS:-3}"
 CEPH="${CEPH:-0}"
 CEPH_DIR="${CEPH_DIR:-/tmp/cephanchor}"
 SHARED="$(cd .. && pwd)/shared/bench"
-scripts/deps.sh
 if ! command -v fio > /dev/null; then
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq fio > /dev/null
 fi
-cargo build --release -q -p tidepool
-T="$CARGO_TARGET_DIR/release/tidepool"
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/cluster.sh
+. bench/cluster.sh
 
 DIR="$(mktemp -d /tmp/tidepool-objects.XXXXXX)"
 RESULTS="$DIR/results.jsonl"
@@ -52,11 +49,7 @@ DISK="$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["j
 rm -f "$DIR/fio"
 echo "{\"system\":\"disk\",\"phase\":\"fio_write_4M_fdatasync\",\"mib_per_second\":$DISK}" | tee -a "$RESULTS"
 
-"$T" up --dir "$DIR/cluster" --osds "$OSDS" --s3-port "$(free_port)" > "$DIR/up.log" 2>&1 &
-UP_PID=$!
-for _ in $(seq 120); do grep -qs 'Ctrl-C stops' "$DIR/up.log" && break; sleep 1; done
-grep -q 'Ctrl-C stops' "$DIR/up.log" || { cat "$DIR/up.log"; exit 1; }
-export TIDEPOOL_CLUSTER="$DIR/cluster"
+up_cluster "$DIR/cluster" --osds "$OSDS"
 RADOS=(rados -c "$CEPH_DIR/ceph.conf" -p rbench)
 # shellcheck source=bench/rados.sh
 . bench/rados.sh

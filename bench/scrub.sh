@@ -15,12 +15,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidepool-target}"
 RUNS="${RUNS:-3}"
 WRITE_SECONDS="${WRITE_SECONDS:-10}"
 OSDS="${OSDS:-3}"
-scripts/deps.sh
-cargo build --release -q -p tidepool
-T="$CARGO_TARGET_DIR/release/tidepool"
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
+# shellcheck source=bench/cluster.sh
+. bench/cluster.sh
 DIR="$(mktemp -d /tmp/tidepool-scrub.XXXXXX)"
 UP_PID=""
 cleanup() {
@@ -29,17 +25,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-setsid "$T" up --dir "$DIR/cluster" --osds "$OSDS" --mons 1 --osd-size 8G --s3-port "$(free_port)" \
-  > "$DIR/up.log" 2>&1 &
-UP_PID=$!
-for _ in $(seq 120); do grep -qs 'Ctrl-C stops' "$DIR/up.log" && break; sleep 1; done
-grep -q 'Ctrl-C stops' "$DIR/up.log" || { cat "$DIR/up.log"; exit 1; }
-export TIDEPOOL_CLUSTER="$DIR/cluster"
+up_cluster "$DIR/cluster" --osds "$OSDS" --mons 1 --osd-size 8G
 "$T" pool create scrubbed --size 3 --pg-num 32 --failure-domain osd > /dev/null
-for _ in $(seq 120); do
-  "$T" status | grep -qE '^ +pgs: +[0-9]+ active\+clean$' && break
-  sleep 1
-done
+wait_clean
 log "writing 4 MiB objects for $WRITE_SECONDS s"
 "$T" bench scrubbed write --seconds "$WRITE_SECONDS" --threads 16 > /dev/null
 for run in $(seq "$RUNS"); do

@@ -127,10 +127,9 @@ impl OldStripes for Needed {
     fn extend(
         &mut self,
         stripe: u64,
-        within: Range<usize>,
-        out: &mut Vec<u8>,
+        _within: Range<usize>,
+        _out: &mut Vec<u8>,
     ) -> Result<(), OpError> {
-        let _ = (within, out);
         self.stripes.insert(stripe);
         Ok(())
     }
