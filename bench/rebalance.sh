@@ -42,7 +42,7 @@ wait_clean() {
 import json, sys
 s = json.load(sys.stdin)
 pgs = s["pgs"]
-ok = pgs["by_state"].get("active+clean", 0) == pgs["total"] > 0
+ok = pgs["active_clean"] == pgs["total"] > 0
 ok = ok and s["recovery"]["degraded_ratio"] == 0 and s["recovery"]["misplaced_ratio"] == 0
 sys.exit(0 if ok else 1)'; then
       return 0
@@ -91,7 +91,7 @@ tidepool_run() { # profile run
     if "$T" status --format json | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-sys.exit(0 if s["pgs"]["by_state"].get("active+clean", 0) == s["pgs"]["total"] and s["recovery"]["misplaced_ratio"] == 0 else 1)'; then
+sys.exit(0 if s["pgs"]["active_clean"] == s["pgs"]["total"] and s["recovery"]["misplaced_ratio"] == 0 else 1)'; then
       break
     fi
   done

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub restarts: Vec<Restart>,
     /// The cluster-wide options that were set.
     pub config: Vec<(String, String)>,
+    /// When it was taken (seconds since the Unix epoch).
+    pub at: u64,
 }
 
 /// `logs/restarts.jsonl` in a cluster folder: one [`Restart`] per line, written by `tidepool up`.
@@ -90,6 +92,7 @@ impl Snapshot {
             report,
             restarts: recent_restarts(&args.dir()),
             config,
+            at: unix_now(),
         })
     }
 }
@@ -437,6 +440,7 @@ pub fn status(snapshot: &Snapshot) -> Status {
             ),
         );
     }
+    scrub_checks(snapshot, &states, &mut check);
     let status = if checks.iter().any(|c| c.severity == "HEALTH_ERR") {
         "HEALTH_ERR"
     } else if checks.is_empty() {
@@ -504,6 +508,72 @@ pub fn status(snapshot: &Snapshot) -> Status {
             ops_per_sec: sum(&|s| s.io.ops_per_sec),
         },
         restarts: snapshot.restarts.clone(),
+    }
+}
+
+/// The scrubs' health checks, from the primaries' reports of the PGs in `states` (the PGs
+/// of the map, reported by their current primaries): `OSD_SCRUB_ERRORS` (inconsistencies
+/// found and not repaired), `PG_DAMAGED` (PGs with any; say how many objects have no provably
+/// good copy), `PG_NOT_DEEP_SCRUBBED` (PGs whose last deep scrub is older than 1.75 times
+/// `osd_deep_scrub_interval`, as Ceph warns).
+fn scrub_checks(
+    snapshot: &Snapshot,
+    states: &BTreeMap<tidepool_placement::PgId, String>,
+    check: &mut impl FnMut(&str, &str, String),
+) {
+    let current: Vec<&tidepool_proto::mon::PgStat> = snapshot
+        .report
+        .pgs
+        .iter()
+        .filter(|stat| states.get(&stat.pg) == Some(&stat.state))
+        .collect();
+    let errors: u64 = current.iter().map(|s| s.scrub_errors).sum();
+    if errors > 0 {
+        check(
+            "OSD_SCRUB_ERRORS",
+            "HEALTH_ERR",
+            format!("{errors} scrub errors"),
+        );
+    }
+    let damaged: Vec<&&tidepool_proto::mon::PgStat> =
+        current.iter().filter(|s| s.scrub_errors > 0).collect();
+    if !damaged.is_empty() {
+        let named: Vec<String> = damaged.iter().take(3).map(|s| s.pg.to_string()).collect();
+        let lost: u64 = damaged.iter().map(|s| s.unrepairable).sum();
+        let detail = if lost > 0 {
+            format!("; {lost} objects with no provably good copy")
+        } else {
+            String::new()
+        };
+        check(
+            "PG_DAMAGED",
+            "HEALTH_ERR",
+            format!(
+                "Possible data damage: {} pgs inconsistent ({}{}){detail}",
+                damaged.len(),
+                named.join(", "),
+                if damaged.len() > 3 { ", …" } else { "" }
+            ),
+        );
+    }
+    let interval = tidepool_proto::config::get(
+        snapshot
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+        "osd_deep_scrub_interval",
+    );
+    let deadline = snapshot.at.saturating_sub(interval.saturating_mul(7) / 4);
+    let late = current
+        .iter()
+        .filter(|s| s.last_deep_scrub > 0 && s.last_deep_scrub < deadline)
+        .count();
+    if late > 0 {
+        check(
+            "PG_NOT_DEEP_SCRUBBED",
+            "HEALTH_WARN",
+            format!("{late} pgs not deep-scrubbed in time"),
+        );
     }
 }
 
@@ -1116,6 +1186,26 @@ fn chrono_like_now() -> String {
     time_of_day(unix_now())
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC) of a time in seconds since the Unix epoch.
+pub fn timestamp(secs: u64) -> String {
+    // Days to a civil date, by the proleptic Gregorian calendar in eras of 400 years.
+    let days = secs / 86_400 + 719_468;
+    let era = days / 146_097;
+    let day_of_era = days % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{}Z", time_of_day(secs))
+}
+
 /// `HH:MM:SS` (UTC) of a time in seconds since the Unix epoch.
 fn time_of_day(secs: u64) -> String {
     format!(
@@ -1185,6 +1275,10 @@ pub(crate) mod tests {
                 acting: holders(seed),
                 epoch: Epoch(5),
                 waiting_for: Vec::new(),
+                last_scrub: 0,
+                last_deep_scrub: 0,
+                scrub_errors: 0,
+                unrepairable: 0,
             })
             .collect();
         let epoch = map.epoch;
@@ -1233,7 +1327,76 @@ pub(crate) mod tests {
             },
             restarts: Vec::new(),
             config: Vec::new(),
+            at: 1_000_000_000,
         }
+    }
+
+    /// Rule: timestamps are UTC calendar dates, leap years included.
+    #[test]
+    fn timestamps_are_calendar_dates() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(timestamp(1_796_515_200 + 3_723), "2026-12-06T01:02:03Z");
+        assert_eq!(timestamp(4_107_542_399), "2100-02-28T23:59:59Z");
+    }
+
+    /// Rule: scrub errors raise `OSD_SCRUB_ERRORS` and `PG_DAMAGED` (an error), a PG deep-
+    /// scrubbed longer ago than 1.75 deep-scrub intervals raises `PG_NOT_DEEP_SCRUBBED` (a
+    /// warning); a report of an earlier state of the PG counts for none of them.
+    #[test]
+    fn scrub_checks_follow_the_reports() {
+        let codes = |snap: &Snapshot| -> Vec<String> {
+            status(snap)
+                .health
+                .checks
+                .into_iter()
+                .map(|c| c.code)
+                .filter(|c| {
+                    c.starts_with("OSD_SCRUB") || c.starts_with("PG_N") || c == "PG_DAMAGED"
+                })
+                .collect()
+        };
+        let mut snap = snapshot();
+        let week = 7 * 24 * 3600;
+        for stat in &mut snap.report.pgs {
+            stat.last_deep_scrub = snap.at - week;
+        }
+        assert!(codes(&snap).is_empty());
+        snap.report.pgs[0].scrub_errors = 2;
+        snap.report.pgs[0].unrepairable = 1;
+        snap.report.pgs[0].state = "active+clean+inconsistent".into();
+        snap.report.pgs[1].last_deep_scrub = snap.at - 2 * week;
+        let s = status(&snap);
+        assert_eq!(s.health.status, "HEALTH_ERR");
+        assert_eq!(
+            codes(&snap),
+            ["OSD_SCRUB_ERRORS", "PG_DAMAGED", "PG_NOT_DEEP_SCRUBBED"]
+        );
+        let damaged = s
+            .health
+            .checks
+            .iter()
+            .find(|c| c.code == "PG_DAMAGED")
+            .expect("check");
+        assert!(
+            damaged.summary.contains("1 pgs inconsistent"),
+            "{}",
+            damaged.summary
+        );
+        assert!(
+            damaged
+                .summary
+                .contains("1 objects with no provably good copy"),
+            "{}",
+            damaged.summary
+        );
+        // A longer interval: not late.
+        snap.config = vec![("osd_deep_scrub_interval".into(), (2 * week).to_string())];
+        assert_eq!(codes(&snap), ["OSD_SCRUB_ERRORS", "PG_DAMAGED"]);
+        // The PG moved since its report: the report no longer counts.
+        snap.report.pgs[0].acting.reverse();
+        snap.report.pgs[0].up.reverse();
+        assert!(codes(&snap).is_empty());
     }
 
     /// Rule: health names each failing check; counts, ratios and the ETA follow the reports;

@@ -121,7 +121,7 @@ enum Command {
         #[command(subcommand)]
         command: PoolCommand,
     },
-    /// Placement groups: scrub and deep-scrub now.
+    /// Placement groups: list, scrub, deep-scrub and repair, and what the scrubs found.
     Pg {
         #[command(flatten)]
         cluster: admin::ClusterArgs,

@@ -508,6 +508,10 @@ mod tests {
                     acting: Vec::new(),
                     epoch: before.epoch,
                     waiting_for: Vec::new(),
+                    last_scrub: 0,
+                    last_deep_scrub: 0,
+                    scrub_errors: 0,
+                    unrepairable: 0,
                 });
             }
         }

@@ -1,10 +1,12 @@
-//! `tidepool pg`: operations on placement groups: a scrub, deep scrub or repair now, of one PG
-//! or of every PG of a pool, and what it found and repaired (docs/scrub.md).
+//! `tidepool pg`: placement groups: their list with state, usage and scrub times (`pg ls`); a
+//! scrub, deep scrub or repair now, of one PG or of every PG of a pool, and what it found and
+//! repaired; what the last scrubs found and left (`pg list-inconsistent`). See docs/scrub.md.
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use tidepool_placement::PgId;
-use tidepool_proto::scrub::{Problem, ScrubReport};
+use serde::Serialize;
+use tidepool_placement::{ClusterMap, OsdId, PgId};
+use tidepool_proto::scrub::{Inconsistency, Problem, ScrubRecord, ScrubReport};
 
 use crate::admin::{runtime, ClusterArgs};
 use crate::OutputFormat;
@@ -12,6 +14,22 @@ use crate::OutputFormat;
 /// What `tidepool pg` does.
 #[derive(Debug, Subcommand)]
 pub enum PgCommand {
+    /// Every PG with its state, objects, bytes, holders and last scrub times, as its primary
+    /// last reported it.
+    Ls {
+        /// Only PGs whose state has this word (`inconsistent`, `degraded`, `scrubbing`, …).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only the PGs of this pool.
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// What the last scrubs of a PG found and is not repaired: each object, the holder, and
+    /// what is wrong with its copy.
+    ListInconsistent {
+        /// A PG id (`1.1f`).
+        pgid: String,
+    },
     /// Compare the objects and metadata of every holder of a PG now, and show what differs.
     Scrub {
         /// A PG id (`1.1f`), or a pool name for every PG of the pool.
@@ -33,6 +51,8 @@ pub enum PgCommand {
 
 pub fn run(cluster: ClusterArgs, command: PgCommand) -> Result<()> {
     let (target, deep, repair) = match command {
+        PgCommand::Ls { state, pool } => return list(cluster, state, pool),
+        PgCommand::ListInconsistent { pgid } => return list_inconsistent(cluster, pgid),
         PgCommand::Scrub { target } => (target, false, false),
         PgCommand::DeepScrub { target } => (target, true, false),
         PgCommand::Repair { target } => (target, true, true),
@@ -47,15 +67,7 @@ pub fn run(cluster: ClusterArgs, command: PgCommand) -> Result<()> {
                     seed,
                 })
                 .collect(),
-            (Ok(pg), None) => match map.pools.get(&pg.pool) {
-                Some(pool) if pg.seed < pool.pg_num => vec![pg],
-                Some(pool) => bail!(
-                    "pool {} has PGs 0 to {:x}, not {pg}",
-                    pool.name,
-                    pool.pg_num - 1
-                ),
-                None => bail!("there is no pool {} (tidepool pool ls)", pg.pool.0),
-            },
+            (Ok(pg), None) => vec![existing(&map, pg)?],
             (Err(reason), None) => bail!("{reason}, nor a pool (tidepool pool ls)"),
         };
         let mut reports = Vec::with_capacity(pgs.len());
@@ -73,6 +85,192 @@ pub fn run(cluster: ClusterArgs, command: PgCommand) -> Result<()> {
     })
 }
 
+/// `pg` when the map has it.
+fn existing(map: &ClusterMap, pg: PgId) -> Result<PgId> {
+    match map.pools.get(&pg.pool) {
+        Some(pool) if pg.seed < pool.pg_num => Ok(pg),
+        Some(pool) => bail!(
+            "pool {} has PGs 0 to {:x}, not {pg}",
+            pool.name,
+            pool.pg_num - 1
+        ),
+        None => bail!("there is no pool {} (tidepool pool ls)", pg.pool.0),
+    }
+}
+
+/// One line of `pg ls`.
+#[derive(Debug, Serialize)]
+struct PgLine {
+    pgid: String,
+    state: String,
+    objects: u64,
+    bytes: u64,
+    degraded: u64,
+    misplaced: u64,
+    up: Vec<OsdId>,
+    acting: Vec<OsdId>,
+    /// Seconds since the Unix epoch (0: not reported).
+    last_scrub: u64,
+    last_deep_scrub: u64,
+    scrub_errors: u64,
+}
+
+/// `tidepool pg ls`.
+fn list(cluster: ClusterArgs, state: Option<String>, pool: Option<String>) -> Result<()> {
+    let snapshot = runtime()?.block_on(crate::health::Snapshot::fetch(&cluster))?;
+    let Some(map) = &snapshot.map else {
+        bail!("no quorum of monitors answered");
+    };
+    let pool = match pool {
+        Some(name) => match map.pool_by_name(&name) {
+            Some(pool) => Some(pool.id),
+            None => bail!("there is no pool {name:?} (tidepool pool ls)"),
+        },
+        None => None,
+    };
+    let reported: std::collections::BTreeMap<PgId, &tidepool_proto::mon::PgStat> =
+        snapshot.report.pgs.iter().map(|s| (s.pg, s)).collect();
+    let lines: Vec<PgLine> = crate::health::pg_states(map, &snapshot.report)
+        .into_iter()
+        .filter(|(pg, _)| pool.is_none_or(|p| pg.pool == p))
+        .filter(|(_, s)| {
+            state
+                .as_deref()
+                .is_none_or(|want| s.split('+').any(|word| word == want))
+        })
+        .map(|(pg, state)| {
+            let stat = reported.get(&pg).filter(|s| s.state == state);
+            let field = |f: fn(&tidepool_proto::mon::PgStat) -> u64| stat.map_or(0, |s| f(s));
+            PgLine {
+                pgid: pg.to_string(),
+                objects: field(|s| s.objects),
+                bytes: field(|s| s.bytes),
+                degraded: field(|s| s.degraded),
+                misplaced: field(|s| s.misplaced),
+                up: stat.map(|s| s.up.clone()).unwrap_or_default(),
+                acting: stat.map(|s| s.acting.clone()).unwrap_or_default(),
+                last_scrub: field(|s| s.last_scrub),
+                last_deep_scrub: field(|s| s.last_deep_scrub),
+                scrub_errors: field(|s| s.scrub_errors),
+                state,
+            }
+        })
+        .collect();
+    if cluster.format() == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:>8} {:>9} {:>9} {:>10}  {:<28} {:<12} {:<12} {:<20} {:<20} {:>6}",
+        "PG",
+        "OBJECTS",
+        "DEGRADED",
+        "MISPLACED",
+        "BYTES",
+        "STATE",
+        "UP",
+        "ACTING",
+        "SCRUB_STAMP",
+        "DEEP_SCRUB_STAMP",
+        "ERRORS"
+    );
+    let osds = |list: &[OsdId]| {
+        let ids: Vec<String> = list.iter().map(|o| o.0.to_string()).collect();
+        format!("[{}]", ids.join(","))
+    };
+    let stamp = |at: u64| {
+        if at == 0 {
+            "-".to_string()
+        } else {
+            crate::health::timestamp(at)
+        }
+    };
+    for line in &lines {
+        println!(
+            "{:<8} {:>8} {:>9} {:>9} {:>10}  {:<28} {:<12} {:<12} {:<20} {:<20} {:>6}",
+            line.pgid,
+            line.objects,
+            line.degraded,
+            line.misplaced,
+            crate::health::bytes(line.bytes),
+            line.state,
+            osds(&line.up),
+            osds(&line.acting),
+            stamp(line.last_scrub),
+            stamp(line.last_deep_scrub),
+            line.scrub_errors
+        );
+    }
+    Ok(())
+}
+
+/// `tidepool pg list-inconsistent PGID`, as data.
+#[derive(Debug, Serialize)]
+struct InconsistentList {
+    pgid: String,
+    last_scrub: u64,
+    last_deep_scrub: u64,
+    inconsistencies: Vec<Inconsistency>,
+    unrepairable: Vec<String>,
+}
+
+/// `tidepool pg list-inconsistent PGID`.
+fn list_inconsistent(cluster: ClusterArgs, pgid: String) -> Result<()> {
+    let pg: PgId = pgid.parse().map_err(anyhow::Error::msg)?;
+    let record: ScrubRecord = runtime()?.block_on(async {
+        let client = crate::objects::connect(&cluster).await?;
+        existing(&client.map().await, pg)?;
+        anyhow::Ok(client.scrub_record(pg).await?)
+    })?;
+    if cluster.format() == OutputFormat::Json {
+        let list = InconsistentList {
+            pgid: pg.to_string(),
+            last_scrub: record.last_scrub,
+            last_deep_scrub: record.last_deep_scrub,
+            inconsistencies: record.inconsistencies,
+            unrepairable: record.unrepairable,
+        };
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let never = |at: u64| {
+        if at == 0 {
+            "never".to_string()
+        } else {
+            crate::health::timestamp(at)
+        }
+    };
+    println!(
+        "{pg}: last scrub {}, last deep scrub {}: {} inconsistent",
+        never(record.last_scrub),
+        never(record.last_deep_scrub),
+        record.inconsistencies.len()
+    );
+    for found in &record.inconsistencies {
+        println!(
+            "  {:?} on {}: {}",
+            found.object,
+            found.holder,
+            problem(&found.problem)
+        );
+    }
+    for object in &record.unrepairable {
+        println!("  {object:?}: no provably good copy");
+    }
+    Ok(())
+}
+
+/// What is wrong with a copy, in words.
+fn problem(problem: &Problem) -> String {
+    match problem {
+        Problem::Missing => "missing".to_string(),
+        Problem::Stray => "stray: the object does not exist".to_string(),
+        Problem::ReadError(reason) => format!("read error: {reason}"),
+        Problem::Differs(fields) => format!("differs in {fields:?}").to_lowercase(),
+        Problem::Disagrees => "the holders disagree".to_string(),
+    }
+}
+
 /// A report in lines: the PG, then each inconsistency.
 fn describe(report: &ScrubReport) -> String {
     let kind = if report.deep { "deep-scrub" } else { "scrub" };
@@ -88,16 +286,11 @@ fn describe(report: &ScrubReport) -> String {
         holders.join(", ")
     );
     for found in &report.inconsistencies {
-        let what = match &found.problem {
-            Problem::Missing => "missing".to_string(),
-            Problem::Stray => "stray: the object does not exist".to_string(),
-            Problem::ReadError(reason) => format!("read error: {reason}"),
-            Problem::Differs(fields) => format!("differs in {fields:?}").to_lowercase(),
-            Problem::Disagrees => "the holders disagree".to_string(),
-        };
         text.push_str(&format!(
-            "  {:?} on {}: {what}\n",
-            found.object, found.holder
+            "  {:?} on {}: {}\n",
+            found.object,
+            found.holder,
+            problem(&found.problem)
         ));
     }
     for object in &report.unrepairable {

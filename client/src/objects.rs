@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tidepool_messenger::{Messenger, MessengerError};
 use tidepool_placement::{ClusterMap, OsdId, PgId, Placement, Scratch};
 use tidepool_proto::osd::{ObjectOp, ObjectRequest, OpError, OpOutput, OsdRequest, OsdResponse};
-use tidepool_proto::scrub::ScrubReport;
+use tidepool_proto::scrub::{ScrubRecord, ScrubReport};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::{ClientError, MonClient};
@@ -300,6 +300,19 @@ impl ObjectClient {
         let request = OsdRequest::PgScrub { pg, deep, repair };
         self.call_primary(pg, &request, &what, SCRUB_TIMEOUT, |answer| match answer {
             OsdResponse::Scrubbed(report) => Ok(report),
+            OsdResponse::Failed(reason) => Err(reason),
+            other => Err(format!("{other:?}")),
+        })
+        .await
+    }
+
+    /// The record of the last scrubs of `pg`, from its primary: when they ran, and the
+    /// inconsistencies they found that are not repaired.
+    pub async fn scrub_record(&self, pg: PgId) -> Result<ScrubRecord, ObjectError> {
+        let what = format!("asking for the scrub record of {pg}");
+        let request = OsdRequest::PgScrubRecord { pg };
+        self.call_primary(pg, &request, &what, LIST_TIMEOUT, |answer| match answer {
+            OsdResponse::ScrubRecord(record) => Ok(record),
             OsdResponse::Failed(reason) => Err(reason),
             other => Err(format!("{other:?}")),
         })

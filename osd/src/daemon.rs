@@ -260,6 +260,8 @@ pub(crate) struct Osd {
     /// When this OSD last looked at its own disk, and whether it was past
     /// `mon_osd_full_percent` (the map says so of every OSD a moment later).
     full: Mutex<(Instant, bool)>,
+    /// Scrubs: their schedule, read rate and records.
+    pub(crate) scrubs: crate::scrubber::Scrubs,
 }
 
 /// The answer to a client's write, from its outcome and the outputs of its reads.
@@ -565,7 +567,14 @@ impl Osd {
                 offset,
                 len,
             } => self.shard_read(pg, &name, offset, len),
-            OsdRequest::ScrubMap { pg, deep } => self.scrub_map(pg, deep),
+            OsdRequest::ScrubMap {
+                pg,
+                deep,
+                after,
+                until,
+            } => self.scrub_map(pg, deep, after.as_deref(), until.as_deref()),
+            OsdRequest::ScrubRecorded { pg, record } => self.keep_scrub_record(pg, record).await,
+            OsdRequest::PgScrubRecord { pg } => self.scrub_record_of(pg),
             OsdRequest::PgScrub { pg, deep, repair } => self.scrub_pg(pg, deep, repair).await,
             OsdRequest::PgRead { pg, .. } if self.view().codec(pg.pool).is_some() => {
                 OsdResponse::Failed(format!(
@@ -585,6 +594,14 @@ impl Osd {
                 }
             }
         }
+    }
+
+    /// The statistics last reported per PG.
+    pub(crate) fn last_stats(&self) -> HashMap<PgId, PgStat> {
+        self.last_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The PG statistics for the PGs this OSD leads. A PG busy with a write keeps the state
@@ -634,8 +651,13 @@ impl Osd {
                 Activity::Down(waiting) => waiting.clone(),
                 _ => Vec::new(),
             };
-            let (state, degraded, misplaced) =
+            let (mut state, degraded, misplaced) =
                 pg_state(&holders, &activity, progress.as_ref(), objects);
+            let scrub = self.scrub_stat(pg);
+            for word in &scrub.states {
+                state.push('+');
+                state.push_str(word);
+            }
             let stat = PgStat {
                 pg,
                 state,
@@ -647,6 +669,10 @@ impl Osd {
                 acting: holders.acting,
                 epoch: view.map.epoch,
                 waiting_for,
+                last_scrub: scrub.last_scrub,
+                last_deep_scrub: scrub.last_deep_scrub,
+                scrub_errors: scrub.errors,
+                unrepairable: scrub.unrepairable,
             };
             last.insert(pg, stat.clone());
             stats.push(stat);
@@ -851,6 +877,7 @@ pub async fn run(
         io: IoCounters::default(),
         fences: Fences::default(),
         full: Mutex::new((Instant::now(), false)),
+        scrubs: crate::scrubber::Scrubs::default(),
     });
     messenger.serve(Arc::new(Handler(osd.clone())));
     let boot = Command::OsdBoot {
@@ -881,6 +908,7 @@ pub async fn run(
         tokio::spawn(crate::shell::follow_pgs(osd.clone())),
         tokio::spawn(crate::shell::monitor_commands(osd.clone())),
         tokio::spawn(housekeeping(osd.clone())),
+        tokio::spawn(crate::scrubber::schedule_scrubs(osd.clone())),
     ];
     let result = tokio::select! {
         _ = shutdown => Ok(()),

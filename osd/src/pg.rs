@@ -3,14 +3,16 @@
 //! objects.
 //!
 //! Layout in the PG's collection: user objects by name; the meta object [`META`] whose omap
-//! holds `info` (the [`PgInfo`]) and `log.<version>` (each [`LogEntry`], versions as 20
-//! digits). Every object carries its PG version in the xattr [`VERSION_XATTR`].
+//! holds `info` (the [`PgInfo`]), `log.<version>` (each [`LogEntry`], versions as 20 digits)
+//! and `scrub` (the [`ScrubRecord`] of the PG's last scrubs). Every object carries its PG
+//! version in the xattr [`VERSION_XATTR`].
 
 use std::collections::BTreeMap;
 
 use serde_bytes::ByteBuf;
 use tidepool_placement::PgId;
 use tidepool_proto::osd::{LogEntry, ObjectOp, ObjectState, OpError, OpOutput, PgInfo};
+use tidepool_proto::scrub::ScrubRecord;
 
 use crate::store::{CollectionId, ObjectStore, Op, StoreError, Transaction};
 
@@ -19,6 +21,7 @@ pub const META: &str = "\0pgmeta";
 /// The xattr holding an object's PG version (clients may not use names starting with NUL).
 pub const VERSION_XATTR: &str = "\0v";
 const INFO_KEY: &[u8] = b"info";
+const SCRUB_KEY: &[u8] = b"scrub";
 const LOG_PREFIX: &str = "log.";
 
 /// The collection of a replicated PG.
@@ -98,6 +101,31 @@ pub fn load(
         }
     }
     Ok(Some((info, entries)))
+}
+
+/// The record of the PG's last scrubs as this holder keeps it (`None`: none kept).
+pub fn scrub_record(store: &dyn ObjectStore, pg: PgId) -> Result<Option<ScrubRecord>, StoreError> {
+    let coll = collection(pg);
+    match store.omap_get(coll, META, &[SCRUB_KEY.to_vec()]) {
+        Ok(found) => found
+            .get(SCRUB_KEY)
+            .map(|bytes| {
+                rmp_serde::from_slice(bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("PG {coll} scrub record: {e}")))
+            })
+            .transpose(),
+        Err(StoreError::NoCollection(_) | StoreError::NotFound { .. }) => Ok(None),
+        Err(other) => Err(other),
+    }
+}
+
+/// The op that keeps `record` as the PG's scrub record.
+pub fn keep_scrub_record(pg: PgId, record: &ScrubRecord) -> Op {
+    Op::OmapSet {
+        coll: collection(pg),
+        name: META.into(),
+        entries: vec![(SCRUB_KEY.to_vec(), encode(record))],
+    }
 }
 
 /// The ops that record `entries` and `info` in the PG's log, trimming what falls out of it.

@@ -45,7 +45,8 @@ const OMAP_PAGE: usize = 1024;
 /// Objects listed per store call.
 const LIST_PAGE: usize = 1024;
 
-/// This holder's scrub map of the PG in collection `coll`: every object but the PG's own,
+/// This holder's scrub map of the objects of the PG in collection `coll` named after `after`
+/// up to and including `until` (`None`: from the first, to the last), all but the PG's own,
 /// with its version, logical size (an erasure shard's from its size xattr) and the digests of
 /// its xattrs (without its version and an erasure shard's position, which are compared apart
 /// or differ by shard) and omap. When `deep`, every byte is read through its checksums (each
@@ -55,15 +56,20 @@ pub fn map_of(
     store: &dyn ObjectStore,
     coll: CollectionId,
     deep: bool,
+    after: Option<&str>,
+    until: Option<&str>,
 ) -> Result<ScrubMap, StoreError> {
     let mut map = ScrubMap::new();
-    let mut after: Option<String> = None;
+    let mut after = after.map(str::to_owned);
     loop {
         let names = store.list(coll, after.as_deref(), LIST_PAGE)?;
         let Some(last) = names.last().cloned() else {
             return Ok(map);
         };
         for name in names.into_iter().filter(|n| !ec::is_internal(n)) {
+            if until.is_some_and(|until| name.as_str() > until) {
+                return Ok(map);
+            }
             match object_of(store, coll, &name, deep) {
                 Ok(Some(object)) => {
                     map.insert(name, object);
@@ -73,6 +79,34 @@ pub fn map_of(
                 Err(error) => {
                     map.insert(name, unreadable(error));
                 }
+            }
+        }
+        after = Some(last);
+    }
+}
+
+/// The last name of the chunk of this holder's objects after `after` that a scrub compares
+/// next: at most `objects` objects and, past the first, `bytes` bytes. `None` when the chunk
+/// runs to the end of the PG (its holders' maps then take every name after `after`).
+pub fn chunk_end(
+    store: &dyn ObjectStore,
+    coll: CollectionId,
+    after: Option<&str>,
+    objects: usize,
+    bytes: u64,
+) -> Result<Option<String>, StoreError> {
+    let (mut count, mut total) = (0, 0);
+    let mut after = after.map(str::to_owned);
+    loop {
+        let names = store.list(coll, after.as_deref(), objects.clamp(1, LIST_PAGE))?;
+        let Some(last) = names.last().cloned() else {
+            return Ok(None);
+        };
+        for name in names.into_iter().filter(|n| !ec::is_internal(n)) {
+            total += store.stat(coll, &name).map_or(0, |s| s.size);
+            count += 1;
+            if count >= objects || total >= bytes {
+                return Ok(Some(name));
             }
         }
         after = Some(last);

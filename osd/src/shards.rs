@@ -172,7 +172,10 @@ impl Osd {
         let shard = if holder == self.id {
             let store = &*self.store;
             tokio::task::block_in_place(|| read_local_shard(store, pg, name, offset, len))
-                .map_err(|error| tracing::warn!(%pg, name, %error, "reading this shard failed"))
+                .map_err(|error| {
+                    tracing::warn!(%pg, name, %error, "reading this shard failed; decoding around it");
+                    self.scrub_soon(pg);
+                })
                 .ok()
                 .flatten()
         } else {
@@ -187,6 +190,11 @@ impl Osd {
                 .await
             {
                 Some(OsdResponse::Shard(shard)) => shard,
+                Some(OsdResponse::Failed(reason)) => {
+                    tracing::warn!(%pg, name, osd = holder.0, reason, "a shard read failed; decoding around it");
+                    self.scrub_soon(pg);
+                    None
+                }
                 other => {
                     tracing::warn!(%pg, name, osd = holder.0, ?other, "a shard read failed");
                     None

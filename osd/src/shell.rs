@@ -36,6 +36,8 @@ pub(crate) struct PgSlot {
     /// are handed out (records are submitted to the store in order), never while the network
     /// or a commit is awaited.
     pub machine: tokio::sync::Mutex<Option<PgMachine>>,
+    /// Scrubs of the PG, one at a time.
+    pub scrub: tokio::sync::Mutex<()>,
     /// What goes with inputs and outputs in flight.
     stash: Mutex<Stash>,
 }

@@ -78,6 +78,36 @@ pub const OPTIONS: &[OptionSpec] = &[
         min: 0,
         help: "bytes per second an OSD spends on recovery (0: unlimited)",
     },
+    OptionSpec {
+        name: "osd_scrub_auto_repair",
+        default: 1,
+        min: 0,
+        help: "1: a scheduled scrub repairs what has a provably good copy; 0: it only reports",
+    },
+    OptionSpec {
+        name: "osd_scrub_bytes_per_second",
+        default: 64 << 20,
+        min: 0,
+        help: "bytes per second a primary's deep scrubs read from each holder (0: unlimited)",
+    },
+    OptionSpec {
+        name: "osd_scrub_interval",
+        default: 24 * 3600,
+        min: 1,
+        help: "seconds between two scrubs of a PG",
+    },
+    OptionSpec {
+        name: "osd_deep_scrub_interval",
+        default: 7 * 24 * 3600,
+        min: 1,
+        help: "seconds between two deep scrubs of a PG; health warns past 1.75 times this",
+    },
+    OptionSpec {
+        name: "osd_max_scrubs",
+        default: 1,
+        min: 1,
+        help: "scheduled scrubs an OSD leads at once",
+    },
 ];
 
 /// The spec of `name`.

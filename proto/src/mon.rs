@@ -300,6 +300,19 @@ pub struct PgStat {
     /// (one of them must come back, or be removed from the map as lost).
     #[serde(default)]
     pub waiting_for: Vec<OsdId>,
+    /// When its last scrub finished (seconds since the Unix epoch; before its first, when its
+    /// primary began to track it).
+    #[serde(default)]
+    pub last_scrub: u64,
+    /// When its last deep scrub finished (likewise).
+    #[serde(default)]
+    pub last_deep_scrub: u64,
+    /// Inconsistencies its scrubs found and that are not repaired.
+    #[serde(default)]
+    pub scrub_errors: u64,
+    /// Objects among them with no provably good copy.
+    #[serde(default)]
+    pub unrepairable: u64,
 }
 
 /// The cluster's reported state, as the leader last heard it.

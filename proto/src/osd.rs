@@ -357,12 +357,32 @@ pub enum OsdRequest<T = serde_bytes::ByteBuf> {
         /// Then repair every inconsistency that has a provably good copy.
         repair: bool,
     },
-    /// From a primary scrubbing the PG: this holder's scrub map of it.
+    /// From a primary scrubbing the PG: this holder's scrub map of one chunk of it, the
+    /// objects named after `after` up to and including `until` (`None`: from the first, to
+    /// the last).
     ScrubMap {
         /// The PG.
         pg: PgId,
         /// Read and check every byte too.
         deep: bool,
+        /// The chunk's objects come after this name.
+        after: Option<String>,
+        /// The chunk's last name.
+        until: Option<String>,
+    },
+    /// From the primary after a scrub of the PG: keep this record of it (every holder keeps
+    /// it, so the next primary knows when the PG was last scrubbed and what was found).
+    ScrubRecorded {
+        /// The PG.
+        pg: PgId,
+        /// The record.
+        record: crate::scrub::ScrubRecord,
+    },
+    /// From a client (an operator): the record of the PG's last scrubs, this OSD being its
+    /// primary.
+    PgScrubRecord {
+        /// The PG.
+        pg: PgId,
     },
 }
 
@@ -411,6 +431,8 @@ pub enum OsdResponse {
     ScrubMap(crate::scrub::ScrubMap),
     /// What a scrub of a PG found.
     Scrubbed(crate::scrub::ScrubReport),
+    /// The record of a PG's last scrubs.
+    ScrubRecord(crate::scrub::ScrubRecord),
 }
 
 #[cfg(test)]

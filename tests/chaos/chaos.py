@@ -537,7 +537,7 @@ def main():
         def clean():
             status = cluster.status() or {}
             pgs = status.get("pgs", {})
-            return pgs.get("total") and pgs.get("by_state", {}).get("active+clean") == pgs["total"]
+            return pgs.get("total") and pgs.get("active_clean") == pgs["total"]
         cluster.wait("every PG active+clean", clean, 180)
         cluster.wait("the gateway", cluster.gateway_listens, 60)
         keys = sorted({op["key"] for op in history.ops})

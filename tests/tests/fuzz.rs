@@ -158,6 +158,10 @@ fn mon_requests() -> Vec<Frame> {
             acting: vec![OsdId(1)],
             epoch: Epoch(3),
             waiting_for: Vec::new(),
+            last_scrub: 0,
+            last_deep_scrub: 0,
+            scrub_errors: 0,
+            unrepairable: 0,
         }],
     });
     let command = MonRequest::Command(Request {

@@ -75,6 +75,8 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
             "osd",
         ],
     );
+    // Repairs here are asked for; the automatic ones are tested below.
+    tidepool_ok(&path, &["config", "set", "osd_scrub_auto_repair", "0"]);
     cluster.wait_clean(Duration::from_secs(90));
     let runtime = runtime();
     let client = runtime.block_on(object_client(&path));

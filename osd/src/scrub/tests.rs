@@ -306,8 +306,8 @@ fn equal_holders_have_equal_maps() {
     let ((_a, a), (_b, b)) = (holder(), holder());
     for deep in [false, true] {
         let (map_a, map_b) = (
-            map_of(&a, COLL, deep).expect("a"),
-            map_of(&b, COLL, deep).expect("b"),
+            map_of(&a, COLL, deep, None, None).expect("a"),
+            map_of(&b, COLL, deep, None, None).expect("b"),
         );
         assert_eq!(map_a, map_b);
         assert_eq!(map_a.keys().collect::<Vec<_>>(), ["big", "small"]);
@@ -331,7 +331,12 @@ fn a_deep_scrub_finds_a_flipped_byte() {
         [&a, &b, &c]
             .into_iter()
             .enumerate()
-            .map(|(i, s)| (OsdId(i as u32), map_of(s, COLL, deep).expect("map")))
+            .map(|(i, s)| {
+                (
+                    OsdId(i as u32),
+                    map_of(s, COLL, deep, None, None).expect("map"),
+                )
+            })
             .collect()
     };
     assert_eq!(compare(&maps(false), 1), Verdict::default());
@@ -357,10 +362,10 @@ fn a_deep_scrub_finds_a_flipped_byte() {
 #[test]
 fn changed_metadata_shows_in_its_digest() {
     let (_a, a) = holder();
-    let before = map_of(&a, COLL, false).expect("map");
+    let before = map_of(&a, COLL, false, None, None).expect("map");
     let change = |op: Op| {
         a.apply(&Transaction { ops: vec![op] }).expect("change");
-        map_of(&a, COLL, false).expect("map")
+        map_of(&a, COLL, false, None, None).expect("map")
     };
     let after = change(Op::OmapSet {
         coll: COLL,
@@ -377,4 +382,57 @@ fn changed_metadata_shows_in_its_digest() {
     });
     assert_ne!(again["small"].xattrs, after["small"].xattrs);
     assert_eq!(again["big"], before["big"]);
+}
+
+/// Rule: the chunks a scrub walks, each ended where the primary's chunk ends, cover every
+/// object exactly once, also one that only another holder has (past the primary's last), and
+/// a chunk holds at most its object count, or one object past its bytes.
+#[test]
+fn chunks_cover_every_object_once() {
+    let (_a, a) = holder();
+    let ops: Vec<Op> = (0..10)
+        .map(|i| Op::Write {
+            coll: COLL,
+            name: format!("obj{i}"),
+            offset: 0,
+            data: vec![i as u8; 1000].into(),
+            sums: None,
+        })
+        .collect();
+    a.apply(&Transaction { ops }).expect("objects");
+    let whole = map_of(&a, COLL, true, None, None).expect("map");
+    assert_eq!(whole.len(), 12);
+    for (objects, bytes) in [(3, u64::MAX), (100, 2500), (1, 0)] {
+        let mut after: Option<String> = None;
+        let mut seen = ScrubMap::new();
+        let mut chunks = 0;
+        loop {
+            let until = chunk_end(&a, COLL, after.as_deref(), objects, bytes).expect("chunk");
+            let chunk = map_of(&a, COLL, true, after.as_deref(), until.as_deref()).expect("map");
+            assert!(
+                chunk.len() <= objects.max(3),
+                "{objects} {bytes}: {}",
+                chunk.len()
+            );
+            for (name, object) in chunk {
+                assert!(
+                    seen.insert(name, object).is_none(),
+                    "an object in two chunks"
+                );
+            }
+            chunks += 1;
+            match until {
+                Some(until) => after = Some(until),
+                None => break,
+            }
+        }
+        assert_eq!(seen, whole, "{objects} {bytes}");
+        assert!(chunks > 1, "{objects} {bytes}: one chunk");
+    }
+    // The primary's last chunk runs to the end: it takes a name only another holder has.
+    let (_b, b) = holder();
+    let until = chunk_end(&b, COLL, Some("big"), 10, u64::MAX).expect("chunk");
+    assert_eq!(until, None);
+    let tail = map_of(&a, COLL, false, Some("big"), None).expect("map");
+    assert_eq!(tail.len(), 11);
 }

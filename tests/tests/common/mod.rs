@@ -248,9 +248,8 @@ impl Cluster {
         loop {
             let status = self.json(&["status"]);
             let total = status["pgs"]["total"].as_u64().expect("pgs.total");
-            let clean = status["pgs"]["by_state"]["active+clean"]
-                .as_u64()
-                .unwrap_or(0);
+            // Active and clean, whether or not a scrub runs.
+            let clean = status["pgs"]["active_clean"].as_u64().unwrap_or(0);
             if total > 0
                 && clean == total
                 && status["recovery"]["degraded_ratio"] == 0.0
