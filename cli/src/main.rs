@@ -12,6 +12,7 @@ mod objects;
 mod operate;
 mod pgs;
 mod simulate;
+mod store_tool;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -153,6 +154,13 @@ enum OsdCommand {
         /// The OSD id.
         id: u32,
     },
+    /// A stopped OSD's store, looked at and changed by hand (like `ceph-objectstore-tool`).
+    Store {
+        /// The OSD's folder (its `--data`).
+        dir: std::path::PathBuf,
+        #[command(subcommand)]
+        action: store_tool::StoreAction,
+    },
     #[command(flatten)]
     Change(admin::OsdChange),
 }
@@ -259,6 +267,10 @@ fn run() -> Result<()> {
             command: Some(OsdCommand::SafeToDestroy { id }),
             ..
         } => operate::safe_to_destroy(cluster, id),
+        Command::Osd {
+            command: Some(OsdCommand::Store { dir, action }),
+            ..
+        } => store_tool::run(dir, action),
         Command::Osd {
             cluster,
             command: None,

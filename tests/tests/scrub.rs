@@ -1,9 +1,17 @@
 //! Scrub over real processes: three OSDs with a pool of size 3 and an erasure pool 2+1, small
-//! (inline) and large (blob) objects; deep scrubs while clients write, which find nothing; a
-//! byte flipped in every block of one OSD's block file while it runs. A shallow scrub, which reads no data, finds nothing; a deep scrub names
-//! exactly the large objects on that OSD, in both pools; every object still reads exact, a
-//! read that found the primary's copy bad repaired it, and `pg repair` repairs the rest
-//! (docs/scrub.md).
+//! (inline) and large (blob) objects (docs/scrub.md).
+//!
+//! - Deep scrubs while clients write find nothing.
+//! - A byte flipped in every block of one OSD's block file while it runs: a shallow scrub,
+//!   which reads no data, finds nothing; a deep scrub names exactly the large objects on that
+//!   OSD, in both pools; every object still reads exact, and a read that found the primary's
+//!   copy bad repaired it. The health says `OSD_SCRUB_ERRORS` and `PG_DAMAGED`, `pg ls
+//!   --state inconsistent` and `pg list-inconsistent` name the rest, and `pg repair` repairs
+//!   it: the health clears.
+//! - With that OSD stopped: its block file rotted again, one object removed from its store,
+//!   a stray one added, an xattr and an omap entry changed. Once it runs again every object
+//!   reads exact, a scrub finds each change, and the scheduled scrubs, with automatic repair,
+//!   repair all of it.
 
 mod common;
 
@@ -40,21 +48,70 @@ fn scrub(cluster: &Cluster, kind: &str, pool: &str) -> (u64, BTreeSet<(String, u
     for report in reports.as_array().expect("reports") {
         objects += report["objects"].as_u64().expect("objects");
         for inconsistency in report["inconsistencies"].as_array().expect("list") {
-            let problem = &inconsistency["problem"];
-            let kind = match problem {
-                Value::String(kind) => kind.clone(),
-                Value::Object(map) => map.keys().next().expect("a kind").clone(),
-                other => panic!("a problem {other}"),
-            };
-            found.insert((
-                inconsistency["object"].as_str().expect("object").to_owned(),
-                inconsistency["holder"].as_u64().expect("holder"),
-                kind,
-            ));
+            found.insert(kind_of(inconsistency));
         }
         assert_eq!(report["unrepairable"], Value::Array(Vec::new()), "{report}");
     }
     (objects, found)
+}
+
+/// Flips one byte in every block of the block file `block`.
+fn rot(block: &std::path::Path) {
+    let mut bytes = std::fs::read(block).expect("block file");
+    for at in (100..bytes.len()).step_by(4096) {
+        bytes[at] ^= 0x20;
+    }
+    std::fs::write(block, &bytes).expect("rot");
+}
+
+/// The large objects whose primary in `data` is not `victim` (`primaries` in `LARGE`'s order).
+fn kept_names<'a>(primaries: &'a [u64], victim: u64) -> impl Iterator<Item = &'a str> + 'a {
+    LARGE
+        .iter()
+        .zip(primaries)
+        .filter(move |(_, primary)| **primary != victim)
+        .map(|(name, _)| *name)
+}
+
+/// The codes of the failing health checks.
+fn health_checks(cluster: &Cluster) -> BTreeSet<String> {
+    let status = cluster.json(&["status"]);
+    status["health"]["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["code"].as_str().expect("code").to_owned())
+        .collect()
+}
+
+/// What `pg list-inconsistent` says of every PG of `pool` that `pg ls --state inconsistent`
+/// lists, as (object, holder, problem kind).
+fn listed_inconsistent(cluster: &Cluster, pool: &str) -> BTreeSet<(String, u64, String)> {
+    let listed = cluster.json(&["pg", "ls", "--state", "inconsistent", "--pool", pool]);
+    let mut found = BTreeSet::new();
+    for line in listed.as_array().expect("pgs") {
+        let pgid = line["pgid"].as_str().expect("pgid");
+        assert!(line["scrub_errors"].as_u64() > Some(0), "{line}");
+        let record = cluster.json(&["pg", "list-inconsistent", pgid]);
+        for inconsistency in record["inconsistencies"].as_array().expect("list") {
+            found.insert(kind_of(inconsistency));
+        }
+    }
+    found
+}
+
+/// An inconsistency in JSON as (object, holder, problem kind).
+fn kind_of(inconsistency: &Value) -> (String, u64, String) {
+    let kind = match &inconsistency["problem"] {
+        Value::String(kind) => kind.clone(),
+        Value::Object(map) => map.keys().next().expect("a kind").clone(),
+        other => panic!("a problem {other}"),
+    };
+    (
+        inconsistency["object"].as_str().expect("object").to_owned(),
+        inconsistency["holder"].as_u64().expect("holder"),
+        kind,
+    )
 }
 
 #[test]
@@ -129,11 +186,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
         .join(format!("osd-{victim}"))
         .join("store")
         .join("block");
-    let mut bytes = std::fs::read(&block).expect("block file");
-    for at in (100..bytes.len()).step_by(4096) {
-        bytes[at] ^= 0x20;
-    }
-    std::fs::write(&block, &bytes).expect("rot");
+    rot(&block);
     let rotten = |names: &mut dyn Iterator<Item = &str>| -> BTreeSet<(String, u64, String)> {
         names
             .map(|name| (name.to_string(), victim, "read_error".to_string()))
@@ -175,12 +228,27 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
     });
     // The reads repaired the copies they found bad (the primary's); the others wait for repair.
     let (_, found) = scrub(&cluster, "deep-scrub", "data");
-    let mut kept = LARGE
-        .iter()
-        .zip(&primaries)
-        .filter(|(_, primary)| **primary != victim)
-        .map(|(name, _)| *name);
-    assert_eq!(found, rotten(&mut kept), "a deep scrub after the reads");
+    assert_eq!(
+        found,
+        rotten(&mut kept_names(&primaries, victim)),
+        "a deep scrub after the reads"
+    );
+
+    // The health says so; `pg ls --state inconsistent` and `pg list-inconsistent` name them.
+    let damaged = |checks: &BTreeSet<String>| {
+        checks.contains("OSD_SCRUB_ERRORS") && checks.contains("PG_DAMAGED")
+    };
+    cluster.wait_for(
+        Duration::from_secs(30),
+        "the scrub errors in the health",
+        || damaged(&health_checks(&cluster)),
+    );
+    for (pool, expected) in [
+        ("data", rotten(&mut kept_names(&primaries, victim))),
+        ("ec21", rotten(&mut LARGE.into_iter())),
+    ] {
+        assert_eq!(listed_inconsistent(&cluster, pool), expected, "{pool}");
+    }
 
     // Repair: every bad copy rewritten from a good one; a deep scrub is then clean.
     for pool in ["data", "ec21"] {
@@ -211,6 +279,141 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
             );
         }
     });
+
+    cluster.wait_for(Duration::from_secs(30), "the health clears", || {
+        !damaged(&health_checks(&cluster))
+    });
+    let listed: Value = cluster.json(&["pg", "ls", "--state", "inconsistent"]);
+    assert_eq!(listed, Value::Array(Vec::new()));
+
+    // The same OSD stopped: its block file rots again, and its store is changed by hand.
+    let mut cluster = cluster;
+    cluster.osds[victim as usize]
+        .take()
+        .expect("the victim runs")
+        .kill();
+    rot(&block);
+    let osd_dir = path.join(format!("osd-{victim}"));
+    // A primary that lacks an object answers that it does not exist, as Ceph's does, until
+    // a scrub repairs it: the object removed is one whose primary is another OSD.
+    let located = |name: &str| runtime.block_on(client.locate("data", name)).expect("data");
+    let removed = SMALL
+        .into_iter()
+        .find(|name| located(name).1.map(|p| u64::from(p.0)) != Some(victim))
+        .expect("a small object whose primary is not the victim");
+    let [changed_xattr, changed_omap] = {
+        let others: Vec<&str> = SMALL.into_iter().filter(|n| *n != removed).collect();
+        [others[0], others[1]]
+    };
+    let pg_of = located(removed).0;
+    let store = |args: &[&str]| {
+        let mut all = vec!["osd", "store", osd_dir.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        tidepool_ok(&path, &all)
+    };
+    let pg_in = |name: &str| located(name).0.to_string();
+    store(&["remove", &pg_in(removed), removed]);
+    let stray = path.join("stray");
+    std::fs::write(&stray, b"an object nobody wrote").expect("stray bytes");
+    let pg_stray = pg_of.to_string();
+    store(&[
+        "write",
+        &pg_stray,
+        "stray-object",
+        stray.to_str().expect("utf-8"),
+    ]);
+    store(&[
+        "set-xattr",
+        &pg_in(changed_xattr),
+        changed_xattr,
+        "colour",
+        "green",
+    ]);
+    store(&[
+        "set-omap",
+        &pg_in(changed_omap),
+        changed_omap,
+        "key",
+        "value",
+    ]);
+    let listed = store(&["list", &pg_stray]);
+    assert!(listed.lines().any(|l| l == "stray-object"), "{listed}");
+    assert!(!listed.lines().any(|l| l == removed), "{listed}");
+    let restarted = cluster.start_osd(victim as usize);
+    cluster.osds[victim as usize] = Some(restarted);
+    cluster.wait_osds_up(3);
+    cluster.wait_clean(Duration::from_secs(90));
+
+    // Every object reads exact.
+    runtime.block_on(async {
+        for pool in ["data", "ec21"] {
+            for (i, name) in LARGE.iter().chain(&SMALL).enumerate() {
+                let ops = vec![ObjectOp::Read {
+                    offset: 0,
+                    len: u64::MAX,
+                }];
+                let (_, outputs) = client.execute(pool, name, ops).await.expect("read");
+                assert!(
+                    matches!(&outputs[..], [OpOutput::Data(d)] if d[..] == bytes_of(i, name)[..]),
+                    "{pool}/{name} after the OSD's restart"
+                );
+            }
+        }
+    });
+    // A shallow scrub finds each change to the store.
+    let (_, found) = scrub(&cluster, "scrub", "data");
+    let changed: BTreeSet<(String, u64, String)> = [
+        (removed, "missing"),
+        ("stray-object", "stray"),
+        (changed_xattr, "differs"),
+        (changed_omap, "differs"),
+    ]
+    .into_iter()
+    .map(|(name, kind)| (name.to_string(), victim, kind.to_string()))
+    .collect();
+    assert_eq!(found, changed, "a scrub after the changes");
+
+    // The scheduled scrubs (every PG due every second) repair all of it on their own: every
+    // PG is deep-scrubbed again, and none has errors left.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    tidepool_ok(&path, &["config", "set", "osd_scrub_auto_repair", "1"]);
+    tidepool_ok(&path, &["config", "set", "osd_scrub_interval", "1"]);
+    tidepool_ok(&path, &["config", "set", "osd_deep_scrub_interval", "1"]);
+    cluster.wait_for(
+        Duration::from_secs(120),
+        "scheduled scrubs repair every copy",
+        || {
+            let listed: Value = cluster.json(&["pg", "ls"]);
+            listed.as_array().expect("pgs").iter().all(|line| {
+                line["last_deep_scrub"].as_u64() > Some(since) && line["scrub_errors"] == 0
+            })
+        },
+    );
+    tidepool_ok(
+        &path,
+        &["config", "set", "osd_deep_scrub_interval", "604800"],
+    );
+    tidepool_ok(&path, &["config", "set", "osd_scrub_interval", "86400"]);
+    for pool in ["data", "ec21"] {
+        let (_, found) = scrub(&cluster, "deep-scrub", pool);
+        assert!(
+            found.is_empty(),
+            "{pool} after the scheduled repairs: {found:?}"
+        );
+    }
+    assert!(!damaged(&health_checks(&cluster)));
+    // The PGs' scrub times say when they were last scrubbed.
+    let listed: Value = cluster.json(&["pg", "ls", "--pool", "data"]);
+    for line in listed.as_array().expect("pgs") {
+        let (scrubbed, deep) = (
+            line["last_scrub"].as_u64().expect("time"),
+            line["last_deep_scrub"].as_u64().expect("time"),
+        );
+        assert!(deep > since && scrubbed >= deep, "{line}");
+    }
 
     // One PG by its id; a PG that does not exist and a name that is neither are refused.
     let reports: Value = cluster.json(&["pg", "scrub", "data"]);
