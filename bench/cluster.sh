@@ -23,7 +23,7 @@ up_cluster() { # dir up-args...
 # Waits (up to 120 s) until every PG of the cluster is active+clean.
 wait_clean() {
   for _ in $(seq 120); do
-    "$T" status | grep -qE '^ +pgs: +[0-9]+ active\+clean$' && return
+    [ "$("$T" status --format json | python3 -c 'import json,sys; p=json.load(sys.stdin)["pgs"]; print(int(p["active_clean"] == p["total"] > 0))')" = 1 ] && return
     sleep 1
   done
 }

@@ -629,9 +629,16 @@ impl S3 for Gateway {
             .await
             .map_err(s3)?;
         let (range, output) = read_answer!(GetObjectOutput, input, entry);
-        let stream = self
-            .buckets
-            .read_data(&entry, inline, range)
+        let mut stream = self.buckets.read_data(&entry, inline, range);
+        // The first stripe is read before the answer: an object with no good copy of it gets
+        // an S3 error, not `200 OK`. A later stripe that cannot be read ends the connection
+        // before the body is whole, so the client never takes a short body for the object.
+        let first = match stream.next().await {
+            Some(Err(error)) => return Err(s3(error)),
+            first => first,
+        };
+        let stream = futures::stream::iter(first)
+            .chain(stream)
             .map_err(|e| std::io::Error::other(e.to_string()));
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(sync_wrapper::SyncStream::new(stream))),

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_bytes::ByteBuf;
 use tidepool_erasure::Codec;
 use tidepool_placement::{OsdId, PgId};
-use tidepool_proto::osd::{ObjectRequest, ObjectState, OsdRequest, OsdResponse, ShardBytes};
+use tidepool_proto::osd::{
+    ObjectRequest, ObjectState, OpError, OsdRequest, OsdResponse, ShardBytes,
+};
 use tidepool_proto::payload::Payload;
 
 use crate::daemon::{MapView, Osd};
@@ -21,6 +23,24 @@ use crate::store::StoreError;
 
 /// How long a shard read may take before its shard counts as missing.
 const SHARD_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a shard's bytes are not at hand.
+#[derive(Debug)]
+enum Missing {
+    /// Its holder is down, did not answer, or has another version: it may come back.
+    Away,
+    /// Its holder read it and it failed its checksums: it stays bad until repaired.
+    Bad,
+}
+
+/// Why a read of stripes cannot decode them.
+#[derive(Debug)]
+enum Short {
+    /// Too few shards answered; more may, later.
+    Waiting(String),
+    /// Too few good shards exist: the bytes are lost until a shard is repaired.
+    Lost(String),
+}
 
 impl Osd {
     /// A client transaction on an object of an erasure pool's PG that this OSD serves as
@@ -60,7 +80,8 @@ impl Osd {
             .await
         {
             Ok(stripes) => stripes,
-            Err(reason) => return OsdResponse::Failed(reason),
+            Err(Short::Waiting(reason)) => return OsdResponse::Failed(reason),
+            Err(Short::Lost(reason)) => return OsdResponse::Object(Err(OpError::Storage(reason))),
         };
         let planned = match tokio::task::block_in_place(|| {
             ec::plan(&codec, coll, &name, &old, &request.ops, &mut stripes)
@@ -105,7 +126,7 @@ impl Osd {
         name: &str,
         old: &Meta,
         stripes: &BTreeSet<u64>,
-    ) -> Result<ec::Fetched, String> {
+    ) -> Result<ec::Fetched, Short> {
         let layout = codec.layout();
         let (k, unit) = (layout.k(), layout.unit() as u64);
         let mut out = ec::Fetched::new(layout);
@@ -121,30 +142,41 @@ impl Osd {
             let (offset, len) = (first * unit, (end - first) * unit);
             let version = old.version;
             let read = |at: usize| self.read_shard(pg, positions, at, name, offset, len, version);
-            let chunks: Vec<Option<Payload>> =
+            let chunks: Vec<Result<Payload, Missing>> =
                 futures_util::future::join_all((0..k).map(read)).await;
-            if chunks.iter().all(Option::is_some) {
+            if chunks.iter().all(Result::is_ok) {
                 out.insert(first, end - first, chunks.into_iter().flatten().collect());
                 continue;
             }
             // A degraded read: the parity shards too, then any k of them.
             let parity = futures_util::future::join_all((k..k + layout.m()).map(read)).await;
+            let chunks: Vec<Result<Payload, Missing>> = chunks.into_iter().chain(parity).collect();
+            let bad = chunks
+                .iter()
+                .filter(|c| matches!(c, Err(Missing::Bad)))
+                .count();
             let mut chunks: Vec<Option<Vec<u8>>> = chunks
                 .into_iter()
-                .chain(parity)
-                .map(|c| c.map(|c| padded(c, len)))
+                .map(|c| c.ok().map(|c| padded(c, len)))
                 .collect();
             let have = chunks.iter().flatten().count();
+            if chunks.len() - bad < k {
+                // Shards that fail their checksums do not come back: no point waiting.
+                return Err(Short::Lost(format!(
+                    "{pg}: {bad} shards of {name:?} fail their checksums; fewer than the {k} \
+                     needed are good"
+                )));
+            }
             if have < k {
-                return Err(format!(
+                return Err(Short::Waiting(format!(
                     "{pg}: only {have} of the {k} shards needed to read {name:?} answered; \
                      waiting for more"
-                ));
+                )));
             }
             tracing::info!(%pg, name, have, "a degraded read: decoding from {k} shards");
             codec
                 .reconstruct(&mut chunks)
-                .map_err(|e| format!("{pg}: decoding {name:?}: {e}"))?;
+                .map_err(|e| Short::Lost(format!("{pg}: decoding {name:?}: {e}")))?;
             let data = chunks
                 .into_iter()
                 .take(k)
@@ -167,17 +199,18 @@ impl Osd {
         offset: u64,
         len: u64,
         version: u64,
-    ) -> Option<Payload> {
-        let holder = positions.get(at).copied().flatten()?;
+    ) -> Result<Payload, Missing> {
+        let holder = positions.get(at).copied().flatten().ok_or(Missing::Away)?;
         let shard = if holder == self.id {
             let store = &*self.store;
-            tokio::task::block_in_place(|| read_local_shard(store, pg, name, offset, len))
-                .map_err(|error| {
+            match tokio::task::block_in_place(|| read_local_shard(store, pg, name, offset, len)) {
+                Ok(shard) => shard,
+                Err(error) => {
                     tracing::warn!(%pg, name, %error, "reading this shard failed; decoding around it");
                     self.scrub_soon(pg);
-                })
-                .ok()
-                .flatten()
+                    return Err(Missing::Bad);
+                }
+            }
         } else {
             let request = OsdRequest::ShardRead {
                 pg,
@@ -193,25 +226,26 @@ impl Osd {
                 Some(OsdResponse::Failed(reason)) => {
                     tracing::warn!(%pg, name, osd = holder.0, reason, "a shard read failed; decoding around it");
                     self.scrub_soon(pg);
-                    None
+                    return Err(Missing::Bad);
                 }
                 other => {
                     tracing::warn!(%pg, name, osd = holder.0, ?other, "a shard read failed");
                     None
                 }
             }
-        }?;
+        }
+        .ok_or(Missing::Away)?;
         if shard.version != version || shard.position != Some(at as u64) {
             tracing::warn!(
                 %pg, name, osd = holder.0, version = shard.version, position = ?shard.position,
                 "a shard of another version or position; decoding without it"
             );
-            return None;
+            return Err(Missing::Away);
         }
         if shard.data.len() as u64 > len {
-            return None;
+            return Err(Missing::Away);
         }
-        Some(shard.data)
+        Ok(shard.data)
     }
 
     /// Objects `names` of `pg` as the holder `to` keeps them: whole copies from this OSD in a
@@ -335,7 +369,7 @@ impl Osd {
             let chunk = self
                 .read_shard(pg, positions, p, name, 0, len, version)
                 .await;
-            chunk.map(|c| padded(c, len))
+            chunk.ok().map(|c| padded(c, len))
         };
         let mut chunks: Vec<Option<Vec<u8>>> = vec![None; n];
         // k shards first; the others only when some of those fail.

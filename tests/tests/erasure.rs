@@ -2,13 +2,15 @@
 //! awkward size written, read back whole and by ranges, overwritten at offsets; reads that
 //! decode while m OSDs are killed (-9), and a clear failure, never wrong bytes, with m+1;
 //! streams of overwrites while OSDs are killed and restarted, after which every object is
-//! one of the versions its writes could make, never a mix.
+//! one of the versions its writes could make, never a mix; then a deep scrub finds nothing,
+//! and with m OSDs' block files rotten every object still reads exact, a deep scrub names
+//! exactly the bad shards, and a repair rebuilds them.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{object_client, runtime, Cluster};
+use common::{object_client, rot, runtime, Cluster};
 use tidepool_client::{ObjectClient, ObjectError};
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
 use tidepool_tests::{pattern, tidepool_ok};
@@ -90,7 +92,16 @@ async fn check(client: &ObjectClient, pool: &str, objects: &Objects) {
 /// a holder that missed writes gets its shards rebuilt, exact.
 #[test]
 fn erasure_pools_read_back_exact_through_m_failures() {
-    let mut cluster = Cluster::start("erasure", 6, 8, &[("mon_osd_down_out_interval", "600")]);
+    // Repairs are the operator's here: reads of rotten shards ask for none of their own.
+    let mut cluster = Cluster::start(
+        "erasure",
+        6,
+        8,
+        &[
+            ("mon_osd_down_out_interval", "600"),
+            ("osd_scrub_auto_repair", "0"),
+        ],
+    );
     let path = cluster.path().to_path_buf();
     for (pool, profile) in [("ec21", "2+1"), ("ec42", "4+2")] {
         tidepool_ok(
@@ -337,6 +348,58 @@ fn erasure_pools_read_back_exact_through_m_failures() {
     }
     eprintln!("overwrites under kills: {acked} acknowledged, {unknown} failed; all objects whole");
     assert!(acked > 50, "the writers got almost nothing done: {acked}");
+
+    // Scrub after all that: a deep scrub of the 4+2 pool finds nothing. Then m = 2 OSDs' block
+    // files rot, so every large object has two bad shards: it still reads exact, a deep scrub
+    // names exactly those shards, and a repair rebuilds them from the four good ones.
+    let (objects, found) = cluster.scrub("deep-scrub", "ec42");
+    assert!(
+        objects > 0 && found.is_empty(),
+        "ec42 after the kills: {found:?}"
+    );
+    let mut now: Objects = pools
+        .iter()
+        .find(|(pool, _)| *pool == "ec42")
+        .map(|(_, objects)| objects.clone())
+        .expect("ec42");
+    for name in &names {
+        now.push((
+            name.clone(),
+            runtime.block_on(read(&client, "ec42", name, 0, u64::MAX)),
+        ));
+    }
+    let rotten = [0u64, 3];
+    for osd in rotten {
+        rot(&path.join(format!("osd-{osd}")).join("store").join("block"));
+    }
+    runtime.block_on(check(&client, "ec42", &now));
+    let (_, found) = cluster.scrub("deep-scrub", "ec42");
+    let holders: std::collections::BTreeSet<u64> = found.iter().map(|f| f.1).collect();
+    assert!(
+        !found.is_empty(),
+        "a deep scrub after the rot found nothing"
+    );
+    assert!(
+        holders.iter().all(|h| rotten.contains(h)) && found.iter().all(|f| f.2 == "read_error"),
+        "a deep scrub names other shards than the rotten ones: {found:?}"
+    );
+    let large: Vec<&String> = now
+        .iter()
+        .filter(|(_, data)| data.len() >= 4 * MIB)
+        .map(|(name, _)| name)
+        .collect();
+    for name in &large {
+        for osd in rotten {
+            assert!(
+                found.contains(&(name.to_string(), osd, "read_error".to_string())),
+                "ec42/{name} on osd.{osd}: {found:?}"
+            );
+        }
+    }
+    cluster.scrub("repair", "ec42");
+    let (_, found) = cluster.scrub("deep-scrub", "ec42");
+    assert!(found.is_empty(), "ec42 after its repair: {found:?}");
+    runtime.block_on(check(&client, "ec42", &now));
 }
 
 /// One overwrite: where, what, and whether it was acknowledged (one that failed may or may

@@ -12,6 +12,9 @@
 //!   a stray one added, an xattr and an omap entry changed. Once it runs again every object
 //!   reads exact, a scrub finds each change, and the scheduled scrubs, with automatic repair,
 //!   repair all of it.
+//! - Every OSD's block file rotted: the large objects have no good copy; a repair says so and
+//!   changes nothing, the health names the loss, and a read fails rather than return wrong
+//!   bytes.
 
 mod common;
 
@@ -19,9 +22,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{object_client, runtime, write_objects, Cluster, Workload};
+use common::{object_client, rot, runtime, write_objects, Cluster, Workload};
 use serde_json::Value;
-use tidepool_proto::osd::{ObjectOp, OpOutput};
+use tidepool_client::ObjectError;
+use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
 use tidepool_tests::{pattern, tidepool_ok};
 
 /// Objects of each pool: large ones (their bytes in the block file) and small ones (inline
@@ -37,31 +41,6 @@ fn bytes_of(i: usize, name: &str) -> Vec<u8> {
         100 + i
     };
     pattern(i as u64, size)
-}
-
-/// `tidepool pg SCRUB POOL --format json`: per PG, its objects and its inconsistencies as
-/// (object, holder, problem kind).
-fn scrub(cluster: &Cluster, kind: &str, pool: &str) -> (u64, BTreeSet<(String, u64, String)>) {
-    let reports: Value = cluster.json(&["pg", kind, pool]);
-    let mut objects = 0;
-    let mut found = BTreeSet::new();
-    for report in reports.as_array().expect("reports") {
-        objects += report["objects"].as_u64().expect("objects");
-        for inconsistency in report["inconsistencies"].as_array().expect("list") {
-            found.insert(kind_of(inconsistency));
-        }
-        assert_eq!(report["unrepairable"], Value::Array(Vec::new()), "{report}");
-    }
-    (objects, found)
-}
-
-/// Flips one byte in every block of the block file `block`.
-fn rot(block: &std::path::Path) {
-    let mut bytes = std::fs::read(block).expect("block file");
-    for at in (100..bytes.len()).step_by(4096) {
-        bytes[at] ^= 0x20;
-    }
-    std::fs::write(block, &bytes).expect("rot");
 }
 
 /// The large objects whose primary in `data` is not `victim` (`primaries` in `LARGE`'s order).
@@ -94,24 +73,10 @@ fn listed_inconsistent(cluster: &Cluster, pool: &str) -> BTreeSet<(String, u64, 
         assert!(line["scrub_errors"].as_u64() > Some(0), "{line}");
         let record = cluster.json(&["pg", "list-inconsistent", pgid]);
         for inconsistency in record["inconsistencies"].as_array().expect("list") {
-            found.insert(kind_of(inconsistency));
+            found.insert(common::kind_of(inconsistency));
         }
     }
     found
-}
-
-/// An inconsistency in JSON as (object, holder, problem kind).
-fn kind_of(inconsistency: &Value) -> (String, u64, String) {
-    let kind = match &inconsistency["problem"] {
-        Value::String(kind) => kind.clone(),
-        Value::Object(map) => map.keys().next().expect("a kind").clone(),
-        other => panic!("a problem {other}"),
-    };
-    (
-        inconsistency["object"].as_str().expect("object").to_owned(),
-        inconsistency["holder"].as_u64().expect("holder"),
-        kind,
-    )
 }
 
 #[test]
@@ -147,7 +112,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
     });
     for pool in ["data", "ec21"] {
         for kind in ["scrub", "deep-scrub"] {
-            let (objects, found) = scrub(&cluster, kind, pool);
+            let (objects, found) = cluster.scrub(kind, pool);
             assert_eq!(objects, 7, "{kind} of {pool}");
             assert!(
                 found.is_empty(),
@@ -163,7 +128,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
     let workload = Workload::start(&runtime, shared, (8, 20_000), 20_000);
     workload.wait_acked(5);
     for _ in 0..3 {
-        let (_, found) = scrub(&cluster, "deep-scrub", "data");
+        let (_, found) = cluster.scrub("deep-scrub", "data");
         assert!(found.is_empty(), "a deep scrub under writes: {found:?}");
     }
     let (acked, errors) = workload.stop(&runtime);
@@ -193,12 +158,12 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
             .collect()
     };
     for pool in ["data", "ec21"] {
-        let (_, found) = scrub(&cluster, "scrub", pool);
+        let (_, found) = cluster.scrub("scrub", pool);
         assert!(
             found.is_empty(),
             "a shallow scrub of {pool} reads no data: {found:?}"
         );
-        let (objects, found) = scrub(&cluster, "deep-scrub", pool);
+        let (objects, found) = cluster.scrub("deep-scrub", pool);
         assert_eq!(objects, objects_in(pool), "objects of {pool}");
         assert_eq!(
             found,
@@ -227,7 +192,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
         }
     });
     // The reads repaired the copies they found bad (the primary's); the others wait for repair.
-    let (_, found) = scrub(&cluster, "deep-scrub", "data");
+    let (_, found) = cluster.scrub("deep-scrub", "data");
     assert_eq!(
         found,
         rotten(&mut kept_names(&primaries, victim)),
@@ -247,12 +212,21 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
         ("data", rotten(&mut kept_names(&primaries, victim))),
         ("ec21", rotten(&mut LARGE.into_iter())),
     ] {
-        assert_eq!(listed_inconsistent(&cluster, pool), expected, "{pool}");
+        // As the primaries report them, within a beacon or two.
+        let mut listed = BTreeSet::new();
+        for _ in 0..60 {
+            listed = listed_inconsistent(&cluster, pool);
+            if listed == expected {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_eq!(listed, expected, "{pool}");
     }
 
     // Repair: every bad copy rewritten from a good one; a deep scrub is then clean.
     for pool in ["data", "ec21"] {
-        let (_, before) = scrub(&cluster, "deep-scrub", pool);
+        let (_, before) = cluster.scrub("deep-scrub", pool);
         let reports: Value = cluster.json(&["pg", "repair", pool]);
         let repaired: BTreeSet<String> = reports
             .as_array()
@@ -261,7 +235,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
             .flat_map(|r| r["repaired"].as_array().expect("repaired").clone())
             .map(|r| r[0].as_str().expect("object").to_owned())
             .collect();
-        let (_, found) = scrub(&cluster, "deep-scrub", pool);
+        let (_, found) = cluster.scrub("deep-scrub", pool);
         assert!(found.is_empty(), "{pool} after its repair: {found:?}");
         let bad: BTreeSet<String> = before.into_iter().map(|(object, _, _)| object).collect();
         assert_eq!(repaired, bad, "{pool}: what was repaired");
@@ -361,7 +335,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
         }
     });
     // A shallow scrub finds each change to the store.
-    let (_, found) = scrub(&cluster, "scrub", "data");
+    let (_, found) = cluster.scrub("scrub", "data");
     let changed: BTreeSet<(String, u64, String)> = [
         (removed, "missing"),
         ("stray-object", "stray"),
@@ -398,7 +372,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
     );
     tidepool_ok(&path, &["config", "set", "osd_scrub_interval", "86400"]);
     for pool in ["data", "ec21"] {
-        let (_, found) = scrub(&cluster, "deep-scrub", pool);
+        let (_, found) = cluster.scrub("deep-scrub", pool);
         assert!(
             found.is_empty(),
             "{pool} after the scheduled repairs: {found:?}"
@@ -414,6 +388,63 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
         );
         assert!(deep > since && scrubbed >= deep, "{line}");
     }
+
+    // Every copy rots: every OSD's block file. The large objects have no good copy left: a
+    // deep scrub says so, a repair changes nothing, the health says so, and reading one
+    // fails rather than return wrong bytes; the small ones (inline) still read.
+    tidepool_ok(&path, &["config", "set", "osd_scrub_auto_repair", "0"]);
+    for osd in 0..3 {
+        rot(&path.join(format!("osd-{osd}")).join("store").join("block"));
+    }
+    for pool in ["data", "ec21"] {
+        let reports: Value = cluster.json(&["pg", "repair", pool]);
+        let mut lost = BTreeSet::new();
+        for report in reports.as_array().expect("reports") {
+            assert_eq!(report["repaired"], Value::Array(Vec::new()), "{report}");
+            for object in report["unrepairable"].as_array().expect("list") {
+                lost.insert(object.as_str().expect("name").to_owned());
+            }
+        }
+        let large: BTreeSet<String> = LARGE.iter().map(|n| n.to_string()).collect();
+        assert_eq!(lost, large, "{pool}: no provably good copy");
+    }
+    cluster.wait_for(Duration::from_secs(30), "the health names the loss", || {
+        let status = cluster.json(&["status"]);
+        status["health"]["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .any(|c| {
+                c["code"] == "PG_DAMAGED"
+                    && c["summary"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("8 objects with no provably good copy"))
+            })
+    });
+    runtime.block_on(async {
+        for pool in ["data", "ec21"] {
+            for (i, name) in LARGE.iter().chain(&SMALL).enumerate() {
+                let ops = vec![ObjectOp::Read {
+                    offset: 0,
+                    len: u64::MAX,
+                }];
+                if name.starts_with("large") {
+                    let read = client.execute(pool, name, ops).await;
+                    assert!(
+                        matches!(read, Err(ObjectError::Op(OpError::Storage(_)))),
+                        "{pool}/{name} read with no good copy: {read:?}"
+                    );
+                } else {
+                    let read = client.execute(pool, name, ops).await;
+                    let (_, outputs) = read.expect("a small object reads");
+                    assert!(
+                        matches!(&outputs[..], [OpOutput::Data(d)] if d[..] == bytes_of(i, name)[..]),
+                        "{pool}/{name}"
+                    );
+                }
+            }
+        }
+    });
 
     // One PG by its id; a PG that does not exist and a name that is neither are refused.
     let reports: Value = cluster.json(&["pg", "scrub", "data"]);

@@ -436,3 +436,31 @@ fn chunks_cover_every_object_once() {
     let tail = map_of(&a, COLL, false, Some("big"), None).expect("map");
     assert_eq!(tail.len(), 11);
 }
+
+/// Rule: rot under an object that was partly overwritten is found too (its first blob and the
+/// overwrite's alike).
+#[test]
+fn rot_under_an_overwritten_object_is_found() {
+    let (dir, store) = holder();
+    let big: Vec<u8> = (0..1_050_000u32).map(|i| (i % 253) as u8).collect();
+    let write = |name: &str, offset: u64, data: Vec<u8>| {
+        let ops = vec![Op::Write {
+            coll: COLL,
+            name: name.into(),
+            offset,
+            data: data.into(),
+            sums: None,
+        }];
+        store.apply(&Transaction { ops }).expect("write");
+    };
+    write("shard", 0, big);
+    write("shard", 250, vec![7; 17_500]);
+    let block = dir.path().join("block");
+    let mut bytes = std::fs::read(&block).expect("block file");
+    for at in (100..bytes.len()).step_by(4096) {
+        bytes[at] ^= 0x20;
+    }
+    std::fs::write(&block, &bytes).expect("rot");
+    let map = map_of(&store, COLL, true, None, None).expect("map");
+    assert!(map["shard"].error.is_some(), "{:?}", map["shard"]);
+}

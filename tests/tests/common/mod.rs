@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,6 +76,29 @@ pub async fn read_whole(client: &ObjectClient, name: &str) -> Result<Vec<u8>, Ob
         Some(OpOutput::Data(data)) => Ok(data.into_vec()),
         other => panic!("a read of {name} answered {other:?}"),
     }
+}
+
+/// An inconsistency of a scrub report in JSON as (object, holder, problem kind).
+pub fn kind_of(inconsistency: &Value) -> (String, u64, String) {
+    let kind = match &inconsistency["problem"] {
+        Value::String(kind) => kind.clone(),
+        Value::Object(map) => map.keys().next().expect("a kind").clone(),
+        other => panic!("a problem {other}"),
+    };
+    (
+        inconsistency["object"].as_str().expect("object").to_owned(),
+        inconsistency["holder"].as_u64().expect("holder"),
+        kind,
+    )
+}
+
+/// Bit rot under an OSD: one byte flipped in every block of the block file `block`.
+pub fn rot(block: &Path) {
+    let mut bytes = std::fs::read(block).expect("block file");
+    for at in (100..bytes.len()).step_by(4096) {
+        bytes[at] ^= 0x20;
+    }
+    std::fs::write(block, &bytes).expect("rot");
 }
 
 /// A tokio runtime for a test's clients.
@@ -238,6 +262,23 @@ impl Cluster {
             assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// `tidepool pg KIND POOL --format json` (`scrub`, `deep-scrub`, `repair`): the objects
+    /// compared, and every inconsistency found as (object, holder, problem kind). Fails on an
+    /// object with no provably good copy.
+    pub fn scrub(&self, kind: &str, pool: &str) -> (u64, BTreeSet<(String, u64, String)>) {
+        let reports: Value = self.json(&["pg", kind, pool]);
+        let mut objects = 0;
+        let mut found = BTreeSet::new();
+        for report in reports.as_array().expect("reports") {
+            objects += report["objects"].as_u64().expect("objects");
+            for inconsistency in report["inconsistencies"].as_array().expect("list") {
+                found.insert(kind_of(inconsistency));
+            }
+            assert_eq!(report["unrepairable"], Value::Array(Vec::new()), "{report}");
+        }
+        (objects, found)
     }
 
     /// Waits until every PG is active+clean and nothing is degraded or misplaced; returns
