@@ -86,7 +86,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec {
         name: "osd_scrub_bytes_per_second",
-        default: 64 << 20,
+        default: 16 << 20,
         min: 0,
         help: "bytes per second a primary's deep scrubs read from each holder (0: unlimited)",
     },

@@ -130,7 +130,18 @@ fn check_schema(value: &serde_json::Value, schema: &str, scratch: &Path) {
 #[test]
 fn grow_and_shrink_while_traffic_flows() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let cluster = Cluster::start("grow", 4, 128, &[]);
+    // Deep scrubs run all along (every PG due every second) and repair nothing, so that any
+    // inconsistency they report, true or false, stays on record.
+    let cluster = Cluster::start(
+        "grow",
+        4,
+        128,
+        &[
+            ("osd_scrub_interval", "1"),
+            ("osd_deep_scrub_interval", "1"),
+            ("osd_scrub_auto_repair", "0"),
+        ],
+    );
     let path = cluster.path().to_path_buf();
     let runtime = common::runtime();
     let client = Arc::new(runtime.block_on(object_client(&path)));
@@ -181,6 +192,7 @@ fn grow_and_shrink_while_traffic_flows() {
     }
     let took = cluster.wait_clean(Duration::from_secs(180));
     eprintln!("clean {took:?} after osd add");
+    no_scrub_errors(&cluster);
     std::thread::sleep(Duration::from_secs(1));
     let (acked, errors) = workload.stop(&runtime);
     assert!(errors.is_empty(), "the workload saw errors: {errors:?}");
@@ -261,16 +273,41 @@ fn grow_and_shrink_while_traffic_flows() {
     tidepool_ok(&path, &["osd", "rm", "4"]);
     assert!(!cluster.osd_states().contains_key(&4));
     check_objects(&runtime, &client, 2000, 64 * KIB);
+    no_scrub_errors(&cluster);
 }
 
-/// The codes of the failing health checks in a `status --format json`.
-fn health_checks(status: &serde_json::Value) -> Vec<String> {
-    status["health"]["checks"]
+/// The scrubs that ran while clients wrote and data moved found nothing: no PG has a scrub
+/// error on record, and deep scrubs did run (the OSDs' logs say so).
+fn no_scrub_errors(cluster: &Cluster) {
+    let listed = cluster.json(&["pg", "ls"]);
+    let errors: Vec<&serde_json::Value> = listed
         .as_array()
-        .expect("checks")
+        .expect("pgs")
         .iter()
-        .filter_map(|c| c["code"].as_str().map(str::to_owned))
-        .collect()
+        .filter(|p| p["scrub_errors"] != 0)
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "scrubs under rebalancing reported errors: {errors:?}"
+    );
+    let status = cluster.json(&["status"]);
+    assert!(
+        !common::health_checks(&status)
+            .iter()
+            .any(|c| c == "OSD_SCRUB_ERRORS"),
+        "{status}"
+    );
+    let deep_scrubs: usize = (0..5)
+        .map(|n| {
+            std::fs::read_to_string(cluster.path().join(format!("osd-{n}.log")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("scrubbed") && l.contains("deep=true"))
+                .count()
+        })
+        .sum();
+    assert!(deep_scrubs > 0, "no deep scrub ran");
+    eprintln!("{deep_scrubs} deep scrubs, none found an inconsistency");
 }
 
 /// Rule: a killed OSD left down is marked down, then out after the interval, and the cluster
@@ -291,7 +328,7 @@ fn a_failed_osd_is_replaced_without_anyone_acting() {
     });
     let status = cluster.json(&["status"]);
     assert_eq!(status["health"]["status"], "HEALTH_WARN");
-    let checks = health_checks(&status);
+    let checks = common::health_checks(&status);
     assert!(checks.iter().any(|c| c == "OSD_DOWN"), "{checks:?}");
     cluster.wait_for(Duration::from_secs(60), "osd.1 out", || {
         cluster.osd_states()[&1] == (false, false)
@@ -307,7 +344,7 @@ fn a_failed_osd_is_replaced_without_anyone_acting() {
     cluster.wait_clean(Duration::from_secs(120));
     // Healthy but for the disk, which the machine shares with others.
     let status = cluster.json(&["status"]);
-    let mut checks = health_checks(&status);
+    let mut checks = common::health_checks(&status);
     checks.retain(|code| !code.ends_with("FULL"));
     assert!(checks.is_empty(), "{checks:?}");
     check_objects(&runtime, &client, 300, 256 * KIB);

@@ -54,12 +54,8 @@ fn kept_names<'a>(primaries: &'a [u64], victim: u64) -> impl Iterator<Item = &'a
 
 /// The codes of the failing health checks.
 fn health_checks(cluster: &Cluster) -> BTreeSet<String> {
-    let status = cluster.json(&["status"]);
-    status["health"]["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .map(|c| c["code"].as_str().expect("code").to_owned())
+    common::health_checks(&cluster.json(&["status"]))
+        .into_iter()
         .collect()
 }
 

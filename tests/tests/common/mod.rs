@@ -78,6 +78,16 @@ pub async fn read_whole(client: &ObjectClient, name: &str) -> Result<Vec<u8>, Ob
     }
 }
 
+/// The codes of the failing health checks in a `status --format json`.
+pub fn health_checks(status: &serde_json::Value) -> Vec<String> {
+    status["health"]["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter_map(|c| c["code"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// An inconsistency of a scrub report in JSON as (object, holder, problem kind).
 pub fn kind_of(inconsistency: &Value) -> (String, u64, String) {
     let kind = match &inconsistency["problem"] {
