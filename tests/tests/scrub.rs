@@ -22,10 +22,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{object_client, rot, runtime, write_objects, Cluster, Workload};
+use common::{object_client, read_object, rot, runtime, write_objects, Cluster, Workload};
 use serde_json::Value;
-use tidepool_client::ObjectError;
-use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
+use tidepool_client::{ObjectClient, ObjectError};
+use tidepool_proto::osd::{ObjectOp, OpError};
 use tidepool_tests::{pattern, tidepool_ok};
 
 /// Objects of each pool: large ones (their bytes in the block file) and small ones (inline
@@ -50,6 +50,18 @@ fn kept_names<'a>(primaries: &'a [u64], victim: u64) -> impl Iterator<Item = &'a
         .zip(primaries)
         .filter(move |(_, primary)| **primary != victim)
         .map(|(name, _)| *name)
+}
+
+/// Every object of both pools reads exact (`when` says when, for a failure).
+fn all_read_exact(runtime: &tokio::runtime::Runtime, client: &ObjectClient, when: &str) {
+    runtime.block_on(async {
+        for pool in ["data", "ec21"] {
+            for (i, name) in LARGE.iter().chain(&SMALL).enumerate() {
+                let data = read_object(client, pool, name).await.expect("read");
+                assert!(data == bytes_of(i, name), "{pool}/{name} differs {when}");
+            }
+        }
+    });
 }
 
 /// The codes of the failing health checks.
@@ -170,23 +182,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
 
     // Every object reads exact: from another copy where the primary's is bad (which repairs
     // it), by decoding in the erasure pool.
-    runtime.block_on(async {
-        for pool in ["data", "ec21"] {
-            for (i, name) in LARGE.iter().chain(&SMALL).enumerate() {
-                let ops = vec![ObjectOp::Read {
-                    offset: 0,
-                    len: u64::MAX,
-                }];
-                let (_, outputs) = client.execute(pool, name, ops).await.expect("read");
-                match &outputs[..] {
-                    [OpOutput::Data(data)] => {
-                        assert!(data[..] == bytes_of(i, name)[..], "{pool}/{name} differs")
-                    }
-                    other => panic!("{pool}/{name}: {other:?}"),
-                }
-            }
-        }
-    });
+    all_read_exact(&runtime, &client, "after the rot");
     // The reads repaired the copies they found bad (the primary's); the others wait for repair.
     let (_, found) = cluster.scrub("deep-scrub", "data");
     assert_eq!(
@@ -236,19 +232,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
         let bad: BTreeSet<String> = before.into_iter().map(|(object, _, _)| object).collect();
         assert_eq!(repaired, bad, "{pool}: what was repaired");
     }
-    runtime.block_on(async {
-        for (i, name) in LARGE.iter().enumerate() {
-            let ops = vec![ObjectOp::Read {
-                offset: 0,
-                len: u64::MAX,
-            }];
-            let (_, outputs) = client.execute("ec21", name, ops).await.expect("read");
-            assert!(
-                matches!(&outputs[..], [OpOutput::Data(d)] if d[..] == bytes_of(i, name)[..]),
-                "ec21/{name} after its repair"
-            );
-        }
-    });
+    all_read_exact(&runtime, &client, "after the repairs");
 
     cluster.wait_for(Duration::from_secs(30), "the health clears", || {
         !damaged(&health_checks(&cluster))
@@ -314,22 +298,7 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
     cluster.wait_osds_up(3);
     cluster.wait_clean(Duration::from_secs(90));
 
-    // Every object reads exact.
-    runtime.block_on(async {
-        for pool in ["data", "ec21"] {
-            for (i, name) in LARGE.iter().chain(&SMALL).enumerate() {
-                let ops = vec![ObjectOp::Read {
-                    offset: 0,
-                    len: u64::MAX,
-                }];
-                let (_, outputs) = client.execute(pool, name, ops).await.expect("read");
-                assert!(
-                    matches!(&outputs[..], [OpOutput::Data(d)] if d[..] == bytes_of(i, name)[..]),
-                    "{pool}/{name} after the OSD's restart"
-                );
-            }
-        }
-    });
+    all_read_exact(&runtime, &client, "after the OSD's restart");
     // A shallow scrub finds each change to the store.
     let (_, found) = cluster.scrub("scrub", "data");
     let changed: BTreeSet<(String, u64, String)> = [
@@ -420,21 +389,15 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
     runtime.block_on(async {
         for pool in ["data", "ec21"] {
             for (i, name) in LARGE.iter().chain(&SMALL).enumerate() {
-                let ops = vec![ObjectOp::Read {
-                    offset: 0,
-                    len: u64::MAX,
-                }];
+                let read = read_object(&client, pool, name).await;
                 if name.starts_with("large") {
-                    let read = client.execute(pool, name, ops).await;
                     assert!(
                         matches!(read, Err(ObjectError::Op(OpError::Storage(_)))),
                         "{pool}/{name} read with no good copy: {read:?}"
                     );
                 } else {
-                    let read = client.execute(pool, name, ops).await;
-                    let (_, outputs) = read.expect("a small object reads");
                     assert!(
-                        matches!(&outputs[..], [OpOutput::Data(d)] if d[..] == bytes_of(i, name)[..]),
+                        read.expect("a small object reads") == bytes_of(i, name),
                         "{pool}/{name}"
                     );
                 }

@@ -62,19 +62,23 @@ pub async fn object_client(dir: &Path) -> ObjectClient {
 
 /// Object `name` of pool `data`, whole.
 pub async fn read_whole(client: &ObjectClient, name: &str) -> Result<Vec<u8>, ObjectError> {
-    let (_, outputs) = client
-        .execute(
-            "data",
-            name,
-            vec![ObjectOp::Read {
-                offset: 0,
-                len: u64::MAX,
-            }],
-        )
-        .await?;
+    read_object(client, "data", name).await
+}
+
+/// Object `name` of `pool`, whole.
+pub async fn read_object(
+    client: &ObjectClient,
+    pool: &str,
+    name: &str,
+) -> Result<Vec<u8>, ObjectError> {
+    let read = ObjectOp::Read {
+        offset: 0,
+        len: u64::MAX,
+    };
+    let (_, outputs) = client.execute(pool, name, vec![read]).await?;
     match outputs.into_iter().next() {
         Some(OpOutput::Data(data)) => Ok(data.into_vec()),
-        other => panic!("a read of {name} answered {other:?}"),
+        other => panic!("a read of {pool}/{name} answered {other:?}"),
     }
 }
 
