@@ -4,6 +4,7 @@
 #
 #   bench/scrub.sh          # Tidepool only (release build, `tidepool up` in a temporary folder)
 #   CEPH=1 bench/scrub.sh   # then Ceph 16.2 from ../shared/bench/ceph/up.sh, once Tidepool stops
+#   CEPH=1 TIDEPOOL=0 bench/scrub.sh   # Ceph alone
 #
 # Writes 4 MiB objects for WRITE_SECONDS (`tidepool bench`, which leaves them) into a size-3
 # pool of 32 PGs over OSDS OSDs (failure domain osd).
@@ -22,7 +23,8 @@
 # and while every PG is asked to deep-scrub again and again (Ceph's defaults: one scrub per
 # OSD at a time, `osd_scrub_sleep` 0).
 # Env: RUNS=3 WRITE_SECONDS=10 OSDS=3 PHASE_SECONDS=10 SCRUB_RATE=16777216 (the throttle of
-# part 2, `osd_scrub_bytes_per_second`, whose default it is) CEPH=0 CEPH_DIR=/tmp/cephanchor
+# part 2, `osd_scrub_bytes_per_second`, whose default it is) CEPH=0 TIDEPOOL=1
+# CEPH_DIR=/tmp/cephanchor
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidepool-target}"
@@ -45,6 +47,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The medians of a phase file's throughputs, idle and while scrubbing, and of their ratios.
+summary() { # file
+  python3 - "$1" <<'PY'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+system = rows[0].get("system", "tidepool")
+for mode in ("write", "rand"):
+    idle = {r["run"]: r["mib_per_second"] for r in rows if r["mode"] == mode and r["phase"] == "idle"}
+    busy = {r["run"]: r["mib_per_second"] for r in rows if r["mode"] == mode and r["phase"] == "scrubbing"}
+    ratios = [busy[run] / idle[run] for run in sorted(idle) if run in busy and idle[run]]
+    print(f"{system} {mode}: idle {statistics.median(idle.values()):.1f} MiB/s, during deep scrubs "
+          f"{statistics.median(busy.values()):.1f} MiB/s, ratio per run {[round(x, 2) for x in ratios]}, "
+          f"median {statistics.median(ratios):.2f}")
+PY
+}
+
+if [ "${TIDEPOOL:-1}" = 1 ]; then
 up_cluster "$DIR/cluster" --osds "$OSDS" --mons 1 --osd-size 16G
 "$T" pool create scrubbed --size 3 --pg-num 32 --failure-domain osd > /dev/null
 wait_clean
@@ -70,21 +89,6 @@ print(json.dumps({"run": run, "seconds": round(seconds, 2), "objects": sum(r["ob
 PY
 done
 
-# The medians of a phase file's throughputs, idle and while scrubbing, and of their ratios.
-summary() { # file
-  python3 - "$1" <<'PY'
-import json, statistics, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-system = rows[0].get("system", "tidepool")
-for mode in ("write", "rand"):
-    idle = {r["run"]: r["mib_per_second"] for r in rows if r["mode"] == mode and r["phase"] == "idle"}
-    busy = {r["run"]: r["mib_per_second"] for r in rows if r["mode"] == mode and r["phase"] == "scrubbing"}
-    ratios = [busy[run] / idle[run] for run in sorted(idle) if run in busy and idle[run]]
-    print(f"{system} {mode}: idle {statistics.median(idle.values()):.1f} MiB/s, during deep scrubs "
-          f"{statistics.median(busy.values()):.1f} MiB/s, ratio per run {[round(x, 2) for x in ratios]}, "
-          f"median {statistics.median(ratios):.2f}")
-PY
-}
 
 log "client impact: 4 MiB writes and reads, idle and during throttled deep scrubs"
 "$T" config set osd_scrub_bytes_per_second "$SCRUB_RATE" > /dev/null
@@ -118,6 +122,7 @@ PY
   for _ in $(seq 60); do [ "$(scrubbing)" -eq 0 ] && break; sleep 1; done
 done
 summary "$DIR/impact.jsonl"
+fi
 
 [ "$CEPH" = 1 ] || exit 0
 # Ceph, on the same machine once Tidepool is stopped: the same pools, data and phases.
@@ -186,9 +191,11 @@ done
 log "ceph client impact: rados bench 4 MiB writes and reads, idle and during deep scrubs"
 RADOS=(rados -c "$CEPH_DIR/ceph.conf" -p clients)
 ceph_phase() { # run label
-  local out
+  local out size
   for mode in write rand; do
-    out="$("${RADOS[@]}" bench "$PHASE_SECONDS" "$mode" -t 16 -b 4194304 --no-cleanup 2>&1)"
+    size=()
+    [ "$mode" = write ] && size=(-b 4194304)
+    out="$("${RADOS[@]}" bench "$PHASE_SECONDS" "$mode" -t 16 "${size[@]}" --no-cleanup 2>&1)"
     python3 -c 'import json,sys; print(json.dumps({"system": "ceph", "run": int(sys.argv[1]), "phase": sys.argv[2], "mode": sys.argv[3], "mib_per_second": float(sys.argv[4] or 0)}))' \
       "$1" "$2" "$mode" "$(awk -F: '/^Bandwidth \(MB\/sec\)/ {gsub(/ /,"",$2); print $2}' <<<"$out")" |
       tee -a "$DIR/impact-ceph.jsonl"
