@@ -268,6 +268,7 @@ fn problem(problem: &Problem) -> String {
         Problem::ReadError(reason) => format!("read error: {reason}"),
         Problem::Differs(fields) => format!("differs in {fields:?}").to_lowercase(),
         Problem::Disagrees => "the holders disagree".to_string(),
+        Problem::Parity => "the shards' parity does not agree".to_string(),
     }
 }
 

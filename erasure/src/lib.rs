@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use reed_solomon_erasure::galois_8::ReedSolomon;
+use reed_solomon_erasure::galois_8::{self, ReedSolomon};
 
 /// The codec's id, kept in a pool's profile: shards of another codec do not decode with this
 /// one.
@@ -330,6 +330,78 @@ impl Codec {
             })
             .collect();
         Ok((writes, new_size))
+    }
+}
+
+/// A shard folded into one stripe unit, for checking parity without moving the shards: the
+/// sum over its stripes `s` of `2^s × unit_s` in GF(2⁸), byte position by byte position (a
+/// short last unit counts as zero-padded). The code is linear in each byte position, so the
+/// folds of an object's shards are themselves a code word: [`Codec::check_folds`] re-encodes
+/// the data shards' folds and compares the parity shards'. A change confined to one stripe
+/// always changes the fold; changes in several stripes could cancel only if they are related
+/// across every byte position they touch.
+pub fn fold(unit: usize, shard: &[u8]) -> Vec<u8> {
+    let mut folded = vec![0; unit];
+    let mut coefficient = 1u8;
+    for stripe in shard.chunks(unit.max(1)) {
+        galois_8::mul_slice_xor(coefficient, stripe, &mut folded[..stripe.len()]);
+        coefficient = galois_8::mul(coefficient, 2);
+    }
+    folded
+}
+
+/// What the folds of an object's shards say about its parity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParityCheck {
+    /// The shards form one code word.
+    Agrees,
+    /// They would, but for the shard at this position: the others agree, and rebuild it.
+    Wrong(usize),
+    /// They do not, and no single shard is to blame (more than one is wrong, or `m` is 1).
+    Unknown,
+}
+
+impl Codec {
+    /// Checks the folds ([`fold`]) of every shard of an object, by position: whether the
+    /// parity shards' are what the data shards' encode, and if not, whether exactly one
+    /// shard disagrees with all the others (which needs `m ≥ 2`: with one parity shard,
+    /// any `k` shards make a code word, so none is provably the wrong one).
+    pub fn check_folds(&self, folds: &[&[u8]]) -> Result<ParityCheck, ErasureError> {
+        let (k, m, unit) = (self.layout.k, self.layout.m, self.layout.unit);
+        if folds.len() != k + m || folds.iter().any(|f| f.len() != unit) {
+            return Err(ErasureError::Shape(format!(
+                "{} folds, not {} of {unit} bytes",
+                folds.len(),
+                k + m
+            )));
+        }
+        let whole: Vec<&[u8]> = folds.to_vec();
+        if self.rs.verify(&whole).unwrap_or(false) {
+            return Ok(ParityCheck::Agrees);
+        }
+        // Each shard left out in turn: do `k` of the others rebuild every other one?
+        let mut blamed = None;
+        for out in 0..k + m {
+            let mut shards: Vec<Option<Vec<u8>>> = vec![None; k + m];
+            let mut kept = 0;
+            for (at, fold) in folds.iter().enumerate() {
+                if at != out && kept < k {
+                    shards[at] = Some(fold.to_vec());
+                    kept += 1;
+                }
+            }
+            self.reconstruct(&mut shards)?;
+            let rest_agree = (0..k + m)
+                .filter(|at| *at != out)
+                .all(|at| shards[at].as_deref() == Some(folds[at]));
+            if rest_agree {
+                if blamed.is_some() {
+                    return Ok(ParityCheck::Unknown);
+                }
+                blamed = Some(out);
+            }
+        }
+        Ok(blamed.map_or(ParityCheck::Unknown, ParityCheck::Wrong))
     }
 }
 

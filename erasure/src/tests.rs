@@ -33,6 +33,52 @@ fn stripe_of(codec: &Codec, shards: &[Vec<u8>], stripe: u64) -> Vec<u8> {
 }
 
 proptest! {
+    /// Rule: the folds of an object's shards agree with its parity; a change confined to one
+    /// stripe of one shard is always seen, and blamed on that shard when `m ≥ 2` (with one
+    /// parity shard, none can be blamed); changes to two shards are always seen when `m ≥ 2`.
+    #[test]
+    fn folds_check_parity_and_find_the_changed_shard(
+        layout in layouts(),
+        len in 1usize..40_000,
+        seed in any::<u8>(),
+        changes in prop::collection::vec((any::<usize>(), any::<usize>(), 1u8..), 1..3),
+    ) {
+        let codec = Codec::new(layout);
+        let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed | 1) ^ seed).collect();
+        let mut shards = codec.encode(&data);
+        let folds = |shards: &[Vec<u8>]| -> Vec<Vec<u8>> {
+            shards.iter().map(|s| fold(layout.unit(), s)).collect()
+        };
+        let check = |folds: &[Vec<u8>]| {
+            let folds: Vec<&[u8]> = folds.iter().map(Vec::as_slice).collect();
+            codec.check_folds(&folds).expect("k + m folds of a unit")
+        };
+        prop_assert_eq!(check(&folds(&shards)), ParityCheck::Agrees);
+        let width = layout.k() + layout.m();
+        let mut changed = std::collections::BTreeSet::new();
+        for (shard, at, flip) in &changes {
+            // Distinct shards, one byte each.
+            let shard = (shard + changed.len()) % width;
+            if !changed.insert(shard) {
+                continue;
+            }
+            let len = shards[shard].len();
+            shards[shard][at % len] ^= flip;
+        }
+        let found = check(&folds(&shards));
+        match (changed.len(), layout.m()) {
+            (1, 1) => prop_assert_eq!(found, ParityCheck::Unknown),
+            (1, _) => prop_assert_eq!(
+                found,
+                ParityCheck::Wrong(*changed.first().expect("one"))
+            ),
+            (_, 1) => {}
+            _ => prop_assert_ne!(found, ParityCheck::Agrees),
+        }
+    }
+}
+
+proptest! {
     /// Rule: any `k` of the `k + m` shards rebuild every byte, for any size (0 B, odd sizes,
     /// sizes just off a stripe).
     #[test]

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use tidepool_erasure::{Codec, ParityCheck};
 use tidepool_placement::OsdId;
 
 use crate::ec::{self, POSITION_XATTR, SIZE_XATTR};
@@ -50,12 +51,14 @@ const LIST_PAGE: usize = 1024;
 /// with its version, logical size (an erasure shard's from its size xattr) and the digests of
 /// its xattrs (without its version and an erasure shard's position, which are compared apart
 /// or differ by shard) and omap. When `deep`, every byte is read through its checksums (each
-/// block's crc32c, each blob's blake3) and digested; a copy that fails them gets the error
-/// instead, and so does one whose metadata cannot be read.
+/// block's crc32c, each blob's blake3) and digested, and an erasure shard's bytes are folded
+/// by the stripe unit `fold` (see [`tidepool_erasure::fold`]); a copy that fails them gets the
+/// error instead, and so does one whose metadata cannot be read.
 pub fn map_of(
     store: &dyn ObjectStore,
     coll: CollectionId,
     deep: bool,
+    fold: Option<usize>,
     after: Option<&str>,
     until: Option<&str>,
 ) -> Result<ScrubMap, StoreError> {
@@ -70,7 +73,7 @@ pub fn map_of(
             if until.is_some_and(|until| name.as_str() > until) {
                 return Ok(map);
             }
-            match object_of(store, coll, &name, deep) {
+            match object_of(store, coll, &name, deep, fold) {
                 Ok(Some(object)) => {
                     map.insert(name, object);
                 }
@@ -121,6 +124,7 @@ fn unreadable(error: StoreError) -> ObjectScrub {
         xattrs: [0; 32],
         omap: [0; 32],
         data: None,
+        fold: None,
         error: Some(error.to_string()),
     }
 }
@@ -130,6 +134,7 @@ fn object_of(
     coll: CollectionId,
     name: &str,
     deep: bool,
+    fold: Option<usize>,
 ) -> Result<Option<ObjectScrub>, StoreError> {
     let xattrs = match store.xattrs(coll, name) {
         Ok(xattrs) => xattrs,
@@ -164,14 +169,18 @@ fn object_of(
         }
     }
     let omap = *digest.finalize().as_bytes();
-    let (data, error) = if deep {
+    let (data, folded, error) = if deep {
         match store.read_copy(coll, name) {
-            Ok(bytes) => (Some(*blake3::hash(&bytes).as_bytes()), None),
+            Ok(bytes) => (
+                Some(*blake3::hash(&bytes).as_bytes()),
+                fold.map(|unit| tidepool_erasure::fold(unit, &bytes).into()),
+                None,
+            ),
             Err(StoreError::NotFound { .. }) => return Ok(None),
-            Err(error) => (None, Some(error.to_string())),
+            Err(error) => (None, None, Some(error.to_string())),
         }
     } else {
-        (None, None)
+        (None, None, None)
     };
     Ok(Some(ObjectScrub {
         version: pg::version_of(&xattrs),
@@ -179,6 +188,7 @@ fn object_of(
         xattrs: xattrs_digest,
         omap,
         data,
+        fold: folded,
         error,
     }))
 }
@@ -225,10 +235,10 @@ pub struct Verdict {
     pub unrepairable: Vec<String>,
 }
 
-/// Compares the scrub maps of every holder of a PG. `rebuild_from` is how many intact copies
-/// rebuild an object: 1 in a replicated pool, `k` in an erasure pool (whose shards hold
-/// different bytes, so their data digests are not compared).
-pub fn compare(maps: &[(OsdId, ScrubMap)], rebuild_from: usize) -> Verdict {
+/// Compares the scrub maps of every holder of a PG, in position order. `codec` is an erasure
+/// pool's: its shards hold different bytes, so their data digests are not compared, `k` of
+/// them rebuild an object, and their folds, when every holder sent one, must be one code word.
+pub fn compare(maps: &[(OsdId, ScrubMap)], codec: Option<&Codec>) -> Verdict {
     let names: BTreeSet<&String> = maps.iter().flat_map(|(_, map)| map.keys()).collect();
     let mut verdict = Verdict::default();
     for name in names {
@@ -236,7 +246,7 @@ pub fn compare(maps: &[(OsdId, ScrubMap)], rebuild_from: usize) -> Verdict {
             .iter()
             .map(|(osd, map)| (*osd, map.get(name)))
             .collect();
-        compare_object(name, &copies, rebuild_from, &mut verdict);
+        compare_object(name, &copies, codec, &mut verdict);
     }
     verdict
 }
@@ -244,10 +254,11 @@ pub fn compare(maps: &[(OsdId, ScrubMap)], rebuild_from: usize) -> Verdict {
 fn compare_object(
     name: &str,
     copies: &[(OsdId, Option<&ObjectScrub>)],
-    rebuild_from: usize,
+    codec: Option<&Codec>,
     verdict: &mut Verdict,
 ) {
-    let shards = rebuild_from > 1;
+    let shards = codec.is_some();
+    let rebuild_from = codec.map_or(1, |c| c.layout().k());
     let content = |copy: &ObjectScrub| {
         content_of(copy).map(|mut c| {
             if shards {
@@ -323,6 +334,9 @@ fn compare_object(
         }
     }
     if to.is_empty() {
+        if let Some(codec) = codec {
+            check_parity(name, copies, codec, verdict);
+        }
         return;
     }
     if from.len() < rebuild_from {
@@ -349,6 +363,37 @@ fn disagree(name: &str, copies: &[(OsdId, Option<&ObjectScrub>)], verdict: &mut 
             object: name.into(),
             holder: *osd,
             problem,
+        });
+    }
+    verdict.unrepairable.push(name.into());
+}
+
+/// Checks that the folds of an object's shards, intact and agreeing on everything else, are
+/// one code word. A shard that is not, although it passes its checksums, is not provably bad:
+/// the one the others agree without is named (or every holder, when none is), and nothing is
+/// repaired.
+fn check_parity(
+    name: &str,
+    copies: &[(OsdId, Option<&ObjectScrub>)],
+    codec: &Codec,
+    verdict: &mut Verdict,
+) {
+    let folds: Option<Vec<&[u8]>> = copies
+        .iter()
+        .map(|(_, copy)| copy.and_then(|c| c.fold.as_deref().map(|f| &f[..])))
+        .collect();
+    // Without a fold from every position (a shallow scrub), there is nothing to check.
+    let Some(folds) = folds else { return };
+    let blamed: Vec<OsdId> = match codec.check_folds(&folds) {
+        Ok(ParityCheck::Agrees) => return,
+        Ok(ParityCheck::Wrong(at)) => vec![copies[at].0],
+        Ok(ParityCheck::Unknown) | Err(_) => copies.iter().map(|(osd, _)| *osd).collect(),
+    };
+    for holder in blamed {
+        verdict.inconsistencies.push(Inconsistency {
+            object: name.into(),
+            holder,
+            problem: Problem::Parity,
         });
     }
     verdict.unrepairable.push(name.into());

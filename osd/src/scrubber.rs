@@ -122,8 +122,9 @@ impl Osd {
         until: Option<&str>,
     ) -> OsdResponse {
         let coll = pg::collection(pg);
-        match tokio::task::block_in_place(|| scrub::map_of(&*self.store, coll, deep, after, until))
-        {
+        let fold = self.view().codec(pg.pool).map(|c| c.layout().unit());
+        let store = &*self.store;
+        match tokio::task::block_in_place(|| scrub::map_of(store, coll, deep, fold, after, until)) {
             Ok(map) => OsdResponse::ScrubMap(map),
             Err(StoreError::NoCollection(_)) => OsdResponse::ScrubMap(ScrubMap::new()),
             Err(error) => storage_failed(error),
@@ -353,7 +354,8 @@ impl Osd {
         .map_err(|e| e.to_string())?;
         let until = until.as_deref();
         let maps = self.gather_maps(pg, deep, acting, after, until).await?;
-        let first = scrub::compare(&maps, holders.k);
+        let codec = view.codec(pg.pool);
+        let first = scrub::compare(&maps, codec.as_deref());
         let objects = maps
             .iter()
             .flat_map(|(_, map)| map.keys())
@@ -387,7 +389,7 @@ impl Osd {
             }
             // What the repairs left, compared again.
             let maps = self.gather_maps(pg, deep, acting, after, until).await?;
-            let again = scrub::compare(&maps, holders.k);
+            let again = scrub::compare(&maps, codec.as_deref());
             chunk.left = again.inconsistencies;
             chunk.unrepairable = again.unrepairable;
         }

@@ -22,6 +22,9 @@ pub struct ObjectScrub {
     pub omap: Digest,
     /// The digest of its bytes as read, in a deep scrub.
     pub data: Option<Digest>,
+    /// An erasure shard's fold (`tidepool_erasure::fold`), in a deep scrub: the primary checks
+    /// the parity of the object's shards with it, without moving them.
+    pub fold: Option<serde_bytes::ByteBuf>,
     /// Why its bytes or metadata could not be read (a checksum that does not match): the copy
     /// is bad.
     pub error: Option<String>,
@@ -60,6 +63,10 @@ pub enum Problem {
     Differs(Vec<Field>),
     /// The holders disagree and none of them is provably right.
     Disagrees,
+    /// An erasure shard that passes its checksums, yet the shards are not one code word: when
+    /// one holder is named, the others agree without it; when every holder is, none can be
+    /// blamed. Its copy is not provably bad, so nothing is repaired.
+    Parity,
 }
 
 /// One inconsistency: an object, a holder, what is wrong.
@@ -112,7 +119,7 @@ impl Problem {
     /// Whether only a deep scrub finds it: the copy's bytes fail their checksums or differ.
     pub fn is_deep(&self) -> bool {
         match self {
-            Problem::ReadError(_) => true,
+            Problem::ReadError(_) | Problem::Parity => true,
             Problem::Differs(fields) => fields.contains(&Field::Data),
             _ => false,
         }

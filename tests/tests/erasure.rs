@@ -4,13 +4,15 @@
 //! streams of overwrites while OSDs are killed and restarted, after which every object is
 //! one of the versions its writes could make, never a mix; then a deep scrub finds nothing,
 //! and with m OSDs' block files rotten every object still reads exact, a deep scrub names
-//! exactly the bad shards, and a repair rebuilds them.
+//! exactly the bad shards, and a repair rebuilds them; a parity shard rewritten by hand
+//! with good checksums is named by the parity check of a deep scrub, and not repaired.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{object_client, rot, runtime, Cluster};
+use common::{health_checks, kind_of, object_client, rot, runtime, Cluster};
+use serde_json::Value;
 use tidepool_client::{ObjectClient, ObjectError};
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
 use tidepool_tests::{pattern, tidepool_ok};
@@ -400,6 +402,90 @@ fn erasure_pools_read_back_exact_through_m_failures() {
     let (_, found) = cluster.scrub("deep-scrub", "ec42");
     assert!(found.is_empty(), "ec42 after its repair: {found:?}");
     runtime.block_on(check(&client, "ec42", &now));
+
+    // One parity shard rewritten by hand, its checksums good: only the parity check of a deep
+    // scrub sees it. It names that holder alone (the other five agree without it), repairs
+    // nothing (the shard is not provably bad), and the health says so.
+    let (name, data) = now
+        .iter()
+        .find(|(_, data)| (4 * MIB..PIECE).contains(&data.len()))
+        .expect("a large object");
+    let pg = runtime
+        .block_on(client.locate("ec42", name))
+        .expect("ec42")
+        .0
+        .to_string();
+    let listed: Value = cluster.json(&["pg", "ls", "--pool", "ec42"]);
+    let line = listed
+        .as_array()
+        .expect("pgs")
+        .iter()
+        .find(|line| line["pgid"] == pg.as_str())
+        .unwrap_or_else(|| panic!("{pg} in {listed}"));
+    let holder = line["acting"][5].as_u64().expect("a holder at position 5");
+    cluster.osds[holder as usize]
+        .take()
+        .expect("the holder runs")
+        .kill();
+    let shard_len = (data.len() as u64).div_ceil(stripe as u64) * 4096;
+    let other = path.join("other-shard");
+    std::fs::write(&other, pattern(7, shard_len as usize)).expect("shard bytes");
+    let osd_dir = path.join(format!("osd-{holder}"));
+    let store = ["osd", "store", osd_dir.to_str().expect("utf-8")];
+    tidepool_ok(
+        &path,
+        &[
+            &store[..],
+            &["write", &pg, name, other.to_str().expect("utf-8")],
+        ]
+        .concat(),
+    );
+    cluster.osds[holder as usize] = Some(cluster.start_osd(holder as usize));
+    cluster.wait_osds_up(6);
+    cluster.wait_clean(Duration::from_secs(90));
+    runtime.block_on(check(&client, "ec42", &now));
+    let (_, shallow) = cluster.scrub("scrub", "ec42");
+    assert!(
+        shallow.is_empty(),
+        "a shallow scrub reads no bytes: {shallow:?}"
+    );
+    for kind in ["deep-scrub", "repair"] {
+        let reports: Value = cluster.json(&["pg", kind, &pg]);
+        let report = &reports[0];
+        let found: Vec<_> = report["inconsistencies"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(kind_of)
+            .collect();
+        assert_eq!(
+            found,
+            [(name.clone(), holder, "parity".to_string())],
+            "{kind}: {report}"
+        );
+        assert_eq!(
+            report["unrepairable"],
+            serde_json::json!([name]),
+            "{kind}: {report}"
+        );
+        assert_eq!(
+            report["repaired"],
+            serde_json::json!([]),
+            "{kind}: {report}"
+        );
+    }
+    cluster.wait_for(Duration::from_secs(30), "the health names it", || {
+        health_checks(&cluster.json(&["status"])).contains(&"PG_DAMAGED".to_string())
+    });
+    // Written again by a client, the object is one code word again.
+    runtime.block_on(write(
+        &client,
+        "ec42",
+        name,
+        vec![ObjectOp::WriteFull(data.clone().into())],
+    ));
+    let (_, found) = cluster.scrub("deep-scrub", "ec42");
+    assert!(found.is_empty(), "ec42 after the rewrite: {found:?}");
 }
 
 /// One overwrite: where, what, and whether it was acknowledged (one that failed may or may

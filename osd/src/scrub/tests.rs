@@ -13,6 +13,7 @@ fn copy(version: u64, size: u64) -> ObjectScrub {
         xattrs: [1; 32],
         omap: [2; 32],
         data: Some([version as u8; 32]),
+        fold: None,
         error: None,
     }
 }
@@ -57,7 +58,7 @@ fn copy_to(from: &[u32], to: &[u32]) -> Repair {
 fn agreeing_holders_are_clean() {
     let verdict = compare(
         &maps([Some(copy(4, 10)), Some(copy(4, 10)), Some(copy(4, 10))]),
-        1,
+        None,
     );
     assert_eq!(verdict, Verdict::default());
 }
@@ -68,7 +69,7 @@ fn agreeing_holders_are_clean() {
 fn a_bad_copy_is_known_not_voted_on() {
     let verdict = compare(
         &maps([Some(bad(4)), Some(copy(4, 10)), Some(copy(4, 10))]),
-        1,
+        None,
     );
     assert!(matches!(
         &verdict.inconsistencies[..],
@@ -79,7 +80,7 @@ fn a_bad_copy_is_known_not_voted_on() {
         }]
     ));
     assert_eq!(verdict.repairs, [copy_to(&[1, 2], &[0])]);
-    let verdict = compare(&maps([Some(bad(4)), Some(bad(4)), Some(copy(4, 10))]), 1);
+    let verdict = compare(&maps([Some(bad(4)), Some(bad(4)), Some(copy(4, 10))]), None);
     assert_eq!(verdict.repairs, [copy_to(&[2], &[0, 1])]);
     assert!(verdict.unrepairable.is_empty());
 }
@@ -87,7 +88,7 @@ fn a_bad_copy_is_known_not_voted_on() {
 /// Rule: every copy bad: reported, nothing repaired.
 #[test]
 fn every_copy_bad_is_unrepairable() {
-    let verdict = compare(&maps([Some(bad(4)), Some(bad(4)), Some(bad(4))]), 1);
+    let verdict = compare(&maps([Some(bad(4)), Some(bad(4)), Some(bad(4))]), None);
     assert_eq!(verdict.unrepairable, ["o"]);
     assert!(verdict.repairs.is_empty());
     assert_eq!(verdict.inconsistencies.len(), 3);
@@ -96,10 +97,10 @@ fn every_copy_bad_is_unrepairable() {
 /// Rule: an object missing on one holder is copied to it; one stray on one holder is removed.
 #[test]
 fn missing_and_stray_objects_follow_the_majority() {
-    let verdict = compare(&maps([None, Some(copy(4, 10)), Some(copy(4, 10))]), 1);
+    let verdict = compare(&maps([None, Some(copy(4, 10)), Some(copy(4, 10))]), None);
     assert_eq!(verdict.inconsistencies, [problem(0, Problem::Missing)]);
     assert_eq!(verdict.repairs, [copy_to(&[1, 2], &[0])]);
-    let verdict = compare(&maps([Some(copy(4, 10)), None, None]), 1);
+    let verdict = compare(&maps([Some(copy(4, 10)), None, None]), None);
     assert_eq!(verdict.inconsistencies, [problem(0, Problem::Stray)]);
     assert_eq!(
         verdict.repairs,
@@ -119,7 +120,7 @@ fn a_diverged_copy_is_repaired_to_the_majority() {
     changed.size = 11;
     let verdict = compare(
         &maps([Some(copy(4, 10)), Some(changed), Some(copy(4, 10))]),
-        1,
+        None,
     );
     assert_eq!(
         verdict.inconsistencies,
@@ -135,18 +136,18 @@ fn no_majority_is_unrepairable() {
     let two = |a: Option<ObjectScrub>, b: Option<ObjectScrub>| {
         let mut m = maps([a, b, None]);
         m.pop();
-        compare(&m, 1)
+        compare(&m, None)
     };
     for verdict in [
         two(Some(copy(4, 10)), Some(copy(5, 10))),
         two(Some(copy(4, 10)), None),
         compare(
             &maps([Some(copy(3, 10)), Some(copy(4, 10)), Some(copy(5, 10))]),
-            1,
+            None,
         ),
         compare(
             &maps([Some(copy(4, 10)), Some(copy(5, 10)), Some(bad(4))]),
-            1,
+            None,
         ),
     ] {
         assert_eq!(verdict.unrepairable, ["o"], "{verdict:?}");
@@ -163,13 +164,85 @@ fn shards_are_rebuilt_from_k_good_ones() {
         data: Some([data; 32]),
         ..copy(4, 10)
     };
-    let verdict = compare(&maps([Some(shard(1)), Some(shard(2)), Some(shard(3))]), 2);
+    let codec = Some(two_and_one());
+    let codec = codec.as_ref();
+    let verdict = compare(
+        &maps([Some(shard(1)), Some(shard(2)), Some(shard(3))]),
+        codec,
+    );
     assert_eq!(verdict, Verdict::default());
-    let verdict = compare(&maps([Some(shard(1)), Some(bad(4)), Some(shard(3))]), 2);
+    let verdict = compare(&maps([Some(shard(1)), Some(bad(4)), Some(shard(3))]), codec);
     assert_eq!(verdict.repairs, [copy_to(&[0, 2], &[1])]);
-    let verdict = compare(&maps([Some(shard(1)), Some(bad(4)), None]), 2);
+    let verdict = compare(&maps([Some(shard(1)), Some(bad(4)), None]), codec);
     assert_eq!(verdict.unrepairable, ["o"]);
     assert!(verdict.repairs.is_empty());
+}
+
+fn two_and_one() -> Codec {
+    Codec::new(tidepool_erasure::Layout::new(2, 1, 512).expect("layout"))
+}
+
+/// Holders osd.0.. of the shards of `data` under `codec`, each with its fold; `change` flips
+/// one byte of the shards at these positions, which still pass their checksums.
+fn folded_shards(codec: &Codec, data: &[u8], change: &[usize]) -> Vec<(OsdId, ScrubMap)> {
+    let unit = codec.layout().unit();
+    let mut shards = codec.encode(data);
+    for at in change {
+        shards[*at][unit + 7] ^= 0x5a;
+    }
+    shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let object = ObjectScrub {
+                data: Some(*blake3::hash(shard).as_bytes()),
+                fold: Some(tidepool_erasure::fold(unit, shard).into()),
+                ..copy(4, data.len() as u64)
+            };
+            (OsdId(i as u32), [("o".to_string(), object)].into())
+        })
+        .collect()
+}
+
+/// Rule: a deep scrub of an erasure pool checks that the shards' folds are one code word. A
+/// shard that passes its checksums but is not is never rebuilt (it is not provably bad): with
+/// `m ≥ 2` the one the others agree without is named, with one parity shard every holder is.
+#[test]
+fn shards_whose_parity_disagrees_are_named_never_repaired() {
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 300) as u8).collect();
+    let two_two = Codec::new(tidepool_erasure::Layout::new(2, 2, 512).expect("layout"));
+    for codec in [two_two, two_and_one()] {
+        let m = codec.layout().m();
+        assert_eq!(
+            compare(&folded_shards(&codec, &data, &[]), Some(&codec)),
+            Verdict::default()
+        );
+        for changed in 0..codec.layout().k() + m {
+            let verdict = compare(&folded_shards(&codec, &data, &[changed]), Some(&codec));
+            let named: Vec<u32> = verdict.inconsistencies.iter().map(|i| i.holder.0).collect();
+            if m >= 2 {
+                assert_eq!(named, [changed as u32], "{verdict:?}");
+            } else {
+                assert_eq!(named, [0, 1, 2], "{verdict:?}");
+            }
+            assert!(verdict
+                .inconsistencies
+                .iter()
+                .all(|i| i.problem == Problem::Parity));
+            assert!(verdict.repairs.is_empty());
+            assert_eq!(verdict.unrepairable, ["o"]);
+        }
+    }
+    // Two changed shards of 2+2: named all, never one of them alone.
+    let codec = Codec::new(tidepool_erasure::Layout::new(2, 2, 512).expect("layout"));
+    let verdict = compare(&folded_shards(&codec, &data, &[0, 3]), Some(&codec));
+    assert_eq!(verdict.unrepairable, ["o"]);
+    // A shallow scrub's maps carry no folds: nothing to check.
+    let mut shallow = folded_shards(&codec, &data, &[1]);
+    for (_, map) in &mut shallow {
+        map.values_mut().for_each(|o| o.fold = None);
+    }
+    assert_eq!(compare(&shallow, Some(&codec)), Verdict::default());
 }
 
 /// What one holder of three may suffer.
@@ -214,7 +287,7 @@ proptest! {
         }
         let mut all: Vec<(OsdId, ScrubMap)> = (0..3).map(|o| (OsdId(o), good.clone())).collect();
         all[victim].1 = harmed;
-        let verdict = compare(&all, 1);
+        let verdict = compare(&all, None);
         prop_assert!(verdict.unrepairable.is_empty());
         let named: BTreeSet<String> = verdict.inconsistencies.iter().map(|i| i.object.clone()).collect();
         prop_assert_eq!(&named, &expected);
@@ -306,8 +379,8 @@ fn equal_holders_have_equal_maps() {
     let ((_a, a), (_b, b)) = (holder(), holder());
     for deep in [false, true] {
         let (map_a, map_b) = (
-            map_of(&a, COLL, deep, None, None).expect("a"),
-            map_of(&b, COLL, deep, None, None).expect("b"),
+            map_of(&a, COLL, deep, None, None, None).expect("a"),
+            map_of(&b, COLL, deep, None, None, None).expect("b"),
         );
         assert_eq!(map_a, map_b);
         assert_eq!(map_a.keys().collect::<Vec<_>>(), ["big", "small"]);
@@ -334,13 +407,13 @@ fn a_deep_scrub_finds_a_flipped_byte() {
             .map(|(i, s)| {
                 (
                     OsdId(i as u32),
-                    map_of(s, COLL, deep, None, None).expect("map"),
+                    map_of(s, COLL, deep, None, None, None).expect("map"),
                 )
             })
             .collect()
     };
-    assert_eq!(compare(&maps(false), 1), Verdict::default());
-    let verdict = compare(&maps(true), 1);
+    assert_eq!(compare(&maps(false), None), Verdict::default());
+    let verdict = compare(&maps(true), None);
     assert!(
         matches!(
             &verdict.inconsistencies[..],
@@ -362,10 +435,10 @@ fn a_deep_scrub_finds_a_flipped_byte() {
 #[test]
 fn changed_metadata_shows_in_its_digest() {
     let (_a, a) = holder();
-    let before = map_of(&a, COLL, false, None, None).expect("map");
+    let before = map_of(&a, COLL, false, None, None, None).expect("map");
     let change = |op: Op| {
         a.apply(&Transaction { ops: vec![op] }).expect("change");
-        map_of(&a, COLL, false, None, None).expect("map")
+        map_of(&a, COLL, false, None, None, None).expect("map")
     };
     let after = change(Op::OmapSet {
         coll: COLL,
@@ -400,7 +473,7 @@ fn chunks_cover_every_object_once() {
         })
         .collect();
     a.apply(&Transaction { ops }).expect("objects");
-    let whole = map_of(&a, COLL, true, None, None).expect("map");
+    let whole = map_of(&a, COLL, true, None, None, None).expect("map");
     assert_eq!(whole.len(), 12);
     for (objects, bytes) in [(3, u64::MAX), (100, 2500), (1, 0)] {
         let mut after: Option<String> = None;
@@ -408,7 +481,8 @@ fn chunks_cover_every_object_once() {
         let mut chunks = 0;
         loop {
             let until = chunk_end(&a, COLL, after.as_deref(), objects, bytes).expect("chunk");
-            let chunk = map_of(&a, COLL, true, after.as_deref(), until.as_deref()).expect("map");
+            let chunk =
+                map_of(&a, COLL, true, None, after.as_deref(), until.as_deref()).expect("map");
             assert!(
                 chunk.len() <= objects.max(3),
                 "{objects} {bytes}: {}",
@@ -433,7 +507,7 @@ fn chunks_cover_every_object_once() {
     let (_b, b) = holder();
     let until = chunk_end(&b, COLL, Some("big"), 10, u64::MAX).expect("chunk");
     assert_eq!(until, None);
-    let tail = map_of(&a, COLL, false, Some("big"), None).expect("map");
+    let tail = map_of(&a, COLL, false, None, Some("big"), None).expect("map");
     assert_eq!(tail.len(), 11);
 }
 
@@ -461,6 +535,6 @@ fn rot_under_an_overwritten_object_is_found() {
         bytes[at] ^= 0x20;
     }
     std::fs::write(&block, &bytes).expect("rot");
-    let map = map_of(&store, COLL, true, None, None).expect("map");
+    let map = map_of(&store, COLL, true, None, None, None).expect("map");
     assert!(map["shard"].error.is_some(), "{:?}", map["shard"]);
 }
