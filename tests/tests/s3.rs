@@ -1159,7 +1159,8 @@ fn aws_s3api_operations() {
 
 /// Rule: a request with a bad signature, an unknown key, a tampered chunk, a wrong checksum,
 /// a body shorter than declared, or no signature at all gets S3's error and changes nothing;
-/// so does removing a bucket that holds objects, and reaching another user's bucket.
+/// so does removing a bucket that holds objects, and reaching another user's bucket; an
+/// object with no good copy left is never served as whole.
 #[test]
 fn refused_requests_change_nothing() {
     let s3 = S3Cluster::start("s3-refused");
@@ -1275,6 +1276,173 @@ fn refused_requests_change_nothing() {
     let listing = s3.aws_as(keys, &["s3api", "list-buckets"]);
     assert!(!String::from_utf8_lossy(&listing.stdout).contains("\"bkt\""));
     s3.s3api(&["head-object", "--bucket", "bkt", "--key", "kept"]);
+
+    no_good_copy(&s3);
+}
+
+/// A digest of each 4 KiB block of every OSD's block file.
+fn block_digests(s3: &S3Cluster) -> Vec<Vec<u64>> {
+    use std::hash::{Hash, Hasher};
+    (0..3)
+        .map(|n| {
+            let block = s3.file(&format!("osd-{n}/store/block"));
+            let bytes = std::fs::read(block).expect("block file");
+            bytes
+                .chunks(4096)
+                .map(|b| {
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    b.hash(&mut hasher);
+                    hasher.finish()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Bit rot in every 4 KiB block of every OSD's block file written since `before`.
+fn rot_written_since(s3: &S3Cluster, before: &[Vec<u64>]) {
+    let after = block_digests(s3);
+    for (n, (old, new)) in before.iter().zip(&after).enumerate() {
+        let block = s3.file(&format!("osd-{n}/store/block"));
+        let mut bytes = std::fs::read(&block).expect("block file");
+        let mut rotten = 0;
+        for (i, digest) in new.iter().enumerate() {
+            if old.get(i) != Some(digest) {
+                bytes[i * 4096 + 100] ^= 0x20;
+                rotten += 1;
+            }
+        }
+        assert!(rotten > 0, "nothing was written to osd-{n}");
+        std::fs::write(&block, &bytes).expect("rot");
+    }
+}
+
+/// A presigned GET of `key` read by plain HTTP: the status, and the body's length when the
+/// connection delivered all of it (`None` when it broke off).
+fn get_outcome(s3: &S3Cluster, key: &str) -> (u16, Option<usize>, String) {
+    let url = s3.aws_ok(&["s3", "presign", &format!("s3://bkt/{key}")]);
+    let script = "import sys, http.client, urllib.request, urllib.error\n\
+        try:\n    r = urllib.request.urlopen(sys.argv[1]); status = r.status\n\
+        except urllib.error.HTTPError as e:\n    print(e.code, -1, e.read().decode()); sys.exit()\n\
+        try:\n    print(status, len(r.read()), '')\n\
+        except http.client.IncompleteRead as e:\n    print(status, -2, repr(e))\n";
+    let output = Command::new(venv_bin("python"))
+        .args(["-c", script, url.trim()])
+        .output()
+        .expect("python runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut words = text.splitn(3, ' ');
+    let status = words.next().and_then(|w| w.parse().ok());
+    let len: Option<i64> = words.next().and_then(|w| w.parse().ok());
+    let (Some(status), Some(len)) = (status, len) else {
+        panic!(
+            "GET {key}: {text} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let rest = words.next().unwrap_or_default().to_owned();
+    (status, usize::try_from(len).ok(), rest)
+}
+
+/// Rule: an object with no good copy left is never served as if whole. With every copy of its
+/// first stripe bad, a GET gets S3's `InternalError` before any `200 OK`; with every copy of
+/// a later stripe bad, the answer begins and the connection ends before the body is whole, so
+/// HTTP clients and aws-cli fail rather than keep a short file.
+fn no_good_copy(s3: &S3Cluster) {
+    let first = pattern(11, 2 * MIB);
+    let (part1, part2) = (pattern(12, 5 * MIB), pattern(13, MIB));
+    for (name, bytes) in [("first", &first), ("part1", &part1), ("part2", &part2)] {
+        write(&s3.file(name), bytes);
+    }
+    let upload = s3.s3api(&[
+        "create-multipart-upload",
+        "--bucket",
+        "bkt",
+        "--key",
+        "late-bad",
+    ]);
+    let id = upload["UploadId"].as_str().expect("upload id").to_owned();
+    let part = |n: &str, file: &str| {
+        s3.s3api(&[
+            "upload-part",
+            "--bucket",
+            "bkt",
+            "--key",
+            "late-bad",
+            "--upload-id",
+            &id,
+            "--part-number",
+            n,
+            "--body",
+            s3.file(file).to_str().unwrap(),
+        ])["ETag"]
+            .clone()
+    };
+    let e1 = part("1", "part1");
+    // What is written from here on rots: the second part, and the whole of `first-bad`.
+    let before = block_digests(s3);
+    let e2 = part("2", "part2");
+    let parts = format!(
+        "{{\"Parts\":[{{\"PartNumber\":1,\"ETag\":{e1}}},{{\"PartNumber\":2,\"ETag\":{e2}}}]}}"
+    );
+    s3.s3api(&[
+        "complete-multipart-upload",
+        "--bucket",
+        "bkt",
+        "--key",
+        "late-bad",
+        "--upload-id",
+        &id,
+        "--multipart-upload",
+        &parts,
+    ]);
+    s3.s3api(&[
+        "put-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "first-bad",
+        "--body",
+        s3.file("first").to_str().unwrap(),
+    ]);
+    let whole = [part1.clone(), part2.clone()].concat();
+    assert_eq!(get_outcome(s3, "late-bad").1, Some(whole.len()));
+    assert_eq!(get_outcome(s3, "first-bad").1, Some(first.len()));
+    rot_written_since(s3, &before);
+
+    let (status, len, body) = get_outcome(s3, "first-bad");
+    assert_eq!((status, len), (500, None), "{body}");
+    assert!(body.contains("<Code>InternalError</Code>"), "{body}");
+    let (status, len, broke) = get_outcome(s3, "late-bad");
+    assert_eq!(
+        (status, len),
+        (200, None),
+        "a short body taken as whole: {broke}"
+    );
+    let out = s3.file("late-bad.out");
+    let got = s3.aws(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "late-bad",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!got.status.success(), "aws-cli took a short body as whole");
+    // The first part still reads, by range.
+    let range = format!("bytes=0-{}", part1.len() - 1);
+    s3.s3api(&[
+        "get-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "late-bad",
+        "--range",
+        &range,
+        out.to_str().unwrap(),
+    ]);
+    assert!(read(&out) == part1, "the first part by range");
 }
 
 /// Rule: s3cmd and rclone upload (multipart included), list, download and delete; once
