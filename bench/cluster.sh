@@ -6,6 +6,18 @@ scripts/deps.sh
 cargo build --release -q -p tidepool
 T="$CARGO_TARGET_DIR/release/tidepool"
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+# On exit: resumes an OSD the script paused (PAUSED), stops the cluster (UP_PID) and, with
+# CEPH=1, the Ceph anchor in CEPH_DIR, and removes the script's scratch folder (DIR).
+UP_PID=""
+PAUSED=""
+cleanup() {
+  [ -n "$PAUSED" ] && kill -CONT "$PAUSED" 2>/dev/null || true
+  [ -n "$UP_PID" ] && kill -INT "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true
+  [ "${CEPH:-0}" = 1 ] && "$SHARED/ceph/down.sh" "$CEPH_DIR" --purge >/dev/null 2>&1 || true
+  [ -z "${DIR:-}" ] || rm -rf "$DIR"
+}
+trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Starts `tidepool up --dir $1` with the rest of the arguments, logging to $1.log, and waits

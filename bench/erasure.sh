@@ -27,15 +27,6 @@ SHARED="$(cd .. && pwd)/shared/bench"
 . bench/cluster.sh
 DIR="$(mktemp -d /tmp/tidepool-erasure.XXXXXX)"
 RESULTS="$DIR/results.jsonl"
-UP_PID=""
-PAUSED=""
-cleanup() {
-  [ -n "$PAUSED" ] && kill -CONT "$PAUSED" 2>/dev/null || true
-  [ -n "$UP_PID" ] && kill -INT "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true
-  [ "$CEPH" = 1 ] && "$SHARED/ceph/down.sh" "$CEPH_DIR" --purge >/dev/null 2>&1 || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
 
 up_cluster "$DIR/cluster" --osds 6 --mons 1 --osd-size 4G
 "$T" pool create ec42 --erasure 4+2 --pg-num 32 --failure-domain osd > /dev/null

@@ -34,13 +34,6 @@ fi
 
 DIR="$(mktemp -d /tmp/tidepool-objects.XXXXXX)"
 RESULTS="$DIR/results.jsonl"
-UP_PID=""
-cleanup() {
-  [ -n "$UP_PID" ] && kill -INT "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true
-  [ "$CEPH" = 1 ] && "$SHARED/ceph/down.sh" "$CEPH_DIR" --purge >/dev/null 2>&1 || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
 
 log "disk: fio 4 MiB sequential writes, fdatasync after each"
 fio --name=seqw --filename="$DIR/fio" --rw=write --bs=4M --size=2G --fdatasync=1 \

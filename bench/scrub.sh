@@ -39,13 +39,6 @@ SHARED="$(cd .. && pwd)/shared/bench"
 # shellcheck source=bench/cluster.sh
 . bench/cluster.sh
 DIR="$(mktemp -d /tmp/tidepool-scrub.XXXXXX)"
-UP_PID=""
-cleanup() {
-  [ -n "$UP_PID" ] && kill -INT "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true
-  [ "$CEPH" = 1 ] && "$SHARED/ceph/down.sh" "$CEPH_DIR" --purge >/dev/null 2>&1 || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
 
 # The medians of a phase file's throughputs, idle and while scrubbing, and of their ratios.
 summary() { # file

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 use tidepool_placement::{BucketId, ClusterMap, OsdId, Placement, Scratch};
+pub use tidepool_proto::mon::{is_active_clean, state_has};
 use tidepool_proto::mon::{MonStatus, Report};
 
 use crate::admin::{runtime, ClusterArgs};
@@ -199,12 +200,6 @@ pub struct ClientIo {
     pub ops_per_sec: u64,
 }
 
-/// The PG states a PG in `state` counts as active and clean.
-pub fn is_active_clean(state: &str) -> bool {
-    let parts: Vec<&str> = state.split('+').collect();
-    parts.contains(&"active") && parts.contains(&"clean")
-}
-
 fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
@@ -281,19 +276,9 @@ pub fn status(snapshot: &Snapshot) -> Status {
         *by_state.entry(state.clone()).or_default() += 1;
     }
     let active_clean = states.values().filter(|s| is_active_clean(s)).count();
-    let inactive = states
-        .values()
-        .filter(|s| !s.split('+').any(|p| p == "active"))
-        .count()
-        - awaited;
-    let degraded_pgs = states
-        .values()
-        .filter(|s| s.split('+').any(|p| p == "degraded"))
-        .count();
-    let remapped_pgs = states
-        .values()
-        .filter(|s| s.split('+').any(|p| p == "remapped"))
-        .count();
+    let inactive = states.values().filter(|s| !state_has(s, "active")).count() - awaited;
+    let degraded_pgs = states.values().filter(|s| state_has(s, "degraded")).count();
+    let remapped_pgs = states.values().filter(|s| state_has(s, "remapped")).count();
     let size_of = |pg: &tidepool_placement::PgId| {
         map.pools.get(&pg.pool).map_or(0, |p| p.kind.width()) as u64
     };

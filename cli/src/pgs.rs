@@ -136,7 +136,7 @@ fn list(cluster: ClusterArgs, state: Option<String>, pool: Option<String>) -> Re
         .filter(|(_, s)| {
             state
                 .as_deref()
-                .is_none_or(|want| s.split('+').any(|word| word == want))
+                .is_none_or(|want| crate::health::state_has(s, want))
         })
         .map(|(pg, state)| {
             let stat = reported.get(&pg).filter(|s| s.state == state);

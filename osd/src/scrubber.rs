@@ -220,7 +220,10 @@ impl Osd {
     ) -> OsdResponse {
         let slot = self.slot(pg);
         let _one = slot.scrub.lock().await;
-        self.scrub_whole(pg, deep, repair).await
+        let outcome = self.scrub_whole(pg, deep, repair).await;
+        // Also a scheduled scrub's mark, when this one took its place.
+        self.with_scrubs(pg, |s| s.running = None);
+        outcome
     }
 
     async fn scrub_whole(self: &Arc<Self>, pg: PgId, deep: bool, repair: bool) -> OsdResponse {
@@ -478,6 +481,7 @@ impl Osd {
         }
         let (_, pg, deep) = best?;
         self.scrubs.scheduled.fetch_add(1, Ordering::Relaxed);
+        self.with_scrubs(pg, |s| s.running = Some((deep, false)));
         Some((pg, deep))
     }
 
@@ -488,10 +492,9 @@ impl Osd {
             .filter(|pg| {
                 view.holders(*pg)
                     .is_some_and(|h| h.primary == Some(self.id))
-                    && stats.get(pg).is_some_and(|s| {
-                        let parts: Vec<&str> = s.state.split('+').collect();
-                        parts.contains(&"active") && parts.contains(&"clean")
-                    })
+                    && stats
+                        .get(pg)
+                        .is_some_and(|s| tidepool_proto::mon::is_active_clean(&s.state))
             })
             .collect()
     }
@@ -502,14 +505,15 @@ impl Osd {
         let slot = self.slot(pg);
         if let Ok(_one) = slot.scrub.try_lock() {
             let repair = self.option("osd_scrub_auto_repair") != 0;
-            match self.scrub_whole(pg, deep, repair).await {
-                OsdResponse::Scrubbed(_) => {}
-                other => {
-                    tracing::info!(%pg, deep, ?other, "a scheduled scrub did not run; trying later");
-                    self.with_scrubs(pg, |s| s.not_before = unix_now() + RETRY_SECS);
-                }
+            let outcome = self.scrub_whole(pg, deep, repair).await;
+            // Also when the scrub was refused before it began.
+            self.with_scrubs(pg, |s| s.running = None);
+            if !matches!(outcome, OsdResponse::Scrubbed(_)) {
+                tracing::info!(%pg, deep, ?outcome, "a scheduled scrub did not run; trying later");
+                self.with_scrubs(pg, |s| s.not_before = unix_now() + RETRY_SECS);
             }
         }
+        // Otherwise an operator's scrub of it runs, and clears the mark when it ends.
         self.scrubs.scheduled.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -677,7 +681,6 @@ pub(crate) async fn schedule_scrubs(osd: Arc<Osd>) {
         let view = osd.view();
         let now = unix_now();
         while let Some((pg, deep)) = tokio::task::block_in_place(|| osd.next_scrub(&view, now)) {
-            osd.with_scrubs(pg, |s| s.running = Some((deep, false)));
             tokio::spawn(osd.clone().scheduled_scrub(pg, deep));
         }
     }

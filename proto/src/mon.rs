@@ -273,6 +273,16 @@ pub struct IoRates {
     pub recovery_objects_per_sec: u64,
 }
 
+/// Whether a PG state in Ceph's words (`active+clean`) holds `word`.
+pub fn state_has(state: &str, word: &str) -> bool {
+    state.split('+').any(|part| part == word)
+}
+
+/// Whether a PG in `state` is active and clean.
+pub fn is_active_clean(state: &str) -> bool {
+    state_has(state, "active") && state_has(state, "clean")
+}
+
 /// A placement group's state as its primary reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PgStat {

@@ -1354,27 +1354,21 @@ fn no_good_copy(s3: &S3Cluster) {
     for (name, bytes) in [("first", &first), ("part1", &part1), ("part2", &part2)] {
         write(&s3.file(name), bytes);
     }
-    let upload = s3.s3api(&[
-        "create-multipart-upload",
-        "--bucket",
-        "bkt",
-        "--key",
-        "late-bad",
-    ]);
+    let object = ["--bucket", "bkt", "--key", "late-bad"];
+    let upload = s3.s3api(&[&["create-multipart-upload"], &object[..]].concat());
     let id = upload["UploadId"].as_str().expect("upload id").to_owned();
+    let in_upload = |args: &[&str]| {
+        let head = [&args[..1], &object[..], &["--upload-id", &id]].concat();
+        s3.s3api(&[&head[..], &args[1..]].concat())
+    };
     let part = |n: &str, file: &str| {
-        s3.s3api(&[
+        let body = s3.file(file);
+        in_upload(&[
             "upload-part",
-            "--bucket",
-            "bkt",
-            "--key",
-            "late-bad",
-            "--upload-id",
-            &id,
             "--part-number",
             n,
             "--body",
-            s3.file(file).to_str().unwrap(),
+            body.to_str().unwrap(),
         ])["ETag"]
             .clone()
     };
@@ -1385,17 +1379,7 @@ fn no_good_copy(s3: &S3Cluster) {
     let parts = format!(
         "{{\"Parts\":[{{\"PartNumber\":1,\"ETag\":{e1}}},{{\"PartNumber\":2,\"ETag\":{e2}}}]}}"
     );
-    s3.s3api(&[
-        "complete-multipart-upload",
-        "--bucket",
-        "bkt",
-        "--key",
-        "late-bad",
-        "--upload-id",
-        &id,
-        "--multipart-upload",
-        &parts,
-    ]);
+    in_upload(&["complete-multipart-upload", "--multipart-upload", &parts]);
     s3.s3api(&[
         "put-object",
         "--bucket",
@@ -1420,28 +1404,24 @@ fn no_good_copy(s3: &S3Cluster) {
         "a short body taken as whole: {broke}"
     );
     let out = s3.file("late-bad.out");
-    let got = s3.aws(&[
-        "s3api",
-        "get-object",
-        "--bucket",
-        "bkt",
-        "--key",
-        "late-bad",
-        out.to_str().unwrap(),
-    ]);
-    assert!(!got.status.success(), "aws-cli took a short body as whole");
+    let get = |extra: &[&str]| {
+        let key = [
+            "s3api",
+            "get-object",
+            "--bucket",
+            "bkt",
+            "--key",
+            "late-bad",
+        ];
+        s3.aws(&[&key[..], extra, &[out.to_str().unwrap()]].concat())
+    };
+    assert!(
+        !get(&[]).status.success(),
+        "aws-cli took a short body as whole"
+    );
     // The first part still reads, by range.
     let range = format!("bytes=0-{}", part1.len() - 1);
-    s3.s3api(&[
-        "get-object",
-        "--bucket",
-        "bkt",
-        "--key",
-        "late-bad",
-        "--range",
-        &range,
-        out.to_str().unwrap(),
-    ]);
+    assert!(get(&["--range", &range]).status.success());
     assert!(read(&out) == part1, "the first part by range");
 }
 
