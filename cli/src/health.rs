@@ -560,6 +560,31 @@ fn scrub_checks(
             format!("{late} pgs not deep-scrubbed in time"),
         );
     }
+    let most = tidepool_proto::config::get(
+        snapshot
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+        "mon_osd_warn_num_repaired",
+    );
+    let repairing: Vec<String> = snapshot
+        .report
+        .osds
+        .iter()
+        .filter(|(_, stat)| stat.bad_reads > most)
+        .map(|(id, stat)| format!("{id} ({})", stat.bad_reads))
+        .collect();
+    if !repairing.is_empty() {
+        check(
+            "OSD_TOO_MANY_REPAIRS",
+            "HEALTH_WARN",
+            format!(
+                "Too many bad copies found by reads on {} osds: {} (its disk may be failing)",
+                repairing.len(),
+                repairing.join(", ")
+            ),
+        );
+    }
 }
 
 /// Bytes for people: `1.5 GiB`.
@@ -745,6 +770,8 @@ pub struct DfRow {
     pub pgs: usize,
     /// PG copies it holds on disk (placed ones and strays).
     pub pgs_held: u32,
+    /// Bad copies and shards its reads found and served around since it started.
+    pub bad_reads: u64,
     pub status: String,
 }
 
@@ -809,6 +836,7 @@ pub fn df(snapshot: &Snapshot) -> Df {
                 var: 0.0,
                 pgs: counts.get(&osd.id).copied().unwrap_or(0),
                 pgs_held: stat.map_or(0, |s| s.pgs),
+                bad_reads: stat.map_or(0, |s| s.bad_reads),
                 status: format!(
                     "{},{}",
                     if osd.up { "up" } else { "down" },
@@ -1281,6 +1309,7 @@ pub(crate) mod tests {
                         ..IoRates::default()
                     },
                     epoch,
+                    bad_reads: 0,
                 },
             )
         };
@@ -1382,6 +1411,29 @@ pub(crate) mod tests {
         snap.report.pgs[0].acting.reverse();
         snap.report.pgs[0].up.reverse();
         assert!(codes(&snap).is_empty());
+        // An OSD whose reads found more bad copies than `mon_osd_warn_num_repaired`.
+        let repairs = |snap: &Snapshot| -> Vec<String> {
+            status(snap)
+                .health
+                .checks
+                .into_iter()
+                .filter(|c| c.code == "OSD_TOO_MANY_REPAIRS")
+                .map(|c| c.summary)
+                .collect()
+        };
+        snap.report.osds[0].1.bad_reads = 10;
+        assert!(repairs(&snap).is_empty());
+        snap.report.osds[0].1.bad_reads = 11;
+        let id = snap.report.osds[0].0;
+        assert_eq!(
+            repairs(&snap),
+            [format!(
+                "Too many bad copies found by reads on 1 osds: {id} (11) (its disk may be failing)"
+            )]
+        );
+        snap.config
+            .push(("mon_osd_warn_num_repaired".into(), "20".into()));
+        assert!(repairs(&snap).is_empty());
     }
 
     /// Rule: health names each failing check; counts, ratios and the ETA follow the reports;

@@ -1061,6 +1061,7 @@ async fn beacons(osd: Arc<Osd>, monmap: MonMap) {
                 pgs: osd.store.collections().map_or(0, |c| c.len() as u32),
                 io,
                 epoch: view.map.epoch,
+                bad_reads: osd.scrubs.bad_reads.load(Ordering::Relaxed),
             },
             pgs,
         };

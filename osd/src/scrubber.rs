@@ -51,6 +51,8 @@ pub(crate) struct Scrubs {
     rate: Rate,
     /// Scheduled scrubs running (at most `osd_max_scrubs`).
     scheduled: AtomicU64,
+    /// Bad copies and shards reads here found, since the OSD started.
+    pub(crate) bad_reads: AtomicU64,
     pgs: Mutex<HashMap<PgId, PgScrubs>>,
 }
 
@@ -199,9 +201,10 @@ impl Osd {
         })
     }
 
-    /// A read of `pg` here found a bad copy (and served the client around it): a deep scrub
-    /// that repairs is due now.
-    pub(crate) fn scrub_soon(&self, pg: PgId) {
+    /// A read of `pg` here found a bad copy (and served the client around it): it is
+    /// counted, and a deep scrub that repairs is due now.
+    pub(crate) fn found_bad_copy(&self, pg: PgId) {
+        self.scrubs.bad_reads.fetch_add(1, Ordering::Relaxed);
         self.with_scrubs(pg, |s| s.requested = true);
     }
 
@@ -664,7 +667,7 @@ impl Osd {
                 return Err(failed());
             }
             tracing::warn!(%pg, name, version, osd = osd.0, "this OSD's bad copy was repaired from another holder's");
-            self.scrub_soon(pg);
+            self.found_bad_copy(pg);
             return tokio::task::block_in_place(|| pg::plan(store, coll, name, steps));
         }
         Err(OpError::Storage(format!(

@@ -207,7 +207,7 @@ impl Osd {
                 Ok(shard) => shard,
                 Err(error) => {
                     tracing::warn!(%pg, name, %error, "reading this shard failed; decoding around it");
-                    self.scrub_soon(pg);
+                    self.found_bad_copy(pg);
                     return Err(Missing::Bad);
                 }
             }
@@ -225,7 +225,7 @@ impl Osd {
                 Some(OsdResponse::Shard(shard)) => shard,
                 Some(OsdResponse::Failed(reason)) => {
                     tracing::warn!(%pg, name, osd = holder.0, reason, "a shard read failed; decoding around it");
-                    self.scrub_soon(pg);
+                    self.found_bad_copy(pg);
                     return Err(Missing::Bad);
                 }
                 other => {

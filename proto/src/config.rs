@@ -43,6 +43,13 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "percent of an OSD's size used at which health warns that it is nearly full",
     },
     OptionSpec {
+        name: "mon_osd_warn_num_repaired",
+        default: 10,
+        min: 0,
+        help: "bad copies an OSD's reads found and served around since it started, past which \
+               health warns (OSD_TOO_MANY_REPAIRS)",
+    },
+    OptionSpec {
         name: "mon_osd_min_down_reporters",
         default: 2,
         min: 1,

@@ -256,6 +256,10 @@ pub struct OsdStat {
     /// The map epoch it ran when it reported.
     #[serde(default)]
     pub epoch: Epoch,
+    /// Copies and shards its reads found bad (failing their checksums) and served around,
+    /// since it started.
+    #[serde(default)]
+    pub bad_reads: u64,
 }
 
 /// Traffic rates of one OSD, averaged over its last beacon interval.

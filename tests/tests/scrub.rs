@@ -5,9 +5,9 @@
 //! - A byte flipped in every block of one OSD's block file while it runs: a shallow scrub,
 //!   which reads no data, finds nothing; a deep scrub names exactly the large objects on that
 //!   OSD, in both pools; every object still reads exact, and a read that found the primary's
-//!   copy bad repaired it. The health says `OSD_SCRUB_ERRORS` and `PG_DAMAGED`, `pg ls
-//!   --state inconsistent` and `pg list-inconsistent` name the rest, and `pg repair` repairs
-//!   it: the health clears.
+//!   copy bad repaired it and counted it (`osd df`, `OSD_TOO_MANY_REPAIRS`). The health says
+//!   `OSD_SCRUB_ERRORS` and `PG_DAMAGED`, `pg ls --state inconsistent` and `pg
+//!   list-inconsistent` name the rest, and `pg repair` repairs it: the health clears.
 //! - With that OSD stopped: its block file rotted again, one object removed from its store,
 //!   a stray one added, an xattr and an omap entry changed. Once it runs again every object
 //!   reads exact, a scrub finds each change, and the scheduled scrubs, with automatic repair,
@@ -183,6 +183,18 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
     // Every object reads exact: from another copy where the primary's is bad (which repairs
     // it), by decoding in the erasure pool.
     all_read_exact(&runtime, &client, "after the rot");
+    // The reads counted the bad copies they found (the victim's, as primary, at least), and
+    // past `mon_osd_warn_num_repaired` the health warns.
+    tidepool_ok(&path, &["config", "set", "mon_osd_warn_num_repaired", "0"]);
+    cluster.wait_for(Duration::from_secs(30), "the bad reads counted", || {
+        let df = cluster.json(&["osd", "df"]);
+        let counted = df["osds"]
+            .as_array()
+            .expect("osds")
+            .iter()
+            .any(|row| row["id"] == victim && row["bad_reads"].as_u64() > Some(0));
+        counted && health_checks(&cluster).contains("OSD_TOO_MANY_REPAIRS")
+    });
     // The reads repaired the copies they found bad (the primary's); the others wait for repair.
     let (_, found) = cluster.scrub("deep-scrub", "data");
     assert_eq!(
