@@ -370,6 +370,17 @@ fn a_deep_scrub_finds_every_rotten_copy_and_nothing_else() {
     // deep scrub says so, a repair changes nothing, the health says so, and reading one
     // fails rather than return wrong bytes; the small ones (inline) still read.
     tidepool_ok(&path, &["config", "set", "osd_scrub_auto_repair", "0"]);
+    // Options reach an OSD with its next beacon's answer (every 2 s): until then a scheduled
+    // scrub could still repair a copy rotted before the others from one not rotted yet.
+    std::thread::sleep(Duration::from_secs(5));
+    cluster.wait_for(Duration::from_secs(60), "the scheduled scrubs end", || {
+        let listed: Value = cluster.json(&["pg", "ls"]);
+        listed.as_array().expect("pgs").iter().all(|line| {
+            !line["state"]
+                .as_str()
+                .is_some_and(|s| s.split('+').any(|w| w == "scrubbing"))
+        })
+    });
     for osd in 0..3 {
         rot(&path.join(format!("osd-{osd}")).join("store").join("block"));
     }
