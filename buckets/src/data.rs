@@ -62,7 +62,8 @@ impl Buckets {
         let config = self.config();
         let stripe_bytes = config.stripe_bytes;
         let segment = Segment {
-            prefix: format!("{}.{}", bucket.id, random_id()),
+            prefix: self.data_prefix(bucket),
+            offset: 0,
             size: 0,
             stripe_bytes,
             pool: options.pool.clone(),
@@ -171,7 +172,24 @@ impl Buckets {
         name: String,
         data: Vec<u8>,
     ) -> Result<(), BucketError> {
-        self.data_op(&segment.pool, &name, vec![ObjectOp::WriteFull(data.into())])
+        self.put_stripe(segment.pool.clone(), name, data).await
+    }
+
+    /// A fresh data id's prefix in `bucket`, for stripes written one by one
+    /// ([`Buckets::put_stripe`]).
+    pub fn data_prefix(&self, bucket: &BucketInfo) -> String {
+        format!("{}.{}", bucket.id, random_id())
+    }
+
+    /// Writes (or overwrites) the stripe `name` of data pool `pool` (`None`: the default)
+    /// whole. Nothing names it until an entry links it.
+    pub async fn put_stripe(
+        &self,
+        pool: Option<String>,
+        name: String,
+        data: Vec<u8>,
+    ) -> Result<(), BucketError> {
+        self.data_op(&pool, &name, vec![ObjectOp::WriteFull(data.into())])
             .await?;
         Ok(())
     }
@@ -183,10 +201,11 @@ impl Buckets {
         }
     }
 
-    /// Removes the stripes of `segments`; stripes already gone are fine.
-    pub(crate) async fn remove_segments(&self, segments: &[Segment]) {
+    /// Removes the stripes of `segments` (written, never linked); stripes already gone are
+    /// fine.
+    pub async fn remove_segments(&self, segments: &[Segment]) {
         for segment in segments {
-            for n in 0..segment.stripes() {
+            for n in segment.stripe_range() {
                 match self
                     .data_op(&segment.pool, &segment.stripe(n), vec![ObjectOp::Remove])
                     .await
@@ -212,7 +231,7 @@ impl Buckets {
                 (!slice.is_empty()).then_some(Ok(slice)),
             ));
         }
-        let pieces = pieces(&entry.segments, range);
+        let pieces = crate::manifest::pieces(&entry.segments, range);
         let this = self.clone();
         let ahead = self.config().stripes_in_flight.max(1);
         Box::pin(
@@ -227,14 +246,18 @@ impl Buckets {
         )
     }
 
-    /// `len` bytes at `offset` of the stripe `name`, in the pieces they arrived in (no copy).
+    /// `len` bytes at `offset` of the stripe `name` (`None`: a hole, zeros), in the pieces
+    /// they arrived in (no copy).
     async fn read_piece(
         &self,
         pool: Option<String>,
-        name: String,
+        name: Option<String>,
         offset: u64,
         len: u64,
     ) -> Result<Vec<Bytes>, BucketError> {
+        let Some(name) = name else {
+            return Ok(zeros(len));
+        };
         let (_, outputs) = self
             .data_op(&pool, &name, vec![ObjectOp::Read { offset, len }])
             .await
@@ -257,31 +280,15 @@ impl Buckets {
     }
 }
 
-/// A stripe read: the stripe's data pool (`None`: the default), the stripe, offset in the
-/// stripe, length.
-type Piece = (Option<String>, String, u64, u64);
-
-/// The stripe reads that cover `range` of the concatenated `segments`.
-fn pieces(segments: &[Segment], range: Range<u64>) -> Vec<Piece> {
+/// `len` zero bytes, in pieces of at most 1 MiB that share one static buffer.
+fn zeros(len: u64) -> Vec<Bytes> {
+    static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
     let mut out = Vec::new();
-    let mut base = 0u64;
-    for segment in segments {
-        let seg_range = base..base + segment.size;
-        base += segment.size;
-        let start = range.start.max(seg_range.start);
-        let end = range.end.min(seg_range.end);
-        if start >= end {
-            continue;
-        }
-        let mut at = start - seg_range.start;
-        let stop = end - seg_range.start;
-        while at < stop {
-            let n = at / segment.stripe_bytes;
-            let within = at % segment.stripe_bytes;
-            let len = (segment.stripe_bytes - within).min(stop - at);
-            out.push((segment.pool.clone(), segment.stripe(n), within, len));
-            at += len;
-        }
+    let mut left = len as usize;
+    while left > 0 {
+        let n = left.min(ZEROS.len());
+        out.push(Bytes::from_static(&ZEROS[..n]));
+        left -= n;
     }
     out
 }
@@ -289,52 +296,4 @@ fn pieces(segments: &[Segment], range: Range<u64>) -> Vec<Piece> {
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn segment(prefix: &str, size: u64) -> Segment {
-        Segment {
-            prefix: prefix.into(),
-            size,
-            stripe_bytes: 10,
-            pool: None,
-        }
-    }
-
-    fn reads(segments: &[Segment], range: Range<u64>) -> Vec<(String, u64, u64)> {
-        let pieces = pieces(segments, range);
-        pieces.into_iter().map(|(_, n, o, l)| (n, o, l)).collect()
-    }
-
-    #[test]
-    fn pieces_cover_exactly_the_range() {
-        let segments = [segment("a", 25), segment("b", 7)];
-        assert_eq!(
-            reads(&segments, 0..32),
-            vec![
-                ("a.0".to_string(), 0, 10),
-                ("a.1".to_string(), 0, 10),
-                ("a.2".to_string(), 0, 5),
-                ("b.0".to_string(), 0, 7),
-            ]
-        );
-        assert_eq!(
-            reads(&segments, 12..27),
-            vec![
-                ("a.1".to_string(), 2, 8),
-                ("a.2".to_string(), 0, 5),
-                ("b.0".to_string(), 0, 2),
-            ]
-        );
-        assert!(pieces(&segments, 32..32).is_empty());
-        for start in 0..32 {
-            for end in start..=32 {
-                let total: u64 = reads(&segments, start..end).iter().map(|p| p.2).sum();
-                assert_eq!(total, end - start);
-            }
-        }
-    }
 }

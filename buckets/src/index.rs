@@ -43,12 +43,14 @@ impl PutCondition {
 }
 
 /// What a link does besides replacing the key's entry.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct LinkExtras {
     /// A multipart upload record that must still exist, and goes.
     pub upload: Option<(Vec<u8>, Vec<u8>)>,
     /// More stripes to unlink (parts left out of a completed upload).
     pub garbage: Vec<Segment>,
+    /// Stripes another entry names: never garbage, even when the replaced entry named them.
+    pub referenced: Vec<Segment>,
 }
 
 /// A listing request.
@@ -159,7 +161,7 @@ impl Buckets {
     }
 
     /// Reads omap `keys` of shard `object`; shard gone means the bucket is.
-    async fn shard_get(
+    pub(crate) async fn shard_get(
         &self,
         object: &str,
         keys: Vec<Vec<u8>>,
@@ -253,6 +255,27 @@ impl Buckets {
         }
     }
 
+    /// Links `entry` (with its inline data) as `key` of `bucket` when `condition` holds: its
+    /// stripes are already written. What the replaced entry named and `entry` does not
+    /// becomes garbage. Returns the replaced entry.
+    pub async fn put_entry(
+        &self,
+        bucket: &str,
+        key: &str,
+        entry: Entry,
+        inline: Option<Bytes>,
+        condition: &PutCondition,
+    ) -> Result<Option<Entry>, BucketError> {
+        self.link(
+            bucket,
+            key,
+            Some((entry, inline)),
+            condition,
+            LinkExtras::default(),
+        )
+        .await
+    }
+
     /// Removes `key` from `bucket` (no error when it is absent, as S3 does); its stripes
     /// become garbage.
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), BucketError> {
@@ -289,10 +312,10 @@ impl Buckets {
                 && matches!(condition, PutCondition::Always | PutCondition::Absent))
             .then_some(None);
             for _ in 0..self.config().link_attempts_max {
-                let old_raw = match known.take() {
-                    Some(assumed) => assumed,
+                let (old_raw, intent_raw) = match known.take() {
+                    Some(assumed) => (assumed, None),
                     None => {
-                        let mut wanted = vec![entry_key.clone()];
+                        let mut wanted = vec![entry_key.clone(), keys::rename(key)];
                         if let Some((upload_key, _)) = &extras.upload {
                             wanted.push(upload_key.clone());
                         }
@@ -302,15 +325,31 @@ impl Buckets {
                                 return Err(BucketError::NoSuchUpload);
                             }
                         }
-                        found.remove(&entry_key)
+                        (found.remove(&entry_key), found.remove(&keys::rename(key)))
                     }
                 };
+                // A rename of this key to another shard is under way: the stripes it moves
+                // are the target's, never garbage.
+                let mut extras = extras.clone();
+                if let Some(raw) = &intent_raw {
+                    let intent: crate::RenameIntent = records::decode(raw)?;
+                    let moved: Entry = records::decode(&intent.entry)?;
+                    extras.referenced.extend(moved.segments);
+                }
+                let extras = &extras;
                 let old: Option<Entry> = old_raw.as_deref().map(records::decode).transpose()?;
                 if new.is_none() && old.is_none() && extras.upload.is_none() {
                     return Ok(None);
                 }
                 condition.check(old.as_ref())?;
-                let ops = self.link_ops(key, &old_raw, old.as_ref(), new, extras);
+                let mut ops = self.link_ops(key, &old_raw, old.as_ref(), new, extras);
+                ops.insert(
+                    1,
+                    ObjectOp::CompareOmap(
+                        ByteBuf::from(keys::rename(key)),
+                        intent_raw.map(ByteBuf::from),
+                    ),
+                );
                 match self.index_op(&object, ops).await {
                     Ok(_) => return Ok(old),
                     Err(ObjectError::Op(OpError::GuardFailed(_))) => {
@@ -383,7 +422,16 @@ impl Buckets {
                 }
             }
         }
-        let mut garbage: Vec<Segment> = old.map(|o| o.segments.clone()).unwrap_or_default();
+        // What the replaced entry named and the new one (or another entry) no longer does:
+        // a splice of the mount keeps most of its stripes.
+        let mut still: Vec<Segment> = new
+            .as_ref()
+            .map(|(entry, _)| entry.segments.clone())
+            .unwrap_or_default();
+        still.extend(extras.referenced.iter().cloned());
+        let mut garbage: Vec<Segment> = old
+            .map(|o| crate::manifest::unreferenced(&o.segments, &still))
+            .unwrap_or_default();
         garbage.extend(extras.garbage.iter().cloned());
         if !garbage.is_empty() {
             let due = crate::now_ms() + self.config().gc_delay.as_millis() as u64;

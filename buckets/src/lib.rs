@@ -7,8 +7,10 @@ pub mod classes;
 mod data;
 pub mod gc;
 mod index;
+pub mod manifest;
 mod multipart;
 pub mod records;
+mod rename;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +19,11 @@ use serde_bytes::ByteBuf;
 use tidepool_client::{ObjectClient, ObjectError};
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
 
-pub use data::{DataStream, WriteOptions, Written};
+pub use data::{hex, DataStream, WriteOptions, Written};
 pub use index::{ListPage, ListQuery, PutCondition};
 pub use multipart::CompletedPart;
 pub use records::{BucketInfo, ContentHeaders, Entry, ObjectMeta, Part, Segment, Upload};
+pub use rename::{MovedIn, RenameIntent};
 
 /// Why a bucket operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -222,6 +222,7 @@ impl Buckets {
         let extras = LinkExtras {
             upload: Some((keys::upload(key, id), raw)),
             garbage,
+            referenced: Vec::new(),
         };
         self.link(bucket, key, Some((entry.clone(), None)), condition, extras)
             .await?;

@@ -56,12 +56,17 @@ impl BucketInfo {
     }
 }
 
-/// A run of stripes holding consecutive bytes of an object: stripe `n` is the data-pool
-/// object `<prefix>.<n>`, each `stripe_bytes` long but the last.
+/// Consecutive bytes of an object: bytes `offset..offset + size` of one data id's stream,
+/// whose stripe `n` is the data-pool object `<prefix>.<n>` holding bytes
+/// `n × stripe_bytes..(n + 1) × stripe_bytes` (the last may be short). A segment with an
+/// empty prefix is a hole: zeros, stored nowhere. See `manifest`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
-    /// `<bucket id>.<data id>`.
+    /// `<bucket id>.<data id>` (empty: a hole).
     pub prefix: String,
+    /// Where in the data id's stream the segment begins.
+    #[serde(default)]
+    pub offset: u64,
     /// Bytes in the segment.
     pub size: u64,
     /// Bytes per stripe.
@@ -72,9 +77,35 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// A hole of `size` bytes: zeros, stored nowhere.
+    pub fn hole(size: u64) -> Segment {
+        Segment {
+            prefix: String::new(),
+            offset: 0,
+            size,
+            stripe_bytes: 0,
+            pool: None,
+        }
+    }
+
+    /// Whether it is a hole.
+    pub fn is_hole(&self) -> bool {
+        self.prefix.is_empty()
+    }
+
+    /// The numbers of the stripes that hold its bytes (none for a hole).
+    pub fn stripe_range(&self) -> std::ops::Range<u64> {
+        if self.is_hole() || self.size == 0 {
+            return 0..0;
+        }
+        let stripe_bytes = self.stripe_bytes.max(1);
+        self.offset / stripe_bytes..(self.offset + self.size).div_ceil(stripe_bytes)
+    }
+
     /// How many stripes hold it.
     pub fn stripes(&self) -> u64 {
-        self.size.div_ceil(self.stripe_bytes.max(1))
+        let range = self.stripe_range();
+        range.end - range.start
     }
 
     /// The name of stripe `n`.
@@ -177,6 +208,16 @@ pub mod keys {
     /// `o<key>`: an object's entry.
     pub fn entry(key: &str) -> Vec<u8> {
         prefixed(b'o', key.as_bytes())
+    }
+
+    /// `r<key>`: a rename of `key` to a key of another shard, under way.
+    pub fn rename(key: &str) -> Vec<u8> {
+        prefixed(b'r', key.as_bytes())
+    }
+
+    /// `m<key>`: the target's record of a rename to `key` from another shard.
+    pub fn moved(key: &str) -> Vec<u8> {
+        prefixed(b'm', key.as_bytes())
     }
 
     /// `d<key>`: an object's inline data.

@@ -8,6 +8,7 @@ mod daemons;
 mod gateway;
 mod health;
 mod logs;
+mod mount;
 mod objects;
 mod operate;
 mod pgs;
@@ -85,6 +86,10 @@ enum Command {
     Up(daemons::UpArgs),
     /// Serve S3 over the cluster (default 127.0.0.1:7480).
     Gateway(gateway::GatewayArgs),
+    /// Mount a bucket as a file system (FUSE); in the background unless --foreground.
+    Mount(mount::MountArgs),
+    /// Unmount a mounted bucket (its open files are flushed first).
+    Umount(mount::UmountArgs),
     /// Measure object writes or reads on a pool, like `rados bench`.
     Bench(bench::BenchArgs),
     /// The failure-domain hierarchy: hosts, racks, zones.
@@ -234,6 +239,8 @@ fn run() -> Result<()> {
             count,
         ),
         Command::Gateway(args) => gateway::gateway(args),
+        Command::Mount(args) => mount::mount(args),
+        Command::Umount(args) => mount::umount(args),
         Command::Osd {
             cluster,
             command: Some(OsdCommand::Dump),

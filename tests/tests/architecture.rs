@@ -47,6 +47,10 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
         &["tidepool-buckets", "tidepool-client", "tidepool-proto"],
     ),
     (
+        "tidepool-fuse",
+        &["tidepool-buckets", "tidepool-client", "tidepool-proto"],
+    ),
+    (
         "tidepool",
         &[
             "tidepool-placement",
@@ -58,6 +62,7 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
             "tidepool-client",
             "tidepool-buckets",
             "tidepool-gateway",
+            "tidepool-fuse",
         ],
     ),
     ("tidepool-tests", &[]),
@@ -86,6 +91,8 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("tidepool-client", &["librocksdb-sys", "axum"]),
     ("tidepool-buckets", &["librocksdb-sys", "axum", "hyper"]),
     ("tidepool-gateway", &["librocksdb-sys"]),
+    // The mount talks to the cluster through the bucket layer, never through HTTP.
+    ("tidepool-fuse", &["librocksdb-sys", "axum", "hyper", "s3s"]),
 ];
 
 struct Graph {

@@ -1,0 +1,1535 @@
+//! The file system the kernel talks to: each request is served by a task on the mount's
+//! runtime (so requests run concurrently), over the bucket layer. See docs/mount.md.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow,
+};
+use libc::c_int;
+use md5::{Digest, Md5};
+use tidepool_buckets::{
+    BucketError, BucketInfo, Buckets, Entry, ListQuery, ObjectMeta, PutCondition,
+};
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::attrs::{self, Attrs, Kind, Owner, Time};
+use crate::errors::{errno_of, Errno};
+use crate::file::OpenFile;
+use crate::names::{self, Listed, NameError};
+
+/// A change of an entry's attributes and metadata.
+type MetaChange = dyn Fn(&mut Attrs, &mut std::collections::BTreeMap<String, String>) -> Result<(), Errno>
+    + Send
+    + Sync;
+
+/// The root directory's inode.
+const ROOT: u64 = fuser::FUSE_ROOT_ID;
+
+/// Keys a listing asks for per page.
+const LIST_PAGE: usize = 1000;
+
+/// Block size reported in attributes and `statfs`.
+const BLOCK: u32 = 4096;
+
+/// How a mount behaves.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// The bucket.
+    pub bucket: String,
+    /// Who owns entries whose metadata does not say.
+    pub owner: Owner,
+    /// How long the kernel may keep attributes and entries.
+    pub attr_timeout: Duration,
+    /// Whether nothing may be changed.
+    pub read_only: bool,
+}
+
+/// What the mount knows of an inode.
+#[derive(Debug)]
+struct Node {
+    key: String,
+    dir: bool,
+    lookups: u64,
+}
+
+/// Inode numbers and the keys they stand for.
+#[derive(Debug)]
+struct Nodes {
+    by_ino: HashMap<u64, Node>,
+    by_key: HashMap<String, u64>,
+    next: u64,
+}
+
+impl Nodes {
+    fn new() -> Nodes {
+        let mut by_ino = HashMap::new();
+        by_ino.insert(
+            ROOT,
+            Node {
+                key: String::new(),
+                dir: true,
+                lookups: 1,
+            },
+        );
+        Nodes {
+            by_ino,
+            by_key: [(String::new(), ROOT)].into(),
+            next: ROOT + 1,
+        }
+    }
+
+    /// The inode of `key` (made when new); counts a lookup when `counted`.
+    fn ino_of(&mut self, key: &str, dir: bool, counted: bool) -> u64 {
+        let ino = match self.by_key.get(key) {
+            Some(ino) => *ino,
+            None => {
+                let ino = self.next;
+                self.next += 1;
+                self.by_key.insert(key.to_owned(), ino);
+                self.by_ino.insert(
+                    ino,
+                    Node {
+                        key: key.to_owned(),
+                        dir,
+                        lookups: 0,
+                    },
+                );
+                ino
+            }
+        };
+        let node = self.by_ino.get_mut(&ino).expect("indexed");
+        node.dir = dir;
+        if counted {
+            node.lookups += 1;
+        }
+        ino
+    }
+
+    fn key(&self, ino: u64) -> Option<(String, bool)> {
+        self.by_ino.get(&ino).map(|n| (n.key.clone(), n.dir))
+    }
+
+    fn forget(&mut self, ino: u64, count: u64) {
+        if ino == ROOT {
+            return;
+        }
+        if let Some(node) = self.by_ino.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(count);
+            if node.lookups == 0 {
+                let key = node.key.clone();
+                self.by_ino.remove(&ino);
+                if self.by_key.get(&key) == Some(&ino) {
+                    self.by_key.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Moves `from` (and, for a directory, every key under it) to `to`.
+    fn rename(&mut self, from: &str, to: &str) {
+        let from_prefix = names::dir_prefix(from);
+        let moved: Vec<(String, u64)> = self
+            .by_key
+            .iter()
+            .filter(|(k, _)| *k == from || k.starts_with(&from_prefix))
+            .map(|(k, i)| (k.clone(), *i))
+            .collect();
+        if let Some(old) = self.by_key.remove(to) {
+            if let Some(node) = self.by_ino.get_mut(&old) {
+                node.key = String::from("\0gone");
+            }
+        }
+        for (key, ino) in moved {
+            self.by_key.remove(&key);
+            let new = format!("{to}{}", &key[from.len()..]);
+            if let Some(node) = self.by_ino.get_mut(&ino) {
+                node.key = new.clone();
+            }
+            self.by_key.insert(new, ino);
+        }
+    }
+}
+
+/// An entry's attributes and size.
+#[derive(Clone, Copy, Debug)]
+struct Stat {
+    attrs: Attrs,
+    size: u64,
+}
+
+/// What an open handle refers to.
+#[derive(Debug)]
+enum Open {
+    File(u64),
+    Dir(Vec<(u64, FileType, String)>),
+}
+
+/// The mount's state, shared by the request tasks.
+#[derive(Debug)]
+pub struct Core {
+    buckets: Buckets,
+    info: BucketInfo,
+    options: MountOptions,
+    nodes: Mutex<Nodes>,
+    files: Mutex<HashMap<u64, Arc<AsyncMutex<OpenFile>>>>,
+    handles: Mutex<HashMap<u64, Open>>,
+    next_fh: AtomicU64,
+    warned: Mutex<HashSet<String>>,
+    started: Time,
+    mon: AsyncMutex<tidepool_client::MonClient>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn name_errno(error: NameError) -> Errno {
+    match error {
+        NameError::TooLong => libc::ENAMETOOLONG,
+        NameError::NotUtf8 | NameError::Invalid => libc::EINVAL,
+    }
+}
+
+fn system_time(time: Time) -> SystemTime {
+    if time.secs >= 0 {
+        UNIX_EPOCH + Duration::new(time.secs as u64, time.nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(time.secs.unsigned_abs())
+    }
+}
+
+fn time_of(value: TimeOrNow) -> Time {
+    match value {
+        TimeOrNow::Now => Time::now(),
+        TimeOrNow::SpecificTime(at) => match at.duration_since(UNIX_EPOCH) {
+            Ok(since) => Time {
+                secs: since.as_secs() as i64,
+                nanos: since.subsec_nanos(),
+            },
+            Err(before) => Time {
+                secs: -(before.duration().as_secs() as i64),
+                nanos: 0,
+            },
+        },
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    let digest: [u8; 16] = Md5::digest(bytes).into();
+    tidepool_buckets::hex(&digest)
+}
+
+impl Core {
+    /// The mount's state for `bucket` (`info`) over `buckets`.
+    pub fn new(
+        buckets: Buckets,
+        mon: tidepool_client::MonClient,
+        info: BucketInfo,
+        options: MountOptions,
+    ) -> Core {
+        Core {
+            mon: AsyncMutex::new(mon),
+            buckets,
+            info,
+            options,
+            nodes: Mutex::new(Nodes::new()),
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            warned: Mutex::new(HashSet::new()),
+            started: Time::now(),
+        }
+    }
+
+    fn bucket(&self) -> &str {
+        &self.options.bucket
+    }
+
+    /// The bucket mounted.
+    pub fn bucket_name(&self) -> &str {
+        &self.options.bucket
+    }
+
+    fn ttl(&self) -> Duration {
+        self.options.attr_timeout
+    }
+
+    fn file_attr(&self, ino: u64, stat: &Stat) -> FileAttr {
+        let a = &stat.attrs;
+        let size = if a.kind == Kind::Dir { 0 } else { stat.size };
+        FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: system_time(a.atime),
+            mtime: system_time(a.mtime),
+            ctime: system_time(a.ctime),
+            crtime: system_time(a.ctime),
+            kind: file_type(a.kind),
+            perm: a.perm,
+            nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            blksize: BLOCK,
+            flags: 0,
+        }
+    }
+
+    fn key_of(&self, ino: u64) -> Result<(String, bool), Errno> {
+        lock(&self.nodes).key(ino).ok_or(libc::ENOENT)
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Result<String, Errno> {
+        let (dir, _) = self.key_of(parent)?;
+        names::child_key(&dir, name.as_bytes()).map_err(name_errno)
+    }
+
+    fn open_file_of(&self, ino: u64) -> Option<Arc<AsyncMutex<OpenFile>>> {
+        lock(&self.files).get(&ino).cloned()
+    }
+
+    /// The attributes of an object's entry.
+    fn stat_of_entry(&self, entry: &Entry, dir: bool) -> Stat {
+        Stat {
+            attrs: Attrs::of_object(
+                &entry.meta.metadata,
+                entry.modified_ms,
+                dir,
+                self.options.owner,
+            ),
+            size: entry.size,
+        }
+    }
+
+    /// What `key` is: an object, a directory (marker or prefix), or nothing. An object wins
+    /// over a directory of the same name (listings say the same). A key open here shows its
+    /// open state.
+    async fn stat(&self, key: &str, dir_hint: bool) -> Result<(Stat, bool), Errno> {
+        if key.is_empty() {
+            return Ok((
+                Stat {
+                    attrs: Attrs::implicit_dir(self.options.owner, self.started),
+                    size: 0,
+                },
+                true,
+            ));
+        }
+        let ino = lock(&self.nodes).by_key.get(key).copied();
+        if let Some(file) = ino.and_then(|ino| self.open_file_of(ino)) {
+            let file = file.lock().await;
+            if !file.unlinked {
+                let mut stat = match file.base() {
+                    Some(base) => self.stat_of_entry(base, false),
+                    None => self.stat_of_entry(&empty_entry(ObjectMeta::default()), false),
+                };
+                stat.attrs =
+                    Attrs::of_object(&file.meta.metadata, now_ms(), false, self.options.owner);
+                stat.size = file.size;
+                return Ok((stat, false));
+            }
+        }
+        if !dir_hint {
+            match self.buckets.head(self.bucket(), key).await {
+                Ok(entry) => return Ok((self.stat_of_entry(&entry, false), false)),
+                Err(BucketError::NoSuchKey) => {}
+                Err(other) => return Err(errno_of(&other)),
+            }
+        }
+        let marker = names::dir_prefix(key);
+        match self.buckets.head(self.bucket(), &marker).await {
+            Ok(entry) => return Ok((self.stat_of_entry(&entry, true), true)),
+            Err(BucketError::NoSuchKey) => {}
+            Err(other) => return Err(errno_of(&other)),
+        }
+        let query = ListQuery {
+            prefix: marker,
+            delimiter: None,
+            after: None,
+            limit: 1,
+        };
+        let page = self
+            .buckets
+            .list(self.bucket(), &query)
+            .await
+            .map_err(|e| errno_of(&e))?;
+        if let Some((_, entry)) = page.entries.first() {
+            let when = Time::from_ms(entry.modified_ms);
+            return Ok((
+                Stat {
+                    attrs: Attrs::implicit_dir(self.options.owner, when),
+                    size: 0,
+                },
+                true,
+            ));
+        }
+        if dir_hint {
+            // Known as a directory, gone as one: maybe an object now.
+            return match self.buckets.head(self.bucket(), key).await {
+                Ok(entry) => Ok((self.stat_of_entry(&entry, false), false)),
+                Err(error) => Err(errno_of(&error)),
+            };
+        }
+        Err(libc::ENOENT)
+    }
+
+    async fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+        let key = self.child(parent, name)?;
+        let (stat, dir) = self.stat(&key, false).await?;
+        let ino = lock(&self.nodes).ino_of(&key, dir, true);
+        Ok(self.file_attr(ino, &stat))
+    }
+
+    async fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        let (key, dir) = self.key_of(ino)?;
+        let (stat, _) = self.stat(&key, dir).await?;
+        Ok(self.file_attr(ino, &stat))
+    }
+
+    /// Every entry of directory `key`: name, kind and key; keys that are no names are
+    /// skipped with one warning each.
+    async fn list_dir(&self, key: &str) -> Result<Vec<(String, Kind, String)>, Errno> {
+        let prefix = names::dir_prefix(key);
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut after = None;
+        loop {
+            let query = ListQuery {
+                prefix: prefix.clone(),
+                delimiter: Some("/".into()),
+                after: after.take(),
+                limit: LIST_PAGE,
+            };
+            let page = self
+                .buckets
+                .list(self.bucket(), &query)
+                .await
+                .map_err(|e| errno_of(&e))?;
+            for (object, entry) in &page.entries {
+                match names::listed_object(&prefix, object) {
+                    Listed::Object(name) => {
+                        let attrs = Attrs::of_object(
+                            &entry.meta.metadata,
+                            entry.modified_ms,
+                            false,
+                            self.options.owner,
+                        );
+                        seen.insert(name.to_owned());
+                        out.push((name.to_owned(), attrs.kind, object.clone()));
+                    }
+                    Listed::Marker | Listed::Dir(_) => {}
+                    Listed::Skip(why) => self.warn_once(object, why),
+                }
+            }
+            for common in &page.prefixes {
+                match names::listed_prefix(&prefix, common) {
+                    Listed::Dir(name) if seen.contains(name) => {
+                        self.warn_once(common, NameError::Invalid);
+                    }
+                    Listed::Dir(name) => {
+                        let child = common.trim_end_matches('/').to_owned();
+                        out.push((name.to_owned(), Kind::Dir, child));
+                    }
+                    Listed::Skip(why) => self.warn_once(common, why),
+                    _ => {}
+                }
+            }
+            match (page.truncated, page.last) {
+                (true, Some(last)) => after = Some(last),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn warn_once(&self, key: &str, why: NameError) {
+        if lock(&self.warned).insert(key.to_owned()) {
+            tracing::warn!(
+                key,
+                ?why,
+                "a key that is no file name is left out of the mount"
+            );
+        }
+    }
+
+    async fn opendir(&self, ino: u64) -> Result<u64, Errno> {
+        let (key, _) = self.key_of(ino)?;
+        let parent_key = names::parent_of(&key).to_owned();
+        let listed = self.list_dir(&key).await?;
+        let mut nodes = lock(&self.nodes);
+        let parent = if ino == ROOT {
+            ROOT
+        } else {
+            nodes.ino_of(&parent_key, true, false)
+        };
+        let mut entries = vec![
+            (ino, FileType::Directory, ".".to_owned()),
+            (parent, FileType::Directory, "..".to_owned()),
+        ];
+        for (name, kind, child) in listed {
+            let child_ino = nodes.ino_of(&child, kind == Kind::Dir, false);
+            entries.push((child_ino, file_type(kind), name));
+        }
+        drop(nodes);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Open::Dir(entries));
+        Ok(fh)
+    }
+
+    /// The open state of file `ino` (`key`), made from its entry when not open yet.
+    async fn open_state(&self, ino: u64, key: &str) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
+        if let Some(file) = self.open_file_of(ino) {
+            return Ok(file);
+        }
+        let base = match self.buckets.get(self.bucket(), key).await {
+            Ok(found) => Some(found),
+            Err(BucketError::NoSuchKey) => None,
+            Err(other) => return Err(errno_of(&other)),
+        };
+        let file = Arc::new(AsyncMutex::new(OpenFile::new(
+            &self.info.id,
+            key.to_owned(),
+            base,
+        )));
+        Ok(lock(&self.files).entry(ino).or_insert(file).clone())
+    }
+
+    async fn open(&self, ino: u64) -> Result<u64, Errno> {
+        let (key, _) = self.key_of(ino)?;
+        let file = self.open_state(ino, &key).await?;
+        file.lock().await.opens += 1;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Open::File(ino));
+        Ok(fh)
+    }
+
+    fn file_of(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
+        let ino = match lock(&self.handles).get(&fh) {
+            Some(Open::File(ino)) => *ino,
+            _ => return Err(libc::EBADF),
+        };
+        self.open_file_of(ino).ok_or(libc::EBADF)
+    }
+
+    async fn read(&self, fh: u64, offset: u64, len: u64) -> Result<Vec<u8>, Errno> {
+        let file = self.file_of(fh)?;
+        let mut file = file.lock().await;
+        file.read(&self.buckets, offset, len).await
+    }
+
+    async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let file = self.file_of(fh)?;
+        let mut file = file.lock().await;
+        file.write(&self.buckets, offset, data).await?;
+        let mut attrs = Attrs::of_object(&file.meta.metadata, now_ms(), false, self.options.owner);
+        attrs.mtime = Time::now();
+        attrs.ctime = attrs.mtime;
+        attrs.write(&mut file.meta.metadata);
+        Ok(data.len() as u32)
+    }
+
+    async fn flush(&self, fh: u64) -> Result<(), Errno> {
+        let file = self.file_of(fh)?;
+        let mut file = file.lock().await;
+        file.commit(&self.buckets, self.bucket()).await
+    }
+
+    async fn release(&self, fh: u64) -> Result<(), Errno> {
+        let ino = match lock(&self.handles).remove(&fh) {
+            Some(Open::File(ino)) => ino,
+            _ => return Err(libc::EBADF),
+        };
+        let Some(file) = self.open_file_of(ino) else {
+            return Ok(());
+        };
+        let mut state = file.lock().await;
+        let committed = state.commit(&self.buckets, self.bucket()).await;
+        state.opens = state.opens.saturating_sub(1);
+        if state.opens == 0 {
+            if state.unlinked {
+                state.discard(&self.buckets).await;
+            }
+            drop(state);
+            lock(&self.files).remove(&ino);
+        }
+        committed
+    }
+
+    /// Flushes every open file (before an unmount).
+    pub async fn flush_all(&self) {
+        let files: Vec<Arc<AsyncMutex<OpenFile>>> = lock(&self.files).values().cloned().collect();
+        for file in files {
+            let mut file = file.lock().await;
+            if let Err(errno) = file.commit(&self.buckets, self.bucket()).await {
+                tracing::error!(key = %file.key, errno, "flushing an open file at unmount failed");
+            }
+        }
+    }
+
+    /// The owner of a new entry made by `req` in directory `parent` (a set-group-ID
+    /// directory passes its group on), and whether it passes set-group-ID on.
+    async fn new_owner(&self, uid: u32, gid: u32, parent: u64) -> Result<(Owner, bool), Errno> {
+        let (parent_key, dir) = self.key_of(parent)?;
+        let (stat, _) = self.stat(&parent_key, dir).await?;
+        if stat.attrs.perm & 0o2000 != 0 {
+            Ok((
+                Owner {
+                    uid,
+                    gid: stat.attrs.gid,
+                },
+                true,
+            ))
+        } else {
+            Ok((Owner { uid, gid }, false))
+        }
+    }
+
+    /// Links an object of `attrs` holding `data` as `key`, only if `key` is absent.
+    async fn put_small(
+        &self,
+        key: &str,
+        attrs: &Attrs,
+        data: &[u8],
+        condition: PutCondition,
+    ) -> Result<Entry, Errno> {
+        let mut meta = ObjectMeta::default();
+        attrs.write(&mut meta.metadata);
+        let entry = Entry {
+            inline: !data.is_empty(),
+            etag: md5_hex(data),
+            size: data.len() as u64,
+            ..empty_entry(meta)
+        };
+        let inline = (!data.is_empty()).then(|| Bytes::copy_from_slice(data));
+        self.buckets
+            .put_entry(self.bucket(), key, entry.clone(), inline, &condition)
+            .await
+            .map_err(|e| errno_of(&e))?;
+        Ok(entry)
+    }
+
+    fn refuse_if_read_only(&self) -> Result<(), Errno> {
+        if self.options.read_only {
+            Err(libc::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Makes entry `name` of `parent` of `kind` (not a directory), empty or holding `data`.
+    #[allow(clippy::too_many_arguments)]
+    async fn make(
+        &self,
+        uid: u32,
+        gid: u32,
+        parent: u64,
+        name: &OsStr,
+        kind: Kind,
+        perm: u32,
+        rdev: u32,
+        data: &[u8],
+    ) -> Result<(u64, FileAttr), Errno> {
+        self.refuse_if_read_only()?;
+        let key = self.child(parent, name)?;
+        if self.stat(&key, false).await.is_ok() {
+            return Err(libc::EEXIST);
+        }
+        let (owner, _) = self.new_owner(uid, gid, parent).await?;
+        let mut attrs = Attrs::new(kind, perm, owner);
+        attrs.rdev = rdev;
+        let entry = self
+            .put_small(&key, &attrs, data, PutCondition::Absent)
+            .await?;
+        let ino = lock(&self.nodes).ino_of(&key, false, true);
+        Ok((ino, self.file_attr(ino, &self.stat_of_entry(&entry, false))))
+    }
+
+    async fn create(
+        &self,
+        uid: u32,
+        gid: u32,
+        parent: u64,
+        name: &OsStr,
+        perm: u32,
+    ) -> Result<(FileAttr, u64), Errno> {
+        let (ino, attr) = self
+            .make(uid, gid, parent, name, Kind::File, perm, 0, &[])
+            .await?;
+        let fh = self.open(ino).await?;
+        Ok((attr, fh))
+    }
+
+    async fn mkdir(
+        &self,
+        uid: u32,
+        gid: u32,
+        parent: u64,
+        name: &OsStr,
+        perm: u32,
+    ) -> Result<FileAttr, Errno> {
+        self.refuse_if_read_only()?;
+        let key = self.child(parent, name)?;
+        if self.stat(&key, false).await.is_ok() {
+            return Err(libc::EEXIST);
+        }
+        let (owner, setgid) = self.new_owner(uid, gid, parent).await?;
+        let perm = if setgid { perm | 0o2000 } else { perm };
+        let attrs = Attrs::new(Kind::Dir, perm, owner);
+        let entry = self
+            .put_small(&names::dir_prefix(&key), &attrs, &[], PutCondition::Absent)
+            .await?;
+        let ino = lock(&self.nodes).ino_of(&key, true, true);
+        Ok(self.file_attr(ino, &self.stat_of_entry(&entry, true)))
+    }
+
+    async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        self.refuse_if_read_only()?;
+        let key = self.child(parent, name)?;
+        let ino = lock(&self.nodes).by_key.get(&key).copied();
+        if let Some(file) = ino.and_then(|ino| self.open_file_of(ino)) {
+            file.lock().await.unlinked = true;
+        }
+        match self.buckets.head(self.bucket(), &key).await {
+            Ok(_) => {}
+            Err(BucketError::NoSuchKey) => return Err(libc::ENOENT),
+            Err(other) => return Err(errno_of(&other)),
+        }
+        self.buckets
+            .delete(self.bucket(), &key)
+            .await
+            .map_err(|e| errno_of(&e))
+    }
+
+    async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        self.refuse_if_read_only()?;
+        let key = self.child(parent, name)?;
+        let (_, dir) = self.stat(&key, true).await?;
+        if !dir {
+            return Err(libc::ENOTDIR);
+        }
+        let marker = names::dir_prefix(&key);
+        let query = ListQuery {
+            prefix: marker.clone(),
+            delimiter: None,
+            after: Some(marker.clone()),
+            limit: 1,
+        };
+        let page = self
+            .buckets
+            .list(self.bucket(), &query)
+            .await
+            .map_err(|e| errno_of(&e))?;
+        if !page.entries.is_empty() {
+            return Err(libc::ENOTEMPTY);
+        }
+        self.buckets
+            .delete(self.bucket(), &marker)
+            .await
+            .map_err(|e| errno_of(&e))
+    }
+
+    async fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let (key, _) = self.key_of(ino)?;
+        let (entry, inline) = self
+            .buckets
+            .get(self.bucket(), &key)
+            .await
+            .map_err(|e| errno_of(&e))?;
+        let size = entry.size;
+        let chunks: Vec<Bytes> =
+            futures::TryStreamExt::try_collect(self.buckets.read_data(&entry, inline, 0..size))
+                .await
+                .map_err(|e| errno_of(&e))?;
+        Ok(chunks.concat())
+    }
+
+    async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        self.refuse_if_read_only()?;
+        const NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+        if flags & !NOREPLACE != 0 {
+            return Err(libc::EINVAL);
+        }
+        let from = self.child(parent, name)?;
+        let to = self.child(new_parent, new_name)?;
+        let (_, from_dir) = self.stat(&from, false).await?;
+        let target = match self.stat(&to, false).await {
+            Ok((_, dir)) => Some(dir),
+            Err(libc::ENOENT) => None,
+            Err(other) => return Err(other),
+        };
+        if target.is_some() && flags & NOREPLACE != 0 {
+            return Err(libc::EEXIST);
+        }
+        if from_dir && names::dir_prefix(&to).starts_with(&names::dir_prefix(&from)) {
+            return Err(libc::EINVAL);
+        }
+        match (from_dir, target) {
+            (true, Some(false)) => return Err(libc::ENOTDIR),
+            (false, Some(true)) => return Err(libc::EISDIR),
+            (true, Some(true)) => {
+                if !self.list_dir(&to).await?.is_empty() {
+                    return Err(libc::ENOTEMPTY);
+                }
+                let _ = self
+                    .buckets
+                    .delete(self.bucket(), &names::dir_prefix(&to))
+                    .await;
+            }
+            _ => {}
+        }
+        // An open file's pending bytes go to the old key first; it then follows its key.
+        let ino = lock(&self.nodes).by_key.get(&from).copied();
+        let open = ino.and_then(|ino| self.open_file_of(ino));
+        if let Some(file) = &open {
+            file.lock()
+                .await
+                .commit(&self.buckets, self.bucket())
+                .await?;
+        }
+        if from_dir {
+            self.rename_tree(&from, &to).await?;
+        } else {
+            self.buckets
+                .rename(self.bucket(), &from, &to)
+                .await
+                .map_err(|e| errno_of(&e))?;
+        }
+        lock(&self.nodes).rename(&from, &to);
+        if let Some(file) = open {
+            file.lock().await.key = to.clone();
+        }
+        let files: Vec<Arc<AsyncMutex<OpenFile>>> = lock(&self.files).values().cloned().collect();
+        let from_prefix = names::dir_prefix(&from);
+        for file in files {
+            let mut file = file.lock().await;
+            if let Some(rest) = file.key.strip_prefix(&from_prefix) {
+                file.key = format!("{}{rest}", names::dir_prefix(&to));
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames every key under directory `from` (its marker too) to under `to`.
+    async fn rename_tree(&self, from: &str, to: &str) -> Result<(), Errno> {
+        let from_prefix = names::dir_prefix(from);
+        let to_prefix = names::dir_prefix(to);
+        let mut keys = Vec::new();
+        let mut after = None;
+        loop {
+            let query = ListQuery {
+                prefix: from_prefix.clone(),
+                delimiter: None,
+                after: after.take(),
+                limit: LIST_PAGE,
+            };
+            let page = self
+                .buckets
+                .list(self.bucket(), &query)
+                .await
+                .map_err(|e| errno_of(&e))?;
+            keys.extend(page.entries.into_iter().map(|(k, _)| k));
+            match (page.truncated, page.last) {
+                (true, Some(last)) => after = Some(last),
+                _ => break,
+            }
+        }
+        for key in keys {
+            let new = format!("{to_prefix}{}", &key[from_prefix.len()..]);
+            match self.buckets.rename(self.bucket(), &key, &new).await {
+                Ok(()) | Err(BucketError::NoSuchKey) => {}
+                Err(other) => return Err(errno_of(&other)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes metadata of `ino` with `change`: through its open state when open (written
+    /// with its bytes), else by relinking its entry (or directory marker) guarded on it.
+    async fn change_meta(&self, ino: u64, change: &MetaChange) -> Result<FileAttr, Errno> {
+        self.refuse_if_read_only()?;
+        let (key, dir) = self.key_of(ino)?;
+        if !dir {
+            if let Some(file) = self.open_file_of(ino) {
+                let mut file = file.lock().await;
+                let mut attrs =
+                    Attrs::of_object(&file.meta.metadata, now_ms(), false, self.options.owner);
+                change(&mut attrs, &mut file.meta.metadata)?;
+                attrs.write(&mut file.meta.metadata);
+                file.meta_changed = true;
+                let size = file.size;
+                drop(file);
+                return Ok(self.file_attr(ino, &Stat { attrs, size }));
+            }
+        }
+        for _ in 0..8 {
+            let (stat, is_dir) = self.stat(&key, dir).await?;
+            let target = if is_dir {
+                names::dir_prefix(&key)
+            } else {
+                key.clone()
+            };
+            if target.is_empty() {
+                // The root has no marker to keep its attributes in.
+                return Ok(self.file_attr(ino, &stat));
+            }
+            let (entry, inline, condition) = match self.buckets.get(self.bucket(), &target).await {
+                Ok((entry, inline)) => {
+                    let etag = entry.etag.clone();
+                    (entry, inline, PutCondition::Matches(etag))
+                }
+                // A directory with no marker gets one.
+                Err(BucketError::NoSuchKey) if is_dir => {
+                    let mut meta = ObjectMeta::default();
+                    stat.attrs.write(&mut meta.metadata);
+                    (empty_entry(meta), None, PutCondition::Absent)
+                }
+                Err(other) => return Err(errno_of(&other)),
+            };
+            let mut attrs = Attrs::of_object(
+                &entry.meta.metadata,
+                entry.modified_ms,
+                is_dir,
+                self.options.owner,
+            );
+            let mut meta = entry.meta.clone();
+            change(&mut attrs, &mut meta.metadata)?;
+            attrs.write(&mut meta.metadata);
+            let new = Entry {
+                meta,
+                ..entry.clone()
+            };
+            match self
+                .buckets
+                .put_entry(self.bucket(), &target, new.clone(), inline, &condition)
+                .await
+            {
+                Ok(_) => return Ok(self.file_attr(ino, &self.stat_of_entry(&new, is_dir))),
+                Err(BucketError::PreconditionFailed) => continue,
+                Err(other) => return Err(errno_of(&other)),
+            }
+        }
+        Err(libc::EAGAIN)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> Result<FileAttr, Errno> {
+        if let Some(size) = size {
+            self.refuse_if_read_only()?;
+            let (key, dir) = self.key_of(ino)?;
+            if dir {
+                return Err(libc::EISDIR);
+            }
+            let file = self.open_state(ino, &key).await?;
+            let mut state = file.lock().await;
+            state.truncate(&self.buckets, size).await?;
+            let mut attrs =
+                Attrs::of_object(&state.meta.metadata, now_ms(), false, self.options.owner);
+            attrs.mtime = Time::now();
+            attrs.ctime = attrs.mtime;
+            attrs.write(&mut state.meta.metadata);
+            if state.opens == 0 {
+                let done = state.commit(&self.buckets, self.bucket()).await;
+                drop(state);
+                lock(&self.files).remove(&ino);
+                done?;
+            }
+        }
+        if mode.is_none() && uid.is_none() && gid.is_none() && atime.is_none() && mtime.is_none() {
+            return self.getattr(ino).await;
+        }
+        self.change_meta(ino, &move |attrs, _| {
+            if let Some(mode) = mode {
+                attrs.perm = (mode & 0o7777) as u16;
+            }
+            if let Some(uid) = uid {
+                attrs.uid = uid;
+            }
+            if let Some(gid) = gid {
+                attrs.gid = gid;
+            }
+            if let Some(at) = atime {
+                attrs.atime = time_of(at);
+            }
+            if let Some(at) = mtime {
+                attrs.mtime = time_of(at);
+            }
+            attrs.ctime = Time::now();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn xattrs(&self, ino: u64) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Errno> {
+        let (key, dir) = self.key_of(ino)?;
+        if let Some(file) = self.open_file_of(ino) {
+            return Ok(attrs::xattrs_of(&file.lock().await.meta.metadata));
+        }
+        let (_, is_dir) = self.stat(&key, dir).await?;
+        let target = if is_dir { names::dir_prefix(&key) } else { key };
+        match self.buckets.head(self.bucket(), &target).await {
+            Ok(entry) => Ok(attrs::xattrs_of(&entry.meta.metadata)),
+            Err(BucketError::NoSuchKey) => Ok(Default::default()),
+            Err(other) => Err(errno_of(&other)),
+        }
+    }
+
+    /// The cluster's raw capacity and free bytes, from the OSDs' last reports to the
+    /// monitors (what any S3 client could store is this over the copies kept).
+    async fn statfs(&self) -> (u64, u64) {
+        let report = tokio::time::timeout(Duration::from_secs(10), async {
+            self.mon.lock().await.report().await
+        })
+        .await;
+        match report {
+            Ok(Ok(report)) => report.osds.iter().fold((0, 0), |(total, free), (_, stat)| {
+                (total + stat.total_bytes, free + stat.available_bytes)
+            }),
+            _ => (0, 0),
+        }
+    }
+}
+
+fn empty_entry(meta: ObjectMeta) -> Entry {
+    Entry {
+        size: 0,
+        etag: md5_hex(&[]),
+        modified_ms: now_ms(),
+        meta,
+        segments: Vec::new(),
+        inline: false,
+        part_sizes: Vec::new(),
+    }
+}
+
+fn now_ms() -> u64 {
+    tidepool_buckets::now_ms()
+}
+
+/// The file system handed to the kernel: each request is a task on `runtime`.
+#[derive(Debug)]
+pub struct TidepoolFs {
+    core: Arc<Core>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl TidepoolFs {
+    /// The file system over `core`, serving requests on `runtime`.
+    pub fn new(core: Arc<Core>, runtime: tokio::runtime::Handle) -> TidepoolFs {
+        TidepoolFs { core, runtime }
+    }
+
+    fn spawn<F>(&self, task: impl FnOnce(Arc<Core>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(task(self.core.clone()));
+    }
+}
+
+impl Filesystem for TidepoolFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), c_int> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(4 << 20);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let name = name.to_owned();
+        self.spawn(|core| async move {
+            match core.lookup(parent, &name).await {
+                Ok(attr) => reply.entry(&core.ttl(), &attr, 0),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
+        lock(&self.core.nodes).forget(ino, nlookup);
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        self.spawn(|core| async move {
+            match core.getattr(ino).await {
+                Ok(attr) => reply.attr(&core.ttl(), &attr),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        self.spawn(|core| async move {
+            match core.setattr(ino, mode, uid, gid, size, atime, mtime).await {
+                Ok(attr) => reply.attr(&core.ttl(), &attr),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        self.spawn(|core| async move {
+            match core.readlink(ino).await {
+                Ok(target) => reply.data(&target),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (uid, gid, name) = (req.uid(), req.gid(), name.to_owned());
+        self.spawn(|core| async move {
+            let Some(kind) = Kind::of_mode(mode).filter(|k| *k != Kind::Dir && *k != Kind::Symlink)
+            else {
+                return reply.error(libc::EINVAL);
+            };
+            match core
+                .make(uid, gid, parent, &name, kind, mode & !umask, rdev, &[])
+                .await
+            {
+                Ok((_, attr)) => reply.entry(&core.ttl(), &attr, 0),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (uid, gid, name) = (req.uid(), req.gid(), name.to_owned());
+        self.spawn(|core| async move {
+            match core.mkdir(uid, gid, parent, &name, mode & !umask).await {
+                Ok(attr) => reply.entry(&core.ttl(), &attr, 0),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(|core| async move {
+            match core.unlink(parent, &name).await {
+                Ok(()) => reply.ok(),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(|core| async move {
+            match core.rmdir(parent, &name).await {
+                Ok(()) => reply.ok(),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (uid, gid, name) = (req.uid(), req.gid(), link_name.to_owned());
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(|core| async move {
+            match core
+                .make(uid, gid, parent, &name, Kind::Symlink, 0o777, 0, &target)
+                .await
+            {
+                Ok((_, attr)) => reply.entry(&core.ttl(), &attr, 0),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        self.spawn(|core| async move {
+            match core.rename(parent, &name, newparent, &newname, flags).await {
+                Ok(()) => reply.ok(),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        self.spawn(|core| async move {
+            if writes && core.options.read_only {
+                return reply.error(libc::EROFS);
+            }
+            match core.open(ino).await {
+                Ok(fh) => reply.opened(fh, 0),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
+        self.spawn(|core| async move {
+            match core.read(fh, offset.max(0) as u64, u64::from(size)).await {
+                Ok(data) => reply.data(&data),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(|core| async move {
+            match core.write(fh, offset.max(0) as u64, &data).await {
+                Ok(written) => reply.written(written),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|core| async move {
+            match core.flush(fh).await {
+                Ok(()) => reply.ok(),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|core| async move {
+            match core.release(fh).await {
+                Ok(()) => reply.ok(),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn fsync(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|core| async move {
+            match core.flush(fh).await {
+                Ok(()) => reply.ok(),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        self.spawn(|core| async move {
+            match core.opendir(ino).await {
+                Ok(fh) => reply.opened(fh, 0),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let handles = lock(&self.core.handles);
+        let Some(Open::Dir(entries)) = handles.get(&fh) else {
+            drop(handles);
+            return reply.error(libc::EBADF);
+        };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset.max(0) as usize) {
+            if reply.add(*ino, (i + 1) as i64, *kind, name) {
+                break;
+            }
+        }
+        drop(handles);
+        reply.ok();
+    }
+
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.core.handles).remove(&fh);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every directory change is durable when it returns.
+        reply.ok();
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        self.spawn(|core| async move {
+            let (total, free) = core.statfs().await;
+            let blocks = total / u64::from(BLOCK);
+            let bfree = free / u64::from(BLOCK);
+            reply.statfs(
+                blocks,
+                bfree,
+                bfree,
+                u64::MAX / 2,
+                u64::MAX / 2,
+                BLOCK,
+                names::NAME_MAX as u32,
+                BLOCK,
+            );
+        });
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (name, value) = (name.to_string_lossy().into_owned(), value.to_vec());
+        self.spawn(|core| async move {
+            if !name.starts_with("user.") {
+                return reply.error(libc::EOPNOTSUPP);
+            }
+            let done = core
+                .change_meta(ino, &move |_, meta| {
+                    let mut set = attrs::xattrs_of(meta);
+                    let exists = set.contains_key(&name);
+                    if flags & libc::XATTR_CREATE != 0 && exists {
+                        return Err(libc::EEXIST);
+                    }
+                    if flags & libc::XATTR_REPLACE != 0 && !exists {
+                        return Err(libc::ENODATA);
+                    }
+                    set.insert(name.clone(), value.clone());
+                    if attrs::set_xattrs(meta, &set) {
+                        Ok(())
+                    } else {
+                        Err(libc::ENOSPC)
+                    }
+                })
+                .await;
+            match done {
+                Ok(_) => reply.ok(),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        let name = name.to_string_lossy().into_owned();
+        self.spawn(|core| async move {
+            match core.xattrs(ino).await {
+                Ok(set) => match set.get(&name) {
+                    Some(value) if size == 0 => reply.size(value.len() as u32),
+                    Some(value) if value.len() <= size as usize => reply.data(value),
+                    Some(_) => reply.error(libc::ERANGE),
+                    None => reply.error(libc::ENODATA),
+                },
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        self.spawn(|core| async move {
+            match core.xattrs(ino).await {
+                Ok(set) => {
+                    let mut list = Vec::new();
+                    for name in set.keys() {
+                        list.extend_from_slice(name.as_bytes());
+                        list.push(0);
+                    }
+                    if size == 0 {
+                        reply.size(list.len() as u32);
+                    } else if list.len() <= size as usize {
+                        reply.data(&list);
+                    } else {
+                        reply.error(libc::ERANGE);
+                    }
+                }
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_string_lossy().into_owned();
+        self.spawn(|core| async move {
+            let done = core
+                .change_meta(ino, &move |_, meta| {
+                    let mut set = attrs::xattrs_of(meta);
+                    if set.remove(&name).is_none() {
+                        return Err(libc::ENODATA);
+                    }
+                    attrs::set_xattrs(meta, &set);
+                    Ok(())
+                })
+                .await;
+            match done {
+                Ok(_) => reply.ok(),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (uid, gid, name) = (req.uid(), req.gid(), name.to_owned());
+        self.spawn(|core| async move {
+            match core.create(uid, gid, parent, &name, mode & !umask).await {
+                Ok((attr, fh)) => reply.created(&core.ttl(), &attr, 0, fh, 0),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+}

@@ -1,0 +1,459 @@
+//! `tidepool mount` for real: `tidepool up` with its gateway, a bucket made by aws-cli, and
+//! the bucket mounted through FUSE (docs/mount.md). What a newcomer does (a tree copied in
+//! with its modes, times and links, compared; a file changed in its middle; renames; `rm
+//! -r`), the same bytes through both doors (aws-cli and the mount), a random-operation test
+//! against a model in memory, extended attributes, and the files still there after an
+//! unmount and a new mount. Every mount is unmounted when the test ends, whatever happens.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use tidepool_tests::{free_port, pattern, tidepool_ok, venv_bin, Daemon, TempDir};
+
+const MIB: usize = 1 << 20;
+
+/// A running `tidepool up` with its S3 keys.
+struct Up {
+    dir: TempDir,
+    _daemon: Daemon,
+    port: u16,
+    keys: (String, String),
+}
+
+impl Up {
+    fn start(name: &str) -> Up {
+        let dir = TempDir::new(name);
+        let cluster = dir.path().join("cluster");
+        let port = free_port();
+        let log = dir.path().join("up.log");
+        let daemon = Daemon::start(
+            &[
+                "up",
+                "--dir",
+                cluster.to_str().expect("utf-8"),
+                "--osds",
+                "3",
+                "--s3-port",
+                &port.to_string(),
+            ],
+            &log,
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Ctrl-C stops the cluster") {
+                break text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tidepool up did not come up: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let key = |label: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(label))
+                .expect("printed keys")
+                .trim()
+                .to_owned()
+        };
+        let keys = (key("access key"), key("secret key"));
+        Up {
+            dir,
+            _daemon: daemon,
+            port,
+            keys,
+        }
+    }
+
+    fn cluster(&self) -> PathBuf {
+        self.dir.path().join("cluster")
+    }
+
+    fn aws(&self, args: &[&str]) -> Output {
+        Command::new(venv_bin("aws"))
+            .arg("--endpoint-url")
+            .arg(format!("http://127.0.0.1:{}", self.port))
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &self.keys.0)
+            .env("AWS_SECRET_ACCESS_KEY", &self.keys.1)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .expect("aws runs")
+    }
+
+    fn aws_ok(&self, args: &[&str]) -> String {
+        let output = self.aws(args);
+        assert!(
+            output.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// A bucket mounted in the background; unmounted (and its process stopped) when dropped.
+struct Mounted {
+    dir: PathBuf,
+    pid: u32,
+}
+
+impl Mounted {
+    fn mount(up: &Up, bucket: &str, dir: &Path) -> Mounted {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let log = up.dir.path().join(format!("mount-{bucket}.log"));
+        let printed = tidepool_ok(
+            &up.cluster(),
+            &[
+                "mount",
+                bucket,
+                dir.to_str().expect("utf-8"),
+                "--log",
+                log.to_str().expect("utf-8"),
+                "--attr-timeout",
+                "0",
+            ],
+        );
+        let pid = printed
+            .split("(pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {printed:?}"));
+        Mounted {
+            dir: dir.to_owned(),
+            pid,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+
+    /// `tidepool umount`, then waits for the mount process to end.
+    fn unmount(self, up: &Up) {
+        tidepool_ok(
+            &up.cluster(),
+            &["umount", self.dir.to_str().expect("utf-8")],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.alive() {
+            assert!(
+                Instant::now() < deadline,
+                "the mount process outlived its unmount"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.dir)
+            .status();
+        if self.alive() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid.to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+        }
+    }
+}
+
+fn sh(script: &str) -> String {
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("sh runs");
+    assert!(
+        output.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A tree with files of awkward sizes, an empty directory, a symbolic link and modes.
+fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("docs/empty")).expect("dirs");
+    std::fs::create_dir_all(root.join("src/deep/er")).expect("dirs");
+    for (name, len) in [
+        ("empty.txt", 0),
+        ("one.txt", 1),
+        ("docs/inline.bin", 70 * 1024 - 3),
+        ("docs/two-stripes.bin", 4 * MIB + 5),
+        ("src/deep/er/small.rs", 1234),
+        ("src/main.rs", 64 * 1024),
+    ] {
+        std::fs::write(root.join(name), pattern(len as u64 + 1, len)).expect("file");
+    }
+    std::fs::set_permissions(
+        root.join("src/main.rs"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .expect("chmod");
+    std::os::unix::fs::symlink("../one.txt", root.join("docs/link")).expect("symlink");
+}
+
+/// Rule: what a newcomer does through the mount works, both doors see the same bytes, and
+/// files survive an unmount.
+#[test]
+fn a_bucket_mounted_behaves_as_a_file_system() {
+    let up = Up::start("mount");
+    up.aws_ok(&["s3", "mb", "s3://files"]);
+    let work = up.dir.path().to_path_buf();
+    let mounted = Mounted::mount(&up, "files", &work.join("mnt"));
+    let mnt = mounted.dir.clone();
+
+    // A tree copied in with `cp -a` compares equal, with its modes, times and link.
+    let source = work.join("tree");
+    make_tree(&source);
+    sh(&format!("cp -a {}/. {}/", source.display(), mnt.display()));
+    sh(&format!("diff -r {} {}", source.display(), mnt.display()));
+    let meta = std::fs::metadata(mnt.join("src/main.rs")).expect("stat");
+    assert_eq!(meta.mode() & 0o7777, 0o750);
+    let original = std::fs::metadata(source.join("src/main.rs")).expect("stat");
+    assert_eq!(meta.mtime(), original.mtime(), "cp -a keeps the time");
+    assert_eq!(
+        std::fs::read_link(mnt.join("docs/link")).expect("readlink"),
+        Path::new("../one.txt")
+    );
+    assert!(mnt.join("docs/empty").is_dir());
+    let listed = sh(&format!("cd {} && find . | sort", mnt.display()));
+    let expected = sh(&format!("cd {} && find . | sort", source.display()));
+    assert_eq!(listed, expected);
+
+    // Through the other door: aws-cli reads what the mount wrote, and the mount what aws-cli
+    // put (multipart too).
+    let fetched = work.join("fetched");
+    up.aws_ok(&[
+        "s3",
+        "cp",
+        "s3://files/docs/two-stripes.bin",
+        fetched.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&fetched).expect("fetched") == pattern(4 * MIB as u64 + 6, 4 * MIB + 5));
+    let put = work.join("put.bin");
+    std::fs::write(&put, pattern(99, 20 * MIB + 11)).expect("put file");
+    up.aws_ok(&[
+        "s3",
+        "cp",
+        put.to_str().unwrap(),
+        "s3://files/from-s3/big.bin",
+    ]);
+    assert!(
+        std::fs::read(mnt.join("from-s3/big.bin")).expect("read") == pattern(99, 20 * MIB + 11)
+    );
+    up.aws_ok(&["s3", "rm", "s3://files/from-s3/big.bin"]);
+    assert!(
+        !mnt.join("from-s3/big.bin").exists(),
+        "a key deleted by S3 is gone"
+    );
+
+    // A write in the middle of a large file, an append and a truncation.
+    let big = mnt.join("big.bin");
+    let mut model = pattern(7, 12 * MIB + 3);
+    std::fs::write(&big, &model).expect("big file");
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&big)
+            .expect("open");
+        file.seek(SeekFrom::Start(5 * MIB as u64 - 10))
+            .expect("seek");
+        file.write_all(&[0xab; 100]).expect("write");
+        file.sync_all().expect("fsync");
+    }
+    model[5 * MIB - 10..5 * MIB + 90].fill(0xab);
+    assert!(std::fs::read(&big).expect("read") == model);
+    sh(&format!("printf 'tail' >> {}", big.display()));
+    model.extend_from_slice(b"tail");
+    sh(&format!(
+        "truncate -s {} {}",
+        9 * MIB + 1,
+        mnt.join("docs/two-stripes.bin").display()
+    ));
+    let mut cut = pattern(4 * MIB as u64 + 6, 4 * MIB + 5);
+    cut.resize(9 * MIB + 1, 0);
+    assert!(std::fs::read(mnt.join("docs/two-stripes.bin")).expect("read") == cut);
+    up.aws_ok(&["s3", "cp", "s3://files/big.bin", fetched.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&fetched).expect("fetched") == model,
+        "S3 sees the changed file"
+    );
+
+    // Renames: a file over another, across directories, and a directory.
+    sh(&format!(
+        "cd {0} && mv one.txt docs/moved.txt && mv docs/inline.bin src/main.rs && mv src renamed",
+        mnt.display()
+    ));
+    assert!(!mnt.join("one.txt").exists());
+    assert!(std::fs::read(mnt.join("docs/moved.txt")).expect("moved") == pattern(2, 1));
+    assert!(
+        std::fs::read(mnt.join("renamed/main.rs")).expect("replaced")
+            == pattern(70 * 1024 - 2, 70 * 1024 - 3)
+    );
+    assert!(
+        std::fs::read(mnt.join("renamed/deep/er/small.rs")).expect("deep") == pattern(1235, 1234)
+    );
+    let keys = up.aws_ok(&["s3", "ls", "--recursive", "s3://files/"]);
+    assert!(
+        keys.contains("renamed/deep/er/small.rs") && !keys.contains("src/"),
+        "{keys}"
+    );
+
+    // Errors programs expect.
+    let not_empty = Command::new("rmdir")
+        .arg(mnt.join("renamed"))
+        .output()
+        .expect("rmdir");
+    assert!(String::from_utf8_lossy(&not_empty.stderr).contains("not empty"));
+    let exclusive = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(mnt.join("docs/moved.txt"));
+    assert_eq!(
+        exclusive.err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::AlreadyExists)
+    );
+    let long = mnt.join("x".repeat(256));
+    assert_eq!(
+        std::fs::write(&long, b"x")
+            .err()
+            .and_then(|e| e.raw_os_error()),
+        Some(libc_enametoolong())
+    );
+
+    // Extended attributes (user.*), binary values included.
+    sh(&format!(
+        "{} -c \"import os; p='{}'; os.setxattr(p, 'user.Colour', b'\\x00blue'); \
+         assert os.getxattr(p, 'user.Colour') == b'\\x00blue'; assert 'user.Colour' in os.listxattr(p); \
+         os.removexattr(p, 'user.Colour'); assert os.listxattr(p) == []\"",
+        venv_bin("python").display(),
+        mnt.join("docs/moved.txt").display()
+    ));
+
+    random_operations(&mnt);
+
+    // `rm -r` leaves the bucket empty of that tree.
+    sh(&format!("rm -r {}", mnt.join("renamed").display()));
+    let listing = up.aws_ok(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "files",
+        "--prefix",
+        "renamed/",
+    ]);
+    assert!(!listing.contains("\"Key\""), "{listing}");
+
+    // Unmounted and mounted again: the files are there.
+    mounted.unmount(&up);
+    assert!(!mnt.join("big.bin").exists());
+    let again = Mounted::mount(&up, "files", &mnt);
+    assert!(std::fs::read(again.path("big.bin")).expect("read") == model);
+    assert!(std::fs::read(again.path("docs/moved.txt")).expect("read") == pattern(2, 1));
+    again.unmount(&up);
+}
+
+fn libc_enametoolong() -> i32 {
+    36
+}
+
+/// Rule: seeded rounds of writes at random offsets, truncations, reads, and closes and
+/// reopens of files on the mount never leave a byte different from a model in memory.
+fn random_operations(mnt: &Path) {
+    let dir = mnt.join("random");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound.max(1)
+    };
+    let mut models: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut open: Option<(String, std::fs::File)> = None;
+    for round in 0..400u64 {
+        let name = format!("f{}", next(3));
+        let model = models.entry(name.clone()).or_default();
+        if open.as_ref().is_none_or(|(n, _)| *n != name) || next(10) == 0 {
+            // The previous file closes first (its last handle: it is committed).
+            drop(open.take());
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.join(&name))
+                .expect("open");
+            open = Some((name.clone(), file));
+        }
+        let file = &mut open.as_mut().expect("open").1;
+        match next(10) {
+            0..=4 => {
+                let offset = next(model.len() as u64 + 6 * MIB as u64);
+                let most = if next(4) == 0 { 5 * MIB as u64 } else { 70_000 };
+                let len = 1 + next(most) as usize;
+                let data = pattern(round, len);
+                file.seek(SeekFrom::Start(offset)).expect("seek");
+                file.write_all(&data).expect("write");
+                let end = offset as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[offset as usize..end].copy_from_slice(&data);
+            }
+            5 => {
+                let size = next(model.len() as u64 + MIB as u64) as usize;
+                file.set_len(size as u64).expect("truncate");
+                model.resize(size, 0);
+            }
+            6 => file.sync_all().expect("fsync"),
+            _ => {
+                let offset = next(model.len() as u64 + 1);
+                let len = next(3 * MIB as u64) as usize;
+                let mut got = Vec::new();
+                file.seek(SeekFrom::Start(offset)).expect("seek");
+                Read::by_ref(file)
+                    .take(len as u64)
+                    .read_to_end(&mut got)
+                    .expect("read");
+                let end = (offset as usize + len).min(model.len());
+                let want = &model[(offset as usize).min(end)..end];
+                assert!(
+                    got == want,
+                    "round {round}: {name} differs at {offset}+{len}"
+                );
+            }
+        }
+    }
+    drop(open);
+    for (name, model) in &models {
+        let got = std::fs::read(dir.join(name)).expect("read");
+        assert_eq!(got.len(), model.len(), "{name}'s size");
+        assert!(got == *model, "{name} differs after closing");
+    }
+}
