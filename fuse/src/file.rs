@@ -96,11 +96,6 @@ impl OpenFile {
         }
     }
 
-    /// The base entry.
-    pub fn base(&self) -> Option<&Entry> {
-        self.base.as_ref()
-    }
-
     /// Whether a commit has anything to write.
     pub fn pending(&self) -> bool {
         self.changed || self.meta_changed

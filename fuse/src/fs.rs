@@ -135,6 +135,16 @@ impl Nodes {
         }
     }
 
+    /// `key` no longer names its inode (unlinked): a new entry of that name gets a new one,
+    /// while the old one lives on for its open handles.
+    fn unlink(&mut self, key: &str) {
+        if let Some(ino) = self.by_key.remove(key) {
+            if let Some(node) = self.by_ino.get_mut(&ino) {
+                node.key = String::from("\0gone");
+            }
+        }
+    }
+
     /// Moves `from` (and, for a directory, every key under it) to `to`.
     fn rename(&mut self, from: &str, to: &str) {
         let from_prefix = names::dir_prefix(from);
@@ -170,7 +180,7 @@ struct Stat {
 /// What an open handle refers to.
 #[derive(Debug)]
 enum Open {
-    File(u64),
+    File(u64, Arc<AsyncMutex<OpenFile>>),
     Dir(Vec<(u64, FileType, String)>),
 }
 
@@ -187,6 +197,11 @@ pub struct Core {
     warned: Mutex<HashSet<String>>,
     started: Time,
     mon: AsyncMutex<tidepool_client::MonClient>,
+    /// What keys were found to be, and when, kept for the attribute timeout.
+    stats: Mutex<HashMap<String, (std::time::Instant, Stat, bool)>>,
+    /// Bumped by every change this mount makes: what a lookup that began before a change
+    /// found is not kept.
+    generation: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -251,6 +266,8 @@ impl Core {
     ) -> Core {
         Core {
             mon: AsyncMutex::new(mon),
+            stats: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             buckets,
             info,
             options,
@@ -341,16 +358,42 @@ impl Core {
         if let Some(file) = ino.and_then(|ino| self.open_file_of(ino)) {
             let file = file.lock().await;
             if !file.unlinked {
-                let mut stat = match file.base() {
-                    Some(base) => self.stat_of_entry(base, false),
-                    None => self.stat_of_entry(&empty_entry(ObjectMeta::default()), false),
-                };
-                stat.attrs =
-                    Attrs::of_object(&file.meta.metadata, now_ms(), false, self.options.owner);
-                stat.size = file.size;
-                return Ok((stat, false));
+                return Ok((self.stat_of_open(&file), false));
             }
         }
+        if let Some((at, stat, dir)) = lock(&self.stats).get(key) {
+            if at.elapsed() < self.ttl() {
+                return Ok((*stat, *dir));
+            }
+        }
+        let since = self.generation.load(Ordering::SeqCst);
+        let found = self.stat_uncached(key, dir_hint).await?;
+        self.remember(key, found.0, found.1, since);
+        Ok(found)
+    }
+
+    /// Keeps what `key` was found to be for the attribute timeout, unless this mount changed
+    /// anything since generation `since` (when the lookup began).
+    fn remember(&self, key: &str, stat: Stat, dir: bool, since: u64) {
+        if self.ttl().is_zero() {
+            return;
+        }
+        let mut stats = lock(&self.stats);
+        if self.generation.load(Ordering::SeqCst) == since {
+            stats.insert(key.to_owned(), (std::time::Instant::now(), stat, dir));
+        }
+    }
+
+    /// Forgets what `key` was found to be: this mount changed it. A lookup in flight
+    /// meanwhile keeps nothing.
+    fn forget_stat(&self, key: &str) {
+        let key = key.trim_end_matches('/');
+        let mut stats = lock(&self.stats);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        stats.remove(key);
+    }
+
+    async fn stat_uncached(&self, key: &str, dir_hint: bool) -> Result<(Stat, bool), Errno> {
         if !dir_hint {
             match self.buckets.head(self.bucket(), key).await {
                 Ok(entry) => return Ok((self.stat_of_entry(&entry, false), false)),
@@ -358,14 +401,11 @@ impl Core {
                 Err(other) => return Err(errno_of(&other)),
             }
         }
+        // One listing says both whether the directory has a marker (the first key under its
+        // prefix is the marker itself) and whether it holds anything.
         let marker = names::dir_prefix(key);
-        match self.buckets.head(self.bucket(), &marker).await {
-            Ok(entry) => return Ok((self.stat_of_entry(&entry, true), true)),
-            Err(BucketError::NoSuchKey) => {}
-            Err(other) => return Err(errno_of(&other)),
-        }
         let query = ListQuery {
-            prefix: marker,
+            prefix: marker.clone(),
             delimiter: None,
             after: None,
             limit: 1,
@@ -375,7 +415,10 @@ impl Core {
             .list(self.bucket(), &query)
             .await
             .map_err(|e| errno_of(&e))?;
-        if let Some((_, entry)) = page.entries.first() {
+        if let Some((first, entry)) = page.entries.first() {
+            if *first == marker {
+                return Ok((self.stat_of_entry(entry, true), true));
+            }
             let when = Time::from_ms(entry.modified_ms);
             return Ok((
                 Stat {
@@ -403,15 +446,29 @@ impl Core {
     }
 
     async fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        // An open file answers for itself, also once its key is unlinked or replaced.
+        if let Some(file) = self.open_file_of(ino) {
+            let stat = self.stat_of_open(&*file.lock().await);
+            return Ok(self.file_attr(ino, &stat));
+        }
         let (key, dir) = self.key_of(ino)?;
         let (stat, _) = self.stat(&key, dir).await?;
         Ok(self.file_attr(ino, &stat))
+    }
+
+    /// The attributes of an open file: its metadata and size as written here.
+    fn stat_of_open(&self, file: &OpenFile) -> Stat {
+        Stat {
+            attrs: Attrs::of_object(&file.meta.metadata, now_ms(), false, self.options.owner),
+            size: file.size,
+        }
     }
 
     /// Every entry of directory `key`: name, kind and key; keys that are no names are
     /// skipped with one warning each.
     async fn list_dir(&self, key: &str) -> Result<Vec<(String, Kind, String)>, Errno> {
         let prefix = names::dir_prefix(key);
+        let since = self.generation.load(Ordering::SeqCst);
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut after = None;
@@ -430,12 +487,9 @@ impl Core {
             for (object, entry) in &page.entries {
                 match names::listed_object(&prefix, object) {
                     Listed::Object(name) => {
-                        let attrs = Attrs::of_object(
-                            &entry.meta.metadata,
-                            entry.modified_ms,
-                            false,
-                            self.options.owner,
-                        );
+                        let stat = self.stat_of_entry(entry, false);
+                        self.remember(object, stat, false, since);
+                        let attrs = stat.attrs;
                         seen.insert(name.to_owned());
                         out.push((name.to_owned(), attrs.kind, object.clone()));
                     }
@@ -519,19 +573,44 @@ impl Core {
 
     async fn open(&self, ino: u64) -> Result<u64, Errno> {
         let (key, _) = self.key_of(ino)?;
-        let file = self.open_state(ino, &key).await?;
-        file.lock().await.opens += 1;
+        loop {
+            let file = self.open_state(ino, &key).await?;
+            if self.hold(ino, &file).await {
+                return Ok(self.handle(ino, file));
+            }
+        }
+    }
+
+    /// Counts a handle on `file` (the open state of `ino`) unless its last handle was
+    /// released meanwhile and another state took its place; whether it did. A state whose
+    /// last release took it out of the table goes back in. Counting and the release's
+    /// removal both happen under the state's lock.
+    async fn hold(&self, ino: u64, file: &Arc<AsyncMutex<OpenFile>>) -> bool {
+        let mut state = file.lock().await;
+        let mut files = lock(&self.files);
+        match files.get(&ino) {
+            Some(current) if !Arc::ptr_eq(current, file) => return false,
+            Some(_) => {}
+            None => {
+                files.insert(ino, file.clone());
+            }
+        }
+        state.opens += 1;
+        true
+    }
+
+    /// A new handle on `file` (of `ino`).
+    fn handle(&self, ino: u64, file: Arc<AsyncMutex<OpenFile>>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, Open::File(ino));
-        Ok(fh)
+        lock(&self.handles).insert(fh, Open::File(ino, file));
+        fh
     }
 
     fn file_of(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
-        let ino = match lock(&self.handles).get(&fh) {
-            Some(Open::File(ino)) => *ino,
-            _ => return Err(libc::EBADF),
-        };
-        self.open_file_of(ino).ok_or(libc::EBADF)
+        match lock(&self.handles).get(&fh) {
+            Some(Open::File(_, file)) => Ok(file.clone()),
+            _ => Err(libc::EBADF),
+        }
     }
 
     async fn read(&self, fh: u64, offset: u64, len: u64) -> Result<Vec<u8>, Errno> {
@@ -554,26 +633,33 @@ impl Core {
     async fn flush(&self, fh: u64) -> Result<(), Errno> {
         let file = self.file_of(fh)?;
         let mut file = file.lock().await;
-        file.commit(&self.buckets, self.bucket()).await
+        self.forget_stat(&file.key);
+        let committed = file.commit(&self.buckets, self.bucket()).await;
+        self.forget_stat(&file.key);
+        committed
     }
 
     async fn release(&self, fh: u64) -> Result<(), Errno> {
-        let ino = match lock(&self.handles).remove(&fh) {
-            Some(Open::File(ino)) => ino,
+        let (ino, file) = match lock(&self.handles).remove(&fh) {
+            Some(Open::File(ino, file)) => (ino, file),
             _ => return Err(libc::EBADF),
         };
-        let Some(file) = self.open_file_of(ino) else {
-            return Ok(());
-        };
         let mut state = file.lock().await;
+        self.forget_stat(&state.key);
         let committed = state.commit(&self.buckets, self.bucket()).await;
+        self.forget_stat(&state.key);
         state.opens = state.opens.saturating_sub(1);
         if state.opens == 0 {
             if state.unlinked {
                 state.discard(&self.buckets).await;
             }
-            drop(state);
-            lock(&self.files).remove(&ino);
+            let mut files = lock(&self.files);
+            if files
+                .get(&ino)
+                .is_some_and(|current| Arc::ptr_eq(current, &file))
+            {
+                files.remove(&ino);
+            }
         }
         committed
     }
@@ -624,6 +710,8 @@ impl Core {
             ..empty_entry(meta)
         };
         let inline = (!data.is_empty()).then(|| Bytes::copy_from_slice(data));
+        self.forget_stat(key);
+        self.forget_stat(key.trim_end_matches('/'));
         self.buckets
             .put_entry(self.bucket(), key, entry.clone(), inline, &condition)
             .await
@@ -651,10 +739,12 @@ impl Core {
         perm: u32,
         rdev: u32,
         data: &[u8],
-    ) -> Result<(u64, FileAttr), Errno> {
+    ) -> Result<(u64, FileAttr, Entry), Errno> {
         self.refuse_if_read_only()?;
         let key = self.child(parent, name)?;
-        if self.stat(&key, false).await.is_ok() {
+        // The kernel looked the name up first; the link below is refused if an object took
+        // it since, and a directory of that name is checked from the cache when known.
+        if lock(&self.stats).get(&key).is_some_and(|(_, _, dir)| *dir) {
             return Err(libc::EEXIST);
         }
         let (owner, _) = self.new_owner(uid, gid, parent).await?;
@@ -664,7 +754,8 @@ impl Core {
             .put_small(&key, &attrs, data, PutCondition::Absent)
             .await?;
         let ino = lock(&self.nodes).ino_of(&key, false, true);
-        Ok((ino, self.file_attr(ino, &self.stat_of_entry(&entry, false))))
+        let attr = self.file_attr(ino, &self.stat_of_entry(&entry, false));
+        Ok((ino, attr, entry))
     }
 
     async fn create(
@@ -675,11 +766,25 @@ impl Core {
         name: &OsStr,
         perm: u32,
     ) -> Result<(FileAttr, u64), Errno> {
-        let (ino, attr) = self
+        let (ino, attr, entry) = self
             .make(uid, gid, parent, name, Kind::File, perm, 0, &[])
             .await?;
-        let fh = self.open(ino).await?;
-        Ok((attr, fh))
+        let (key, _) = self.key_of(ino)?;
+        // Opened on the entry just linked: no read of it again.
+        let fresh = Arc::new(AsyncMutex::new(OpenFile::new(
+            &self.info.id,
+            key,
+            Some((entry, None)),
+        )));
+        loop {
+            let file = lock(&self.files)
+                .entry(ino)
+                .or_insert(fresh.clone())
+                .clone();
+            if self.hold(ino, &file).await {
+                return Ok((attr, self.handle(ino, file)));
+            }
+        }
     }
 
     async fn mkdir(
@@ -712,6 +817,7 @@ impl Core {
         if let Some(file) = ino.and_then(|ino| self.open_file_of(ino)) {
             file.lock().await.unlinked = true;
         }
+        self.forget_stat(&key);
         match self.buckets.head(self.bucket(), &key).await {
             Ok(_) => {}
             Err(BucketError::NoSuchKey) => return Err(libc::ENOENT),
@@ -720,13 +826,18 @@ impl Core {
         self.buckets
             .delete(self.bucket(), &key)
             .await
-            .map_err(|e| errno_of(&e))
+            .map_err(|e| errno_of(&e))?;
+        lock(&self.nodes).unlink(&key);
+        self.forget_stat(&key);
+        Ok(())
     }
 
     async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
         self.refuse_if_read_only()?;
         let key = self.child(parent, name)?;
+        self.forget_stat(&key);
         let (_, dir) = self.stat(&key, true).await?;
+        self.forget_stat(&key);
         if !dir {
             return Err(libc::ENOTDIR);
         }
@@ -748,7 +859,10 @@ impl Core {
         self.buckets
             .delete(self.bucket(), &marker)
             .await
-            .map_err(|e| errno_of(&e))
+            .map_err(|e| errno_of(&e))?;
+        lock(&self.nodes).unlink(&key);
+        self.forget_stat(&key);
+        Ok(())
     }
 
     async fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
@@ -824,6 +938,21 @@ impl Core {
                 .await
                 .map_err(|e| errno_of(&e))?;
         }
+        // Forgotten now (the checks above looked both up), and everything under a directory.
+        self.forget_stat(&from);
+        self.forget_stat(&to);
+        if from_dir {
+            lock(&self.stats).clear();
+        }
+        // A file open under the target's name is replaced: it lives on for its handles, and
+        // its writes no longer go to the key.
+        let replaced = lock(&self.nodes).by_key.get(&to).copied();
+        if let Some(file) = replaced
+            .filter(|r| Some(*r) != ino)
+            .and_then(|r| self.open_file_of(r))
+        {
+            file.lock().await.unlinked = true;
+        }
         lock(&self.nodes).rename(&from, &to);
         if let Some(file) = open {
             file.lock().await.key = to.clone();
@@ -878,6 +1007,7 @@ impl Core {
     async fn change_meta(&self, ino: u64, change: &MetaChange) -> Result<FileAttr, Errno> {
         self.refuse_if_read_only()?;
         let (key, dir) = self.key_of(ino)?;
+        self.forget_stat(&key);
         if !dir {
             if let Some(file) = self.open_file_of(ino) {
                 let mut file = file.lock().await;
@@ -928,11 +1058,12 @@ impl Core {
                 meta,
                 ..entry.clone()
             };
-            match self
+            let linked = self
                 .buckets
                 .put_entry(self.bucket(), &target, new.clone(), inline, &condition)
-                .await
-            {
+                .await;
+            self.forget_stat(&key);
+            match linked {
                 Ok(_) => return Ok(self.file_attr(ino, &self.stat_of_entry(&new, is_dir))),
                 Err(BucketError::PreconditionFailed) => continue,
                 Err(other) => return Err(errno_of(&other)),
@@ -958,6 +1089,7 @@ impl Core {
             if dir {
                 return Err(libc::EISDIR);
             }
+            self.forget_stat(&key);
             let file = self.open_state(ino, &key).await?;
             let mut state = file.lock().await;
             state.truncate(&self.buckets, size).await?;
@@ -968,8 +1100,16 @@ impl Core {
             attrs.write(&mut state.meta.metadata);
             if state.opens == 0 {
                 let done = state.commit(&self.buckets, self.bucket()).await;
+                let mut files = lock(&self.files);
+                if files
+                    .get(&ino)
+                    .is_some_and(|current| Arc::ptr_eq(current, &file))
+                {
+                    files.remove(&ino);
+                }
+                drop(files);
                 drop(state);
-                lock(&self.files).remove(&ino);
+                self.forget_stat(&key);
                 done?;
             }
         }
@@ -1150,7 +1290,7 @@ impl Filesystem for TidepoolFs {
                 .make(uid, gid, parent, &name, kind, mode & !umask, rdev, &[])
                 .await
             {
-                Ok((_, attr)) => reply.entry(&core.ttl(), &attr, 0),
+                Ok((_, attr, _)) => reply.entry(&core.ttl(), &attr, 0),
                 Err(errno) => reply.error(errno),
             }
         });
@@ -1209,7 +1349,7 @@ impl Filesystem for TidepoolFs {
                 .make(uid, gid, parent, &name, Kind::Symlink, 0o777, 0, &target)
                 .await
             {
-                Ok((_, attr)) => reply.entry(&core.ttl(), &attr, 0),
+                Ok((_, attr, _)) => reply.entry(&core.ttl(), &attr, 0),
                 Err(errno) => reply.error(errno),
             }
         });

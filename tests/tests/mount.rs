@@ -117,8 +117,6 @@ impl Mounted {
                 dir.to_str().expect("utf-8"),
                 "--log",
                 log.to_str().expect("utf-8"),
-                "--attr-timeout",
-                "0",
             ],
         );
         let pid = printed
@@ -139,6 +137,15 @@ impl Mounted {
 
     fn alive(&self) -> bool {
         Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+
+    /// Gone, or a zombie nobody reaped yet.
+    fn dead(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'))
+        })
     }
 
     /// `tidepool umount`, then waits for the mount process to end.
@@ -267,10 +274,15 @@ fn a_bucket_mounted_behaves_as_a_file_system() {
         std::fs::read(mnt.join("from-s3/big.bin")).expect("read") == pattern(99, 20 * MIB + 11)
     );
     up.aws_ok(&["s3", "rm", "s3://files/from-s3/big.bin"]);
-    assert!(
-        !mnt.join("from-s3/big.bin").exists(),
-        "a key deleted by S3 is gone"
-    );
+    // Gone within the attribute timeout (1 s).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while mnt.join("from-s3/big.bin").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "a key deleted by S3 stays in the mount"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // A write in the middle of a large file, an append and a truncation.
     let big = mnt.join("big.bin");
@@ -356,6 +368,8 @@ fn a_bucket_mounted_behaves_as_a_file_system() {
     ));
 
     random_operations(&mnt);
+    newcomer_tools(&source, &mnt, &work);
+    many_files(&mnt);
 
     // `rm -r` leaves the bucket empty of that tree.
     sh(&format!("rm -r {}", mnt.join("renamed").display()));
@@ -369,13 +383,130 @@ fn a_bucket_mounted_behaves_as_a_file_system() {
     ]);
     assert!(!listing.contains("\"Key\""), "{listing}");
 
+    // An OSD killed (-9) while files are written: the writes go on, and read back exact.
+    let osd = pid_of(&up.cluster(), "osd-1");
+    let writer = std::thread::spawn({
+        let mnt = mnt.clone();
+        move || {
+            for i in 0..3u64 {
+                std::fs::write(
+                    mnt.join(format!("during-{i}.bin")),
+                    pattern(500 + i, 9 * MIB),
+                )
+                .expect("a write while an OSD dies");
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    sh(&format!("kill -9 {osd}"));
+    writer.join().expect("writer");
+    for i in 0..3u64 {
+        let got = std::fs::read(mnt.join(format!("during-{i}.bin"))).expect("read");
+        assert!(got == pattern(500 + i, 9 * MIB), "during-{i}.bin");
+    }
+
     // Unmounted and mounted again: the files are there.
     mounted.unmount(&up);
     assert!(!mnt.join("big.bin").exists());
     let again = Mounted::mount(&up, "files", &mnt);
     assert!(std::fs::read(again.path("big.bin")).expect("read") == model);
     assert!(std::fs::read(again.path("docs/moved.txt")).expect("read") == pattern(2, 1));
-    again.unmount(&up);
+
+    // The mount killed (-9) while a file is being written: what was closed before is whole,
+    // and a new mount serves the bucket.
+    std::fs::write(again.path("closed.bin"), pattern(77, 6 * MIB)).expect("closed file");
+    let mut open = std::fs::File::create(again.path("open.bin")).expect("create");
+    open.write_all(&pattern(78, 5 * MIB)).expect("write");
+    // Killed without a fork: a forked child's exec would close its copy of `open`'s
+    // descriptor, and every close of a descriptor flushes the file (as FUSE does).
+    let pid = rustix::process::Pid::from_raw(again.pid as i32).expect("a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill -9");
+    // SIGKILL lands asynchronously: the close below must not reach a mount still dying.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !again.dead() {
+        assert!(Instant::now() < deadline, "the mount outlived kill -9");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(open);
+    drop(again);
+    let third = Mounted::mount(&up, "files", &mnt);
+    assert!(std::fs::read(third.path("closed.bin")).expect("read") == pattern(77, 6 * MIB));
+    let open_after = std::fs::read(third.path("open.bin")).expect("the created file exists");
+    assert!(
+        open_after.is_empty(),
+        "an unflushed file keeps what it had when last closed, not {} bytes (the written ones: {})",
+        open_after.len(),
+        open_after == pattern(78, 5 * MIB)
+    );
+    third.unmount(&up);
+}
+
+/// The PID of the daemon of `cluster` whose command line holds `what`.
+fn pid_of(cluster: &Path, what: &str) -> u32 {
+    let output = Command::new("pgrep")
+        .args(["-af", &cluster.display().to_string()])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find(|line| line.contains(what) && !line.contains(" mount "))
+        .and_then(|line| line.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no daemon {what}"))
+}
+
+/// Rule: tar, rsync, git and an editor's save work through the mount as on a local disk.
+fn newcomer_tools(source: &Path, mnt: &Path, work: &Path) {
+    let (source, mnt, work) = (source.display(), mnt.display(), work.display());
+    // tar in and out, modes and links kept.
+    sh(&format!(
+        "tar -C {source} -cf {work}/tree.tar . && mkdir {mnt}/untar && \
+         tar -C {mnt}/untar -xpf {work}/tree.tar && diff -r {source} {mnt}/untar && \
+         test \"$(stat -c %a {mnt}/untar/src/main.rs)\" = 750 && \
+         mkdir {work}/back && tar -C {mnt}/untar -cf - . | tar -C {work}/back -xpf - && \
+         diff -r {source} {work}/back"
+    ));
+    // rsync both ways (it writes temporary files and renames them over).
+    sh(&format!(
+        "rsync -a {source}/ {mnt}/rsynced/ && diff -r {source} {mnt}/rsynced && \
+         rsync -a {mnt}/rsynced/ {work}/rsync-back/ && diff -r {source} {work}/rsync-back && \
+         rsync -a --checksum {source}/ {mnt}/rsynced/"
+    ));
+    // A repository made, committed to and cloned inside the mount.
+    sh(&format!(
+        "cd {mnt} && git init -q repo && cd repo && git config user.email t@example.com && \
+         git config user.name tester && cp -r {source}/src {source}/docs . && \
+         git add -A && git commit -qm first && echo more >> docs/moved-later.txt && \
+         git add -A && git commit -qm second && test \"$(git log --oneline | wc -l)\" = 2 && \
+         git fsck --no-progress >/dev/null && cd .. && git clone -q repo clone && diff -r --no-dereference -x .git -x empty repo clone && \
+         git -C clone log --oneline | grep -q second"
+    ));
+    // An editor's save: a temporary file written, synced and renamed over the original.
+    sh(&format!(
+        "cd {mnt} && printf 'draft' > notes.txt && printf 'saved text' > .notes.txt.swp && \
+         sync .notes.txt.swp && mv .notes.txt.swp notes.txt && test \"$(cat notes.txt)\" = 'saved text'"
+    ));
+    sh(&format!(
+        "rm -r {mnt}/untar {mnt}/rsynced {mnt}/repo {mnt}/clone"
+    ));
+}
+
+/// Rule: `find`, `du` and `ls -lR` of a directory with a thousand files list every one.
+fn many_files(mnt: &Path) {
+    let dir = mnt.join("many");
+    let started = Instant::now();
+    sh(&format!(
+        "mkdir {0} && cd {0} && for i in $(seq 1000); do echo $i > f$i; done",
+        dir.display()
+    ));
+    eprintln!("1,000 files created in {:?}", started.elapsed());
+    let started = Instant::now();
+    let listed = sh(&format!("ls -lR {} | grep -c '^-'", dir.display()));
+    assert_eq!(listed.trim(), "1000");
+    let found = sh(&format!("find {} -type f | wc -l", dir.display()));
+    assert_eq!(found.trim(), "1000");
+    sh(&format!("du -s {}", dir.display()));
+    eprintln!("ls -lR, find and du of them in {:?}", started.elapsed());
+    sh(&format!("rm -r {}", dir.display()));
 }
 
 fn libc_enametoolong() -> i32 {
