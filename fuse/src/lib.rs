@@ -67,6 +67,8 @@ pub async fn serve(
             () = tokio::time::sleep(Duration::from_millis(200)) => {
                 if background.guard.is_finished() {
                     tracing::info!("unmounted");
+                    // Unmounted from outside already: dropping the session would try again.
+                    std::mem::forget(background);
                     return Ok(());
                 }
             }

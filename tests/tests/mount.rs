@@ -171,17 +171,20 @@ impl Drop for Mounted {
             .arg("-u")
             .arg("-z")
             .arg(&self.dir)
+            .stderr(std::process::Stdio::null())
             .status();
-        if self.alive() {
+        if !self.dead() {
             let _ = Command::new("kill")
                 .args(["-TERM", &self.pid.to_string()])
+                .stderr(std::process::Stdio::null())
                 .status();
             let deadline = Instant::now() + Duration::from_secs(10);
-            while self.alive() && Instant::now() < deadline {
+            while !self.dead() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
             }
             let _ = Command::new("kill")
                 .args(["-KILL", &self.pid.to_string()])
+                .stderr(std::process::Stdio::null())
                 .status();
         }
     }
