@@ -421,13 +421,7 @@ impl OpenFile {
         let entry = linked.map_err(|e| errno_of(&e))?;
         let orphans: Vec<Segment> = std::mem::take(&mut self.orphans)
             .into_iter()
-            .map(|n| Segment {
-                prefix: self.prefix.clone(),
-                offset: n * stripe,
-                size: stripe,
-                stripe_bytes: stripe,
-                pool: self.pool.clone(),
-            })
+            .map(|n| self.staged_stripe(n, stripe))
             .collect();
         if !orphans.is_empty() {
             buckets.remove_segments(&orphans).await;
@@ -527,6 +521,17 @@ impl OpenFile {
         }
     }
 
+    /// Staged stripe `n`, whole, as a segment (for removing it).
+    fn staged_stripe(&self, n: u64, stripe: u64) -> Segment {
+        Segment {
+            prefix: self.prefix.clone(),
+            offset: n * stripe,
+            size: stripe,
+            stripe_bytes: stripe,
+            pool: self.pool.clone(),
+        }
+    }
+
     /// Removes what this file staged and never linked (an unlinked file's last close).
     pub async fn discard(&mut self, buckets: &Buckets) {
         let stripe = Self::stripe_bytes(buckets);
@@ -534,13 +539,7 @@ impl OpenFile {
             .staged
             .keys()
             .chain(&self.orphans)
-            .map(|n| Segment {
-                prefix: self.prefix.clone(),
-                offset: n * stripe,
-                size: stripe,
-                stripe_bytes: stripe,
-                pool: self.pool.clone(),
-            })
+            .map(|n| self.staged_stripe(*n, stripe))
             .collect();
         buckets.remove_segments(&segments).await;
         self.staged.clear();

@@ -1203,6 +1203,35 @@ impl TidepoolFs {
     {
         self.runtime.spawn(task(self.core.clone()));
     }
+
+    /// Runs `task` and answers `reply` with its outcome.
+    fn answer_empty<F>(&self, reply: ReplyEmpty, task: impl FnOnce(Arc<Core>) -> F)
+    where
+        F: std::future::Future<Output = Result<(), Errno>> + Send + 'static,
+    {
+        let done = task(self.core.clone());
+        self.runtime.spawn(async move {
+            match done.await {
+                Ok(()) => reply.ok(),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
+
+    /// Runs `task` and answers `reply` with the entry it made or found.
+    fn answer_entry<F>(&self, reply: ReplyEntry, task: impl FnOnce(Arc<Core>) -> F)
+    where
+        F: std::future::Future<Output = Result<FileAttr, Errno>> + Send + 'static,
+    {
+        let ttl = self.core.ttl();
+        let done = task(self.core.clone());
+        self.runtime.spawn(async move {
+            match done.await {
+                Ok(attr) => reply.entry(&ttl, &attr, 0),
+                Err(errno) => reply.error(errno),
+            }
+        });
+    }
 }
 
 impl Filesystem for TidepoolFs {
@@ -1214,11 +1243,8 @@ impl Filesystem for TidepoolFs {
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
-        self.spawn(|core| async move {
-            match core.lookup(parent, &name).await {
-                Ok(attr) => reply.entry(&core.ttl(), &attr, 0),
-                Err(errno) => reply.error(errno),
-            }
+        self.answer_entry(reply, move |core| async move {
+            core.lookup(parent, &name).await
         });
     }
 
@@ -1306,32 +1332,24 @@ impl Filesystem for TidepoolFs {
         reply: ReplyEntry,
     ) {
         let (uid, gid, name) = (req.uid(), req.gid(), name.to_owned());
-        self.spawn(|core| async move {
-            match core.mkdir(uid, gid, parent, &name, mode & !umask).await {
-                Ok(attr) => reply.entry(&core.ttl(), &attr, 0),
-                Err(errno) => reply.error(errno),
-            }
+        self.answer_entry(reply, move |core| async move {
+            core.mkdir(uid, gid, parent, &name, mode & !umask).await
         });
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.spawn(|core| async move {
-            match core.unlink(parent, &name).await {
-                Ok(()) => reply.ok(),
-                Err(errno) => reply.error(errno),
-            }
+        self.answer_empty(reply, move |core| async move {
+            core.unlink(parent, &name).await
         });
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.spawn(|core| async move {
-            match core.rmdir(parent, &name).await {
-                Ok(()) => reply.ok(),
-                Err(errno) => reply.error(errno),
-            }
-        });
+        self.answer_empty(
+            reply,
+            move |core| async move { core.rmdir(parent, &name).await },
+        );
     }
 
     fn symlink(
@@ -1344,14 +1362,10 @@ impl Filesystem for TidepoolFs {
     ) {
         let (uid, gid, name) = (req.uid(), req.gid(), link_name.to_owned());
         let target = target.as_os_str().as_bytes().to_vec();
-        self.spawn(|core| async move {
-            match core
-                .make(uid, gid, parent, &name, Kind::Symlink, 0o777, 0, &target)
+        self.answer_entry(reply, move |core| async move {
+            core.make(uid, gid, parent, &name, Kind::Symlink, 0o777, 0, &target)
                 .await
-            {
-                Ok((_, attr, _)) => reply.entry(&core.ttl(), &attr, 0),
-                Err(errno) => reply.error(errno),
-            }
+                .map(|(_, attr, _)| attr)
         });
     }
 
@@ -1366,11 +1380,8 @@ impl Filesystem for TidepoolFs {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (name.to_owned(), newname.to_owned());
-        self.spawn(|core| async move {
-            match core.rename(parent, &name, newparent, &newname, flags).await {
-                Ok(()) => reply.ok(),
-                Err(errno) => reply.error(errno),
-            }
+        self.answer_empty(reply, move |core| async move {
+            core.rename(parent, &name, newparent, &newname, flags).await
         });
     }
 
@@ -1435,12 +1446,7 @@ impl Filesystem for TidepoolFs {
         _lock_owner: u64,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|core| async move {
-            match core.flush(fh).await {
-                Ok(()) => reply.ok(),
-                Err(errno) => reply.error(errno),
-            }
-        });
+        self.answer_empty(reply, move |core| async move { core.flush(fh).await });
     }
 
     fn release(
@@ -1453,12 +1459,7 @@ impl Filesystem for TidepoolFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|core| async move {
-            match core.release(fh).await {
-                Ok(()) => reply.ok(),
-                Err(errno) => reply.error(errno),
-            }
-        });
+        self.answer_empty(reply, move |core| async move { core.release(fh).await });
     }
 
     fn fsync(
@@ -1469,12 +1470,7 @@ impl Filesystem for TidepoolFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|core| async move {
-            match core.flush(fh).await {
-                Ok(()) => reply.ok(),
-                Err(errno) => reply.error(errno),
-            }
-        });
+        self.answer_empty(reply, move |core| async move { core.flush(fh).await });
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
