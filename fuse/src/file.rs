@@ -165,25 +165,25 @@ impl OpenFile {
         } else if self.staged.contains_key(&n) {
             self.read_staged(buckets, extent.clone()).await?
         } else {
-            self.base_stripe(buckets, n).await?
+            self.base_stripe(buckets, n).await?.to_vec()
         };
         bytes.resize(want, 0);
         Ok(bytes)
     }
 
     /// Base stripe `n` within `valid` (cached: sequential reads ask for it piece by piece).
-    async fn base_stripe(&mut self, buckets: &Buckets, n: u64) -> Result<Vec<u8>, Errno> {
-        if let Some((cached, bytes)) = &self.cache {
-            if *cached == n {
-                return Ok(bytes.clone());
-            }
+    async fn base_stripe(&mut self, buckets: &Buckets, n: u64) -> Result<&[u8], Errno> {
+        if self.cache.as_ref().is_none_or(|(cached, _)| *cached != n) {
+            let stripe = Self::stripe_bytes(buckets);
+            let bytes = self
+                .read_base(buckets, n * stripe..(n + 1) * stripe)
+                .await?;
+            self.cache = Some((n, bytes));
         }
-        let stripe = Self::stripe_bytes(buckets);
-        let bytes = self
-            .read_base(buckets, n * stripe..(n + 1) * stripe)
-            .await?;
-        self.cache = Some((n, bytes.clone()));
-        Ok(bytes)
+        Ok(self
+            .cache
+            .as_ref()
+            .map_or(&[], |(_, bytes)| bytes.as_slice()))
     }
 
     /// Up to `len` bytes at `offset` (fewer at the end of the file).
