@@ -18,8 +18,14 @@ impl Buckets {
     /// One pass over every shard of every bucket: each garbage record that is due loses its
     /// stripes, then the record itself. Safe to run from several gateways at once.
     pub async fn collect_garbage(&self) -> Result<GcPass, BucketError> {
+        self.collect_garbage_due_by(now_ms()).await
+    }
+
+    /// A pass over the garbage due at or before `due_ms` (`u64::MAX`: all of it, as
+    /// `tidepool gc --include-all` asks).
+    pub async fn collect_garbage_due_by(&self, due_ms: u64) -> Result<GcPass, BucketError> {
         let mut pass = GcPass::default();
-        let now = now_ms();
+        let now = due_ms;
         for info in self.list_buckets().await? {
             for shard in 0..info.shards {
                 let due = match self.shard_garbage(&info, shard, now).await {

@@ -23,6 +23,8 @@ pub enum PutCondition {
     Absent,
     /// Only when the object's ETag is this (`If-Match`; `*`: any object).
     Matches(String),
+    /// Only when the entry is exactly this one (what a write that reuses its stripes needs).
+    Exactly(Box<Entry>),
 }
 
 impl PutCondition {
@@ -33,6 +35,7 @@ impl PutCondition {
             PutCondition::Matches(etag) => {
                 old.is_some_and(|old| etag == "*" || etag.trim_matches('"') == old.etag)
             }
+            PutCondition::Exactly(entry) => old == Some(entry.as_ref()),
         };
         if holds {
             Ok(())
@@ -106,6 +109,19 @@ fn just_after_all(prefix: &[u8]) -> Vec<u8> {
     let mut out = prefix.to_vec();
     out.extend_from_slice(&[0xff; 4]);
     out
+}
+
+/// The guard that an index shard takes links.
+pub(crate) fn shard_is_open() -> ObjectOp {
+    ObjectOp::CompareXattr(
+        records::STATE_XATTR.into(),
+        Some(ByteBuf::from(records::STATE_OPEN)),
+    )
+}
+
+/// The guard that omap `key` holds `value` (`None`: is absent).
+pub(crate) fn guard(key: Vec<u8>, value: &Option<Vec<u8>>) -> ObjectOp {
+    ObjectOp::CompareOmap(ByteBuf::from(key), value.clone().map(ByteBuf::from))
 }
 
 /// Caches bucket infos by name; a stale one is noticed when its shards are gone.
@@ -229,6 +245,7 @@ impl Buckets {
             segments: written.segment.iter().cloned().collect(),
             inline: written.inline.is_some() && written.size > 0,
             part_sizes: Vec::new(),
+            links: None,
         };
         let inline = written.inline.clone().filter(|d| !d.is_empty());
         let linked = self
@@ -257,7 +274,8 @@ impl Buckets {
 
     /// Links `entry` (with its inline data) as `key` of `bucket` when `condition` holds: its
     /// stripes are already written. What the replaced entry named and `entry` does not
-    /// becomes garbage. Returns the replaced entry.
+    /// becomes garbage. An entry of a link group goes to every name of the group (see
+    /// [`Buckets::hard_link`]). Returns the replaced entry.
     pub async fn put_entry(
         &self,
         bucket: &str,
@@ -266,6 +284,9 @@ impl Buckets {
         inline: Option<Bytes>,
         condition: &PutCondition,
     ) -> Result<Option<Entry>, BucketError> {
+        if entry.links.is_some() {
+            return self.put_linked(bucket, key, entry, inline, condition).await;
+        }
         self.link(
             bucket,
             key,
@@ -351,7 +372,11 @@ impl Buckets {
                     ),
                 );
                 match self.index_op(&object, ops).await {
-                    Ok(_) => return Ok(old),
+                    Ok(_) => {
+                        let links = new.as_ref().and_then(|(e, _)| e.links.as_deref());
+                        self.left(&info, key, old.as_ref(), links).await?;
+                        return Ok(old);
+                    }
                     Err(ObjectError::Op(OpError::GuardFailed(_))) => {
                         if !self.shard_open(&object).await? {
                             return Err(BucketError::Conflict);
@@ -377,16 +402,7 @@ impl Buckets {
         extras: &LinkExtras,
     ) -> Vec<ObjectOp> {
         let entry_key = keys::entry(key);
-        let mut ops = vec![
-            ObjectOp::CompareXattr(
-                records::STATE_XATTR.into(),
-                Some(ByteBuf::from(records::STATE_OPEN)),
-            ),
-            ObjectOp::CompareOmap(
-                ByteBuf::from(entry_key.clone()),
-                old_raw.clone().map(ByteBuf::from),
-            ),
-        ];
+        let mut ops = vec![shard_is_open(), guard(entry_key.clone(), old_raw)];
         if let Some((upload_key, upload_raw)) = &extras.upload {
             ops.push(ObjectOp::CompareOmap(
                 ByteBuf::from(upload_key.clone()),
@@ -429,17 +445,13 @@ impl Buckets {
             .map(|(entry, _)| entry.segments.clone())
             .unwrap_or_default();
         still.extend(extras.referenced.iter().cloned());
+        // A linked entry's stripes go with its group.
         let mut garbage: Vec<Segment> = old
+            .filter(|o| o.links.is_none())
             .map(|o| crate::manifest::unreferenced(&o.segments, &still))
             .unwrap_or_default();
         garbage.extend(extras.garbage.iter().cloned());
-        if !garbage.is_empty() {
-            let due = crate::now_ms() + self.config().gc_delay.as_millis() as u64;
-            sets.push((
-                ByteBuf::from(keys::garbage(due, &random_id())),
-                ByteBuf::from(records::encode(&Garbage { segments: garbage })),
-            ));
-        }
+        sets.extend(self.garbage_record(garbage));
         if !removes.is_empty() {
             ops.push(ObjectOp::OmapRemove(removes));
         }
@@ -447,6 +459,32 @@ impl Buckets {
             ops.push(ObjectOp::OmapSet(sets));
         }
         ops
+    }
+
+    /// The record that makes `segments` garbage once the delay is over (none when empty).
+    pub(crate) fn garbage_record(&self, segments: Vec<Segment>) -> Option<(ByteBuf, ByteBuf)> {
+        if segments.is_empty() {
+            return None;
+        }
+        let due = crate::now_ms() + self.config().gc_delay.as_millis() as u64;
+        Some((
+            ByteBuf::from(keys::garbage(due, &random_id())),
+            ByteBuf::from(records::encode(&Garbage { segments })),
+        ))
+    }
+
+    /// Runs `ops` on index shard `object`: `false` when a guard failed.
+    pub(crate) async fn try_index_op(
+        &self,
+        object: &str,
+        ops: Vec<ObjectOp>,
+    ) -> Result<bool, BucketError> {
+        match self.index_op(object, ops).await {
+            Ok(_) => Ok(true),
+            Err(ObjectError::Op(OpError::GuardFailed(_))) => Ok(false),
+            Err(ObjectError::Op(OpError::NotFound)) => Err(BucketError::NoSuchBucket),
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// Whether shard `object` takes links (it exists and is not closing).
@@ -668,6 +706,7 @@ mod tests {
             segments: Vec::new(),
             inline: true,
             part_sizes: Vec::new(),
+            links: None,
         };
         assert!(PutCondition::Always.check(None).is_ok());
         assert!(PutCondition::Absent.check(None).is_ok());

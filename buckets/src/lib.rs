@@ -7,6 +7,7 @@ pub mod classes;
 mod data;
 pub mod gc;
 mod index;
+mod links;
 pub mod manifest;
 mod multipart;
 pub mod records;
@@ -22,7 +23,9 @@ use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
 pub use data::{hex, DataStream, WriteOptions, Written};
 pub use index::{ListPage, ListQuery, PutCondition};
 pub use multipart::CompletedPart;
-pub use records::{BucketInfo, ContentHeaders, Entry, ObjectMeta, Part, Segment, Upload};
+pub use records::{
+    BucketInfo, ContentHeaders, Entry, LinkGroup, ObjectMeta, Part, Segment, Upload,
+};
 pub use rename::{MovedIn, RenameIntent};
 
 /// Why a bucket operation failed.

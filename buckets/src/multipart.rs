@@ -218,6 +218,7 @@ impl Buckets {
             segments,
             inline: false,
             part_sizes,
+            links: None,
         };
         let extras = LinkExtras {
             upload: Some((keys::upload(key, id), raw)),

@@ -1,7 +1,7 @@
 //! What the bucket layer stores: the records of the directory, the index shards and multipart
 //! uploads, their omap keys, and their versioned encoding.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -163,6 +163,9 @@ pub struct Entry {
     /// Sizes of the parts of a multipart object (empty otherwise).
     #[serde(default)]
     pub part_sizes: Vec<u64>,
+    /// The link group whose other names share this entry's inode (hard links), if any.
+    #[serde(default)]
+    pub links: Option<String>,
 }
 
 /// A multipart upload in progress.
@@ -196,6 +199,34 @@ pub struct Part {
     pub checksums: BTreeMap<String, String>,
 }
 
+/// Keys that name one inode (hard links), and what keeps its stripes: kept under `l<id>` in
+/// the index shard of `id`. See docs/buckets.md.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkGroup {
+    /// The keys whose entries say they belong.
+    pub names: BTreeSet<String>,
+    /// Open files whose keys are gone (`host:pid:n`): they still read the stripes.
+    pub holders: BTreeSet<String>,
+    /// Every segment a member's entry has named: garbage when the group ends.
+    pub segments: Vec<Segment>,
+}
+
+impl LinkGroup {
+    /// Whether anything still needs its stripes.
+    pub fn alive(&self) -> bool {
+        !self.names.is_empty() || !self.holders.is_empty()
+    }
+
+    /// Adds `segments` to what the group keeps (each once).
+    pub fn keep(&mut self, segments: &[Segment]) {
+        for segment in segments {
+            if !segment.is_hole() && !self.segments.contains(segment) {
+                self.segments.push(segment.clone());
+            }
+        }
+    }
+}
+
 /// Stripes unlinked from the index, to be removed once due.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Garbage {
@@ -218,6 +249,11 @@ pub mod keys {
     /// `m<key>`: the target's record of a rename to `key` from another shard.
     pub fn moved(key: &str) -> Vec<u8> {
         prefixed(b'm', key.as_bytes())
+    }
+
+    /// `l<id>`: a link group.
+    pub fn links(id: &str) -> Vec<u8> {
+        prefixed(b'l', id.as_bytes())
     }
 
     /// `d<key>`: an object's inline data.

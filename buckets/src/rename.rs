@@ -18,10 +18,10 @@
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use tidepool_client::ObjectError;
-use tidepool_proto::osd::{ObjectOp, OpError};
+use tidepool_proto::osd::ObjectOp;
 
-use crate::records::{self, keys, BucketInfo, Entry, Garbage};
+use crate::index::{guard, shard_is_open};
+use crate::records::{self, keys, BucketInfo, Entry};
 use crate::{random_id, BucketError, Buckets};
 
 /// A rename across shards in progress, kept in the source shard under `r<from>`.
@@ -52,18 +52,6 @@ fn is_intent(key: &[u8]) -> bool {
 
 fn is_moved(key: &[u8]) -> bool {
     key.first() == Some(&b'm')
-}
-
-/// The guard that an index shard takes links.
-fn shard_is_open() -> ObjectOp {
-    ObjectOp::CompareXattr(
-        records::STATE_XATTR.into(),
-        Some(ByteBuf::from(records::STATE_OPEN)),
-    )
-}
-
-fn guard(key: Vec<u8>, value: &Option<Vec<u8>>) -> ObjectOp {
-    ObjectOp::CompareOmap(ByteBuf::from(key), value.clone().map(ByteBuf::from))
 }
 
 impl Buckets {
@@ -137,7 +125,14 @@ impl Buckets {
         }
         ops.push(ObjectOp::OmapRemove(removes));
         ops.push(ObjectOp::OmapSet(sets));
-        self.try_index_op(&object, ops).await
+        self.joins(info, to, &entry).await?;
+        if !self.try_index_op(&object, ops).await? {
+            return Ok(false);
+        }
+        self.left(info, to, target.as_ref(), entry.links.as_deref())
+            .await?;
+        self.left(info, from, Some(&entry), None).await?;
+        Ok(true)
     }
 
     /// One attempt at a rename across shards; `false` when a concurrent change won before
@@ -169,6 +164,8 @@ impl Buckets {
             inline: found.remove(&keys::inline(from)).map(ByteBuf::from),
         };
         let intent_raw = records::encode(&intent);
+        let entry: Entry = records::decode(&intent.entry)?;
+        self.joins(info, to, &entry).await?;
         // 1. The intent.
         let ops = vec![
             shard_is_open(),
@@ -202,6 +199,7 @@ impl Buckets {
         // 3. and 4.
         self.complete_rename(info, from, &intent, &intent_raw)
             .await?;
+        self.left(info, from, Some(&entry), None).await?;
         Ok(true)
     }
 
@@ -250,7 +248,12 @@ impl Buckets {
             ops.push(ObjectOp::OmapRemove(removes));
         }
         ops.push(ObjectOp::OmapSet(sets));
-        self.try_index_op(&target_object, ops).await
+        if !self.try_index_op(&target_object, ops).await? {
+            return Ok(false);
+        }
+        self.left(info, to, target.as_ref(), entry.links.as_deref())
+            .await?;
+        Ok(true)
     }
 
     /// Steps 3 and 4 of the rename of `from` that `intent` records (stored as `intent_raw`).
@@ -375,26 +378,10 @@ impl Buckets {
         Ok(intents.len())
     }
 
-    /// The garbage record for replacing `old` with `new` (none when nothing goes).
+    /// The garbage record for replacing `old` with `new` (none when nothing goes; a linked
+    /// entry's stripes go with its group).
     fn garbage_of(&self, old: Option<&Entry>, new: &Entry) -> Option<(ByteBuf, ByteBuf)> {
-        let segments = crate::manifest::unreferenced(&old?.segments, &new.segments);
-        if segments.is_empty() {
-            return None;
-        }
-        let due = crate::now_ms() + self.config().gc_delay.as_millis() as u64;
-        Some((
-            ByteBuf::from(keys::garbage(due, &random_id())),
-            ByteBuf::from(records::encode(&Garbage { segments })),
-        ))
-    }
-
-    /// Runs `ops` on index shard `object`: `false` when a guard failed.
-    async fn try_index_op(&self, object: &str, ops: Vec<ObjectOp>) -> Result<bool, BucketError> {
-        match self.index_op(object, ops).await {
-            Ok(_) => Ok(true),
-            Err(ObjectError::Op(OpError::GuardFailed(_))) => Ok(false),
-            Err(ObjectError::Op(OpError::NotFound)) => Err(BucketError::NoSuchBucket),
-            Err(other) => Err(other.into()),
-        }
+        let old = old.filter(|o| o.links.is_none())?;
+        self.garbage_record(crate::manifest::unreferenced(&old.segments, &new.segments))
     }
 }

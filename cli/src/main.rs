@@ -6,6 +6,7 @@ mod classes;
 mod cluster;
 mod daemons;
 mod gateway;
+mod gc;
 mod health;
 mod logs;
 mod mount;
@@ -113,6 +114,8 @@ enum Command {
         #[command(subcommand)]
         command: admin::UserCommand,
     },
+    /// Remove the stripes of replaced and deleted objects that are due now (or all of them).
+    Gc(gc::GcArgs),
     /// S3 storage classes and the data pool of each.
     StorageClass {
         #[command(flatten)]
@@ -298,6 +301,7 @@ fn run() -> Result<()> {
         Command::Config { cluster, command } => admin::config(cluster, command),
         Command::User { cluster, command } => admin::user(cluster, command),
         Command::StorageClass { cluster, command } => classes::run(cluster, command),
+        Command::Gc(args) => gc::run(args),
         Command::Pg { cluster, command } => pgs::run(cluster, command),
     }
 }

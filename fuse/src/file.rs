@@ -60,6 +60,8 @@ pub struct OpenFile {
     pub opens: usize,
     /// Whether its key was unlinked while it was open.
     pub unlinked: bool,
+    /// The link group and holder name that keep its base's stripes since its key went.
+    pub held: Option<(String, String)>,
 }
 
 impl OpenFile {
@@ -92,7 +94,26 @@ impl OpenFile {
             cache: None,
             opens: 0,
             unlinked: false,
+            held: None,
             base,
+        }
+    }
+
+    /// The entry as last read or committed.
+    pub fn base(&self) -> Option<&Entry> {
+        self.base.as_ref()
+    }
+
+    /// The base is now `entry`, the same but for its link group (a link was made).
+    pub fn relinked(&mut self, entry: &Entry) {
+        let same = self.base.as_ref().is_some_and(|b| {
+            Entry {
+                links: entry.links.clone(),
+                ..b.clone()
+            } == *entry
+        });
+        if same {
+            self.base = Some(entry.clone());
         }
     }
 
@@ -149,6 +170,7 @@ impl OpenFile {
             segments: vec![segment.clone()],
             inline: false,
             part_sizes: Vec::new(),
+            links: None,
         };
         let mut bytes = collect(buckets.read_data(&entry, None, 0..segment.size)).await?;
         bytes.resize(want, 0);
@@ -383,7 +405,7 @@ impl OpenFile {
             (self.entry(self.etag(&manifest), manifest, false), None)
         };
         let condition = match &self.base {
-            Some(base) => PutCondition::Matches(base.etag.clone()),
+            Some(base) => PutCondition::Exactly(Box::new(base.clone())),
             None => PutCondition::Absent,
         };
         let linked = match buckets
@@ -518,6 +540,7 @@ impl OpenFile {
             segments,
             inline,
             part_sizes: Vec::new(),
+            links: self.base.as_ref().and_then(|b| b.links.clone()),
         }
     }
 

@@ -60,6 +60,10 @@ struct Node {
     key: String,
     dir: bool,
     lookups: u64,
+    /// Its other names (hard links) looked up here.
+    others: Vec<String>,
+    /// Its link group, hashed (0: none).
+    group: u64,
 }
 
 /// Inode numbers and the keys they stand for.
@@ -67,6 +71,8 @@ struct Node {
 struct Nodes {
     by_ino: HashMap<u64, Node>,
     by_key: HashMap<String, u64>,
+    /// Inodes of link groups, by the group's hash: every name of a file is one inode.
+    by_group: HashMap<u64, u64>,
     next: u64,
 }
 
@@ -79,11 +85,14 @@ impl Nodes {
                 key: String::new(),
                 dir: true,
                 lookups: 1,
+                others: Vec::new(),
+                group: 0,
             },
         );
         Nodes {
             by_ino,
             by_key: [(String::new(), ROOT)].into(),
+            by_group: HashMap::new(),
             next: ROOT + 1,
         }
     }
@@ -102,6 +111,8 @@ impl Nodes {
                         key: key.to_owned(),
                         dir,
                         lookups: 0,
+                        others: Vec::new(),
+                        group: 0,
                     },
                 );
                 ino
@@ -115,6 +126,53 @@ impl Nodes {
         ino
     }
 
+    /// The inode of `key`, a name of link group `group` (hashed; 0: none): the group's inode
+    /// when it has one here. Counts a lookup when `counted`.
+    fn ino_for(&mut self, key: &str, dir: bool, group: u64, counted: bool) -> u64 {
+        let shared = (group != 0)
+            .then(|| self.by_group.get(&group).copied())
+            .flatten()
+            .filter(|ino| self.by_ino.contains_key(ino));
+        let Some(ino) = shared else {
+            let ino = self.ino_of(key, dir, counted);
+            if group != 0 {
+                self.join_group(ino, group);
+            }
+            return ino;
+        };
+        if self.by_key.get(key) != Some(&ino) {
+            self.unlink(key);
+            self.by_key.insert(key.to_owned(), ino);
+        }
+        let node = self.by_ino.get_mut(&ino).expect("indexed");
+        if node.key.starts_with('\0') {
+            node.key = key.to_owned();
+        } else if node.key != key && !node.others.iter().any(|o| o == key) {
+            node.others.push(key.to_owned());
+        }
+        if counted {
+            node.lookups += 1;
+        }
+        ino
+    }
+
+    /// Inode `ino` is the file of link group `group` (hashed).
+    fn join_group(&mut self, ino: u64, group: u64) {
+        if let Some(node) = self.by_ino.get_mut(&ino) {
+            node.group = group;
+            self.by_group.insert(group, ino);
+        }
+    }
+
+    /// Another name of `key`'s inode known here, if any.
+    fn other_name(&self, key: &str) -> Option<String> {
+        let node = self.by_ino.get(self.by_key.get(key)?)?;
+        std::iter::once(&node.key)
+            .chain(&node.others)
+            .find(|name| *name != key && !name.starts_with('\0'))
+            .cloned()
+    }
+
     fn key(&self, ino: u64) -> Option<(String, bool)> {
         self.by_ino.get(&ino).map(|n| (n.key.clone(), n.dir))
     }
@@ -126,10 +184,14 @@ impl Nodes {
         if let Some(node) = self.by_ino.get_mut(&ino) {
             node.lookups = node.lookups.saturating_sub(count);
             if node.lookups == 0 {
-                let key = node.key.clone();
-                self.by_ino.remove(&ino);
-                if self.by_key.get(&key) == Some(&ino) {
-                    self.by_key.remove(&key);
+                let node = self.by_ino.remove(&ino).expect("present");
+                for key in std::iter::once(&node.key).chain(&node.others) {
+                    if self.by_key.get(key) == Some(&ino) {
+                        self.by_key.remove(key);
+                    }
+                }
+                if self.by_group.get(&node.group) == Some(&ino) {
+                    self.by_group.remove(&node.group);
                 }
             }
         }
@@ -140,7 +202,10 @@ impl Nodes {
     fn unlink(&mut self, key: &str) {
         if let Some(ino) = self.by_key.remove(key) {
             if let Some(node) = self.by_ino.get_mut(&ino) {
-                node.key = String::from("\0gone");
+                node.others.retain(|o| o != key);
+                if node.key == key {
+                    node.key = node.others.pop().unwrap_or_else(|| String::from("\0gone"));
+                }
             }
         }
     }
@@ -154,16 +219,18 @@ impl Nodes {
             .filter(|(k, _)| *k == from || k.starts_with(&from_prefix))
             .map(|(k, i)| (k.clone(), *i))
             .collect();
-        if let Some(old) = self.by_key.remove(to) {
-            if let Some(node) = self.by_ino.get_mut(&old) {
-                node.key = String::from("\0gone");
-            }
-        }
+        self.unlink(to);
         for (key, ino) in moved {
             self.by_key.remove(&key);
             let new = format!("{to}{}", &key[from.len()..]);
             if let Some(node) = self.by_ino.get_mut(&ino) {
-                node.key = new.clone();
+                if node.key == key {
+                    node.key = new.clone();
+                } else {
+                    for other in node.others.iter_mut().filter(|o| **o == key) {
+                        *other = new.clone();
+                    }
+                }
             }
             self.by_key.insert(new, ino);
         }
@@ -175,6 +242,20 @@ impl Nodes {
 struct Stat {
     attrs: Attrs,
     size: u64,
+    /// Names of a file (hard links).
+    nlink: u32,
+    /// Its link group, hashed (0: none).
+    group: u64,
+}
+
+/// Link group `links`, hashed for the inode table (0: none).
+fn group_hash(links: Option<&str>) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    links.map_or(0, |id| {
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(id)
+            .max(1)
+    })
 }
 
 /// What an open handle refers to.
@@ -293,6 +374,16 @@ impl Core {
         self.options.attr_timeout
     }
 
+    /// How long the kernel may keep `attr`: a file of several names changes through the
+    /// others (another inode to the kernel), so never.
+    fn ttl_of(&self, attr: &FileAttr) -> Duration {
+        if attr.kind == FileType::RegularFile && attr.nlink > 1 {
+            Duration::ZERO
+        } else {
+            self.ttl()
+        }
+    }
+
     fn file_attr(&self, ino: u64, stat: &Stat) -> FileAttr {
         let a = &stat.attrs;
         let size = if a.kind == Kind::Dir { 0 } else { stat.size };
@@ -306,7 +397,7 @@ impl Core {
             crtime: system_time(a.ctime),
             kind: file_type(a.kind),
             perm: a.perm,
-            nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+            nlink: if a.kind == Kind::Dir { 2 } else { stat.nlink },
             uid: a.uid,
             gid: a.gid,
             rdev: a.rdev,
@@ -338,7 +429,29 @@ impl Core {
                 self.options.owner,
             ),
             size: entry.size,
+            nlink: 1,
+            group: group_hash(entry.links.as_deref()),
         }
+    }
+
+    /// The attributes of an object's entry, with its count of names.
+    async fn stat_of_linked(&self, entry: &Entry) -> Result<Stat, Errno> {
+        let mut stat = self.stat_of_entry(entry, false);
+        stat.nlink = self.names_of(entry.links.as_deref(), 1).await?;
+        Ok(stat)
+    }
+
+    /// How many keys link group `links` has (`alone` when the file is in none).
+    async fn names_of(&self, links: Option<&str>, alone: u32) -> Result<u32, Errno> {
+        let Some(id) = links else {
+            return Ok(alone);
+        };
+        let group = self
+            .buckets
+            .link_group(self.bucket(), id)
+            .await
+            .map_err(|e| errno_of(&e))?;
+        Ok(group.map_or(alone, |g| g.names.len() as u32))
     }
 
     /// What `key` is: an object, a directory (marker or prefix), or nothing. An object wins
@@ -350,6 +463,8 @@ impl Core {
                 Stat {
                     attrs: Attrs::implicit_dir(self.options.owner, self.started),
                     size: 0,
+                    nlink: 2,
+                    group: 0,
                 },
                 true,
             ));
@@ -358,7 +473,7 @@ impl Core {
         if let Some(file) = ino.and_then(|ino| self.open_file_of(ino)) {
             let file = file.lock().await;
             if !file.unlinked {
-                return Ok((self.stat_of_open(&file), false));
+                return Ok((self.open_stat(&file).await?, false));
             }
         }
         if let Some((at, stat, dir)) = lock(&self.stats).get(key) {
@@ -375,7 +490,8 @@ impl Core {
     /// Keeps what `key` was found to be for the attribute timeout, unless this mount changed
     /// anything since generation `since` (when the lookup began).
     fn remember(&self, key: &str, stat: Stat, dir: bool, since: u64) {
-        if self.ttl().is_zero() {
+        // A file of several names changes through the others: never kept.
+        if self.ttl().is_zero() || (!dir && stat.nlink > 1) {
             return;
         }
         let mut stats = lock(&self.stats);
@@ -396,7 +512,7 @@ impl Core {
     async fn stat_uncached(&self, key: &str, dir_hint: bool) -> Result<(Stat, bool), Errno> {
         if !dir_hint {
             match self.buckets.head(self.bucket(), key).await {
-                Ok(entry) => return Ok((self.stat_of_entry(&entry, false), false)),
+                Ok(entry) => return Ok((self.stat_of_linked(&entry).await?, false)),
                 Err(BucketError::NoSuchKey) => {}
                 Err(other) => return Err(errno_of(&other)),
             }
@@ -424,6 +540,8 @@ impl Core {
                 Stat {
                     attrs: Attrs::implicit_dir(self.options.owner, when),
                     size: 0,
+                    nlink: 2,
+                    group: 0,
                 },
                 true,
             ));
@@ -431,7 +549,7 @@ impl Core {
         if dir_hint {
             // Known as a directory, gone as one: maybe an object now.
             return match self.buckets.head(self.bucket(), key).await {
-                Ok(entry) => Ok((self.stat_of_entry(&entry, false), false)),
+                Ok(entry) => Ok((self.stat_of_linked(&entry).await?, false)),
                 Err(error) => Err(errno_of(&error)),
             };
         }
@@ -441,14 +559,14 @@ impl Core {
     async fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let key = self.child(parent, name)?;
         let (stat, dir) = self.stat(&key, false).await?;
-        let ino = lock(&self.nodes).ino_of(&key, dir, true);
+        let ino = lock(&self.nodes).ino_for(&key, dir, stat.group, true);
         Ok(self.file_attr(ino, &stat))
     }
 
     async fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
         // An open file answers for itself, also once its key is unlinked or replaced.
         if let Some(file) = self.open_file_of(ino) {
-            let stat = self.stat_of_open(&*file.lock().await);
+            let stat = self.open_stat(&*file.lock().await).await?;
             return Ok(self.file_attr(ino, &stat));
         }
         let (key, dir) = self.key_of(ino)?;
@@ -456,12 +574,17 @@ impl Core {
         Ok(self.file_attr(ino, &stat))
     }
 
-    /// The attributes of an open file: its metadata and size as written here.
-    fn stat_of_open(&self, file: &OpenFile) -> Stat {
-        Stat {
+    /// The attributes of an open file: its metadata and size as written here, and its count
+    /// of names (none left once its key was unlinked, but for its other links).
+    async fn open_stat(&self, file: &OpenFile) -> Result<Stat, Errno> {
+        let links = file.base().and_then(|b| b.links.as_deref());
+        let alone = if file.unlinked { 0 } else { 1 };
+        Ok(Stat {
             attrs: Attrs::of_object(&file.meta.metadata, now_ms(), false, self.options.owner),
             size: file.size,
-        }
+            nlink: self.names_of(links, alone).await?,
+            group: group_hash(links),
+        })
     }
 
     /// Every entry of directory `key`: name, kind and key; keys that are no names are
@@ -630,6 +753,62 @@ impl Core {
         Ok(data.len() as u32)
     }
 
+    /// `fallocate(2)`: mode 0 makes the file at least `offset + length` bytes (zeros, held
+    /// as holes until written); `FALLOC_FL_PUNCH_HOLE` and `FALLOC_FL_ZERO_RANGE` make the
+    /// range zeros; `FALLOC_FL_KEEP_SIZE` keeps the size. Other modes are not supported.
+    async fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+        const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        self.refuse_if_read_only()?;
+        if mode & !(KEEP | PUNCH | ZERO) != 0 {
+            return Err(libc::EOPNOTSUPP);
+        }
+        if mode & PUNCH != 0 && (mode & KEEP == 0 || mode & ZERO != 0) {
+            return Err(libc::EINVAL);
+        }
+        if length == 0 {
+            return Err(libc::EINVAL);
+        }
+        let end = offset.checked_add(length).ok_or(libc::EFBIG)?;
+        let file = self.file_of(fh)?;
+        let mut file = file.lock().await;
+        let grows = mode & KEEP == 0 && end > file.size;
+        if grows {
+            let (total, free) = self.statfs().await;
+            if total > 0 && end - file.size > free {
+                return Err(libc::ENOSPC);
+            }
+        }
+        if mode & (PUNCH | ZERO) != 0 {
+            let zero_end = if mode & KEEP != 0 {
+                end.min(file.size)
+            } else {
+                end
+            };
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = offset;
+            while at < zero_end {
+                let take = (zero_end - at).min(zeros.len() as u64);
+                file.write(&self.buckets, at, &zeros[..take as usize])
+                    .await?;
+                at += take;
+            }
+        }
+        if grows && end > file.size {
+            file.truncate(&self.buckets, end).await?;
+        }
+        if grows || mode & (PUNCH | ZERO) != 0 {
+            let mut attrs =
+                Attrs::of_object(&file.meta.metadata, now_ms(), false, self.options.owner);
+            attrs.mtime = Time::now();
+            attrs.ctime = attrs.mtime;
+            attrs.write(&mut file.meta.metadata);
+            file.meta_changed = true;
+        }
+        Ok(())
+    }
+
     async fn flush(&self, fh: u64) -> Result<(), Errno> {
         let file = self.file_of(fh)?;
         let mut file = file.lock().await;
@@ -652,6 +831,11 @@ impl Core {
         if state.opens == 0 {
             if state.unlinked {
                 state.discard(&self.buckets).await;
+                if let Some((id, holder)) = state.held.take() {
+                    if let Err(error) = self.buckets.release(self.bucket(), &id, &holder).await {
+                        tracing::warn!(key = %state.key, %error, "releasing an unlinked file's stripes failed; they stay");
+                    }
+                }
             }
             let mut files = lock(&self.files);
             if files
@@ -813,16 +997,13 @@ impl Core {
     async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
         self.refuse_if_read_only()?;
         let key = self.child(parent, name)?;
-        let ino = lock(&self.nodes).by_key.get(&key).copied();
-        if let Some(file) = ino.and_then(|ino| self.open_file_of(ino)) {
-            file.lock().await.unlinked = true;
-        }
         self.forget_stat(&key);
         match self.buckets.head(self.bucket(), &key).await {
             Ok(_) => {}
             Err(BucketError::NoSuchKey) => return Err(libc::ENOENT),
             Err(other) => return Err(errno_of(&other)),
         }
+        self.keep_if_open(&key).await?;
         self.buckets
             .delete(self.bucket(), &key)
             .await
@@ -907,6 +1088,10 @@ impl Core {
         if from_dir && names::dir_prefix(&to).starts_with(&names::dir_prefix(&from)) {
             return Err(libc::EINVAL);
         }
+        if target == Some(false) && !from_dir && self.same_inode(&from, &to).await? {
+            // Two names of one file: POSIX says nothing happens.
+            return Ok(());
+        }
         match (from_dir, target) {
             (true, Some(false)) => return Err(libc::ENOTDIR),
             (false, Some(true)) => return Err(libc::EISDIR),
@@ -930,6 +1115,11 @@ impl Core {
                 .commit(&self.buckets, self.bucket())
                 .await?;
         }
+        // A file open under the target's name is replaced: it lives on for its handles, and
+        // its writes no longer go to the key.
+        if target == Some(false) {
+            self.keep_if_open(&to).await?;
+        }
         if from_dir {
             self.rename_tree(&from, &to).await?;
         } else {
@@ -944,15 +1134,6 @@ impl Core {
         if from_dir {
             lock(&self.stats).clear();
         }
-        // A file open under the target's name is replaced: it lives on for its handles, and
-        // its writes no longer go to the key.
-        let replaced = lock(&self.nodes).by_key.get(&to).copied();
-        if let Some(file) = replaced
-            .filter(|r| Some(*r) != ino)
-            .and_then(|r| self.open_file_of(r))
-        {
-            file.lock().await.unlinked = true;
-        }
         lock(&self.nodes).rename(&from, &to);
         if let Some(file) = open {
             file.lock().await.key = to.clone();
@@ -966,6 +1147,89 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Whether keys `a` and `b` are names of one file (hard links).
+    async fn same_inode(&self, a: &str, b: &str) -> Result<bool, Errno> {
+        let a = self.buckets.head(self.bucket(), a).await;
+        let b = self.buckets.head(self.bucket(), b).await;
+        Ok(match (a, b) {
+            (Ok(a), Ok(b)) => a.links.is_some() && a.links == b.links,
+            _ => false,
+        })
+    }
+
+    /// A file open here under `key`, whose key is about to go: its stripes are held for it
+    /// until its last close, and its writes no longer go to the key (but to another name of
+    /// it, when it has one).
+    async fn keep_if_open(&self, key: &str) -> Result<(), Errno> {
+        let (ino, other) = {
+            let nodes = lock(&self.nodes);
+            (nodes.by_key.get(key).copied(), nodes.other_name(key))
+        };
+        let Some(file) = ino.and_then(|ino| self.open_file_of(ino)) else {
+            return Ok(());
+        };
+        let mut file = file.lock().await;
+        if file.unlinked {
+            return Ok(());
+        }
+        if let Some(other) = other {
+            // The file lives on under another name: its writes go there.
+            if file.key == key {
+                file.key = other;
+            }
+            return Ok(());
+        }
+        if file.base().is_some() && file.held.is_none() {
+            let holder = format!("{}:{}", std::process::id(), tidepool_buckets::random_id());
+            match self.buckets.hold(self.bucket(), key, &holder).await {
+                Ok(id) => file.held = Some((id, holder)),
+                // Nothing to hold: the key is gone or never got an entry.
+                Err(BucketError::NoSuchKey) => {}
+                Err(other) => return Err(errno_of(&other)),
+            }
+        }
+        file.unlinked = true;
+        Ok(())
+    }
+
+    /// Makes `new_name` in `new_parent` another name of file `ino` (a hard link).
+    async fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<FileAttr, Errno> {
+        self.refuse_if_read_only()?;
+        let (from, dir) = self.key_of(ino)?;
+        if dir {
+            return Err(libc::EPERM);
+        }
+        let to = self.child(new_parent, new_name)?;
+        if self.stat(&to, false).await.is_ok() {
+            return Err(libc::EEXIST);
+        }
+        // An open file's pending bytes go first; its base then joins the link group.
+        let open = self.open_file_of(ino);
+        if let Some(file) = &open {
+            let mut file = file.lock().await;
+            if file.unlinked {
+                return Err(libc::ENOENT);
+            }
+            file.commit(&self.buckets, self.bucket()).await?;
+        }
+        self.forget_stat(&from);
+        self.forget_stat(&to);
+        let entry = match self.buckets.hard_link(self.bucket(), &from, &to).await {
+            Ok(entry) => entry,
+            Err(BucketError::PreconditionFailed) => return Err(libc::EEXIST),
+            Err(other) => return Err(errno_of(&other)),
+        };
+        if let Some(file) = &open {
+            file.lock().await.relinked(&entry);
+        }
+        let stat = self.stat_of_linked(&entry).await?;
+        let mut nodes = lock(&self.nodes);
+        nodes.join_group(ino, stat.group);
+        let same = nodes.ino_for(&to, false, stat.group, true);
+        drop(nodes);
+        Ok(self.file_attr(same, &stat))
     }
 
     /// Renames every key under directory `from` (its marker too) to under `to`.
@@ -1016,9 +1280,8 @@ impl Core {
                 change(&mut attrs, &mut file.meta.metadata)?;
                 attrs.write(&mut file.meta.metadata);
                 file.meta_changed = true;
-                let size = file.size;
-                drop(file);
-                return Ok(self.file_attr(ino, &Stat { attrs, size }));
+                let stat = self.open_stat(&file).await?;
+                return Ok(self.file_attr(ino, &stat));
             }
         }
         for _ in 0..8 {
@@ -1034,8 +1297,8 @@ impl Core {
             }
             let (entry, inline, condition) = match self.buckets.get(self.bucket(), &target).await {
                 Ok((entry, inline)) => {
-                    let etag = entry.etag.clone();
-                    (entry, inline, PutCondition::Matches(etag))
+                    let condition = PutCondition::Exactly(Box::new(entry.clone()));
+                    (entry, inline, condition)
                 }
                 // A directory with no marker gets one.
                 Err(BucketError::NoSuchKey) if is_dir => {
@@ -1064,7 +1327,8 @@ impl Core {
                 .await;
             self.forget_stat(&key);
             match linked {
-                Ok(_) => return Ok(self.file_attr(ino, &self.stat_of_entry(&new, is_dir))),
+                Ok(_) if is_dir => return Ok(self.file_attr(ino, &self.stat_of_entry(&new, true))),
+                Ok(_) => return Ok(self.file_attr(ino, &self.stat_of_linked(&new).await?)),
                 Err(BucketError::PreconditionFailed) => continue,
                 Err(other) => return Err(errno_of(&other)),
             }
@@ -1177,6 +1441,7 @@ fn empty_entry(meta: ObjectMeta) -> Entry {
         segments: Vec::new(),
         inline: false,
         part_sizes: Vec::new(),
+        links: None,
     }
 }
 
@@ -1223,11 +1488,11 @@ impl TidepoolFs {
     where
         F: std::future::Future<Output = Result<FileAttr, Errno>> + Send + 'static,
     {
-        let ttl = self.core.ttl();
+        let core = self.core.clone();
         let done = task(self.core.clone());
         self.runtime.spawn(async move {
             match done.await {
-                Ok(attr) => reply.entry(&ttl, &attr, 0),
+                Ok(attr) => reply.entry(&core.ttl_of(&attr), &attr, 0),
                 Err(errno) => reply.error(errno),
             }
         });
@@ -1255,7 +1520,7 @@ impl Filesystem for TidepoolFs {
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         self.spawn(|core| async move {
             match core.getattr(ino).await {
-                Ok(attr) => reply.attr(&core.ttl(), &attr),
+                Ok(attr) => reply.attr(&core.ttl_of(&attr), &attr),
                 Err(errno) => reply.error(errno),
             }
         });
@@ -1281,7 +1546,7 @@ impl Filesystem for TidepoolFs {
     ) {
         self.spawn(|core| async move {
             match core.setattr(ino, mode, uid, gid, size, atime, mtime).await {
-                Ok(attr) => reply.attr(&core.ttl(), &attr),
+                Ok(attr) => reply.attr(&core.ttl_of(&attr), &attr),
                 Err(errno) => reply.error(errno),
             }
         });
@@ -1316,7 +1581,7 @@ impl Filesystem for TidepoolFs {
                 .make(uid, gid, parent, &name, kind, mode & !umask, rdev, &[])
                 .await
             {
-                Ok((_, attr, _)) => reply.entry(&core.ttl(), &attr, 0),
+                Ok((_, attr, _)) => reply.entry(&core.ttl_of(&attr), &attr, 0),
                 Err(errno) => reply.error(errno),
             }
         });
@@ -1366,6 +1631,20 @@ impl Filesystem for TidepoolFs {
             core.make(uid, gid, parent, &name, Kind::Symlink, 0o777, 0, &target)
                 .await
                 .map(|(_, attr, _)| attr)
+        });
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = newname.to_owned();
+        self.answer_entry(reply, move |core| async move {
+            core.link(ino, newparent, &newname).await
         });
     }
 
@@ -1460,6 +1739,25 @@ impl Filesystem for TidepoolFs {
         reply: ReplyEmpty,
     ) {
         self.answer_empty(reply, move |core| async move { core.release(fh).await });
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.answer_empty(reply, move |core| async move {
+            let (offset, length) = match (u64::try_from(offset), u64::try_from(length)) {
+                (Ok(offset), Ok(length)) => (offset, length),
+                _ => return Err(libc::EINVAL),
+            };
+            core.fallocate(fh, offset, length, mode).await
+        });
     }
 
     fn fsync(
@@ -1663,7 +1961,7 @@ impl Filesystem for TidepoolFs {
         let (uid, gid, name) = (req.uid(), req.gid(), name.to_owned());
         self.spawn(|core| async move {
             match core.create(uid, gid, parent, &name, mode & !umask).await {
-                Ok((attr, fh)) => reply.created(&core.ttl(), &attr, 0, fh, 0),
+                Ok((attr, fh)) => reply.created(&core.ttl_of(&attr), &attr, 0, fh, 0),
                 Err(errno) => reply.error(errno),
             }
         });

@@ -370,6 +370,9 @@ fn a_bucket_mounted_behaves_as_a_file_system() {
         mnt.join("docs/moved.txt").display()
     ));
 
+    hard_links(&up, &mnt);
+    unlinked_but_open(&up, &mnt);
+    space_and_locks(&mnt);
     random_operations(&mnt);
     newcomer_tools(&source, &mnt, &work);
     many_files(&mnt);
@@ -443,6 +446,197 @@ fn a_bucket_mounted_behaves_as_a_file_system() {
     );
     third.unmount(&up);
 }
+
+/// One pass of the garbage collector over everything, due or not: the stripes it removed.
+fn collect_all_garbage(up: &Up) -> u64 {
+    let printed = tidepool_ok(&up.cluster(), &["gc", "--include-all", "--format", "json"]);
+    let pass: serde_json::Value = serde_json::from_str(&printed).expect("gc prints json");
+    pass["stripes"].as_u64().expect("stripes")
+}
+
+/// Hard links: two keys, one file. Both names read (through S3 too) and change the same
+/// bytes, the link count follows, and the stripes go only with the last name.
+fn hard_links(up: &Up, mnt: &Path) {
+    let (a, b) = (mnt.join("linked-a.bin"), mnt.join("docs/linked-b.bin"));
+    let mut model = pattern(31, 9 * MIB + 7);
+    std::fs::write(&a, &model).expect("write");
+    std::fs::hard_link(&a, &b).expect("link");
+    assert_eq!(std::fs::metadata(&a).expect("stat").nlink(), 2);
+    assert_eq!(std::fs::metadata(&b).expect("stat").nlink(), 2);
+    assert_eq!(
+        std::fs::metadata(&a).expect("stat").ino(),
+        std::fs::metadata(&b).expect("stat").ino(),
+        "two names, one inode"
+    );
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&b)
+            .expect("open");
+        file.seek(SeekFrom::Start(4 * MIB as u64 + 1))
+            .expect("seek");
+        file.write_all(b"through b").expect("write");
+    }
+    model[4 * MIB + 1..4 * MIB + 10].copy_from_slice(b"through b");
+    assert!(
+        std::fs::read(&a).expect("read a") == model,
+        "a write through one name shows through the other"
+    );
+    let fetched = mnt.parent().expect("work").join("linked.fetched");
+    for key in ["linked-a.bin", "docs/linked-b.bin"] {
+        up.aws_ok(&[
+            "s3",
+            "cp",
+            &format!("s3://files/{key}"),
+            fetched.to_str().unwrap(),
+        ]);
+        assert!(
+            std::fs::read(&fetched).expect("fetched") == model,
+            "S3 reads {key}"
+        );
+    }
+    // chmod through one name is the other's mode too.
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    assert_eq!(std::fs::metadata(&b).expect("stat").mode() & 0o777, 0o640);
+    // Errors: an existing target, a directory.
+    let exists = std::fs::hard_link(&a, mnt.join("docs/moved.txt")).expect_err("target exists");
+    assert_eq!(exists.kind(), std::io::ErrorKind::AlreadyExists);
+    let dir = std::fs::hard_link(mnt.join("docs"), mnt.join("docs-link")).expect_err("a directory");
+    assert_eq!(dir.raw_os_error(), Some(1), "EPERM");
+    // A rename of one name over the other does nothing (POSIX).
+    std::fs::rename(&a, &b).expect("rename onto another link");
+    assert!(a.exists() && b.exists());
+    // One name goes: the other keeps the bytes, through the garbage collector.
+    std::fs::remove_file(&a).expect("unlink a");
+    assert_eq!(std::fs::metadata(&b).expect("stat").nlink(), 1);
+    collect_all_garbage(up);
+    assert!(
+        std::fs::read(&b).expect("read b") == model,
+        "the last name keeps the bytes"
+    );
+    std::fs::remove_file(&b).expect("unlink b");
+    assert!(
+        collect_all_garbage(up) >= 3,
+        "the stripes go with the last name"
+    );
+}
+
+/// A file unlinked (or replaced by a rename) while open reads and writes on until its last
+/// close, even after the garbage collector has run; then its stripes go.
+fn unlinked_but_open(up: &Up, mnt: &Path) {
+    let path = mnt.join("open-unlinked.bin");
+    let model = pattern(41, 9 * MIB);
+    std::fs::write(&path, &model).expect("write");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    std::fs::remove_file(&path).expect("unlink");
+    assert!(!path.exists());
+    assert_eq!(file.metadata().expect("fstat").nlink(), 0);
+    collect_all_garbage(up);
+    let mut read = Vec::new();
+    file.read_to_end(&mut read).expect("read after unlink");
+    assert!(read == model, "an unlinked open file reads its bytes");
+    file.seek(SeekFrom::Start(100)).expect("seek");
+    file.write_all(b"still mine").expect("write after unlink");
+    file.seek(SeekFrom::Start(100)).expect("seek");
+    let mut back = [0u8; 10];
+    file.read_exact(&mut back).expect("read back");
+    assert_eq!(&back, b"still mine");
+    drop(file);
+    assert!(
+        collect_all_garbage(up) >= 3,
+        "its stripes go at the last close"
+    );
+
+    // Replaced by a rename while open: the same.
+    let (old, new) = (mnt.join("replaced.bin"), mnt.join("replacing.bin"));
+    std::fs::write(&old, pattern(42, 5 * MIB)).expect("write");
+    std::fs::write(&new, b"new").expect("write");
+    let mut file = std::fs::File::open(&old).expect("open");
+    std::fs::rename(&new, &old).expect("rename over");
+    collect_all_garbage(up);
+    let mut read = Vec::new();
+    file.read_to_end(&mut read).expect("read after replace");
+    assert!(read == pattern(42, 5 * MIB));
+    assert_eq!(std::fs::read(&old).expect("read"), b"new");
+    std::fs::remove_file(&old).expect("rm");
+}
+
+/// `fallocate` (sizes, holes, zeroed ranges) and locks between processes (flock and fcntl
+/// record locks, kept by the kernel for the mount).
+fn space_and_locks(mnt: &Path) {
+    let path = mnt.join("fallocated.bin");
+    sh(&format!("fallocate -l 10M {}", path.display()));
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        10 * MIB as u64
+    );
+    assert!(std::fs::read(&path).expect("read").iter().all(|b| *b == 0));
+    std::fs::write(&path, pattern(51, 6 * MIB)).expect("write");
+    sh(&format!(
+        "fallocate -p -o {} -l 4096 {}",
+        MIB,
+        path.display()
+    ));
+    sh(&format!(
+        "fallocate -z -o {} -l 10 {}",
+        6 * MIB,
+        path.display()
+    ));
+    sh(&format!(
+        "fallocate -n -o 0 -l {} {}",
+        64 * MIB,
+        path.display()
+    ));
+    let mut model = pattern(51, 6 * MIB);
+    model[MIB..MIB + 4096].fill(0);
+    model.resize(6 * MIB + 10, 0);
+    assert!(
+        std::fs::read(&path).expect("read") == model,
+        "holes punched and ranges zeroed"
+    );
+    let unsupported = Command::new("fallocate")
+        .args(["-c", "-o", "0", "-l", "4096"])
+        .arg(&path)
+        .output()
+        .expect("fallocate");
+    assert!(
+        !unsupported.status.success(),
+        "collapsing a range is refused"
+    );
+
+    // Locks: a second process cannot take what the first holds.
+    let lock = mnt.join("lockfile");
+    std::fs::write(&lock, b"").expect("lock file");
+    let script = mnt.parent().expect("work").join("locks.py");
+    std::fs::write(&script, LOCKS_PY).expect("script");
+    sh(&format!(
+        "{} {} {}",
+        venv_bin("python").display(),
+        script.display(),
+        lock.display()
+    ));
+}
+
+/// Locks on the file named by its argument, taken by this process and tried by others.
+const LOCKS_PY: &str = r#"
+import fcntl, subprocess, sys
+path = sys.argv[1]
+f = open(path, 'r+')
+fcntl.flock(f, fcntl.LOCK_EX)
+assert subprocess.run(['flock', '-n', path, 'true']).returncode != 0, 'flock taken twice'
+fcntl.flock(f, fcntl.LOCK_UN)
+assert subprocess.run(['flock', '-n', path, 'true']).returncode == 0, 'flock not released'
+fcntl.lockf(f, fcntl.LOCK_EX, 10, 0)
+probe = 'import fcntl, sys; f = open(sys.argv[1], "r+"); fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, %d)'
+taken = subprocess.run([sys.executable, '-c', probe % 0, path], capture_output=True)
+assert taken.returncode != 0, 'a record lock taken twice'
+free = subprocess.run([sys.executable, '-c', probe % 10, path], capture_output=True)
+assert free.returncode == 0, 'another range is free: %r' % free.stderr
+"#;
 
 /// The PID of the daemon of `cluster` whose command line holds `what`.
 fn pid_of(cluster: &Path, what: &str) -> u32 {
