@@ -26,7 +26,7 @@ pub use multipart::CompletedPart;
 pub use records::{
     BucketInfo, ContentHeaders, Entry, LinkGroup, ObjectMeta, Part, Segment, Upload,
 };
-pub use rename::{MovedIn, RenameIntent};
+pub use rename::{MovedIn, RenameIntent, TreeRename};
 
 /// Why a bucket operation failed.
 #[derive(Debug, thiserror::Error)]

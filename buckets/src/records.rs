@@ -251,6 +251,11 @@ pub mod keys {
         prefixed(b'm', key.as_bytes())
     }
 
+    /// `t<prefix>`: a rename of every key under `prefix`, under way (in shard 0).
+    pub fn tree(prefix: &str) -> Vec<u8> {
+        prefixed(b't', prefix.as_bytes())
+    }
+
     /// `l<id>`: a link group.
     pub fn links(id: &str) -> Vec<u8> {
         prefixed(b'l', id.as_bytes())

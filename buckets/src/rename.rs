@@ -46,6 +46,18 @@ pub struct MovedIn {
     pub from: String,
 }
 
+/// A rename of every key under a prefix, under way: kept in the bucket's shard 0 under
+/// `t<from prefix>` from before the first key moves until the last has.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeRename {
+    /// The new prefix.
+    pub to: String,
+}
+
+fn is_tree(key: &[u8]) -> bool {
+    key.first() == Some(&b't')
+}
+
 fn is_intent(key: &[u8]) -> bool {
     key.first() == Some(&b'r')
 }
@@ -321,15 +333,96 @@ impl Buckets {
             .map(|_| ())
     }
 
+    /// Renames every key under `from` (a prefix such as `dir/`) to under `to`, each as
+    /// [`Buckets::rename`] does, after recording the whole rename in shard 0: a crash leaves
+    /// it for the next [`Buckets::finish_renames`] to complete. `Conflict` when a rename of
+    /// the same prefix is under way.
+    pub async fn rename_prefix(
+        &self,
+        bucket: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), BucketError> {
+        let info = self.lookup(bucket, false).await?;
+        let raw = records::encode(&TreeRename { to: to.to_owned() });
+        let ops = vec![
+            shard_is_open(),
+            guard(keys::tree(from), &None),
+            ObjectOp::OmapSet(vec![(
+                ByteBuf::from(keys::tree(from)),
+                ByteBuf::from(raw.clone()),
+            )]),
+        ];
+        if !self.try_index_op(&info.shard_object(0), ops).await? {
+            return Err(BucketError::Conflict);
+        }
+        self.move_tree(&info, from, to, &raw).await
+    }
+
+    /// Moves every key under `from` to under `to`, then removes the tree intent `raw`.
+    async fn move_tree(
+        &self,
+        info: &BucketInfo,
+        from: &str,
+        to: &str,
+        raw: &[u8],
+    ) -> Result<(), BucketError> {
+        // One pass in key order, then passes from the start for keys that came meanwhile.
+        let mut after: Option<String> = None;
+        let mut passes = 0;
+        loop {
+            let query = crate::ListQuery {
+                prefix: from.to_owned(),
+                delimiter: None,
+                after: after.clone(),
+                limit: 1000,
+            };
+            let page = self.list(&info.name, &query).await?;
+            let Some((last, _)) = page.entries.last() else {
+                if after.take().is_some() {
+                    passes += 1;
+                    if passes > self.config().link_attempts_max {
+                        return Err(BucketError::Conflict);
+                    }
+                    continue;
+                }
+                let ops = vec![
+                    guard(keys::tree(from), &Some(raw.to_vec())),
+                    ObjectOp::OmapRemove(vec![ByteBuf::from(keys::tree(from))]),
+                ];
+                self.try_index_op(&info.shard_object(0), ops).await?;
+                return Ok(());
+            };
+            after = Some(last.clone());
+            for (key, _) in &page.entries {
+                let new = format!("{to}{}", &key[from.len()..]);
+                match self.rename(&info.name, key, &new).await {
+                    Ok(()) | Err(BucketError::NoSuchKey) => {}
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+    }
+
     /// Completes or rolls back every rename across shards of `bucket` that a crash left
-    /// half done (see the module's steps). Returns how many it found.
+    /// half done (see the module's steps), then completes every rename of a prefix. Returns
+    /// how many it found.
     pub async fn finish_renames(&self, bucket: &str) -> Result<usize, BucketError> {
         let info = self.lookup(bucket, false).await?;
         let mut found = 0;
         for shard in 0..info.shards {
             found += self.finish_renames_in(&info, shard).await?;
         }
-        Ok(found)
+        let trees = self
+            .shard_scan(&info.shard_object(0), b"t", is_tree)
+            .await?;
+        for (key, raw) in &trees {
+            let from = String::from_utf8_lossy(&key[1..]).into_owned();
+            let tree: TreeRename = records::decode(raw)?;
+            tracing::info!(%from, to = %tree.to, "completing a directory rename a crash interrupted");
+            self.move_tree(&info, &from, &tree.to, raw).await?;
+        }
+        Ok(found + trees.len())
     }
 
     async fn finish_renames_in(&self, info: &BucketInfo, shard: u32) -> Result<usize, BucketError> {

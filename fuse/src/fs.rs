@@ -1232,38 +1232,17 @@ impl Core {
         Ok(self.file_attr(same, &stat))
     }
 
-    /// Renames every key under directory `from` (its marker too) to under `to`.
+    /// Renames every key under directory `from` (its marker too) to under `to`: recorded
+    /// first, so that a crash leaves it for the next mount to complete.
     async fn rename_tree(&self, from: &str, to: &str) -> Result<(), Errno> {
-        let from_prefix = names::dir_prefix(from);
-        let to_prefix = names::dir_prefix(to);
-        let mut keys = Vec::new();
-        let mut after = None;
-        loop {
-            let query = ListQuery {
-                prefix: from_prefix.clone(),
-                delimiter: None,
-                after: after.take(),
-                limit: LIST_PAGE,
-            };
-            let page = self
-                .buckets
-                .list(self.bucket(), &query)
-                .await
-                .map_err(|e| errno_of(&e))?;
-            keys.extend(page.entries.into_iter().map(|(k, _)| k));
-            match (page.truncated, page.last) {
-                (true, Some(last)) => after = Some(last),
-                _ => break,
-            }
-        }
-        for key in keys {
-            let new = format!("{to_prefix}{}", &key[from_prefix.len()..]);
-            match self.buckets.rename(self.bucket(), &key, &new).await {
-                Ok(()) | Err(BucketError::NoSuchKey) => {}
-                Err(other) => return Err(errno_of(&other)),
-            }
-        }
-        Ok(())
+        self.buckets
+            .rename_prefix(
+                self.bucket(),
+                &names::dir_prefix(from),
+                &names::dir_prefix(to),
+            )
+            .await
+            .map_err(|e| errno_of(&e))
     }
 
     /// Changes metadata of `ino` with `change`: through its open state when open (written
