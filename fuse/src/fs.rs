@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow,
 };
 use libc::c_int;
 use md5::{Digest, Md5};
@@ -156,6 +156,20 @@ impl Nodes {
         ino
     }
 
+    /// The kernel took a reference to `ino`, inode of `key` when it was listed (from a
+    /// listing with attributes); known again if it was forgotten since.
+    fn count_lookup(&mut self, ino: u64, key: &str, dir: bool) {
+        let node = self.by_ino.entry(ino).or_insert_with(|| Node {
+            key: key.to_owned(),
+            dir,
+            lookups: 0,
+            others: Vec::new(),
+            group: 0,
+        });
+        node.lookups += 1;
+        self.by_key.entry(key.to_owned()).or_insert(ino);
+    }
+
     /// Inode `ino` is the file of link group `group` (hashed).
     fn join_group(&mut self, ino: u64, group: u64) {
         if let Some(node) = self.by_ino.get_mut(&ino) {
@@ -262,7 +276,18 @@ fn group_hash(links: Option<&str>) -> u64 {
 #[derive(Debug)]
 enum Open {
     File(u64, Arc<AsyncMutex<OpenFile>>),
-    Dir(Vec<(u64, FileType, String)>),
+    Dir(Vec<DirEntry>),
+}
+
+/// One entry of an open directory, as listed when it was opened.
+#[derive(Clone, Debug)]
+struct DirEntry {
+    ino: u64,
+    kind: FileType,
+    name: String,
+    key: String,
+    /// What the listing said of an object (`None`: a directory, `.` or `..`).
+    stat: Option<Stat>,
 }
 
 /// The mount's state, shared by the request tasks.
@@ -510,15 +535,9 @@ impl Core {
     }
 
     async fn stat_uncached(&self, key: &str, dir_hint: bool) -> Result<(Stat, bool), Errno> {
-        if !dir_hint {
-            match self.buckets.head(self.bucket(), key).await {
-                Ok(entry) => return Ok((self.stat_of_linked(&entry).await?, false)),
-                Err(BucketError::NoSuchKey) => {}
-                Err(other) => return Err(errno_of(&other)),
-            }
-        }
         // One listing says both whether the directory has a marker (the first key under its
-        // prefix is the marker itself) and whether it holds anything.
+        // prefix is the marker itself) and whether it holds anything. It runs beside the
+        // object's lookup: a name that is neither costs one round trip, not two.
         let marker = names::dir_prefix(key);
         let query = ListQuery {
             prefix: marker.clone(),
@@ -526,11 +545,21 @@ impl Core {
             after: None,
             limit: 1,
         };
-        let page = self
-            .buckets
-            .list(self.bucket(), &query)
-            .await
-            .map_err(|e| errno_of(&e))?;
+        let (object, page) = if dir_hint {
+            (None, self.buckets.list(self.bucket(), &query).await)
+        } else {
+            let (object, page) = tokio::join!(
+                self.buckets.head(self.bucket(), key),
+                self.buckets.list(self.bucket(), &query)
+            );
+            (Some(object), page)
+        };
+        match object {
+            Some(Ok(entry)) => return Ok((self.stat_of_linked(&entry).await?, false)),
+            Some(Err(BucketError::NoSuchKey)) | None => {}
+            Some(Err(other)) => return Err(errno_of(&other)),
+        }
+        let page = page.map_err(|e| errno_of(&e))?;
         if let Some((first, entry)) = page.entries.first() {
             if *first == marker {
                 return Ok((self.stat_of_entry(entry, true), true));
@@ -589,7 +618,10 @@ impl Core {
 
     /// Every entry of directory `key`: name, kind and key; keys that are no names are
     /// skipped with one warning each.
-    async fn list_dir(&self, key: &str) -> Result<Vec<(String, Kind, String)>, Errno> {
+    async fn list_dir(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(String, Kind, String, Option<Stat>)>, Errno> {
         let prefix = names::dir_prefix(key);
         let since = self.generation.load(Ordering::SeqCst);
         let mut out = Vec::new();
@@ -612,9 +644,8 @@ impl Core {
                     Listed::Object(name) => {
                         let stat = self.stat_of_entry(entry, false);
                         self.remember(object, stat, false, since);
-                        let attrs = stat.attrs;
                         seen.insert(name.to_owned());
-                        out.push((name.to_owned(), attrs.kind, object.clone()));
+                        out.push((name.to_owned(), stat.attrs.kind, object.clone(), Some(stat)));
                     }
                     Listed::Marker | Listed::Dir(_) => {}
                     Listed::Skip(why) => self.warn_once(object, why),
@@ -627,7 +658,7 @@ impl Core {
                     }
                     Listed::Dir(name) => {
                         let child = common.trim_end_matches('/').to_owned();
-                        out.push((name.to_owned(), Kind::Dir, child));
+                        out.push((name.to_owned(), Kind::Dir, child, None));
                     }
                     Listed::Skip(why) => self.warn_once(common, why),
                     _ => {}
@@ -662,18 +693,85 @@ impl Core {
         } else {
             nodes.ino_of(&parent_key, true, false)
         };
-        let mut entries = vec![
-            (ino, FileType::Directory, ".".to_owned()),
-            (parent, FileType::Directory, "..".to_owned()),
-        ];
-        for (name, kind, child) in listed {
-            let child_ino = nodes.ino_of(&child, kind == Kind::Dir, false);
-            entries.push((child_ino, file_type(kind), name));
+        let dot = |ino, name: &str| DirEntry {
+            ino,
+            kind: FileType::Directory,
+            name: name.to_owned(),
+            key: String::new(),
+            stat: None,
+        };
+        let mut entries = vec![dot(ino, "."), dot(parent, "..")];
+        for (name, kind, child, stat) in listed {
+            let group = stat.map_or(0, |s| s.group);
+            let child_ino = nodes.ino_for(&child, kind == Kind::Dir, group, false);
+            entries.push(DirEntry {
+                ino: child_ino,
+                kind: file_type(kind),
+                name,
+                key: child,
+                stat,
+            });
         }
         drop(nodes);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, Open::Dir(entries));
         Ok(fh)
+    }
+
+    /// Entries of open directory `fh` from `offset` with their attributes, as many as
+    /// `reply` holds. Each entry it takes counts as a lookup (the kernel keeps its inode). A
+    /// directory's attributes are not listed (its marker is not in the listing): they go with
+    /// a zero timeout, so the kernel asks again. A file open here shows its open state.
+    async fn readdirplus(
+        &self,
+        fh: u64,
+        offset: usize,
+        mut reply: ReplyDirectoryPlus,
+    ) -> Result<ReplyDirectoryPlus, (ReplyDirectoryPlus, Errno)> {
+        const BATCH: usize = 256;
+        let batch: Vec<DirEntry> = match lock(&self.handles).get(&fh) {
+            Some(Open::Dir(entries)) => entries.iter().skip(offset).take(BATCH).cloned().collect(),
+            _ => return Err((reply, libc::EBADF)),
+        };
+        for (i, entry) in batch.into_iter().enumerate() {
+            let stat = match (entry.stat, self.open_file_of(entry.ino)) {
+                (Some(_), Some(file)) => match self.open_stat(&*file.lock().await).await {
+                    Ok(stat) => Some(stat),
+                    Err(errno) => return Err((reply, errno)),
+                },
+                (stat, _) => stat,
+            };
+            let (attr, ttl) = match &stat {
+                Some(stat) => {
+                    let attr = self.file_attr(entry.ino, stat);
+                    (attr, self.ttl_of(&attr))
+                }
+                None => {
+                    let dir = Stat {
+                        attrs: Attrs::implicit_dir(self.options.owner, self.started),
+                        size: 0,
+                        nlink: 2,
+                        group: 0,
+                    };
+                    (self.file_attr(entry.ino, &dir), Duration::ZERO)
+                }
+            };
+            if reply.add(
+                entry.ino,
+                (offset + i + 1) as i64,
+                &entry.name,
+                &ttl,
+                &attr,
+                0,
+            ) {
+                break;
+            }
+            if entry.name != "." && entry.name != ".." {
+                let dir = entry.kind == FileType::Directory;
+                lock(&self.nodes).count_lookup(entry.ino, &entry.key, dir);
+            }
+        }
+        Ok(reply)
     }
 
     /// The open state of file `ino` (`key`), made from its entry when not open yet.
@@ -1482,6 +1580,8 @@ impl Filesystem for TidepoolFs {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), c_int> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(4 << 20);
+        // Listings carry attributes: `ls -l` of a big folder needs no lookup per file.
+        let _ = config.add_capabilities(fuser::consts::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -1772,13 +1872,29 @@ impl Filesystem for TidepoolFs {
             drop(handles);
             return reply.error(libc::EBADF);
         };
-        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset.max(0) as usize) {
-            if reply.add(*ino, (i + 1) as i64, *kind, name) {
+        for (i, entry) in entries.iter().enumerate().skip(offset.max(0) as usize) {
+            if reply.add(entry.ino, (i + 1) as i64, entry.kind, &entry.name) {
                 break;
             }
         }
         drop(handles);
         reply.ok();
+    }
+
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        self.spawn(move |core| async move {
+            match core.readdirplus(fh, offset.max(0) as usize, reply).await {
+                Ok(reply) => reply.ok(),
+                Err((reply, errno)) => reply.error(errno),
+            }
+        });
     }
 
     fn releasedir(
@@ -1872,6 +1988,11 @@ impl Filesystem for TidepoolFs {
         reply: ReplyXattr,
     ) {
         let name = name.to_string_lossy().into_owned();
+        // Only `user.*` names are kept: the others (`ls -l` asks for `security.selinux` and
+        // the ACLs of every file) are answered without a look at the index.
+        if !name.starts_with("user.") {
+            return reply.error(libc::ENODATA);
+        }
         self.spawn(|core| async move {
             match core.xattrs(ino).await {
                 Ok(set) => match set.get(&name) {

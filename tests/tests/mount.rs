@@ -747,19 +747,28 @@ fn newcomer_tools(source: &Path, mnt: &Path, work: &Path) {
 
 /// Rule: `find`, `du` and `ls -lR` of a directory with a thousand files list every one.
 fn many_files(mnt: &Path) {
+    const FILES: usize = 10_000;
     let dir = mnt.join("many");
     let started = Instant::now();
+    // Eight writers at once: the mount serves requests concurrently.
     sh(&format!(
-        "mkdir {0} && cd {0} && for i in $(seq 1000); do echo $i > f$i; done",
+        "mkdir {0} && cd {0} && for w in 0 1 2 3 4 5 6 7; do \
+           (i=$w; while [ $i -lt {FILES} ]; do echo $i > f$i; i=$((i + 8)); done) & \
+         done; wait",
         dir.display()
     ));
-    eprintln!("1,000 files created in {:?}", started.elapsed());
+    eprintln!("{FILES} files created in {:?}", started.elapsed());
     let started = Instant::now();
     let listed = sh(&format!("ls -lR {} | grep -c '^-'", dir.display()));
-    assert_eq!(listed.trim(), "1000");
+    assert_eq!(listed.trim(), FILES.to_string());
+    eprintln!("ls -lR of them in {:?}", started.elapsed());
     let found = sh(&format!("find {} -type f | wc -l", dir.display()));
-    assert_eq!(found.trim(), "1000");
+    assert_eq!(found.trim(), FILES.to_string());
     sh(&format!("du -s {}", dir.display()));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("f4321")).expect("a file"),
+        "4321\n"
+    );
     eprintln!("ls -lR, find and du of them in {:?}", started.elapsed());
     sh(&format!("rm -r {}", dir.display()));
 }
