@@ -328,10 +328,14 @@ impl Buckets {
             let entry_key = keys::entry(key);
             // A plain write of a new key needs no read first: assume absence, and read only
             // when the guard says otherwise.
-            let mut known: Option<Option<Vec<u8>>> = (new.is_some()
-                && extras.upload.is_none()
-                && matches!(condition, PutCondition::Always | PutCondition::Absent))
-            .then_some(None);
+            // Nor does a write that knows the exact entry it replaces (records encode the
+            // same way every time).
+            let mut known: Option<Option<Vec<u8>>> = match condition {
+                _ if new.is_none() || extras.upload.is_some() => None,
+                PutCondition::Always | PutCondition::Absent => Some(None),
+                PutCondition::Exactly(entry) => Some(Some(records::encode(entry.as_ref()))),
+                PutCondition::Matches(_) => None,
+            };
             for _ in 0..self.config().link_attempts_max {
                 let (old_raw, intent_raw) = match known.take() {
                     Some(assumed) => (assumed, None),

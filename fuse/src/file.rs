@@ -17,7 +17,13 @@ use crate::errors::{errno_of, Errno};
 const DIRTY_BYTES_MAX: u64 = 64 << 20;
 
 /// Stripes written to the cluster at once by a commit.
-const STRIPES_IN_FLIGHT: usize = 4;
+const STRIPES_IN_FLIGHT: usize = 6;
+
+/// Base stripes read ahead of a sequential reader.
+const STRIPES_AHEAD: u64 = 3;
+
+/// A stripe's staging in the background.
+type Staging = tokio::task::JoinHandle<Result<(), BucketError>>;
 
 /// An open file (every handle of one inode in this mount shares it).
 #[derive(Debug)]
@@ -37,6 +43,9 @@ pub struct OpenFile {
     dirty: BTreeMap<u64, Vec<u8>>,
     /// Stripes written to the staging data id since the base, with how many bytes each got.
     staged: BTreeMap<u64, u64>,
+    /// Stripes being staged in the background, by number: their bytes (served to reads,
+    /// and dirty again if the staging fails) and the task.
+    inflight: BTreeMap<u64, (Vec<u8>, Staging)>,
     /// Staged stripes a truncation left out: removed after the next commit.
     orphans: BTreeSet<u64>,
     /// The bucket's id.
@@ -56,6 +65,8 @@ pub struct OpenFile {
     md5: Option<(Md5, u64)>,
     /// The base stripe last read, by number.
     cache: Option<(u64, Vec<u8>)>,
+    /// Base stripes read ahead of a sequential reader, by number.
+    ahead: BTreeMap<u64, tokio::task::JoinHandle<Result<Vec<u8>, Errno>>>,
     /// Handles open on it.
     pub opens: usize,
     /// Whether its key was unlinked while it was open.
@@ -84,6 +95,7 @@ impl OpenFile {
             size,
             dirty: BTreeMap::new(),
             staged: BTreeMap::new(),
+            inflight: BTreeMap::new(),
             orphans: BTreeSet::new(),
             bucket_id: bucket_id.to_owned(),
             prefix: staging_prefix(bucket_id),
@@ -92,6 +104,7 @@ impl OpenFile {
             meta_changed: false,
             md5: (size == 0).then(|| (Md5::new(), 0)),
             cache: None,
+            ahead: BTreeMap::new(),
             opens: 0,
             unlinked: false,
             held: None,
@@ -184,6 +197,8 @@ impl OpenFile {
         let want = (extent.end - extent.start) as usize;
         let mut bytes = if let Some(dirty) = self.dirty.get(&n) {
             dirty.clone()
+        } else if let Some((bytes, _)) = self.inflight.get(&n) {
+            bytes.clone()
         } else if self.staged.contains_key(&n) {
             self.read_staged(buckets, extent.clone()).await?
         } else {
@@ -194,18 +209,63 @@ impl OpenFile {
     }
 
     /// Base stripe `n` within `valid` (cached: sequential reads ask for it piece by piece).
+    /// A reader that moves on to the next stripe gets the few after it read ahead.
     async fn base_stripe(&mut self, buckets: &Buckets, n: u64) -> Result<&[u8], Errno> {
         if self.cache.as_ref().is_none_or(|(cached, _)| *cached != n) {
             let stripe = Self::stripe_bytes(buckets);
-            let bytes = self
-                .read_base(buckets, n * stripe..(n + 1) * stripe)
-                .await?;
+            let sequential = n == 0 || self.cache.as_ref().is_some_and(|(c, _)| *c + 1 == n);
+            // What was read ahead and is behind the reader now goes.
+            let behind: Vec<u64> = self.ahead.range(..n).map(|(k, _)| *k).collect();
+            for k in behind {
+                if let Some(task) = self.ahead.remove(&k) {
+                    task.abort();
+                }
+            }
+            let bytes = match self.ahead.remove(&n) {
+                Some(task) => match task.await {
+                    Ok(read) => read?,
+                    Err(_) => return Err(libc::EIO),
+                },
+                None => {
+                    self.read_base(buckets, n * stripe..(n + 1) * stripe)
+                        .await?
+                }
+            };
             self.cache = Some((n, bytes));
+            if sequential {
+                self.read_ahead(buckets, n);
+            }
         }
         Ok(self
             .cache
             .as_ref()
             .map_or(&[], |(_, bytes)| bytes.as_slice()))
+    }
+
+    /// Stops what was read ahead (the base changed).
+    fn drop_read_ahead(&mut self) {
+        for (_, task) in std::mem::take(&mut self.ahead) {
+            task.abort();
+        }
+    }
+
+    /// Starts reading the `STRIPES_AHEAD` base stripes after `n` in the background.
+    fn read_ahead(&mut self, buckets: &Buckets, n: u64) {
+        let stripe = Self::stripe_bytes(buckets);
+        let Some(base) = &self.base else {
+            return;
+        };
+        for k in n + 1..=n + STRIPES_AHEAD {
+            let start = k * stripe;
+            if start >= self.valid || self.ahead.contains_key(&k) || base.inline {
+                continue;
+            }
+            let range = start..((k + 1) * stripe).min(self.valid);
+            let (buckets, entry) = (buckets.clone(), base.clone());
+            let task =
+                tokio::spawn(async move { collect(buckets.read_data(&entry, None, range)).await });
+            self.ahead.insert(k, task);
+        }
     }
 
     /// Up to `len` bytes at `offset` (fewer at the end of the file).
@@ -223,7 +283,11 @@ impl OpenFile {
             let n = at / stripe;
             let within = (at - n * stripe) as usize;
             let take = ((n + 1) * stripe).min(end) - at;
-            if let Some(dirty) = self.dirty.get(&n) {
+            let held = self
+                .dirty
+                .get(&n)
+                .or_else(|| self.inflight.get(&n).map(|(bytes, _)| bytes));
+            if let Some(dirty) = held {
                 let piece = dirty.get(within..).unwrap_or(&[]);
                 let piece = &piece[..piece.len().min(take as usize)];
                 out.extend_from_slice(piece);
@@ -265,6 +329,10 @@ impl OpenFile {
             let n = at / stripe;
             let within = (at - n * stripe) as usize;
             let take = (((n + 1) * stripe).min(end) - at) as usize;
+            if let Some(bytes) = self.settle(n).await? {
+                // Staged meanwhile, and changed again: dirty once more.
+                self.dirty.insert(n, bytes);
+            }
             if !self.dirty.contains_key(&n) {
                 let bytes = if n * stripe < self.size {
                     self.stripe_now(buckets, n).await?
@@ -280,19 +348,87 @@ impl OpenFile {
             let from = (at - offset) as usize;
             buffer[within..within + take].copy_from_slice(&data[from..from + take]);
             at += take as u64;
+            self.size = self.size.max(at);
+            // A writer that went past the stripe's end is done with it (sequential writes):
+            // it is staged behind the writes that follow.
+            if at == (n + 1) * stripe {
+                self.stage_behind(buckets, n).await?;
+            }
         }
         self.size = self.size.max(end);
         self.changed = true;
         while self.dirty.len() as u64 * stripe > DIRTY_BYTES_MAX {
             let oldest = *self.dirty.keys().next().expect("dirty stripes");
-            self.stage(buckets, &[oldest]).await?;
+            self.stage_behind(buckets, oldest).await?;
         }
         Ok(())
+    }
+
+    /// Stages dirty stripe `n` in a task of its own, with at most `STRIPES_IN_FLIGHT` at
+    /// once (waits for the oldest first).
+    async fn stage_behind(&mut self, buckets: &Buckets, n: u64) -> Result<(), Errno> {
+        let stripe = Self::stripe_bytes(buckets);
+        let Some(mut bytes) = self.dirty.remove(&n) else {
+            return Ok(());
+        };
+        let extent = self.extent(n, stripe);
+        bytes.resize((extent.end - extent.start) as usize, 0);
+        while self.inflight.len() >= STRIPES_IN_FLIGHT {
+            let oldest = *self.inflight.keys().next().expect("in flight");
+            if let Err(errno) = self.settle(oldest).await {
+                self.dirty.insert(n, bytes);
+                return Err(errno);
+            }
+        }
+        let task = tokio::spawn({
+            let buckets = buckets.clone();
+            let (pool, name, data) = (
+                self.pool.clone(),
+                format!("{}.{n}", self.prefix),
+                bytes.clone(),
+            );
+            async move { buckets.put_stripe(pool, name, data).await }
+        });
+        self.inflight.insert(n, (bytes, task));
+        Ok(())
+    }
+
+    /// Waits for stripe `n`'s staging in the background, if any: then it is staged (its
+    /// bytes are returned), or, when that failed, dirty again (and the error returned).
+    async fn settle(&mut self, n: u64) -> Result<Option<Vec<u8>>, Errno> {
+        let Some((bytes, task)) = self.inflight.remove(&n) else {
+            return Ok(None);
+        };
+        let failed = match task.await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(errno_of(&error)),
+            Err(_) => Some(libc::EIO),
+        };
+        if let Some(errno) = failed {
+            self.dirty.entry(n).or_insert(bytes);
+            return Err(errno);
+        }
+        self.orphans.remove(&n);
+        self.staged.insert(n, bytes.len() as u64);
+        Ok(Some(bytes))
+    }
+
+    /// Waits for every stripe staged in the background.
+    async fn settle_all(&mut self) -> Result<(), Errno> {
+        let numbers: Vec<u64> = self.inflight.keys().copied().collect();
+        let mut first_error = None;
+        for n in numbers {
+            if let Err(errno) = self.settle(n).await {
+                first_error.get_or_insert(errno);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Sets the size to `size`: bytes past it go, and bytes up to it are zeros where nothing
     /// was written.
     pub async fn truncate(&mut self, buckets: &Buckets, size: u64) -> Result<(), Errno> {
+        self.settle_all().await?;
         let stripe = Self::stripe_bytes(buckets);
         if size < self.size {
             // The stripe cut in two keeps its head, in memory: bytes past the cut must read
@@ -314,6 +450,7 @@ impl OpenFile {
             }
             self.valid = self.valid.min(size);
             self.cache = None;
+            self.drop_read_ahead();
         }
         self.md5 = match self.md5.take() {
             _ if size == 0 => Some((Md5::new(), 0)),
@@ -363,6 +500,7 @@ impl OpenFile {
     /// only the rewritten stripes are new. When the key changed since the base, the file is
     /// written whole and linked over whatever is there. Nothing to do for an unlinked file.
     pub async fn commit(&mut self, buckets: &Buckets, bucket: &str) -> Result<(), Errno> {
+        self.settle_all().await?;
         if !self.pending() || self.unlinked {
             return Ok(());
         }
@@ -455,6 +593,7 @@ impl OpenFile {
         self.staged.clear();
         self.dirty.clear();
         self.cache = None;
+        self.drop_read_ahead();
         self.changed = false;
         self.meta_changed = false;
         self.prefix = staging_prefix(&self.bucket_id);
@@ -557,6 +696,8 @@ impl OpenFile {
 
     /// Removes what this file staged and never linked (an unlinked file's last close).
     pub async fn discard(&mut self, buckets: &Buckets) {
+        // Staged or not, a stripe in flight goes too.
+        let _ = self.settle_all().await;
         let stripe = Self::stripe_bytes(buckets);
         let segments: Vec<Segment> = self
             .staged
