@@ -305,6 +305,10 @@ pub struct Core {
     mon: AsyncMutex<tidepool_client::MonClient>,
     /// What keys were found to be, and when, kept for the attribute timeout.
     stats: Mutex<HashMap<String, (std::time::Instant, Stat, bool)>>,
+    /// When an entry of a folder (by key) last came, went or was renamed through this mount:
+    /// the folder's modification and change times are at least that (POSIX), without a
+    /// write of its marker per entry.
+    folder_changes: Mutex<HashMap<String, Time>>,
     /// Bumped by every change this mount makes: what a lookup that began before a change
     /// found is not kept.
     generation: AtomicU64,
@@ -373,6 +377,7 @@ impl Core {
         Core {
             mon: AsyncMutex::new(mon),
             stats: Mutex::new(HashMap::new()),
+            folder_changes: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             buckets,
             info,
@@ -483,6 +488,29 @@ impl Core {
     /// over a directory of the same name (listings say the same). A key open here shows its
     /// open state.
     async fn stat(&self, key: &str, dir_hint: bool) -> Result<(Stat, bool), Errno> {
+        let (mut stat, dir) = self.stat_of_key(key, dir_hint).await?;
+        if dir {
+            if let Some(when) = lock(&self.folder_changes).get(key) {
+                stat.attrs.mtime = stat.attrs.mtime.max(*when);
+                stat.attrs.ctime = stat.attrs.ctime.max(*when);
+            }
+        }
+        Ok((stat, dir))
+    }
+
+    /// An entry of the folder of `key` came, went or was renamed.
+    fn folder_changed(&self, key: &str) {
+        const KEPT_MAX: usize = 65_536;
+        let folder = names::parent_of(key);
+        let mut changes = lock(&self.folder_changes);
+        if changes.len() >= KEPT_MAX {
+            changes.clear();
+        }
+        // The folder's cached attributes stay: the change is laid over them when asked.
+        changes.insert(folder.to_owned(), Time::now());
+    }
+
+    async fn stat_of_key(&self, key: &str, dir_hint: bool) -> Result<(Stat, bool), Errno> {
         if key.is_empty() {
             return Ok((
                 Stat {
@@ -1035,6 +1063,7 @@ impl Core {
         let entry = self
             .put_small(&key, &attrs, data, PutCondition::Absent)
             .await?;
+        self.folder_changed(&key);
         let ino = lock(&self.nodes).ino_of(&key, false, true);
         let attr = self.file_attr(ino, &self.stat_of_entry(&entry, false));
         Ok((ino, attr, entry))
@@ -1088,6 +1117,7 @@ impl Core {
         let entry = self
             .put_small(&names::dir_prefix(&key), &attrs, &[], PutCondition::Absent)
             .await?;
+        self.folder_changed(&key);
         let ino = lock(&self.nodes).ino_of(&key, true, true);
         Ok(self.file_attr(ino, &self.stat_of_entry(&entry, true)))
     }
@@ -1096,18 +1126,29 @@ impl Core {
         self.refuse_if_read_only()?;
         let key = self.child(parent, name)?;
         self.forget_stat(&key);
-        match self.buckets.head(self.bucket(), &key).await {
-            Ok(_) => {}
+        let links = match self.buckets.head(self.bucket(), &key).await {
+            Ok(entry) => entry.links,
             Err(BucketError::NoSuchKey) => return Err(libc::ENOENT),
             Err(other) => return Err(errno_of(&other)),
-        }
+        };
         self.keep_if_open(&key).await?;
         self.buckets
             .delete(self.bucket(), &key)
             .await
             .map_err(|e| errno_of(&e))?;
+        self.folder_changed(&key);
+        let ino = lock(&self.nodes).by_key.get(&key).copied();
         lock(&self.nodes).unlink(&key);
         self.forget_stat(&key);
+        // A file with other names lost one: its change time moves (POSIX).
+        if let (Some(ino), Some(_)) = (ino, links) {
+            let named = lock(&self.nodes)
+                .key(ino)
+                .is_some_and(|(k, _)| !k.starts_with('\0'));
+            if named {
+                self.touch_ctime(ino).await;
+            }
+        }
         Ok(())
     }
 
@@ -1139,6 +1180,7 @@ impl Core {
             .delete(self.bucket(), &marker)
             .await
             .map_err(|e| errno_of(&e))?;
+        self.folder_changed(&key);
         lock(&self.nodes).unlink(&key);
         self.forget_stat(&key);
         Ok(())
@@ -1226,6 +1268,8 @@ impl Core {
                 .await
                 .map_err(|e| errno_of(&e))?;
         }
+        self.folder_changed(&from);
+        self.folder_changed(&to);
         // Forgotten now (the checks above looked both up), and everything under a directory.
         self.forget_stat(&from);
         self.forget_stat(&to);
@@ -1245,6 +1289,20 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Moves file `ino`'s change time to now (a name came or went), best effort: a failure
+    /// is logged, the operation that caused it stands.
+    async fn touch_ctime(&self, ino: u64) {
+        let touched = self
+            .change_meta(ino, &|attrs, _| {
+                attrs.ctime = Time::now();
+                Ok(())
+            })
+            .await;
+        if let Err(errno) = touched {
+            tracing::warn!(ino, errno, "moving a file's change time failed");
+        }
     }
 
     /// Whether keys `a` and `b` are names of one file (hard links).
@@ -1319,15 +1377,18 @@ impl Core {
             Err(BucketError::PreconditionFailed) => return Err(libc::EEXIST),
             Err(other) => return Err(errno_of(&other)),
         };
+        self.folder_changed(&to);
         if let Some(file) = &open {
             file.lock().await.relinked(&entry);
         }
-        let stat = self.stat_of_linked(&entry).await?;
-        let mut nodes = lock(&self.nodes);
-        nodes.join_group(ino, stat.group);
-        let same = nodes.ino_for(&to, false, stat.group, true);
-        drop(nodes);
-        Ok(self.file_attr(same, &stat))
+        let group = group_hash(entry.links.as_deref());
+        let same = {
+            let mut nodes = lock(&self.nodes);
+            nodes.join_group(ino, group);
+            nodes.ino_for(&to, false, group, true)
+        };
+        self.touch_ctime(same).await;
+        self.getattr(same).await
     }
 
     /// Renames every key under directory `from` (its marker too) to under `to`: recorded
@@ -1456,6 +1517,12 @@ impl Core {
         }
         if mode.is_none() && uid.is_none() && gid.is_none() && atime.is_none() && mtime.is_none() {
             return self.getattr(ino).await;
+        }
+        if mtime.is_some() {
+            // Times set by hand win over the entries' changes before.
+            if let Ok((key, true)) = self.key_of(ino) {
+                lock(&self.folder_changes).remove(&key);
+            }
         }
         self.change_meta(ino, &move |attrs, _| {
             if let Some(mode) = mode {

@@ -518,7 +518,24 @@ fn hard_links(up: &Up, mnt: &Path) {
     let (a, b) = (mnt.join("linked-a.bin"), mnt.join("docs/linked-b.bin"));
     let mut model = pattern(31, 9 * MIB + 7);
     std::fs::write(&a, &model).expect("write");
+    let changed = |p: &Path| {
+        let m = std::fs::metadata(p).expect("stat");
+        (m.ctime(), m.ctime_nsec(), m.mtime(), m.mtime_nsec())
+    };
+    let (file_before, folder_before) = (changed(&a), changed(&mnt.join("docs")));
+    std::thread::sleep(Duration::from_millis(20));
     std::fs::hard_link(&a, &b).expect("link");
+    // A link moves the file's change time, and the folder's times (POSIX).
+    let (file_after, folder_after) = (changed(&a), changed(&mnt.join("docs")));
+    assert!(
+        file_after.0 * 1_000_000_000 + file_after.1 > file_before.0 * 1_000_000_000 + file_before.1,
+        "ctime"
+    );
+    assert!(
+        folder_after.2 * 1_000_000_000 + folder_after.3
+            > folder_before.2 * 1_000_000_000 + folder_before.3,
+        "folder mtime"
+    );
     assert_eq!(std::fs::metadata(&a).expect("stat").nlink(), 2);
     assert_eq!(std::fs::metadata(&b).expect("stat").nlink(), 2);
     assert_eq!(
