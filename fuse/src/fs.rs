@@ -309,6 +309,11 @@ pub struct Core {
     /// the folder's modification and change times are at least that (POSIX), without a
     /// write of its marker per entry.
     folder_changes: Mutex<HashMap<String, Time>>,
+    /// Folders whose every name is known (by key): when they were listed or made, and their
+    /// names, kept up to date with what this mount changes in them. A lookup of another name
+    /// within the attribute timeout is answered "no such file" without a round trip (what an
+    /// S3 client adds meanwhile shows within that timeout, as promised).
+    folders_known: Mutex<HashMap<String, (std::time::Instant, HashSet<String>)>>,
     /// Bumped by every change this mount makes: what a lookup that began before a change
     /// found is not kept.
     generation: AtomicU64,
@@ -378,6 +383,7 @@ impl Core {
             mon: AsyncMutex::new(mon),
             stats: Mutex::new(HashMap::new()),
             folder_changes: Mutex::new(HashMap::new()),
+            folders_known: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             buckets,
             info,
@@ -498,6 +504,45 @@ impl Core {
         Ok((stat, dir))
     }
 
+    /// Entry `key` came (made, linked or renamed here).
+    fn entry_came(&self, key: &str) {
+        self.folder_changed(key);
+        let (folder, name) = key.rsplit_once('/').unwrap_or(("", key));
+        if let Some((_, names)) = lock(&self.folders_known).get_mut(folder) {
+            names.insert(name.to_owned());
+        }
+    }
+
+    /// Entry `key` went (removed or renamed away here).
+    fn entry_went(&self, key: &str) {
+        self.folder_changed(key);
+        let (folder, name) = key.rsplit_once('/').unwrap_or(("", key));
+        if let Some((_, names)) = lock(&self.folders_known).get_mut(folder) {
+            names.remove(name);
+        }
+    }
+
+    /// Folder `key` held exactly `names` at `when` (a listing began then, or it was made).
+    fn folder_known(&self, key: &str, names: HashSet<String>, when: std::time::Instant) {
+        const KEPT_MAX: usize = 1024;
+        let mut known = lock(&self.folders_known);
+        if known.len() >= KEPT_MAX {
+            let ttl = self.ttl();
+            known.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        if known.len() < KEPT_MAX && !self.ttl().is_zero() {
+            known.insert(key.to_owned(), (when, names));
+        }
+    }
+
+    /// Whether `name` is known to be absent from folder `folder` (listed or made within the
+    /// attribute timeout, and changed here since only as recorded).
+    fn known_absent(&self, folder: &str, name: &str) -> bool {
+        lock(&self.folders_known)
+            .get(folder)
+            .is_some_and(|(at, names)| at.elapsed() < self.ttl() && !names.contains(name))
+    }
+
     /// An entry of the folder of `key` came, went or was renamed.
     fn folder_changed(&self, key: &str) {
         const KEPT_MAX: usize = 65_536;
@@ -615,6 +660,10 @@ impl Core {
 
     async fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let key = self.child(parent, name)?;
+        let (folder, leaf) = key.rsplit_once('/').unwrap_or(("", &key));
+        if self.known_absent(folder, leaf) {
+            return Err(libc::ENOENT);
+        }
         let (stat, dir) = self.stat(&key, false).await?;
         let ino = lock(&self.nodes).ino_for(&key, dir, stat.group, true);
         Ok(self.file_attr(ino, &stat))
@@ -714,7 +763,17 @@ impl Core {
     async fn opendir(&self, ino: u64) -> Result<u64, Errno> {
         let (key, _) = self.key_of(ino)?;
         let parent_key = names::parent_of(&key).to_owned();
+        let (began, since) = (
+            std::time::Instant::now(),
+            self.generation.load(Ordering::SeqCst),
+        );
         let listed = self.list_dir(&key).await?;
+        // Known only when nothing changed here meanwhile (a change the listing missed would
+        // be forgotten).
+        if self.generation.load(Ordering::SeqCst) == since {
+            let names = listed.iter().map(|(name, ..)| name.clone()).collect();
+            self.folder_known(&key, names, began);
+        }
         let mut nodes = lock(&self.nodes);
         let parent = if ino == ROOT {
             ROOT
@@ -1063,7 +1122,7 @@ impl Core {
         let entry = self
             .put_small(&key, &attrs, data, PutCondition::Absent)
             .await?;
-        self.folder_changed(&key);
+        self.entry_came(&key);
         let ino = lock(&self.nodes).ino_of(&key, false, true);
         let attr = self.file_attr(ino, &self.stat_of_entry(&entry, false));
         Ok((ino, attr, entry))
@@ -1117,7 +1176,8 @@ impl Core {
         let entry = self
             .put_small(&names::dir_prefix(&key), &attrs, &[], PutCondition::Absent)
             .await?;
-        self.folder_changed(&key);
+        self.entry_came(&key);
+        self.folder_known(&key, HashSet::new(), std::time::Instant::now());
         let ino = lock(&self.nodes).ino_of(&key, true, true);
         Ok(self.file_attr(ino, &self.stat_of_entry(&entry, true)))
     }
@@ -1136,7 +1196,7 @@ impl Core {
             .delete(self.bucket(), &key)
             .await
             .map_err(|e| errno_of(&e))?;
-        self.folder_changed(&key);
+        self.entry_went(&key);
         let ino = lock(&self.nodes).by_key.get(&key).copied();
         lock(&self.nodes).unlink(&key);
         self.forget_stat(&key);
@@ -1180,7 +1240,8 @@ impl Core {
             .delete(self.bucket(), &marker)
             .await
             .map_err(|e| errno_of(&e))?;
-        self.folder_changed(&key);
+        self.entry_went(&key);
+        lock(&self.folders_known).remove(&key);
         lock(&self.nodes).unlink(&key);
         self.forget_stat(&key);
         Ok(())
@@ -1268,8 +1329,11 @@ impl Core {
                 .await
                 .map_err(|e| errno_of(&e))?;
         }
-        self.folder_changed(&from);
-        self.folder_changed(&to);
+        self.entry_went(&from);
+        if from_dir {
+            lock(&self.folders_known).clear();
+        }
+        self.entry_came(&to);
         // Forgotten now (the checks above looked both up), and everything under a directory.
         self.forget_stat(&from);
         self.forget_stat(&to);
@@ -1377,7 +1441,7 @@ impl Core {
             Err(BucketError::PreconditionFailed) => return Err(libc::EEXIST),
             Err(other) => return Err(errno_of(&other)),
         };
-        self.folder_changed(&to);
+        self.entry_came(&to);
         if let Some(file) = &open {
             file.lock().await.relinked(&entry);
         }
