@@ -9,6 +9,7 @@ use futures::stream::{FuturesUnordered, Stream, StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use tidepool_client::ObjectError;
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
+use tidepool_proto::Payload;
 
 use crate::records::{BucketInfo, Entry, Segment};
 use crate::{random_id, BucketError, Buckets};
@@ -187,7 +188,7 @@ impl Buckets {
         &self,
         pool: Option<String>,
         name: String,
-        data: Vec<u8>,
+        data: impl Into<Payload>,
     ) -> Result<(), BucketError> {
         self.data_op(&pool, &name, vec![ObjectOp::WriteFull(data.into())])
             .await?;
@@ -231,7 +232,13 @@ impl Buckets {
                 (!slice.is_empty()).then_some(Ok(slice)),
             ));
         }
-        let pieces = crate::manifest::pieces(&entry.segments, range);
+        self.read_segments(&entry.segments, range)
+    }
+
+    /// The bytes `range` of the object `segments` describe (none past their end), as a
+    /// stream that reads a few stripes ahead.
+    pub fn read_segments(&self, segments: &[Segment], range: Range<u64>) -> DataStream {
+        let pieces = crate::manifest::pieces(segments, range);
         let this = self.clone();
         let ahead = self.config().stripes_in_flight.max(1);
         Box::pin(

@@ -118,6 +118,32 @@ pub fn join(segments: Vec<Segment>) -> Vec<Segment> {
     out
 }
 
+/// The stripes of the object `segments` describe (by number, `stripe_bytes` each from its
+/// start) that more than `max` segments share, with how many, busiest first: those worth
+/// writing again whole. A segment that covers a stripe whole is alone in it, so only the
+/// first and the last stripe of each segment are counted.
+pub fn crowded(segments: &[Segment], stripe_bytes: u64, max: usize) -> Vec<(u64, usize)> {
+    let stripe_bytes = stripe_bytes.max(1);
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut base = 0u64;
+    for segment in segments.iter().filter(|s| s.size > 0) {
+        let first = base / stripe_bytes;
+        let last = (base + segment.size - 1) / stripe_bytes;
+        *counts.entry(first).or_default() += 1;
+        if last != first {
+            *counts.entry(last).or_default() += 1;
+        }
+        base += segment.size;
+    }
+    let mut out: Vec<(usize, u64)> = counts
+        .into_iter()
+        .filter(|(_, count)| *count > max)
+        .map(|(n, count)| (count, n))
+        .collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    out.into_iter().map(|(count, n)| (n, count)).collect()
+}
+
 /// The stripes of `segments`, by data pool and data id, with each one's stripe bytes.
 fn stripes_named(segments: &[Segment]) -> BTreeMap<(Option<String>, String, u64), BTreeSet<u64>> {
     let mut named: BTreeMap<_, BTreeSet<u64>> = BTreeMap::new();

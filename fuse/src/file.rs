@@ -1,8 +1,10 @@
-//! An open file: its base entry as read at `open`, the stripes written since (in memory, or
-//! staged in the data pool under a data id of its own), and the commit that links a new
-//! manifest naming only the rewritten stripes anew. See docs/mount.md, "Data path".
+//! An open file: its base entry as read at `open`, the file's bytes in the cluster as a
+//! manifest (the base's, with what was staged since spliced over it), the bytes written
+//! since (in memory, or being staged under a data id of its own), and the commit that links
+//! the manifest. Only what was written is staged: whole stripes for a sequential writer,
+//! small runs packed together for random writes. See docs/mount.md, "Data path".
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
 use bytes::Bytes;
@@ -10,20 +12,38 @@ use futures::TryStreamExt;
 use md5::{Digest, Md5};
 use tidepool_buckets::manifest;
 use tidepool_buckets::{BucketError, Buckets, Entry, ObjectMeta, PutCondition, Segment};
+use tidepool_proto::Payload;
 
 use crate::errors::{errno_of, Errno};
+use crate::extents::{overlay_run, Extents};
 
-/// Dirty bytes an open file keeps in memory before it stages its oldest stripes.
+/// Bytes an open file keeps in memory before it stages them.
 const DIRTY_BYTES_MAX: u64 = 64 << 20;
 
-/// Stripes written to the cluster at once by a commit.
-const STRIPES_IN_FLIGHT: usize = 6;
+/// Stagings in flight per open file (each at most a stripe).
+const STAGINGS_IN_FLIGHT: usize = 6;
 
-/// Base stripes read ahead of a sequential reader.
+/// Stripes read ahead of a sequential reader.
 const STRIPES_AHEAD: u64 = 3;
 
-/// A stripe's staging in the background.
-type Staging = tokio::task::JoinHandle<Result<(), BucketError>>;
+/// Segments one stripe of a file may share before a commit writes the stripe again whole.
+const SEGMENTS_PER_STRIPE_MAX: usize = 64;
+
+/// Segments a file's manifest may have before a commit writes its busiest stripes again
+/// whole (down to half of it).
+const SEGMENTS_MAX: usize = 8192;
+
+/// Runs of the file being written to the cluster in the background.
+#[derive(Debug)]
+struct Staging {
+    /// The runs (file offset, bytes): served to reads meanwhile, and in memory again if the
+    /// staging fails.
+    runs: Vec<(u64, Bytes)>,
+    /// Where each run went: its file offset and its segment of the staging data id.
+    writes: Vec<(u64, Segment)>,
+    /// The task writing its stripes.
+    task: tokio::task::JoinHandle<Result<(), BucketError>>,
+}
 
 /// An open file (every handle of one inode in this mount shares it).
 #[derive(Debug)]
@@ -32,26 +52,24 @@ pub struct OpenFile {
     pub key: String,
     /// The entry as last read or committed (`None`: the key does not exist yet).
     base: Option<Entry>,
-    /// The base's inline bytes.
-    inline: Option<Bytes>,
-    /// Bytes of the base that are still the file's (a truncation below them cuts them off).
-    valid: u64,
+    /// The file's bytes in the cluster: the base's (up to where a truncation cut them), with
+    /// the runs staged since spliced over them; past their end, zeros.
+    current: Vec<Segment>,
     /// The file's size.
     pub size: u64,
-    /// Stripes written since the base, by number: their bytes from the stripe's start (bytes
-    /// past a buffer's end, within the size, are zeros).
-    dirty: BTreeMap<u64, Vec<u8>>,
-    /// Stripes written to the staging data id since the base, with how many bytes each got.
-    staged: BTreeMap<u64, u64>,
-    /// Stripes being staged in the background, by number: their bytes (served to reads,
-    /// and dirty again if the staging fails) and the task.
-    inflight: BTreeMap<u64, (Vec<u8>, Staging)>,
-    /// Staged stripes a truncation left out: removed after the next commit.
-    orphans: BTreeSet<u64>,
+    /// Bytes written and not staged yet (newer than what is staged), and an inline base's
+    /// bytes.
+    dirty: Extents,
+    /// Runs being staged, oldest first (newer than `current`, older than `dirty`).
+    inflight: VecDeque<Staging>,
+    /// Every stripe staged since the base: what the next commit does not link is removed.
+    staged: Vec<Segment>,
     /// The bucket's id.
     bucket_id: String,
     /// The staging data id.
     prefix: String,
+    /// Its next unused stripe.
+    next_stripe: u64,
     /// Its data pool (`None`: the default), the base's.
     pool: Option<String>,
     /// The metadata the next commit writes.
@@ -63,9 +81,9 @@ pub struct OpenFile {
     /// The MD5 of the file's bytes while they were written in order from 0: the ETag of a
     /// file written whole in one pass.
     md5: Option<(Md5, u64)>,
-    /// The base stripe last read, by number.
+    /// The stripe of `current` last read, by number.
     cache: Option<(u64, Vec<u8>)>,
-    /// Base stripes read ahead of a sequential reader, by number.
+    /// Stripes of `current` read ahead of a sequential reader, by number.
     ahead: BTreeMap<u64, tokio::task::JoinHandle<Result<Vec<u8>, Errno>>>,
     /// Handles open on it.
     pub opens: usize,
@@ -87,18 +105,18 @@ impl OpenFile {
             .as_ref()
             .and_then(|e| e.segments.iter().find(|s| !s.is_hole()))
             .and_then(|s| s.pool.clone());
-        OpenFile {
+        let mut file = OpenFile {
             key,
             meta: base.as_ref().map(|e| e.meta.clone()).unwrap_or_default(),
-            inline,
-            valid: size,
+            base: None,
+            current: Vec::new(),
             size,
-            dirty: BTreeMap::new(),
-            staged: BTreeMap::new(),
-            inflight: BTreeMap::new(),
-            orphans: BTreeSet::new(),
+            dirty: Extents::new(),
+            inflight: VecDeque::new(),
+            staged: Vec::new(),
             bucket_id: bucket_id.to_owned(),
-            prefix: staging_prefix(bucket_id),
+            prefix: String::new(),
+            next_stripe: 0,
             pool,
             changed: false,
             meta_changed: false,
@@ -108,8 +126,29 @@ impl OpenFile {
             opens: 0,
             unlinked: false,
             held: None,
-            base,
+        };
+        file.rebase(base, inline);
+        file
+    }
+
+    /// `entry` (with its inline bytes) is the base from now on, with nothing written since.
+    fn rebase(&mut self, entry: Option<Entry>, inline: Option<Bytes>) {
+        self.current = match &entry {
+            Some(e) if !e.inline => e.segments.clone(),
+            _ => Vec::new(),
+        };
+        self.dirty = Extents::new();
+        if let (Some(e), Some(bytes)) = (&entry, inline) {
+            if e.inline {
+                let len = bytes.len().min(e.size as usize);
+                self.dirty.write(0, &bytes[..len]);
+            }
         }
+        self.base = entry;
+        self.staged.clear();
+        self.prefix = staging_prefix(&self.bucket_id);
+        self.next_stripe = 0;
+        self.current_changed();
     }
 
     /// The entry as last read or committed.
@@ -139,80 +178,33 @@ impl OpenFile {
         buckets.config().stripe_bytes.max(1)
     }
 
-    /// The part of the file in stripe `n`.
-    fn extent(&self, n: u64, stripe: u64) -> Range<u64> {
-        let start = n * stripe;
-        start.min(self.size)..((n + 1) * stripe).min(self.size)
+    /// Bytes `current` describes.
+    fn current_len(&self) -> u64 {
+        self.current.iter().map(|s| s.size).sum()
     }
 
-    /// Bytes `range` of the base (within `valid`), read from the cluster.
-    async fn read_base(&self, buckets: &Buckets, range: Range<u64>) -> Result<Vec<u8>, Errno> {
-        let range = range.start.min(self.valid)..range.end.min(self.valid);
-        if range.is_empty() {
-            return Ok(Vec::new());
+    /// `current` changed: what was read of it goes.
+    fn current_changed(&mut self) {
+        self.cache = None;
+        for (_, task) in std::mem::take(&mut self.ahead) {
+            task.abort();
         }
-        let Some(entry) = &self.base else {
-            return Ok(Vec::new());
-        };
-        collect(buckets.read_data(entry, self.inline.clone(), range)).await
     }
 
-    /// Bytes `range` (within one stripe) of the staging data id: zeros past what the stripe
-    /// got when it was staged.
-    async fn read_staged(&self, buckets: &Buckets, range: Range<u64>) -> Result<Vec<u8>, Errno> {
-        let stripe = Self::stripe_bytes(buckets);
-        let n = range.start / stripe;
-        let held = n * stripe + self.staged.get(&n).copied().unwrap_or(0);
-        let want = (range.end - range.start) as usize;
-        let range = range.start.min(held)..range.end.min(held);
-        if range.is_empty() {
-            return Ok(vec![0; want]);
-        }
-        let segment = Segment {
-            prefix: self.prefix.clone(),
-            offset: range.start,
-            size: range.end - range.start,
-            stripe_bytes: Self::stripe_bytes(buckets),
-            pool: self.pool.clone(),
-        };
-        let entry = Entry {
-            size: segment.size,
-            etag: String::new(),
-            modified_ms: 0,
-            meta: ObjectMeta::default(),
-            segments: vec![segment.clone()],
-            inline: false,
-            part_sizes: Vec::new(),
-            links: None,
-        };
-        let mut bytes = collect(buckets.read_data(&entry, None, 0..segment.size)).await?;
-        bytes.resize(want, 0);
-        Ok(bytes)
+    /// Whether bytes newer than `current` (in memory or being staged) hold all of `range`.
+    fn newer_covers(&self, range: Range<u64>) -> bool {
+        self.dirty.covers(range.clone())
+            || self.inflight.iter().any(|staging| {
+                staging.runs.iter().any(|(start, run)| {
+                    *start <= range.start && start + run.len() as u64 >= range.end
+                })
+            })
     }
 
-    /// Stripe `n` as the file holds it now, from its start to the file's end within it.
-    async fn stripe_now(&mut self, buckets: &Buckets, n: u64) -> Result<Vec<u8>, Errno> {
-        let stripe = Self::stripe_bytes(buckets);
-        let extent = self.extent(n, stripe);
-        let want = (extent.end - extent.start) as usize;
-        let mut bytes = if let Some(dirty) = self.dirty.get(&n) {
-            dirty.clone()
-        } else if let Some((bytes, _)) = self.inflight.get(&n) {
-            bytes.clone()
-        } else if self.staged.contains_key(&n) {
-            self.read_staged(buckets, extent.clone()).await?
-        } else {
-            self.base_stripe(buckets, n).await?.to_vec()
-        };
-        bytes.resize(want, 0);
-        Ok(bytes)
-    }
-
-    /// Base stripe `n` within `valid` (cached: sequential reads ask for it piece by piece).
-    /// A reader that moves on to the next stripe gets the few after it read ahead.
-    async fn base_stripe(&mut self, buckets: &Buckets, n: u64) -> Result<&[u8], Errno> {
+    /// Stripe `n` of `current` (cached: sequential reads ask for it piece by piece). A
+    /// reader that moves on to the next stripe gets the few after it read ahead.
+    async fn current_stripe(&mut self, buckets: &Buckets, n: u64) -> Result<&[u8], Errno> {
         if self.cache.as_ref().is_none_or(|(cached, _)| *cached != n) {
-            let stripe = Self::stripe_bytes(buckets);
             let sequential = n == 0 || self.cache.as_ref().is_some_and(|(c, _)| *c + 1 == n);
             // What was read ahead and is behind the reader now goes.
             let behind: Vec<u64> = self.ahead.range(..n).map(|(k, _)| *k).collect();
@@ -226,14 +218,21 @@ impl OpenFile {
                     Ok(read) => read?,
                     Err(_) => return Err(libc::EIO),
                 },
-                None => {
-                    self.read_base(buckets, n * stripe..(n + 1) * stripe)
-                        .await?
-                }
+                None => match self.read_current(buckets, n) {
+                    Some(read) => read.await?,
+                    None => Vec::new(),
+                },
             };
             self.cache = Some((n, bytes));
             if sequential {
-                self.read_ahead(buckets, n);
+                for k in n + 1..=n + STRIPES_AHEAD {
+                    if self.ahead.contains_key(&k) {
+                        continue;
+                    }
+                    if let Some(read) = self.read_current(buckets, k) {
+                        self.ahead.insert(k, tokio::spawn(read));
+                    }
+                }
             }
         }
         Ok(self
@@ -242,30 +241,21 @@ impl OpenFile {
             .map_or(&[], |(_, bytes)| bytes.as_slice()))
     }
 
-    /// Stops what was read ahead (the base changed).
-    fn drop_read_ahead(&mut self) {
-        for (_, task) in std::mem::take(&mut self.ahead) {
-            task.abort();
-        }
-    }
-
-    /// Starts reading the `STRIPES_AHEAD` base stripes after `n` in the background.
-    fn read_ahead(&mut self, buckets: &Buckets, n: u64) {
+    /// The read of stripe `n` of `current` (`None`: past its end).
+    fn read_current(
+        &self,
+        buckets: &Buckets,
+        n: u64,
+    ) -> Option<impl std::future::Future<Output = Result<Vec<u8>, Errno>> + Send + 'static> {
         let stripe = Self::stripe_bytes(buckets);
-        let Some(base) = &self.base else {
-            return;
-        };
-        for k in n + 1..=n + STRIPES_AHEAD {
-            let start = k * stripe;
-            if start >= self.valid || self.ahead.contains_key(&k) || base.inline {
-                continue;
-            }
-            let range = start..((k + 1) * stripe).min(self.valid);
-            let (buckets, entry) = (buckets.clone(), base.clone());
-            let task =
-                tokio::spawn(async move { collect(buckets.read_data(&entry, None, range)).await });
-            self.ahead.insert(k, task);
+        let range = n * stripe..((n + 1) * stripe).min(self.current_len());
+        if range.is_empty() {
+            return None;
         }
+        let len = range.end - range.start;
+        let segments = manifest::slice(&self.current, range);
+        let buckets = buckets.clone();
+        Some(async move { collect(buckets.read_segments(&segments, 0..len)).await })
     }
 
     /// Up to `len` bytes at `offset` (fewer at the end of the file).
@@ -277,38 +267,36 @@ impl OpenFile {
     ) -> Result<Vec<u8>, Errno> {
         let stripe = Self::stripe_bytes(buckets);
         let end = offset.saturating_add(len).min(self.size);
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-        let mut at = offset;
-        while at < end {
-            let n = at / stripe;
-            let within = (at - n * stripe) as usize;
-            let take = ((n + 1) * stripe).min(end) - at;
-            let held = self
-                .dirty
-                .get(&n)
-                .or_else(|| self.inflight.get(&n).map(|(bytes, _)| bytes));
-            if let Some(dirty) = held {
-                let piece = dirty.get(within..).unwrap_or(&[]);
-                let piece = &piece[..piece.len().min(take as usize)];
-                out.extend_from_slice(piece);
-                out.resize(out.len() + take as usize - piece.len(), 0);
-            } else if self.staged.contains_key(&n) {
-                let mut bytes = self.read_staged(buckets, at..at + take).await?;
-                bytes.resize(take as usize, 0);
-                out.extend_from_slice(&bytes);
-            } else {
-                let bytes = self.base_stripe(buckets, n).await?;
-                let piece = bytes.get(within..).unwrap_or(&[]);
-                let piece = &piece[..piece.len().min(take as usize)];
-                out.extend_from_slice(piece);
-                out.resize(out.len() + take as usize - piece.len(), 0);
-            }
-            at += take;
+        if offset >= end {
+            return Ok(Vec::new());
         }
+        let mut out = vec![0u8; (end - offset) as usize];
+        let held = self.current_len().min(end);
+        let mut at = offset;
+        while at < held {
+            let n = at / stripe;
+            let stop = ((n + 1) * stripe).min(held);
+            if !self.newer_covers(at..stop) {
+                let bytes = self.current_stripe(buckets, n).await?;
+                let within = (at - n * stripe) as usize;
+                let piece = bytes.get(within..).unwrap_or(&[]);
+                let piece = &piece[..piece.len().min((stop - at) as usize)];
+                let from = (at - offset) as usize;
+                out[from..from + piece.len()].copy_from_slice(piece);
+            }
+            at = stop;
+        }
+        for staging in &self.inflight {
+            for (start, run) in &staging.runs {
+                overlay_run(offset, &mut out, *start, run);
+            }
+        }
+        self.dirty.overlay(offset, &mut out);
         Ok(out)
     }
 
-    /// Writes `data` at `offset`; stages the oldest stripes when too many are dirty.
+    /// Writes `data` at `offset`. The stripes it completes are staged behind the writer,
+    /// and everything written when too much is held.
     pub async fn write(
         &mut self,
         buckets: &Buckets,
@@ -324,133 +312,186 @@ impl OpenFile {
             }
             _ => None,
         };
-        let mut at = offset;
-        while at < end {
-            let n = at / stripe;
-            let within = (at - n * stripe) as usize;
-            let take = (((n + 1) * stripe).min(end) - at) as usize;
-            if let Some(bytes) = self.settle(n).await? {
-                // Staged meanwhile, and changed again: dirty once more.
-                self.dirty.insert(n, bytes);
-            }
-            if !self.dirty.contains_key(&n) {
-                let bytes = if n * stripe < self.size {
-                    self.stripe_now(buckets, n).await?
-                } else {
-                    Vec::new()
-                };
-                self.dirty.insert(n, bytes);
-            }
-            let buffer = self.dirty.get_mut(&n).expect("just made dirty");
-            if buffer.len() < within + take {
-                buffer.resize(within + take, 0);
-            }
-            let from = (at - offset) as usize;
-            buffer[within..within + take].copy_from_slice(&data[from..from + take]);
-            at += take as u64;
-            self.size = self.size.max(at);
-            // A writer that went past the stripe's end is done with it (sequential writes):
-            // it is staged behind the writes that follow.
-            if at == (n + 1) * stripe {
-                self.stage_behind(buckets, n).await?;
-            }
-        }
+        self.dirty.write(offset, data);
         self.size = self.size.max(end);
         self.changed = true;
-        while self.dirty.len() as u64 * stripe > DIRTY_BYTES_MAX {
-            let oldest = *self.dirty.keys().next().expect("dirty stripes");
-            self.stage_behind(buckets, oldest).await?;
+        // A writer that went past a stripe's end is done with it (sequential writes).
+        for n in offset / stripe..end / stripe {
+            if let Some(bytes) = self.dirty.take_whole(n * stripe..(n + 1) * stripe) {
+                self.stage_behind(buckets, vec![(n * stripe, Bytes::from(bytes))])
+                    .await?;
+            }
+        }
+        if self.dirty.bytes() > DIRTY_BYTES_MAX {
+            self.stage_dirty(buckets).await?;
         }
         Ok(())
     }
 
-    /// Stages dirty stripe `n` in a task of its own, with at most `STRIPES_IN_FLIGHT` at
-    /// once (waits for the oldest first).
-    async fn stage_behind(&mut self, buckets: &Buckets, n: u64) -> Result<(), Errno> {
-        let stripe = Self::stripe_bytes(buckets);
-        let Some(mut bytes) = self.dirty.remove(&n) else {
-            return Ok(());
-        };
-        let extent = self.extent(n, stripe);
-        bytes.resize((extent.end - extent.start) as usize, 0);
-        while self.inflight.len() >= STRIPES_IN_FLIGHT {
-            let oldest = *self.inflight.keys().next().expect("in flight");
-            if let Err(errno) = self.settle(oldest).await {
-                self.dirty.insert(n, bytes);
+    /// Stages `runs` (at most a stripe in all) in a task of its own, one after another in the
+    /// staging data id, with at most `STAGINGS_IN_FLIGHT` at once (waits for the oldest
+    /// first). When that fails the runs are in memory again.
+    async fn stage_behind(
+        &mut self,
+        buckets: &Buckets,
+        runs: Vec<(u64, Bytes)>,
+    ) -> Result<(), Errno> {
+        while self.inflight.len() >= STAGINGS_IN_FLIGHT {
+            if let Err(errno) = self.settle_oldest().await {
+                for (start, run) in &runs {
+                    self.dirty.write(*start, run);
+                }
                 return Err(errno);
             }
         }
+        let stripe = Self::stripe_bytes(buckets);
+        let total: u64 = runs.iter().map(|(_, run)| run.len() as u64).sum();
+        let first = self.next_stripe;
+        let count = total.div_ceil(stripe);
+        self.next_stripe += count;
+        let segment = |offset: u64, size: u64| Segment {
+            prefix: self.prefix.clone(),
+            offset,
+            size,
+            stripe_bytes: stripe,
+            pool: self.pool.clone(),
+        };
+        self.staged.push(segment(first * stripe, total));
+        // Each run's segment, and the runs cut at the stripes of the data id.
+        let mut writes = Vec::with_capacity(runs.len());
+        let mut stripes: Vec<Vec<Bytes>> = vec![Vec::new(); count as usize];
+        let mut at = 0u64;
+        for (start, run) in &runs {
+            writes.push((*start, segment(first * stripe + at, run.len() as u64)));
+            let mut done = 0usize;
+            while done < run.len() {
+                let room = (stripe - at % stripe) as usize;
+                let take = room.min(run.len() - done);
+                stripes[(at / stripe) as usize].push(run.slice(done..done + take));
+                done += take;
+                at += take as u64;
+            }
+        }
         let task = tokio::spawn({
-            let buckets = buckets.clone();
-            let (pool, name, data) = (
-                self.pool.clone(),
-                format!("{}.{n}", self.prefix),
-                bytes.clone(),
-            );
-            async move { buckets.put_stripe(pool, name, data).await }
+            let (buckets, pool, prefix) = (buckets.clone(), self.pool.clone(), self.prefix.clone());
+            async move {
+                let puts = stripes.into_iter().enumerate().map(|(i, chunks)| {
+                    buckets.put_stripe(
+                        pool.clone(),
+                        format!("{prefix}.{}", first + i as u64),
+                        Payload::from_chunks(chunks),
+                    )
+                });
+                futures::future::try_join_all(puts).await.map(|_| ())
+            }
         });
-        self.inflight.insert(n, (bytes, task));
+        self.inflight.push_back(Staging { runs, writes, task });
         Ok(())
     }
 
-    /// Waits for stripe `n`'s staging in the background, if any: then it is staged (its
-    /// bytes are returned), or, when that failed, dirty again (and the error returned).
-    async fn settle(&mut self, n: u64) -> Result<Option<Vec<u8>>, Errno> {
-        let Some((bytes, task)) = self.inflight.remove(&n) else {
-            return Ok(None);
+    /// Stages every byte held in memory: whole stripes one by one, the rest packed together
+    /// a stripe at a time.
+    async fn stage_dirty(&mut self, buckets: &Buckets) -> Result<(), Errno> {
+        let stripe = Self::stripe_bytes(buckets);
+        let mut batches: Vec<Vec<(u64, Bytes)>> = Vec::new();
+        let mut pack: Vec<(u64, Bytes)> = Vec::new();
+        let mut packed = 0u64;
+        for (start, run) in self.dirty.take_all() {
+            let mut done = 0usize;
+            while done < run.len() {
+                let at = start + done as u64;
+                let to_boundary = (stripe - at % stripe) as usize;
+                let mut piece = (
+                    at,
+                    run.slice(done..done + to_boundary.min(run.len() - done)),
+                );
+                done += piece.1.len();
+                if piece.1.len() as u64 == stripe {
+                    batches.push(vec![piece]);
+                    continue;
+                }
+                while piece.1.len() as u64 > stripe - packed {
+                    let room = (stripe - packed) as usize;
+                    pack.push((piece.0, piece.1.slice(..room)));
+                    batches.push(std::mem::take(&mut pack));
+                    packed = 0;
+                    piece = (piece.0 + room as u64, piece.1.slice(room..));
+                }
+                packed += piece.1.len() as u64;
+                pack.push(piece);
+                if packed == stripe {
+                    batches.push(std::mem::take(&mut pack));
+                    packed = 0;
+                }
+            }
+        }
+        if !pack.is_empty() {
+            batches.push(pack);
+        }
+        let mut batches = batches.into_iter();
+        while let Some(batch) = batches.next() {
+            if let Err(errno) = self.stage_behind(buckets, batch).await {
+                for (start, run) in batches.flatten() {
+                    self.dirty.write(start, &run);
+                }
+                return Err(errno);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest staging: its runs join `current`; when it failed, it and every
+    /// later one are in memory again (under what was written since) and the error is
+    /// returned: no byte is dropped silently.
+    async fn settle_oldest(&mut self) -> Result<(), Errno> {
+        let Some(staging) = self.inflight.pop_front() else {
+            return Ok(());
         };
-        let failed = match task.await {
+        let failed = match staging.task.await {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(errno_of(&error)),
             Err(_) => Some(libc::EIO),
         };
         if let Some(errno) = failed {
-            self.dirty.entry(n).or_insert(bytes);
+            let mut back = vec![staging.runs];
+            while let Some(later) = self.inflight.pop_front() {
+                let _ = later.task.await;
+                back.push(later.runs);
+            }
+            for runs in back.iter().rev() {
+                for (start, run) in runs {
+                    self.dirty.write_under(*start, run);
+                }
+            }
             return Err(errno);
         }
-        self.orphans.remove(&n);
-        self.staged.insert(n, bytes.len() as u64);
-        Ok(Some(bytes))
+        let mut writes = staging.writes;
+        writes.sort_by_key(|(start, _)| *start);
+        let end = writes.last().map_or(0, |(start, s)| start + s.size);
+        let len = self.current_len().max(end);
+        self.current = manifest::splice(&self.current, len, &writes);
+        self.current_changed();
+        Ok(())
     }
 
-    /// Waits for every stripe staged in the background.
+    /// Waits for every staging.
     async fn settle_all(&mut self) -> Result<(), Errno> {
-        let numbers: Vec<u64> = self.inflight.keys().copied().collect();
-        let mut first_error = None;
-        for n in numbers {
-            if let Err(errno) = self.settle(n).await {
-                first_error.get_or_insert(errno);
-            }
+        while !self.inflight.is_empty() {
+            self.settle_oldest().await?;
         }
-        first_error.map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// Sets the size to `size`: bytes past it go, and bytes up to it are zeros where nothing
     /// was written.
-    pub async fn truncate(&mut self, buckets: &Buckets, size: u64) -> Result<(), Errno> {
+    pub async fn truncate(&mut self, size: u64) -> Result<(), Errno> {
         self.settle_all().await?;
-        let stripe = Self::stripe_bytes(buckets);
         if size < self.size {
-            // The stripe cut in two keeps its head, in memory: bytes past the cut must read
-            // as zeros if the file grows again.
-            let n = size / stripe;
-            if !size.is_multiple_of(stripe) && !self.dirty.contains_key(&n) {
-                let head = self.stripe_now(buckets, n).await?;
-                self.dirty.insert(n, head);
+            if size < self.current_len() {
+                self.current = manifest::slice(&self.current, 0..size);
+                self.current_changed();
             }
-            let first_gone = size.div_ceil(stripe);
-            self.dirty.retain(|n, _| *n < first_gone);
-            let cut: Vec<u64> = self.staged.range(first_gone..).map(|(n, _)| *n).collect();
-            for n in cut {
-                self.staged.remove(&n);
-                self.orphans.insert(n);
-            }
-            if let Some(buffer) = self.dirty.get_mut(&n) {
-                buffer.truncate((size - n * stripe) as usize);
-            }
-            self.valid = self.valid.min(size);
-            self.cache = None;
-            self.drop_read_ahead();
+            self.dirty.truncate(size);
         }
         self.md5 = match self.md5.take() {
             _ if size == 0 => Some((Md5::new(), 0)),
@@ -464,47 +505,49 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Writes stripes `numbers` (dirty ones) to the staging data id.
-    async fn stage(&mut self, buckets: &Buckets, numbers: &[u64]) -> Result<(), Errno> {
+    /// Writes the stripes of the file that too many segments share again whole (a file
+    /// written at random in small pieces): a stripe with more than `SEGMENTS_PER_STRIPE_MAX`,
+    /// and the busiest while the manifest has more than `SEGMENTS_MAX`.
+    async fn compact(&mut self, buckets: &Buckets) -> Result<(), Errno> {
         let stripe = Self::stripe_bytes(buckets);
-        let mut writes = Vec::new();
+        let segments = manifest::splice(&self.current, self.size, &[]);
+        let mut excess = if segments.len() > SEGMENTS_MAX {
+            segments.len() - SEGMENTS_MAX / 2
+        } else {
+            0
+        };
+        let mut busy = Vec::new();
+        for (n, count) in manifest::crowded(&segments, stripe, 1) {
+            if count > SEGMENTS_PER_STRIPE_MAX || excess > 0 {
+                busy.push(n);
+                excess = excess.saturating_sub(count - 1);
+            }
+        }
+        busy.sort_unstable();
+        self.rewrite(buckets, &busy).await
+    }
+
+    /// Writes stripes `numbers` of the file again whole.
+    async fn rewrite(&mut self, buckets: &Buckets, numbers: &[u64]) -> Result<(), Errno> {
+        let stripe = Self::stripe_bytes(buckets);
         for n in numbers {
-            let Some(mut bytes) = self.dirty.remove(n) else {
-                continue;
-            };
-            let extent = self.extent(*n, stripe);
-            bytes.resize((extent.end - extent.start) as usize, 0);
-            writes.push((*n, bytes));
-        }
-        for batch in writes.chunks(STRIPES_IN_FLIGHT) {
-            let mut sent = Vec::with_capacity(batch.len());
-            for (n, bytes) in batch {
-                sent.push(buckets.put_stripe(
-                    self.pool.clone(),
-                    format!("{}.{n}", self.prefix),
-                    bytes.clone(),
-                ));
-            }
-            for done in futures::future::join_all(sent).await {
-                done.map_err(|e| errno_of(&e))?;
+            let bytes = self.read(buckets, n * stripe, stripe).await?;
+            if !bytes.is_empty() {
+                self.stage_behind(buckets, vec![(n * stripe, Bytes::from(bytes))])
+                    .await?;
             }
         }
-        for (n, bytes) in &writes {
-            self.orphans.remove(n);
-            self.staged.insert(*n, bytes.len() as u64);
-        }
-        Ok(())
+        self.settle_all().await
     }
 
     /// Links what was written (and the metadata) as the key's entry, guarded on the base:
-    /// only the rewritten stripes are new. When the key changed since the base, the file is
+    /// only what was written since is new. When the key changed since the base, the file is
     /// written whole and linked over whatever is there. Nothing to do for an unlinked file.
     pub async fn commit(&mut self, buckets: &Buckets, bucket: &str) -> Result<(), Errno> {
         self.settle_all().await?;
         if !self.pending() || self.unlinked {
             return Ok(());
         }
-        let stripe = Self::stripe_bytes(buckets);
         let small = self.size < buckets.config().inline_bytes_max;
         let (entry, inline) = if small {
             let bytes = self.read(buckets, 0, self.size).await?;
@@ -512,34 +555,10 @@ impl OpenFile {
             let entry = self.entry(hex(&md5), Vec::new(), !bytes.is_empty());
             (entry, (!bytes.is_empty()).then(|| Bytes::from(bytes)))
         } else {
-            if self.base.as_ref().is_some_and(|b| b.inline)
-                && self.valid > 0
-                && !self.dirty.contains_key(&0)
-            {
-                let first = self.stripe_now(buckets, 0).await?;
-                self.dirty.insert(0, first);
-            }
-            // A staged stripe the file has grown past since gets its zeros written.
-            let short: Vec<u64> = self
-                .staged
-                .iter()
-                .filter(|(n, len)| {
-                    **len < {
-                        let e = self.extent(**n, stripe);
-                        e.end - e.start
-                    }
-                })
-                .map(|(n, _)| *n)
-                .collect();
-            for n in short {
-                if !self.dirty.contains_key(&n) {
-                    let bytes = self.stripe_now(buckets, n).await?;
-                    self.dirty.insert(n, bytes);
-                }
-            }
-            let dirty: Vec<u64> = self.dirty.keys().copied().collect();
-            self.stage(buckets, &dirty).await?;
-            let manifest = self.manifest(stripe, false);
+            self.stage_dirty(buckets).await?;
+            self.settle_all().await?;
+            self.compact(buckets).await?;
+            let manifest = manifest::splice(&self.current, self.size, &[]);
             (self.entry(self.etag(&manifest), manifest, false), None)
         };
         let condition = match &self.base {
@@ -552,8 +571,10 @@ impl OpenFile {
         {
             Err(BucketError::PreconditionFailed) if !small => {
                 tracing::info!(key = %self.key, "the key changed since it was opened; writing the file whole");
-                self.stage_everything(buckets).await?;
-                let manifest = self.manifest(stripe, true);
+                let stripe = Self::stripe_bytes(buckets);
+                let all: Vec<u64> = (0..self.size.div_ceil(stripe)).collect();
+                self.rewrite(buckets, &all).await?;
+                let manifest = manifest::splice(&self.current, self.size, &[]);
                 let entry = self.entry(self.etag(&manifest), manifest, false);
                 buckets
                     .put_entry(
@@ -579,75 +600,16 @@ impl OpenFile {
             other => other.map(|_| entry),
         };
         let entry = linked.map_err(|e| errno_of(&e))?;
-        let orphans: Vec<Segment> = std::mem::take(&mut self.orphans)
-            .into_iter()
-            .map(|n| self.staged_stripe(n, stripe))
-            .collect();
+        // What was staged and not linked goes; what was linked is the new base, and later
+        // writes stage under a fresh data id.
+        let orphans = manifest::unreferenced(&self.staged, &entry.segments);
         if !orphans.is_empty() {
             buckets.remove_segments(&orphans).await;
         }
-        // What was linked is the new base; later writes stage under a fresh data id.
-        self.valid = entry.size;
-        self.base = Some(entry);
-        self.inline = inline;
-        self.staged.clear();
-        self.dirty.clear();
-        self.cache = None;
-        self.drop_read_ahead();
+        self.rebase(Some(entry), inline);
         self.changed = false;
         self.meta_changed = false;
-        self.prefix = staging_prefix(&self.bucket_id);
         Ok(())
-    }
-
-    /// Every stripe of the file staged (for a commit that cannot reuse the base's).
-    async fn stage_everything(&mut self, buckets: &Buckets) -> Result<(), Errno> {
-        let stripe = Self::stripe_bytes(buckets);
-        let stripes = self.size.div_ceil(stripe);
-        for n in 0..stripes {
-            let extent = self.extent(n, stripe);
-            let whole = self
-                .staged
-                .get(&n)
-                .is_some_and(|len| *len >= extent.end - extent.start);
-            if !whole && !self.dirty.contains_key(&n) {
-                let bytes = self.stripe_now(buckets, n).await?;
-                self.dirty.insert(n, bytes);
-            }
-            if self.dirty.len() >= STRIPES_IN_FLIGHT || n + 1 == stripes {
-                let dirty: Vec<u64> = self.dirty.keys().copied().collect();
-                self.stage(buckets, &dirty).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The manifest: the base (within `valid`, unless `whole`) with the staged stripes over
-    /// it.
-    fn manifest(&self, stripe: u64, whole: bool) -> Vec<Segment> {
-        let writes: Vec<(u64, Segment)> = self
-            .staged
-            .keys()
-            .filter(|n| **n * stripe < self.size)
-            .map(|n| {
-                let extent = self.extent(*n, stripe);
-                (
-                    extent.start,
-                    Segment {
-                        prefix: self.prefix.clone(),
-                        offset: extent.start,
-                        size: extent.end - extent.start,
-                        stripe_bytes: stripe,
-                        pool: self.pool.clone(),
-                    },
-                )
-            })
-            .collect();
-        let base = match &self.base {
-            Some(base) if !whole && !base.inline => manifest::slice(&base.segments, 0..self.valid),
-            _ => Vec::new(),
-        };
-        manifest::splice(&base, self.size, &writes)
     }
 
     /// The ETag of the file with `manifest`: the MD5 of its bytes when it was written whole in
@@ -683,31 +645,12 @@ impl OpenFile {
         }
     }
 
-    /// Staged stripe `n`, whole, as a segment (for removing it).
-    fn staged_stripe(&self, n: u64, stripe: u64) -> Segment {
-        Segment {
-            prefix: self.prefix.clone(),
-            offset: n * stripe,
-            size: stripe,
-            stripe_bytes: stripe,
-            pool: self.pool.clone(),
-        }
-    }
-
     /// Removes what this file staged and never linked (an unlinked file's last close).
     pub async fn discard(&mut self, buckets: &Buckets) {
-        // Staged or not, a stripe in flight goes too.
+        // Staged or not, what is in flight goes too.
         let _ = self.settle_all().await;
-        let stripe = Self::stripe_bytes(buckets);
-        let segments: Vec<Segment> = self
-            .staged
-            .keys()
-            .chain(&self.orphans)
-            .map(|n| self.staged_stripe(*n, stripe))
-            .collect();
-        buckets.remove_segments(&segments).await;
+        buckets.remove_segments(&self.staged).await;
         self.staged.clear();
-        self.orphans.clear();
     }
 }
 

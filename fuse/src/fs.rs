@@ -981,7 +981,7 @@ impl Core {
             }
         }
         if grows && end > file.size {
-            file.truncate(&self.buckets, end).await?;
+            file.truncate(end).await?;
         }
         if grows || mode & (PUNCH | ZERO) != 0 {
             let mut attrs =
@@ -1558,7 +1558,7 @@ impl Core {
             self.forget_stat(&key);
             let file = self.open_state(ino, &key).await?;
             let mut state = file.lock().await;
-            state.truncate(&self.buckets, size).await?;
+            state.truncate(size).await?;
             let mut attrs =
                 Attrs::of_object(&state.meta.metadata, now_ms(), false, self.options.owner);
             attrs.mtime = Time::now();

@@ -4,6 +4,7 @@
 
 pub mod attrs;
 mod errors;
+mod extents;
 mod file;
 pub mod fs;
 pub mod names;

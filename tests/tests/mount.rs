@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -374,6 +374,7 @@ fn a_bucket_mounted_behaves_as_a_file_system() {
     unlinked_but_open(&up, &mnt);
     space_and_locks(&mnt);
     random_operations(&mnt);
+    small_random_writes(&up, &mnt, &work);
     newcomer_tools(&source, &mnt, &work);
     many_files(&mnt);
 
@@ -792,6 +793,86 @@ fn many_files(mnt: &Path) {
 
 fn libc_enametoolong() -> i32 {
     36
+}
+
+/// Rule: thousands of small writes at random offsets of a large file, committed now and
+/// then, read back exact through the mount and through S3, and the file's manifest stays
+/// bounded (its ETag counts its segments after the dash): the stripes too many small runs
+/// share are written again whole.
+fn small_random_writes(up: &Up, mnt: &Path, work: &Path) {
+    let path = mnt.join("small-writes.bin");
+    let mut model = pattern(21, 8 * MIB);
+    std::fs::write(&path, &model).expect("write");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound.max(1)
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    for round in 0..3000u64 {
+        let len = 16 + next(240) as usize;
+        let offset = next((model.len() - len) as u64) as usize;
+        let data = pattern(1000 + round, len);
+        file.write_all_at(&data, offset as u64).expect("write");
+        model[offset..offset + len].copy_from_slice(&data);
+        if round % 1000 == 999 {
+            file.sync_all().expect("fsync");
+        }
+        if round % 250 == 0 {
+            let mut got = vec![0u8; 4096];
+            let at = next((model.len() - 4096) as u64);
+            file.read_exact_at(&mut got, at).expect("read");
+            assert!(
+                got == model[at as usize..at as usize + 4096],
+                "round {round}: differs at {at}"
+            );
+        }
+    }
+    drop(file);
+    assert!(
+        std::fs::read(&path).expect("read") == model,
+        "the mount reads what was written"
+    );
+    let fetched = work.join("small-writes.bin");
+    up.aws_ok(&[
+        "s3",
+        "cp",
+        "s3://files/small-writes.bin",
+        fetched.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read(&fetched).expect("fetched") == model,
+        "S3 reads what was written"
+    );
+    let head = up.aws_ok(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "files",
+        "--key",
+        "small-writes.bin",
+    ]);
+    let etag: serde_json::Value = serde_json::from_str(&head).expect("json");
+    let etag = etag["ETag"]
+        .as_str()
+        .expect("etag")
+        .trim_matches('"')
+        .to_owned();
+    let segments: usize = etag
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .expect("a manifest's ETag");
+    assert!(
+        segments <= 2 * 64 + 1,
+        "{segments} segments in an 8 MiB file"
+    );
+    std::fs::remove_file(&path).expect("rm");
 }
 
 /// Rule: seeded rounds of writes at random offsets, truncations, reads, and closes and

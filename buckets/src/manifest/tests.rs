@@ -170,3 +170,21 @@ fn slices_past_the_end_are_holes() {
     assert!(slice(&base, 5..5).is_empty());
     assert_eq!(slice(&[], 0..8), [Segment::hole(8)]);
 }
+
+#[test]
+fn crowded_stripes_are_those_more_segments_share() {
+    // Stripe 0: three pieces; stripe 1: one segment across it and into stripe 2; stripe 2:
+    // that segment's end and a hole.
+    let segments = vec![
+        segment("a", 0, 3),
+        segment("b", 40, 3),
+        segment("c", 3, 4),
+        segment("d", 0, 15),
+        Segment::hole(5),
+    ];
+    assert_eq!(crowded(&segments, STRIPE, 2), vec![(0, 3)]);
+    assert_eq!(crowded(&segments, STRIPE, 1), vec![(0, 3), (2, 2)]);
+    assert!(crowded(&segments, STRIPE, 4).is_empty());
+    // A long segment counts in its first and last stripe only.
+    assert!(crowded(&[segment("a", 0, 1000)], STRIPE, 1).is_empty());
+}
