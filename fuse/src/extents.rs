@@ -93,6 +93,16 @@ impl Extents {
         }
     }
 
+    /// Whether any byte of `range` is held.
+    pub fn overlaps(&self, range: Range<u64>) -> bool {
+        !range.is_empty()
+            && self
+                .runs
+                .range(..range.end)
+                .next_back()
+                .is_some_and(|(start, run)| start + run.len() as u64 > range.start)
+    }
+
     /// Whether every byte of `range` is held.
     pub fn covers(&self, range: Range<u64>) -> bool {
         range.is_empty()
@@ -175,10 +185,12 @@ pub fn overlay_run(at: u64, buffer: &mut [u8], start: u64, run: &[u8]) {
 
 /// `data` put at `at` of `run`, which grows (with zeros) to hold it.
 fn place(run: &mut Vec<u8>, at: usize, data: &[u8]) {
-    if run.len() < at + data.len() {
-        run.resize(at + data.len(), 0);
+    if run.len() < at {
+        run.resize(at, 0);
     }
-    run[at..at + data.len()].copy_from_slice(data);
+    let over = (run.len() - at).min(data.len());
+    run[at..at + over].copy_from_slice(&data[..over]);
+    run.extend_from_slice(&data[over..]);
 }
 
 #[cfg(test)]
@@ -251,6 +263,9 @@ mod tests {
                         }
                     }
                 }
+                let (a, b) = (extents.bytes() % 200, 7 + extents.bytes() % 50);
+                let held_any = (a..a + b).any(|i| model.get(i as usize).is_some_and(|x| x.is_some()));
+                prop_assert_eq!(extents.overlaps(a..a + b), held_any);
                 // Every byte reads as the model's; runs neither overlap nor touch.
                 let mut buffer = vec![0xEEu8; 260];
                 extents.overlay(0, &mut buffer);

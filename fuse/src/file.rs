@@ -21,10 +21,10 @@ use crate::extents::{overlay_run, Extents};
 const DIRTY_BYTES_MAX: u64 = 64 << 20;
 
 /// Stagings in flight per open file (each at most a stripe).
-const STAGINGS_IN_FLIGHT: usize = 6;
+const STAGINGS_IN_FLIGHT: usize = 16;
 
 /// Stripes read ahead of a sequential reader.
-const STRIPES_AHEAD: u64 = 3;
+const STRIPES_AHEAD: u64 = 8;
 
 /// Segments one stripe of a file may share before a commit writes the stripe again whole.
 const SEGMENTS_PER_STRIPE_MAX: usize = 64;
@@ -32,6 +32,11 @@ const SEGMENTS_PER_STRIPE_MAX: usize = 64;
 /// Segments a file's manifest may have before a commit writes its busiest stripes again
 /// whole (down to half of it).
 const SEGMENTS_MAX: usize = 8192;
+
+/// Files up to this size written whole in one pass get the MD5 of their bytes as their
+/// ETag, as a PUT's; larger ones a manifest's, as aws-cli's multipart uploads of files over
+/// its 8 MiB threshold do. (Hashing every byte cost the mount more CPU than anything else.)
+const MD5_BYTES_MAX: u64 = 8 << 20;
 
 /// Runs of the file being written to the cluster in the background.
 #[derive(Debug)]
@@ -82,9 +87,9 @@ pub struct OpenFile {
     /// file written whole in one pass.
     md5: Option<(Md5, u64)>,
     /// The stripe of `current` last read, by number.
-    cache: Option<(u64, Vec<u8>)>,
+    cache: Option<(u64, Bytes)>,
     /// Stripes of `current` read ahead of a sequential reader, by number.
-    ahead: BTreeMap<u64, tokio::task::JoinHandle<Result<Vec<u8>, Errno>>>,
+    ahead: BTreeMap<u64, tokio::task::JoinHandle<Result<Bytes, Errno>>>,
     /// Handles open on it.
     pub opens: usize,
     /// Whether its key was unlinked while it was open.
@@ -201,9 +206,19 @@ impl OpenFile {
             })
     }
 
+    /// Whether bytes newer than `current` hold any of `range`.
+    fn newer_overlaps(&self, range: Range<u64>) -> bool {
+        self.dirty.overlaps(range.clone())
+            || self.inflight.iter().any(|staging| {
+                staging.runs.iter().any(|(start, run)| {
+                    *start < range.end && start + run.len() as u64 > range.start
+                })
+            })
+    }
+
     /// Stripe `n` of `current` (cached: sequential reads ask for it piece by piece). A
     /// reader that moves on to the next stripe gets the few after it read ahead.
-    async fn current_stripe(&mut self, buckets: &Buckets, n: u64) -> Result<&[u8], Errno> {
+    async fn current_stripe(&mut self, buckets: &Buckets, n: u64) -> Result<Bytes, Errno> {
         if self.cache.as_ref().is_none_or(|(cached, _)| *cached != n) {
             let sequential = n == 0 || self.cache.as_ref().is_some_and(|(c, _)| *c + 1 == n);
             // What was read ahead and is behind the reader now goes.
@@ -220,7 +235,7 @@ impl OpenFile {
                 },
                 None => match self.read_current(buckets, n) {
                     Some(read) => read.await?,
-                    None => Vec::new(),
+                    None => Bytes::new(),
                 },
             };
             self.cache = Some((n, bytes));
@@ -238,7 +253,7 @@ impl OpenFile {
         Ok(self
             .cache
             .as_ref()
-            .map_or(&[], |(_, bytes)| bytes.as_slice()))
+            .map_or_else(Bytes::new, |(_, bytes)| bytes.clone()))
     }
 
     /// The read of stripe `n` of `current` (`None`: past its end).
@@ -246,7 +261,7 @@ impl OpenFile {
         &self,
         buckets: &Buckets,
         n: u64,
-    ) -> Option<impl std::future::Future<Output = Result<Vec<u8>, Errno>> + Send + 'static> {
+    ) -> Option<impl std::future::Future<Output = Result<Bytes, Errno>> + Send + 'static> {
         let stripe = Self::stripe_bytes(buckets);
         let range = n * stripe..((n + 1) * stripe).min(self.current_len());
         if range.is_empty() {
@@ -259,16 +274,22 @@ impl OpenFile {
     }
 
     /// Up to `len` bytes at `offset` (fewer at the end of the file).
-    pub async fn read(
-        &mut self,
-        buckets: &Buckets,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, Errno> {
+    pub async fn read(&mut self, buckets: &Buckets, offset: u64, len: u64) -> Result<Bytes, Errno> {
         let stripe = Self::stripe_bytes(buckets);
         let end = offset.saturating_add(len).min(self.size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
+        }
+        // Within one stripe of `current` and nothing newer over it (a sequential reader): a
+        // slice of the stripe read, no copy.
+        let n = offset / stripe;
+        if end <= ((n + 1) * stripe).min(self.current_len()) && !self.newer_overlaps(offset..end) {
+            let bytes = self.current_stripe(buckets, n).await?;
+            let from = (offset - n * stripe) as usize;
+            let to = (end - n * stripe) as usize;
+            if to <= bytes.len() {
+                return Ok(bytes.slice(from..to));
+            }
         }
         let mut out = vec![0u8; (end - offset) as usize];
         let held = self.current_len().min(end);
@@ -278,6 +299,7 @@ impl OpenFile {
             let stop = ((n + 1) * stripe).min(held);
             if !self.newer_covers(at..stop) {
                 let bytes = self.current_stripe(buckets, n).await?;
+                let bytes = bytes.as_ref();
                 let within = (at - n * stripe) as usize;
                 let piece = bytes.get(within..).unwrap_or(&[]);
                 let piece = &piece[..piece.len().min((stop - at) as usize)];
@@ -292,7 +314,7 @@ impl OpenFile {
             }
         }
         self.dirty.overlay(offset, &mut out);
-        Ok(out)
+        Ok(Bytes::from(out))
     }
 
     /// Writes `data` at `offset`. The stripes it completes are staged behind the writer,
@@ -306,7 +328,7 @@ impl OpenFile {
         let stripe = Self::stripe_bytes(buckets);
         let end = offset + data.len() as u64;
         self.md5 = match self.md5.take() {
-            Some((mut md5, at)) if at == offset && at == self.size => {
+            Some((mut md5, at)) if at == offset && at == self.size && end <= MD5_BYTES_MAX => {
                 md5.update(data);
                 Some((md5, end))
             }
@@ -533,7 +555,7 @@ impl OpenFile {
         for n in numbers {
             let bytes = self.read(buckets, n * stripe, stripe).await?;
             if !bytes.is_empty() {
-                self.stage_behind(buckets, vec![(n * stripe, Bytes::from(bytes))])
+                self.stage_behind(buckets, vec![(n * stripe, bytes)])
                     .await?;
             }
         }
@@ -553,7 +575,7 @@ impl OpenFile {
             let bytes = self.read(buckets, 0, self.size).await?;
             let md5: [u8; 16] = Md5::digest(&bytes).into();
             let entry = self.entry(hex(&md5), Vec::new(), !bytes.is_empty());
-            (entry, (!bytes.is_empty()).then(|| Bytes::from(bytes)))
+            (entry, (!bytes.is_empty()).then_some(bytes))
         } else {
             self.stage_dirty(buckets).await?;
             self.settle_all().await?;
@@ -659,14 +681,17 @@ fn staging_prefix(bucket_id: &str) -> String {
     format!("{bucket_id}.{}", tidepool_buckets::random_id())
 }
 
-/// A read's bytes in one buffer.
-async fn collect(stream: tidepool_buckets::DataStream) -> Result<Vec<u8>, Errno> {
-    let chunks: Vec<Bytes> = stream.try_collect().await.map_err(|e| errno_of(&e))?;
+/// A read's bytes in one buffer (as they arrived when they came in one piece).
+async fn collect(stream: tidepool_buckets::DataStream) -> Result<Bytes, Errno> {
+    let mut chunks: Vec<Bytes> = stream.try_collect().await.map_err(|e| errno_of(&e))?;
+    if chunks.len() == 1 {
+        return Ok(chunks.pop().unwrap_or_default());
+    }
     let mut out = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
     for chunk in chunks {
         out.extend_from_slice(&chunk);
     }
-    Ok(out)
+    Ok(Bytes::from(out))
 }
 
 fn hex(bytes: &[u8]) -> String {

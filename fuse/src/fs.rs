@@ -921,7 +921,7 @@ impl Core {
         }
     }
 
-    async fn read(&self, fh: u64, offset: u64, len: u64) -> Result<Vec<u8>, Errno> {
+    async fn read(&self, fh: u64, offset: u64, len: u64) -> Result<bytes::Bytes, Errno> {
         let file = self.file_of(fh)?;
         let mut file = file.lock().await;
         file.read(&self.buckets, offset, len).await

@@ -265,6 +265,21 @@ fn a_bucket_mounted_behaves_as_a_file_system() {
         fetched.to_str().unwrap(),
     ]);
     assert!(std::fs::read(&fetched).expect("fetched") == pattern(4 * MIB as u64 + 6, 4 * MIB + 5));
+    // A file written whole in one pass has its bytes' MD5 as its ETag, as a PUT's.
+    let head = up.aws_ok(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "files",
+        "--key",
+        "docs/two-stripes.bin",
+    ]);
+    let head: serde_json::Value = serde_json::from_str(&head).expect("json");
+    let md5 = sh(&format!("md5sum {} | cut -d' ' -f1", fetched.display()));
+    assert_eq!(
+        head["ETag"].as_str().expect("etag").trim_matches('"'),
+        md5.trim()
+    );
     let put = work.join("put.bin");
     std::fs::write(&put, pattern(99, 20 * MIB + 11)).expect("put file");
     up.aws_ok(&[
