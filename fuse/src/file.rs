@@ -136,6 +136,15 @@ impl OpenFile {
         file
     }
 
+    /// A file made here as `key` with `meta`, not in the index yet: its first commit links
+    /// it (with its first bytes: one index write for a small file).
+    pub fn created(bucket_id: &str, key: String, meta: ObjectMeta) -> OpenFile {
+        let mut file = OpenFile::new(bucket_id, key, None);
+        file.meta = meta;
+        file.changed = true;
+        file
+    }
+
     /// `entry` (with its inline bytes) is the base from now on, with nothing written since.
     fn rebase(&mut self, entry: Option<Entry>, inline: Option<Bytes>) {
         self.current = match &entry {

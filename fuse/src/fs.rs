@@ -1,7 +1,7 @@
 //! The file system the kernel talks to: each request is served by a task on the mount's
 //! runtime (so requests run concurrently), over the bucket layer. See docs/mount.md.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -314,6 +314,9 @@ pub struct Core {
     /// within the attribute timeout is answered "no such file" without a round trip (what an
     /// S3 client adds meanwhile shows within that timeout, as promised).
     folders_known: Mutex<HashMap<String, (std::time::Instant, HashSet<String>)>>,
+    /// Keys of files created here whose first commit is still to come: listed in their
+    /// folder, which is not empty while it holds one.
+    created: Mutex<BTreeSet<String>>,
     /// Bumped by every change this mount makes: what a lookup that began before a change
     /// found is not kept.
     generation: AtomicU64,
@@ -384,6 +387,7 @@ impl Core {
             stats: Mutex::new(HashMap::new()),
             folder_changes: Mutex::new(HashMap::new()),
             folders_known: Mutex::new(HashMap::new()),
+            created: Mutex::new(BTreeSet::new()),
             generation: AtomicU64::new(0),
             buckets,
             info,
@@ -746,6 +750,18 @@ impl Core {
                 _ => break,
             }
         }
+        // Files created here and not committed yet are in the folder too.
+        for child in self.created_under(&prefix) {
+            let name = &child[prefix.len()..];
+            if name.contains('/') || seen.contains(name) {
+                continue;
+            }
+            let ino = lock(&self.nodes).by_key.get(&child).copied();
+            if let Some(file) = ino.and_then(|ino| self.open_file_of(ino)) {
+                let stat = self.open_stat(&*file.lock().await).await?;
+                out.push((name.to_owned(), Kind::File, child.clone(), Some(stat)));
+            }
+        }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
@@ -997,10 +1013,43 @@ impl Core {
     async fn flush(&self, fh: u64) -> Result<(), Errno> {
         let file = self.file_of(fh)?;
         let mut file = file.lock().await;
+        self.commit_file(&mut file).await
+    }
+
+    /// Commits what was written to `file` and its metadata; a file created here is in the
+    /// index from then on.
+    async fn commit_file(&self, file: &mut OpenFile) -> Result<(), Errno> {
         self.forget_stat(&file.key);
         let committed = file.commit(&self.buckets, self.bucket()).await;
         self.forget_stat(&file.key);
+        if file.base().is_some() || file.unlinked {
+            lock(&self.created).remove(&file.key);
+        }
         committed
+    }
+
+    /// Commits the file created here as `key`, if its first commit is still to come.
+    async fn commit_created(&self, key: &str) -> Result<(), Errno> {
+        if !lock(&self.created).contains(key) {
+            return Ok(());
+        }
+        let ino = lock(&self.nodes).by_key.get(key).copied();
+        match ino.and_then(|ino| self.open_file_of(ino)) {
+            Some(file) => self.commit_file(&mut *file.lock().await).await,
+            None => {
+                lock(&self.created).remove(key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Keys under folder `prefix` (with its slash) of files created here and not committed.
+    fn created_under(&self, prefix: &str) -> Vec<String> {
+        lock(&self.created)
+            .range(prefix.to_owned()..)
+            .take_while(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 
     async fn release(&self, fh: u64) -> Result<(), Errno> {
@@ -1009,9 +1058,7 @@ impl Core {
             _ => return Err(libc::EBADF),
         };
         let mut state = file.lock().await;
-        self.forget_stat(&state.key);
-        let committed = state.commit(&self.buckets, self.bucket()).await;
-        self.forget_stat(&state.key);
+        let committed = self.commit_file(&mut state).await;
         state.opens = state.opens.saturating_sub(1);
         if state.opens == 0 {
             if state.unlinked {
@@ -1038,7 +1085,7 @@ impl Core {
         let files: Vec<Arc<AsyncMutex<OpenFile>>> = lock(&self.files).values().cloned().collect();
         for file in files {
             let mut file = file.lock().await;
-            if let Err(errno) = file.commit(&self.buckets, self.bucket()).await {
+            if let Err(errno) = self.commit_file(&mut file).await {
                 tracing::error!(key = %file.key, errno, "flushing an open file at unmount failed");
             }
         }
@@ -1128,6 +1175,9 @@ impl Core {
         Ok((ino, attr, entry))
     }
 
+    /// Makes file `name` in `parent`, open. It is linked by its first commit (the first
+    /// close or `fsync`), with its first bytes: one index write for a small file. Meanwhile
+    /// it is this mount's alone (close-to-open), listed with its folder.
     async fn create(
         &self,
         uid: u32,
@@ -1136,16 +1186,24 @@ impl Core {
         name: &OsStr,
         perm: u32,
     ) -> Result<(FileAttr, u64), Errno> {
-        let (ino, attr, entry) = self
-            .make(uid, gid, parent, name, Kind::File, perm, 0, &[])
-            .await?;
-        let (key, _) = self.key_of(ino)?;
-        // Opened on the entry just linked: no read of it again.
-        let fresh = Arc::new(AsyncMutex::new(OpenFile::new(
-            &self.info.id,
-            key,
-            Some((entry, None)),
-        )));
+        self.refuse_if_read_only()?;
+        let key = self.child(parent, name)?;
+        // The kernel looked the name up first; a directory of that name is checked from the
+        // cache when known.
+        if lock(&self.stats).get(&key).is_some_and(|(_, _, dir)| *dir) {
+            return Err(libc::EEXIST);
+        }
+        let (owner, _) = self.new_owner(uid, gid, parent).await?;
+        let mut meta = ObjectMeta::default();
+        Attrs::new(Kind::File, perm, owner).write(&mut meta.metadata);
+        let fresh = OpenFile::created(&self.info.id, key.clone(), meta);
+        let stat = self.open_stat(&fresh).await?;
+        let fresh = Arc::new(AsyncMutex::new(fresh));
+        self.forget_stat(&key);
+        lock(&self.created).insert(key.clone());
+        self.entry_came(&key);
+        let ino = lock(&self.nodes).ino_of(&key, false, true);
+        let attr = self.file_attr(ino, &stat);
         loop {
             let file = lock(&self.files)
                 .entry(ino)
@@ -1185,6 +1243,7 @@ impl Core {
     async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
         self.refuse_if_read_only()?;
         let key = self.child(parent, name)?;
+        self.commit_created(&key).await?;
         self.forget_stat(&key);
         let links = match self.buckets.head(self.bucket(), &key).await {
             Ok(entry) => entry.links,
@@ -1222,6 +1281,9 @@ impl Core {
             return Err(libc::ENOTDIR);
         }
         let marker = names::dir_prefix(&key);
+        if !self.created_under(&marker).is_empty() {
+            return Err(libc::ENOTEMPTY);
+        }
         let query = ListQuery {
             prefix: marker.clone(),
             delimiter: None,
@@ -1311,10 +1373,13 @@ impl Core {
         let ino = lock(&self.nodes).by_key.get(&from).copied();
         let open = ino.and_then(|ino| self.open_file_of(ino));
         if let Some(file) = &open {
-            file.lock()
-                .await
-                .commit(&self.buckets, self.bucket())
-                .await?;
+            self.commit_file(&mut *file.lock().await).await?;
+        }
+        // So do those of files created under a directory and not committed yet.
+        if from_dir {
+            for key in self.created_under(&names::dir_prefix(&from)) {
+                self.commit_created(&key).await?;
+            }
         }
         // A file open under the target's name is replaced: it lives on for its handles, and
         // its writes no longer go to the key.
@@ -1411,6 +1476,7 @@ impl Core {
             }
         }
         file.unlinked = true;
+        lock(&self.created).remove(key);
         Ok(())
     }
 
@@ -1432,7 +1498,7 @@ impl Core {
             if file.unlinked {
                 return Err(libc::ENOENT);
             }
-            file.commit(&self.buckets, self.bucket()).await?;
+            self.commit_file(&mut file).await?;
         }
         self.forget_stat(&from);
         self.forget_stat(&to);
