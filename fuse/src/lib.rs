@@ -25,6 +25,34 @@ pub struct Mounting {
     pub read_only: bool,
 }
 
+/// The kernel's read-ahead for the mount, in KiB: a sequential reader's requests come in
+/// 1 MiB pieces (`max_pages`), where the kernel's default (128 KiB) makes eight times as
+/// many round trips through FUSE. Reading 2 GiB here: 805-890 MB/s at 128 KiB, 0.87-1.1
+/// GB/s at 1 MiB, 0.86-0.95 GB/s at 2 MiB, 483 MB/s at 4 MiB (requests queue behind one
+/// another on the open file).
+const READ_AHEAD_KIB: u32 = 1024;
+
+/// Sets the read-ahead of the mount at `dir` (its backing device's, in sysfs), best effort:
+/// the kernel offers a FUSE file system no more than its default at `init`, but lets the
+/// administrator raise it after. Without the right to (not root), the default stays.
+fn raise_read_ahead(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = match std::fs::metadata(dir) {
+        Ok(meta) => meta.dev(),
+        Err(error) => {
+            tracing::warn!(%error, "the mount's device is unknown; its read-ahead stays");
+            return;
+        }
+    };
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&path, READ_AHEAD_KIB.to_string()) {
+        Ok(()) => tracing::info!(%path, kib = READ_AHEAD_KIB, "read-ahead raised"),
+        Err(error) => tracing::info!(%path, %error, "read-ahead left at the kernel's default"),
+    }
+}
+
 /// Mounts `core`'s bucket at `dir` and serves it until `stop` resolves (every open file is
 /// then flushed before the unmount) or the file system is unmounted from outside.
 pub async fn serve(
@@ -48,12 +76,14 @@ pub async fn serve(
         options.push(MountOption::AllowOther);
     }
     let fs = TidepoolFs::new(core.clone(), tokio::runtime::Handle::current());
+    let mounted = dir.to_path_buf();
     let dir = dir.to_path_buf();
     let session = tokio::task::spawn_blocking(move || fuser::Session::new(fs, &dir, &options))
         .await
         .map_err(std::io::Error::other)??;
     let background = session.spawn()?;
     tracing::info!("mounted");
+    tokio::task::spawn_blocking(move || raise_read_ahead(&mounted));
     let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {
