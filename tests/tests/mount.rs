@@ -97,6 +97,20 @@ impl Up {
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
+
+    /// The ETag (without quotes) of `key` in bucket `files`, and its bytes (fetched to `to`).
+    fn fetch(&self, key: &str, to: &Path) -> (String, Vec<u8>) {
+        self.aws_ok(&[
+            "s3",
+            "cp",
+            &format!("s3://files/{key}"),
+            to.to_str().unwrap(),
+        ]);
+        let head = self.aws_ok(&["s3api", "head-object", "--bucket", "files", "--key", key]);
+        let head: serde_json::Value = serde_json::from_str(&head).expect("json");
+        let etag = head["ETag"].as_str().expect("etag").trim_matches('"');
+        (etag.to_owned(), std::fs::read(to).expect("fetched"))
+    }
 }
 
 /// A bucket mounted in the background; unmounted (and its process stopped) when dropped.
@@ -258,28 +272,11 @@ fn a_bucket_mounted_behaves_as_a_file_system() {
     // Through the other door: aws-cli reads what the mount wrote, and the mount what aws-cli
     // put (multipart too).
     let fetched = work.join("fetched");
-    up.aws_ok(&[
-        "s3",
-        "cp",
-        "s3://files/docs/two-stripes.bin",
-        fetched.to_str().unwrap(),
-    ]);
-    assert!(std::fs::read(&fetched).expect("fetched") == pattern(4 * MIB as u64 + 6, 4 * MIB + 5));
+    let (etag, bytes) = up.fetch("docs/two-stripes.bin", &fetched);
+    assert!(bytes == pattern(4 * MIB as u64 + 6, 4 * MIB + 5));
     // A file written whole in one pass has its bytes' MD5 as its ETag, as a PUT's.
-    let head = up.aws_ok(&[
-        "s3api",
-        "head-object",
-        "--bucket",
-        "files",
-        "--key",
-        "docs/two-stripes.bin",
-    ]);
-    let head: serde_json::Value = serde_json::from_str(&head).expect("json");
     let md5 = sh(&format!("md5sum {} | cut -d' ' -f1", fetched.display()));
-    assert_eq!(
-        head["ETag"].as_str().expect("etag").trim_matches('"'),
-        md5.trim()
-    );
+    assert_eq!(etag, md5.trim());
     let put = work.join("put.bin");
     std::fs::write(&put, pattern(99, 20 * MIB + 11)).expect("put file");
     up.aws_ok(&[
@@ -865,13 +862,7 @@ fn small_random_writes(up: &Up, mnt: &Path, work: &Path) {
     let path = mnt.join("small-writes.bin");
     let mut model = pattern(21, 8 * MIB);
     std::fs::write(&path, &model).expect("write");
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |bound: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % bound.max(1)
-    };
+    let mut next = seeded(0x9e37_79b9_7f4a_7c15u64);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -901,31 +892,8 @@ fn small_random_writes(up: &Up, mnt: &Path, work: &Path) {
         std::fs::read(&path).expect("read") == model,
         "the mount reads what was written"
     );
-    let fetched = work.join("small-writes.bin");
-    up.aws_ok(&[
-        "s3",
-        "cp",
-        "s3://files/small-writes.bin",
-        fetched.to_str().unwrap(),
-    ]);
-    assert!(
-        std::fs::read(&fetched).expect("fetched") == model,
-        "S3 reads what was written"
-    );
-    let head = up.aws_ok(&[
-        "s3api",
-        "head-object",
-        "--bucket",
-        "files",
-        "--key",
-        "small-writes.bin",
-    ]);
-    let etag: serde_json::Value = serde_json::from_str(&head).expect("json");
-    let etag = etag["ETag"]
-        .as_str()
-        .expect("etag")
-        .trim_matches('"')
-        .to_owned();
+    let (etag, bytes) = up.fetch("small-writes.bin", &work.join("small-writes.bin"));
+    assert!(bytes == model, "S3 reads what was written");
     let segments: usize = etag
         .rsplit_once('-')
         .and_then(|(_, n)| n.parse().ok())
@@ -937,18 +905,22 @@ fn small_random_writes(up: &Up, mnt: &Path, work: &Path) {
     std::fs::remove_file(&path).expect("rm");
 }
 
+/// Numbers below a bound, from `seed` (xorshift): the same every run.
+fn seeded(mut state: u64) -> impl FnMut(u64) -> u64 {
+    move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound.max(1)
+    }
+}
+
 /// Rule: seeded rounds of writes at random offsets, truncations, reads, and closes and
 /// reopens of files on the mount never leave a byte different from a model in memory.
 fn random_operations(mnt: &Path) {
     let dir = mnt.join("random");
     std::fs::create_dir_all(&dir).expect("dir");
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move |bound: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % bound.max(1)
-    };
+    let mut next = seeded(0x2545_f491_4f6c_dd1du64);
     let mut models: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut open: Option<(String, std::fs::File)> = None;
     for round in 0..400u64 {
