@@ -205,24 +205,30 @@ impl OpenFile {
         }
     }
 
+    /// The runs being staged, as byte ranges of the file.
+    fn staging_ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.inflight.iter().flat_map(|staging| {
+            staging
+                .runs
+                .iter()
+                .map(|(start, run)| *start..start + run.len() as u64)
+        })
+    }
+
     /// Whether bytes newer than `current` (in memory or being staged) hold all of `range`.
     fn newer_covers(&self, range: Range<u64>) -> bool {
         self.dirty.covers(range.clone())
-            || self.inflight.iter().any(|staging| {
-                staging.runs.iter().any(|(start, run)| {
-                    *start <= range.start && start + run.len() as u64 >= range.end
-                })
-            })
+            || self
+                .staging_ranges()
+                .any(|r| r.start <= range.start && r.end >= range.end)
     }
 
     /// Whether bytes newer than `current` hold any of `range`.
     fn newer_overlaps(&self, range: Range<u64>) -> bool {
         self.dirty.overlaps(range.clone())
-            || self.inflight.iter().any(|staging| {
-                staging.runs.iter().any(|(start, run)| {
-                    *start < range.end && start + run.len() as u64 > range.start
-                })
-            })
+            || self
+                .staging_ranges()
+                .any(|r| r.start < range.end && r.end > range.start)
     }
 
     /// Stripe `n` of `current` (cached: sequential reads ask for it piece by piece). A

@@ -145,6 +145,17 @@ impl Mounted {
         }
     }
 
+    /// Kills the mount process with SIGKILL and waits until it is gone.
+    fn kill9(&self) {
+        let pid = rustix::process::Pid::from_raw(self.pid as i32).expect("a pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill -9");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.dead() {
+            assert!(Instant::now() < deadline, "the mount outlived kill -9");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -442,14 +453,8 @@ fn a_bucket_mounted_behaves_as_a_file_system() {
     synced.sync_all().expect("fsync");
     // Killed without a fork: a forked child's exec would close its copy of `open`'s
     // descriptor, and every close of a descriptor flushes the file (as FUSE does).
-    let pid = rustix::process::Pid::from_raw(again.pid as i32).expect("a pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill -9");
     // SIGKILL lands asynchronously: the close below must not reach a mount still dying.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !again.dead() {
-        assert!(Instant::now() < deadline, "the mount outlived kill -9");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    again.kill9();
     drop(open);
     drop(synced);
     drop(again);
@@ -484,13 +489,7 @@ fn a_bucket_mounted_behaves_as_a_file_system() {
         assert!(Instant::now() < deadline, "the rename did not begin");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let pid = rustix::process::Pid::from_raw(third.pid as i32).expect("a pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill -9");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !third.dead() {
-        assert!(Instant::now() < deadline, "the mount outlived kill -9");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    third.kill9();
     let _ = mover.wait();
     drop(third);
     watcher.unmount(&up);
