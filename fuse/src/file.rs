@@ -349,6 +349,7 @@ impl OpenFile {
             }
             _ => None,
         };
+        self.dirty.set_grain(stripe);
         self.dirty.write(offset, data);
         self.size = self.size.max(end);
         self.changed = true;
