@@ -31,7 +31,7 @@ build:
 check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) check -p tidepool-placement -p tidepool-proto -p tidepool-erasure -p tidepool-monitor --no-default-features
+	$(CARGO) check -p tidepool-placement -p tidepool-proto -p tidepool-erasure -p tidepool-state -p tidepool-monitor --no-default-features
 
 ## Benchmarks (results go in docs/BENCHMARKS.md).
 bench: bench-placement bench-transport

@@ -3,8 +3,8 @@
 # Debian packages (RocksDB 7.8 and libclang for its bindings, FUSE 3, pkg-config, rclone for the S3
 # tests and the mount's benchmark, s3fs for the same benchmark, nftables for the chaos test's
 # partitions, git and rsync for the mount's tests) and a Python venv in .venv/ (ignored by git) with the newest aws-cli, awscrt, s3cmd and
-# jsonschema (the schema checks of the JSON outputs) from
-# PyPI. Safe to run again; does nothing when all is there.
+# jsonschema (the schema checks of the JSON outputs) and prometheus_client (its parser reads
+# the daemons' /metrics in the tests) from PyPI. Safe to run again; does nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,11 +27,11 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # awscrt gives aws-cli the CRC32C and CRC64NVME checksums.
-if [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/s3cmd ] || ! .venv/bin/python -c "import awscrt, jsonschema" 2>/dev/null; then
-  echo "creating .venv with aws-cli, s3cmd and jsonschema"
+if [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/s3cmd ] || ! .venv/bin/python -c "import awscrt, jsonschema, prometheus_client" 2>/dev/null; then
+  echo "creating .venv with aws-cli, s3cmd, jsonschema and prometheus_client"
   [ -x .venv/bin/pip ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q --upgrade awscli s3cmd awscrt jsonschema
+  .venv/bin/pip install -q --upgrade awscli s3cmd awscrt jsonschema prometheus_client
 fi
 
 # cargo-fuzz for the coverage-guided targets (scripts/fuzz.sh), when a nightly toolchain is here.

@@ -72,6 +72,8 @@ pub struct MonArgs {
     /// behind, they get the whole map).
     #[arg(long, default_value_t = DaemonConfig::RETAIN_SLOTS)]
     retain: u64,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
 }
 
 struct MonRun {
@@ -86,6 +88,7 @@ pub fn mon(args: MonArgs) -> Result<()> {
     };
     crate::logs::name(format!("mon.{id}"));
     let retain_slots = args.retain;
+    let metrics_args = args.metrics;
     let args = MonRun { id, data };
     let cluster_id = load_cluster_id(&args.data)?;
     let entity = MonMap::entity(args.id);
@@ -105,8 +108,15 @@ pub fn mon(args: MonArgs) -> Result<()> {
         data_dir: args.data.join(&entity),
         identity,
         retain_slots,
+        metrics: tidepool_metrics::Registry::new(),
     };
-    runtime()?.block_on(async { daemon::run(config, crate::daemons::daemon_stopped()).await })?;
+    runtime()?.block_on(async {
+        metrics_args
+            .serve(&config.metrics, &args.data, &entity.replace('-', "."))
+            .await?;
+        daemon::run(config, crate::daemons::daemon_stopped()).await?;
+        anyhow::Ok(())
+    })?;
     Ok(())
 }
 

@@ -43,6 +43,8 @@ pub struct OsdRunArgs {
     /// the size of the disk it is on.
     #[arg(long, value_parser = parse_size)]
     size: Option<u64>,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
 }
 
 /// `osd.json` in an OSD's folder.
@@ -173,11 +175,18 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
             identity,
             monmap: load_monmap(&dir)?,
             bind: args.bind,
+            metrics: tidepool_metrics::Registry::new(),
         };
+        args.metrics
+            .serve(&config.metrics, &dir, &id.to_string())
+            .await?;
         daemon::run(config, Arc::new(store), daemon_stopped()).await?;
         Ok(())
     })
 }
+
+/// `--metrics-addr` of the daemons `tidepool up` starts: any free loopback port.
+const LOOPBACK_ANY: &str = "127.0.0.1:0";
 
 /// Flags of `tidepool up`.
 #[derive(Debug, Args)]
@@ -261,6 +270,11 @@ impl Children {
     }
 
     /// The daemons that stopped (and are not restarted yet).
+    /// How many daemons it started.
+    fn count(&self) -> usize {
+        self.daemons.len()
+    }
+
     fn dead(&mut self) -> Vec<String> {
         self.daemons
             .iter_mut()
@@ -448,12 +462,22 @@ pub fn up(mut args: UpArgs) -> Result<()> {
         .to_owned();
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
+    // Each daemon records its metrics address again as it starts.
+    let _ = std::fs::remove_dir_all(dir.join(crate::metrics::METRICS_DIR));
     let monmap = load_monmap(&dir)?;
     let mut children = Children::new(&dir);
     for rank in 0..monmap.addrs.len() {
         children.start(
             format!("mon.{rank}"),
-            &["mon", "--id", &rank.to_string(), "--data", &dir_text],
+            &[
+                "mon",
+                "--id",
+                &rank.to_string(),
+                "--data",
+                &dir_text,
+                "--metrics-addr",
+                LOOPBACK_ANY,
+            ],
             &logs.join(format!("mon-{rank}.log")),
         )?;
     }
@@ -512,6 +536,8 @@ pub fn up(mut args: UpArgs) -> Result<()> {
             dir_text.clone(),
             "--workers".to_owned(),
             workers.clone(),
+            "--metrics-addr".to_owned(),
+            LOOPBACK_ANY.to_owned(),
         ];
         if let Some(size) = size.filter(|_| args.osd_size.is_some() || folder_osd(folder).is_none())
         {
@@ -545,6 +571,8 @@ pub fn up(mut args: UpArgs) -> Result<()> {
             &dir_text,
             "--bind",
             &s3_addr.to_string(),
+            "--metrics-addr",
+            LOOPBACK_ANY,
         ],
         &logs.join("gateway.log"),
     )?;
@@ -578,6 +606,15 @@ pub fn up(mut args: UpArgs) -> Result<()> {
     println!("            access key {}", user.access_key);
     println!("            secret key {}", user.secret_key);
     println!("  logs:     {}", logs.display());
+    let daemons = children.count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while crate::metrics::endpoints(&dir).len() < daemons && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "  metrics:  {} daemons serve /metrics (`tidepool status --format json` lists them)",
+        crate::metrics::endpoints(&dir).len()
+    );
     println!();
     print!("{}", try_lines(&dir, s3_addr, &user));
     println!();

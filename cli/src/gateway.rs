@@ -33,6 +33,8 @@ pub struct GatewayArgs {
     /// Seconds between garbage collection passes.
     #[arg(long, default_value_t = 30)]
     gc_interval: u64,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
 }
 
 /// Runs the gateway until Ctrl-C or SIGTERM.
@@ -69,7 +71,11 @@ pub fn gateway(args: GatewayArgs) -> Result<()> {
         let gateway = GatewayConfig {
             bind: args.bind,
             gc_interval: Duration::from_secs(args.gc_interval.max(1)),
+            metrics: tidepool_metrics::Registry::new(),
         };
+        args.metrics
+            .serve(&gateway.metrics, &dir, GATEWAY_ENTITY)
+            .await?;
         tidepool_gateway::serve(buckets, mon, gateway, crate::daemons::daemon_stopped())
             .await
             .with_context(|| format!("serving S3 on {}", args.bind))

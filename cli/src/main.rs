@@ -9,6 +9,7 @@ mod gateway;
 mod gc;
 mod health;
 mod logs;
+mod metrics;
 mod mount;
 mod objects;
 mod operate;

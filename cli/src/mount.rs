@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tidepool_buckets::{BucketError, Buckets, BucketsConfig};
 use tidepool_fuse::attrs::Owner;
+use tidepool_fuse::metrics::MountMetrics;
 use tidepool_fuse::{Core, MountOptions, Mounting};
 
 use crate::admin::{runtime, ClusterArgs};
@@ -50,6 +51,8 @@ pub struct MountArgs {
     /// attr_timeout=S, foreground.
     #[arg(short = 'o', value_delimiter = ',')]
     options: Vec<String>,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
 }
 
 impl MountArgs {
@@ -193,7 +196,12 @@ fn serve(args: MountArgs, dir: &Path) -> Result<()> {
             attr_timeout: Duration::from_secs_f64(args.attr_timeout),
             read_only: args.read_only,
         };
-        let core = Arc::new(Core::new(buckets, mon, info, options));
+        let registry = tidepool_metrics::Registry::new();
+        let metrics = Arc::new(MountMetrics::new(&registry)?);
+        args.metrics
+            .serve(&registry, &cluster, &format!("mount.{}", args.bucket))
+            .await?;
+        let core = Arc::new(Core::new(buckets, mon, info, options, metrics));
         let mounting = Mounting {
             allow_other: args.allow_other,
             read_only: args.read_only,

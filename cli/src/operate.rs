@@ -17,8 +17,8 @@ use tidepool_placement::{ClusterMap, OsdId, PgId, Placement, Scratch, Weight};
 use tidepool_proto::mon::{Command, Report, Request};
 
 use crate::admin::{runtime, ClusterArgs};
-use crate::health::{is_active_clean, pg_states, Snapshot};
 use crate::OutputFormat;
+use tidepool_state::{is_active_clean, pg_states, Snapshot};
 
 /// `map` after `commands`, as the monitors would make it; refused commands are errors.
 pub fn preview(map: &ClusterMap, commands: &[Command]) -> Result<ClusterMap> {
@@ -158,7 +158,7 @@ pub fn movement(before: &ClusterMap, after: &ClusterMap, report: &Report) -> Mov
 
 /// A movement as text.
 pub fn render_movement(m: &Movement) -> String {
-    use crate::health::bytes;
+    use tidepool_state::bytes;
     let mut out = String::new();
     if m.pgs_moving == 0 {
         let _ = writeln!(
@@ -277,7 +277,7 @@ pub fn destroy_blockers(snapshot: &Snapshot, osd: OsdId) -> Vec<String> {
 
 /// `tidepool osd safe-to-destroy ID`: exits with an error when it is not.
 pub fn safe_to_destroy(args: ClusterArgs, id: u32) -> Result<()> {
-    let snapshot = runtime()?.block_on(Snapshot::fetch(&args))?;
+    let snapshot = runtime()?.block_on(crate::health::fetch(&args))?;
     let osd = OsdId(id);
     let blockers = destroy_blockers(&snapshot, osd);
     match args.format() {
@@ -305,7 +305,7 @@ pub fn safe_to_destroy(args: ClusterArgs, id: u32) -> Result<()> {
 /// A change to an OSD, previewed with `dry_run`, otherwise sent; `osd rm` is checked first
 /// unless forced.
 pub fn change(args: ClusterArgs, command: Command, dry_run: bool, force: bool) -> Result<()> {
-    let snapshot = runtime()?.block_on(Snapshot::fetch(&args))?;
+    let snapshot = runtime()?.block_on(crate::health::fetch(&args))?;
     let map = snapshot
         .map
         .as_ref()
@@ -349,7 +349,7 @@ pub struct AddArgs {
 /// `tidepool osd add`: creates the OSD, starts its daemon in the background (its pid in
 /// `DATA/osd.pid`, its log in `DATA/osd.log`) and waits until the map has it up.
 pub fn add(args: ClusterArgs, add: AddArgs) -> Result<()> {
-    let snapshot = runtime()?.block_on(Snapshot::fetch(&args))?;
+    let snapshot = runtime()?.block_on(crate::health::fetch(&args))?;
     let map = snapshot
         .map
         .as_ref()
@@ -457,7 +457,7 @@ mod tests {
     use super::*;
 
     fn map() -> ClusterMap {
-        crate::health::tests::four_osd_map(128)
+        tidepool_state::testing::four_osd_map(128)
     }
 
     /// Rule: adding a fifth OSD moves about a fifth of the copies, all of them to it, and
@@ -540,7 +540,7 @@ mod tests {
         assert!(!moved.to.contains_key("osd.2"));
         assert_eq!(
             moved.from.get("osd.2").map(|f| f.copies),
-            Some(crate::health::pg_counts(&before)[&OsdId(2)] as u64)
+            Some(tidepool_state::pg_counts(&before)[&OsdId(2)] as u64)
         );
         assert!(preview(&before, &[Command::OsdOut { id: OsdId(9) }]).is_err());
     }

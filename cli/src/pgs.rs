@@ -117,7 +117,7 @@ struct PgLine {
 
 /// `tidepool pg ls`.
 fn list(cluster: ClusterArgs, state: Option<String>, pool: Option<String>) -> Result<()> {
-    let snapshot = runtime()?.block_on(crate::health::Snapshot::fetch(&cluster))?;
+    let snapshot = runtime()?.block_on(crate::health::fetch(&cluster))?;
     let Some(map) = &snapshot.map else {
         bail!("no quorum of monitors answered");
     };
@@ -130,13 +130,13 @@ fn list(cluster: ClusterArgs, state: Option<String>, pool: Option<String>) -> Re
     };
     let reported: std::collections::BTreeMap<PgId, &tidepool_proto::mon::PgStat> =
         snapshot.report.pgs.iter().map(|s| (s.pg, s)).collect();
-    let lines: Vec<PgLine> = crate::health::pg_states(map, &snapshot.report)
+    let lines: Vec<PgLine> = tidepool_state::pg_states(map, &snapshot.report)
         .into_iter()
         .filter(|(pg, _)| pool.is_none_or(|p| pg.pool == p))
         .filter(|(_, s)| {
             state
                 .as_deref()
-                .is_none_or(|want| crate::health::state_has(s, want))
+                .is_none_or(|want| tidepool_state::state_has(s, want))
         })
         .map(|(pg, state)| {
             let stat = reported.get(&pg).filter(|s| s.state == state);
@@ -182,7 +182,7 @@ fn list(cluster: ClusterArgs, state: Option<String>, pool: Option<String>) -> Re
         if at == 0 {
             "-".to_string()
         } else {
-            crate::health::timestamp(at)
+            tidepool_state::timestamp(at)
         }
     };
     for line in &lines {
@@ -192,7 +192,7 @@ fn list(cluster: ClusterArgs, state: Option<String>, pool: Option<String>) -> Re
             line.objects,
             line.degraded,
             line.misplaced,
-            crate::health::bytes(line.bytes),
+            tidepool_state::bytes(line.bytes),
             line.state,
             osds(&line.up),
             osds(&line.acting),
@@ -237,7 +237,7 @@ fn list_inconsistent(cluster: ClusterArgs, pgid: String) -> Result<()> {
         if at == 0 {
             "never".to_string()
         } else {
-            crate::health::timestamp(at)
+            tidepool_state::timestamp(at)
         }
     };
     println!(

@@ -1,6 +1,7 @@
 //! The file system the kernel talks to: each request is served by a task on the mount's
 //! runtime (so requests run concurrently), over the bucket layer. See docs/mount.md.
 
+use crate::metrics::MountMetrics;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -293,6 +294,8 @@ struct DirEntry {
 /// The mount's state, shared by the request tasks.
 #[derive(Debug)]
 pub struct Core {
+    /// What it counts, served on `--metrics-addr`.
+    pub metrics: Arc<MountMetrics>,
     buckets: Buckets,
     info: BucketInfo,
     options: MountOptions,
@@ -381,8 +384,10 @@ impl Core {
         mon: tidepool_client::MonClient,
         info: BucketInfo,
         options: MountOptions,
+        metrics: Arc<MountMetrics>,
     ) -> Core {
         Core {
+            metrics,
             mon: AsyncMutex::new(mon),
             stats: Mutex::new(HashMap::new()),
             folder_changes: Mutex::new(HashMap::new()),
@@ -1736,38 +1741,56 @@ impl TidepoolFs {
         TidepoolFs { core, runtime }
     }
 
-    fn spawn<F>(&self, task: impl FnOnce(Arc<Core>) -> F)
+    /// Runs `task` (which answers its request), counted and timed as `op`.
+    fn spawn<F>(&self, op: &'static str, task: impl FnOnce(Arc<Core>) -> F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.runtime.spawn(task(self.core.clone()));
+        let start = std::time::Instant::now();
+        let metrics = self.core.metrics.clone();
+        let done = task(self.core.clone());
+        self.runtime.spawn(async move {
+            done.await;
+            metrics.answered(op, start);
+        });
     }
 
     /// Runs `task` and answers `reply` with its outcome.
-    fn answer_empty<F>(&self, reply: ReplyEmpty, task: impl FnOnce(Arc<Core>) -> F)
-    where
+    fn answer_empty<F>(
+        &self,
+        op: &'static str,
+        reply: ReplyEmpty,
+        task: impl FnOnce(Arc<Core>) -> F,
+    ) where
         F: std::future::Future<Output = Result<(), Errno>> + Send + 'static,
     {
-        let done = task(self.core.clone());
-        self.runtime.spawn(async move {
-            match done.await {
-                Ok(()) => reply.ok(),
-                Err(errno) => reply.error(errno),
+        self.spawn(op, |core| {
+            let done = task(core);
+            async move {
+                match done.await {
+                    Ok(()) => reply.ok(),
+                    Err(errno) => reply.error(errno),
+                }
             }
         });
     }
 
     /// Runs `task` and answers `reply` with the entry it made or found.
-    fn answer_entry<F>(&self, reply: ReplyEntry, task: impl FnOnce(Arc<Core>) -> F)
-    where
+    fn answer_entry<F>(
+        &self,
+        op: &'static str,
+        reply: ReplyEntry,
+        task: impl FnOnce(Arc<Core>) -> F,
+    ) where
         F: std::future::Future<Output = Result<FileAttr, Errno>> + Send + 'static,
     {
-        let core = self.core.clone();
-        let done = task(self.core.clone());
-        self.runtime.spawn(async move {
-            match done.await {
-                Ok(attr) => reply.entry(&core.ttl_of(&attr), &attr, 0),
-                Err(errno) => reply.error(errno),
+        self.spawn(op, |core| {
+            let done = task(core.clone());
+            async move {
+                match done.await {
+                    Ok(attr) => reply.entry(&core.ttl_of(&attr), &attr, 0),
+                    Err(errno) => reply.error(errno),
+                }
             }
         });
     }
@@ -1784,7 +1807,7 @@ impl Filesystem for TidepoolFs {
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
-        self.answer_entry(reply, move |core| async move {
+        self.answer_entry("lookup", reply, move |core| async move {
             core.lookup(parent, &name).await
         });
     }
@@ -1794,7 +1817,7 @@ impl Filesystem for TidepoolFs {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        self.spawn(|core| async move {
+        self.spawn("getattr", |core| async move {
             match core.getattr(ino).await {
                 Ok(attr) => reply.attr(&core.ttl_of(&attr), &attr),
                 Err(errno) => reply.error(errno),
@@ -1820,7 +1843,7 @@ impl Filesystem for TidepoolFs {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
-        self.spawn(|core| async move {
+        self.spawn("setattr", |core| async move {
             match core.setattr(ino, mode, uid, gid, size, atime, mtime).await {
                 Ok(attr) => reply.attr(&core.ttl_of(&attr), &attr),
                 Err(errno) => reply.error(errno),
@@ -1829,7 +1852,7 @@ impl Filesystem for TidepoolFs {
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        self.spawn(|core| async move {
+        self.spawn("readlink", |core| async move {
             match core.readlink(ino).await {
                 Ok(target) => reply.data(&target),
                 Err(errno) => reply.error(errno),
@@ -1848,7 +1871,7 @@ impl Filesystem for TidepoolFs {
         reply: ReplyEntry,
     ) {
         let (uid, gid, name) = (req.uid(), req.gid(), name.to_owned());
-        self.spawn(|core| async move {
+        self.spawn("mknod", |core| async move {
             let Some(kind) = Kind::of_mode(mode).filter(|k| *k != Kind::Dir && *k != Kind::Symlink)
             else {
                 return reply.error(libc::EINVAL);
@@ -1873,24 +1896,23 @@ impl Filesystem for TidepoolFs {
         reply: ReplyEntry,
     ) {
         let (uid, gid, name) = (req.uid(), req.gid(), name.to_owned());
-        self.answer_entry(reply, move |core| async move {
+        self.answer_entry("mkdir", reply, move |core| async move {
             core.mkdir(uid, gid, parent, &name, mode & !umask).await
         });
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.answer_empty(reply, move |core| async move {
+        self.answer_empty("unlink", reply, move |core| async move {
             core.unlink(parent, &name).await
         });
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.answer_empty(
-            reply,
-            move |core| async move { core.rmdir(parent, &name).await },
-        );
+        self.answer_empty("rmdir", reply, move |core| async move {
+            core.rmdir(parent, &name).await
+        });
     }
 
     fn symlink(
@@ -1903,7 +1925,7 @@ impl Filesystem for TidepoolFs {
     ) {
         let (uid, gid, name) = (req.uid(), req.gid(), link_name.to_owned());
         let target = target.as_os_str().as_bytes().to_vec();
-        self.answer_entry(reply, move |core| async move {
+        self.answer_entry("symlink", reply, move |core| async move {
             core.make(uid, gid, parent, &name, Kind::Symlink, 0o777, 0, &target)
                 .await
                 .map(|(_, attr, _)| attr)
@@ -1919,7 +1941,7 @@ impl Filesystem for TidepoolFs {
         reply: ReplyEntry,
     ) {
         let newname = newname.to_owned();
-        self.answer_entry(reply, move |core| async move {
+        self.answer_entry("link", reply, move |core| async move {
             core.link(ino, newparent, &newname).await
         });
     }
@@ -1935,14 +1957,14 @@ impl Filesystem for TidepoolFs {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (name.to_owned(), newname.to_owned());
-        self.answer_empty(reply, move |core| async move {
+        self.answer_empty("rename", reply, move |core| async move {
             core.rename(parent, &name, newparent, &newname, flags).await
         });
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        self.spawn(|core| async move {
+        self.spawn("open", |core| async move {
             if writes && core.options.read_only {
                 return reply.error(libc::EROFS);
             }
@@ -1964,9 +1986,12 @@ impl Filesystem for TidepoolFs {
         _lock: Option<u64>,
         reply: ReplyData,
     ) {
-        self.spawn(|core| async move {
+        self.spawn("read", |core| async move {
             match core.read(fh, offset.max(0) as u64, u64::from(size)).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    core.metrics.read_bytes.inc_by(data.len() as u64);
+                    reply.data(&data)
+                }
                 Err(errno) => reply.error(errno),
             }
         });
@@ -1985,9 +2010,12 @@ impl Filesystem for TidepoolFs {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.spawn(|core| async move {
+        self.spawn("write", |core| async move {
             match core.write(fh, offset.max(0) as u64, &data).await {
-                Ok(written) => reply.written(written),
+                Ok(written) => {
+                    core.metrics.written_bytes.inc_by(u64::from(written));
+                    reply.written(written)
+                }
                 Err(errno) => reply.error(errno),
             }
         });
@@ -2001,7 +2029,11 @@ impl Filesystem for TidepoolFs {
         _lock_owner: u64,
         reply: ReplyEmpty,
     ) {
-        self.answer_empty(reply, move |core| async move { core.flush(fh).await });
+        self.answer_empty(
+            "flush",
+            reply,
+            move |core| async move { core.flush(fh).await },
+        );
     }
 
     fn release(
@@ -2014,7 +2046,9 @@ impl Filesystem for TidepoolFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.answer_empty(reply, move |core| async move { core.release(fh).await });
+        self.answer_empty("release", reply, move |core| async move {
+            core.release(fh).await
+        });
     }
 
     fn fallocate(
@@ -2027,7 +2061,7 @@ impl Filesystem for TidepoolFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.answer_empty(reply, move |core| async move {
+        self.answer_empty("fallocate", reply, move |core| async move {
             let (offset, length) = match (u64::try_from(offset), u64::try_from(length)) {
                 (Ok(offset), Ok(length)) => (offset, length),
                 _ => return Err(libc::EINVAL),
@@ -2044,11 +2078,15 @@ impl Filesystem for TidepoolFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.answer_empty(reply, move |core| async move { core.flush(fh).await });
+        self.answer_empty(
+            "fsync",
+            reply,
+            move |core| async move { core.flush(fh).await },
+        );
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        self.spawn(|core| async move {
+        self.spawn("opendir", |core| async move {
             match core.opendir(ino).await {
                 Ok(fh) => reply.opened(fh, 0),
                 Err(errno) => reply.error(errno),
@@ -2086,7 +2124,7 @@ impl Filesystem for TidepoolFs {
         offset: i64,
         reply: ReplyDirectoryPlus,
     ) {
-        self.spawn(move |core| async move {
+        self.spawn("readdirplus", move |core| async move {
             match core.readdirplus(fh, offset.max(0) as usize, reply).await {
                 Ok(reply) => reply.ok(),
                 Err((reply, errno)) => reply.error(errno),
@@ -2119,7 +2157,7 @@ impl Filesystem for TidepoolFs {
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        self.spawn(|core| async move {
+        self.spawn("statfs", |core| async move {
             let (total, free) = core.statfs().await;
             let blocks = total / u64::from(BLOCK);
             let bfree = free / u64::from(BLOCK);
@@ -2147,7 +2185,7 @@ impl Filesystem for TidepoolFs {
         reply: ReplyEmpty,
     ) {
         let (name, value) = (name.to_string_lossy().into_owned(), value.to_vec());
-        self.spawn(|core| async move {
+        self.spawn("setxattr", |core| async move {
             if !name.starts_with("user.") {
                 return reply.error(libc::EOPNOTSUPP);
             }
@@ -2190,7 +2228,7 @@ impl Filesystem for TidepoolFs {
         if !name.starts_with("user.") {
             return reply.error(libc::ENODATA);
         }
-        self.spawn(|core| async move {
+        self.spawn("getxattr", |core| async move {
             match core.xattrs(ino).await {
                 Ok(set) => match set.get(&name) {
                     Some(value) if size == 0 => reply.size(value.len() as u32),
@@ -2204,7 +2242,7 @@ impl Filesystem for TidepoolFs {
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        self.spawn(|core| async move {
+        self.spawn("listxattr", |core| async move {
             match core.xattrs(ino).await {
                 Ok(set) => {
                     let mut list = Vec::new();
@@ -2227,7 +2265,7 @@ impl Filesystem for TidepoolFs {
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_string_lossy().into_owned();
-        self.spawn(|core| async move {
+        self.spawn("removexattr", |core| async move {
             let done = core
                 .change_meta(ino, &move |_, meta| {
                     let mut set = attrs::xattrs_of(meta);
@@ -2256,7 +2294,7 @@ impl Filesystem for TidepoolFs {
         reply: ReplyCreate,
     ) {
         let (uid, gid, name) = (req.uid(), req.gid(), name.to_owned());
-        self.spawn(|core| async move {
+        self.spawn("create", |core| async move {
             match core.create(uid, gid, parent, &name, mode & !umask).await {
                 Ok((attr, fh)) => reply.created(&core.ttl_of(&attr), &attr, 0, fh, 0),
                 Err(errno) => reply.error(errno),

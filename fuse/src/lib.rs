@@ -7,6 +7,7 @@ mod errors;
 mod extents;
 mod file;
 pub mod fs;
+pub mod metrics;
 pub mod names;
 
 use std::future::Future;

@@ -5,6 +5,7 @@
 
 mod checksum;
 mod error;
+pub mod metrics;
 mod s3;
 mod users;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tidepool_buckets::Buckets;
 use tidepool_client::MonClient;
 
+pub use metrics::GatewayMetrics;
 pub use s3::Gateway;
 pub use users::Users;
 
@@ -26,20 +28,24 @@ pub struct GatewayConfig {
     pub bind: SocketAddr,
     /// How often the garbage collector runs.
     pub gc_interval: Duration,
+    /// Where its metrics are registered (served by the caller, if at all).
+    pub metrics: tidepool_metrics::Registry,
 }
 
 /// The HTTP application: every request goes to the S3 service.
-pub fn app(buckets: Buckets, users: Arc<Users>) -> axum::Router {
+pub fn app(buckets: Buckets, users: Arc<Users>, metrics: Arc<GatewayMetrics>) -> axum::Router {
     let mut builder = s3s::service::S3ServiceBuilder::new(Gateway::new(buckets, users.clone()));
     builder.set_auth(users::UserKeys(users));
     let service = builder.build();
     axum::Router::new().fallback(move |request: axum::extract::Request| {
         let service = service.clone();
+        let metrics = metrics.clone();
         async move {
             let close = empty_body_expecting_continue(request.headers());
             let (parts, body) = request.into_parts();
+            let in_flight = metrics.begin(&parts);
             let request = http::Request::from_parts(parts, s3s::Body::http_body_unsync(body));
-            match service.call(request).await {
+            let response = match service.call(request).await {
                 Ok(response) => {
                     let mut response = response.map(axum::body::Body::new);
                     if close {
@@ -56,7 +62,9 @@ pub fn app(buckets: Buckets, users: Arc<Users>) -> axum::Router {
                     *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
                     response
                 }
-            }
+            };
+            in_flight.finish(response.status(), response.headers());
+            response
         }
     })
 }
@@ -83,10 +91,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let users = Arc::new(Users::new(mon));
+    let metrics = Arc::new(GatewayMetrics::new(&config.metrics).map_err(std::io::Error::other)?);
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving S3");
     let collector = tokio::spawn(collect_garbage(buckets.clone(), config.gc_interval));
-    let served = axum::serve(listener, app(buckets, users))
+    let served = axum::serve(listener, app(buckets, users, metrics))
         .with_graceful_shutdown(shutdown)
         .await;
     collector.abort();

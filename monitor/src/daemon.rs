@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidepool_messenger::{Identity, Messenger, MessengerConfig, MessengerError, Peer, Service};
+use tidepool_metrics::{MetricsError, Registry};
 use tidepool_placement::{Epoch, OsdId};
 use tidepool_proto::mon::{Beacon, MonMap, MonRequest, MonResponse, MonStatus, Report, Request};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::metrics::MonMetrics;
 use crate::paxos::{Message, PaxosConfig, PaxosNode, ProposeError, Rank};
 use crate::policy::FailurePolicy;
 use crate::service::{self, Command, MapState};
@@ -32,6 +34,9 @@ pub enum DaemonError {
     /// The messenger failed.
     #[error(transparent)]
     Messenger(#[from] MessengerError),
+    /// Its metrics could not be registered.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {
@@ -133,6 +138,8 @@ pub struct DaemonConfig {
     /// Committed slots (and map epochs) kept for peers and subscribers that lag; further
     /// behind, they get the whole map.
     pub retain_slots: u64,
+    /// Where its metrics are registered (served by the caller, if at all).
+    pub metrics: Registry,
 }
 
 impl DaemonConfig {
@@ -143,6 +150,8 @@ impl DaemonConfig {
 /// Bound on queued inputs (peer messages, proposals, reads).
 const INPUTS_MAX: usize = 4096;
 const TICK: Duration = Duration::from_millis(20);
+/// How often the metrics are brought up to date (the cluster gauges are a whole status).
+const METRICS_INTERVAL_MS: u64 = 1000;
 /// Bound on messages queued for one peer.
 const PEER_QUEUE_MAX: usize = 1024;
 /// How long a message to a peer may take, connecting included: a monitor that does not answer
@@ -170,7 +179,8 @@ struct Monitor {
     store: MonStore,
     started: Instant,
     outgoing: Vec<mpsc::Sender<Message>>,
-    waiting: BTreeMap<(String, u64), oneshot::Sender<MonResponse>>,
+    /// Proposals in flight, with when they were proposed.
+    waiting: BTreeMap<(String, u64), (Instant, oneshot::Sender<MonResponse>)>,
     subscribers: Vec<Subscriber>,
     /// The failure policy and the latest beacon per OSD, while leading.
     leading: Option<(FailurePolicy, HashMap<OsdId, Beacon>)>,
@@ -180,6 +190,10 @@ struct Monitor {
     /// The leader's own requests (failure policy), with this process's nonce.
     own_client: String,
     own_sequence: u64,
+    members: u8,
+    metrics: MonMetrics,
+    /// When the metrics were last brought up to date (milliseconds after `started`).
+    metrics_ms: u64,
 }
 
 /// Runs a monitor until `shutdown` resolves or its store fails.
@@ -256,6 +270,9 @@ pub async fn run(
         role: (None, false),
         own_client: format!("mon-{rank}-{}-{nanos}", std::process::id()),
         own_sequence: 0,
+        members,
+        metrics: MonMetrics::new(&config.metrics)?,
+        metrics_ms: 0,
     };
     let mut ticker = tokio::time::interval(TICK);
     tokio::pin!(shutdown);
@@ -291,11 +308,15 @@ impl Monitor {
     fn tick(&mut self) {
         let now = self.now_ms();
         self.node.handle_tick(now);
+        if now >= self.metrics_ms + METRICS_INTERVAL_MS {
+            self.metrics_ms = now;
+            self.update_metrics(now);
+        }
         if !self.node.is_leader() {
             // Proposals in flight may or may not commit; the client resends to the new leader
             // with the same sequence number and gets the one true answer.
             let leader = self.node.leader();
-            for (_, reply) in std::mem::take(&mut self.waiting) {
+            for (_, (_, reply)) in std::mem::take(&mut self.waiting) {
                 let _ = reply.send(MonResponse::NotLeader { leader });
             }
             self.leading = None;
@@ -346,7 +367,7 @@ impl Monitor {
                 let key = (request.client.clone(), request.sequence);
                 match self.node.propose(service::proposal(&request)) {
                     Ok(()) => {
-                        self.waiting.insert(key, reply);
+                        self.waiting.insert(key, (Instant::now(), reply));
                     }
                     Err(ProposeError::NotLeader { leader }) => {
                         let _ = reply.send(MonResponse::NotLeader { leader });
@@ -433,6 +454,27 @@ impl Monitor {
         Err((answer, reply))
     }
 
+    /// The monitor's gauges, and the cluster's while leading.
+    fn update_metrics(&mut self, now_ms: u64) {
+        let leading = self.node.is_leader();
+        self.metrics
+            .set_role(leading, self.readable(), self.state.map.epoch.0);
+        if leading && self.readable() {
+            let quorum = self.node.quorum(now_ms);
+            let (report, config) = (self.report(), self.config());
+            self.metrics.set_cluster(
+                self.rank,
+                self.members,
+                &quorum,
+                &self.state.map,
+                report,
+                config,
+            );
+        } else {
+            self.metrics.clear_cluster();
+        }
+    }
+
     fn config(&self) -> Vec<(String, String)> {
         self.state
             .config
@@ -511,6 +553,9 @@ impl Monitor {
     fn step(&mut self) -> Result<(), DaemonError> {
         let role = (self.node.leader(), self.node.is_leader());
         if role != self.role {
+            if role.0.is_some() && role.0 != self.role.0 {
+                self.metrics.elected();
+            }
             self.role = role;
             match role {
                 (_, true) => info!(commit = self.node.commit(), "leading"),
@@ -580,7 +625,10 @@ impl Monitor {
             }
         }
         for (key, result) in answers {
-            if let Some(reply) = self.waiting.remove(&key) {
+            if let Some((proposed, reply)) = self.waiting.remove(&key) {
+                self.metrics
+                    .commit_seconds
+                    .observe(proposed.elapsed().as_secs_f64());
                 let _ = reply.send(MonResponse::Done(result));
             }
         }

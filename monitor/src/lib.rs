@@ -9,6 +9,8 @@
 
 #[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "daemon")]
+mod metrics;
 pub mod paxos;
 pub mod policy;
 pub mod service;

@@ -419,6 +419,24 @@ impl PaxosNode {
         }
     }
 
+    /// The monitors in this leader's quorum at `now_ms`: itself and every peer that
+    /// acknowledged a lease within the last lease time. Empty unless leading.
+    pub fn quorum(&self, now_ms: Millis) -> Vec<Rank> {
+        let Role::Leader { lease_acks, .. } = &self.role else {
+            return Vec::new();
+        };
+        (0..self.config.members)
+            .filter(|rank| {
+                *rank == self.config.rank
+                    || lease_acks
+                        .get(usize::from(*rank))
+                        .copied()
+                        .flatten()
+                        .is_some_and(|sent| now_ms < sent + self.config.lease_ms)
+            })
+            .collect()
+    }
+
     /// How much longer a leader may answer reads, from the acknowledged leases.
     fn leader_readable_ms(&self, lease_acks: &[Option<Millis>], now_ms: Millis) -> Millis {
         let window = self.config.readable_window_ms();

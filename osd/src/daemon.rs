@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use tidepool_client::MonClient;
 use tidepool_erasure::{Codec, Layout};
 use tidepool_messenger::{Identity, Messenger, MessengerConfig, Peer, Service};
+use tidepool_metrics::{
+    self as metrics, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, MetricsError, Registry,
+};
 use tidepool_placement::{
     ClusterMap, Epoch, OsdId, PgActivation, PgId, Placement, PoolId, PoolKind, Scratch,
 };
@@ -26,7 +29,7 @@ use crate::machine::WriteError;
 use crate::pg;
 use crate::recovery::Progress;
 use crate::shell::PgSlot;
-use crate::store::{ObjectStore, StoreError, Transaction};
+use crate::store::{ObjectStore, StoreError, StoreUsage, Transaction};
 use crate::throttle::{Rate, Slots};
 
 /// What OSDs send each other: replication carries the store's transaction itself, so its data
@@ -54,6 +57,8 @@ pub struct OsdConfig {
     pub monmap: MonMap,
     /// Where it listens (port 0: any free one).
     pub bind: SocketAddr,
+    /// Where its metrics are registered (served by the caller, if at all).
+    pub metrics: Registry,
 }
 
 /// The entity name of OSD `id`.
@@ -163,34 +168,98 @@ pub struct Holders {
     pub k: usize,
 }
 
-/// Counters of client and recovery traffic, turned into rates by the beacons.
-#[derive(Debug)]
+/// The kind of `request`, a label of the OSD's metrics (a fixed set).
+fn request_kind<T>(request: &OsdRequest<T>) -> &'static str {
+    match request {
+        OsdRequest::Object(object) if object.ops.iter().any(ObjectOp::is_write) => "write",
+        OsdRequest::Object(_) => "read",
+        OsdRequest::Replicate { .. } => "replicate",
+        OsdRequest::PgQuery { .. } => "pg_query",
+        OsdRequest::PgLog { .. } => "pg_log",
+        OsdRequest::PgList { .. } => "pg_list",
+        OsdRequest::PgRead { .. } => "pg_read",
+        OsdRequest::ShardRead { .. } => "shard_read",
+        OsdRequest::PgPush { .. } => "pg_push",
+        OsdRequest::StrayCheck { .. } => "stray_check",
+        OsdRequest::Ping { .. } => "ping",
+        OsdRequest::PgUndo { .. } => "pg_undo",
+        OsdRequest::PgScrub { .. } => "pg_scrub",
+        OsdRequest::ScrubMap { .. } => "scrub_map",
+        OsdRequest::ScrubRecorded { .. } => "scrub_recorded",
+        OsdRequest::PgScrubRecord { .. } => "pg_scrub_record",
+    }
+}
+
+/// What the OSD counts: its Prometheus metrics (`tidepool_osd_…`), which its beacons also
+/// turn into the rates the monitors show.
 pub(crate) struct IoCounters {
-    read_bytes: AtomicU64,
-    pub write_bytes: AtomicU64,
-    ops: AtomicU64,
-    recovery_bytes: AtomicU64,
-    recovery_objects: AtomicU64,
+    /// Requests handled, by kind (`read` and `write` for clients' object operations).
+    ops: IntCounterVec,
+    op_seconds: HistogramVec,
+    read_bytes: IntCounter,
+    pub write_bytes: IntCounter,
+    recovery_bytes: IntCounter,
+    recovery_objects: IntCounter,
+    /// The PGs this OSD is primary of, by state, as of its last beacon.
+    pgs: IntGaugeVec,
+    /// The store's bytes: `total`, `used` (stored) and `available`.
+    store_bytes: IntGaugeVec,
     /// When the last client operation arrived, in milliseconds after `clock`.
     last_client_ms: AtomicU64,
     pub clock: Instant,
 }
 
-impl Default for IoCounters {
-    fn default() -> IoCounters {
-        IoCounters {
-            read_bytes: AtomicU64::new(0),
-            write_bytes: AtomicU64::new(0),
-            ops: AtomicU64::new(0),
-            recovery_bytes: AtomicU64::new(0),
-            recovery_objects: AtomicU64::new(0),
+impl IoCounters {
+    /// Its counters, registered in `registry`.
+    fn new(registry: &Registry) -> Result<IoCounters, MetricsError> {
+        let op_bytes = metrics::counters(
+            registry,
+            "tidepool_osd_op_bytes_total",
+            "Bytes clients read and wrote through this OSD as primary",
+            &["op"],
+        )?;
+        Ok(IoCounters {
+            ops: metrics::counters(
+                registry,
+                "tidepool_osd_ops_total",
+                "Requests this OSD handled, by kind (read and write: clients' object operations)",
+                &["op"],
+            )?,
+            op_seconds: metrics::latencies(
+                registry,
+                "tidepool_osd_op_seconds",
+                "Time to handle a request, by kind",
+                &["op"],
+            )?,
+            read_bytes: op_bytes.with_label_values(&["read"]),
+            write_bytes: op_bytes.with_label_values(&["write"]),
+            recovery_bytes: metrics::counter(
+                registry,
+                "tidepool_osd_recovery_bytes_total",
+                "Bytes this OSD pushed to recover or backfill other holders",
+            )?,
+            recovery_objects: metrics::counter(
+                registry,
+                "tidepool_osd_recovery_objects_total",
+                "Objects this OSD pushed to recover or backfill other holders",
+            )?,
+            pgs: metrics::gauges(
+                registry,
+                "tidepool_osd_pgs",
+                "PGs this OSD is primary of, by state",
+                &["state"],
+            )?,
+            store_bytes: metrics::gauges(
+                registry,
+                "tidepool_osd_store_bytes",
+                "The store's size (total), what it holds (used) and what is left (available)",
+                &["kind"],
+            )?,
             last_client_ms: AtomicU64::new(0),
             clock: Instant::now(),
-        }
+        })
     }
-}
 
-impl IoCounters {
     fn client_op(&self) {
         let now = self.clock.elapsed().as_millis() as u64;
         self.last_client_ms.store(now.max(1), Ordering::Relaxed);
@@ -203,19 +272,48 @@ impl IoCounters {
     }
 
     pub fn recovered(&self, objects: u64, bytes: u64) {
-        self.recovery_objects.fetch_add(objects, Ordering::Relaxed);
-        self.recovery_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.recovery_objects.inc_by(objects);
+        self.recovery_bytes.inc_by(bytes);
     }
 
+    /// A request of `kind` handled, begun at `start`.
+    fn handled(&self, kind: &str, start: Instant) {
+        self.ops.with_label_values(&[kind]).inc();
+        self.op_seconds
+            .with_label_values(&[kind])
+            .observe(metrics::seconds_since(start));
+    }
+
+    /// The beacon's view: PGs by state and the store's usage.
+    fn set_state<'a>(&self, states: impl Iterator<Item = &'a str>, usage: &StoreUsage) {
+        self.pgs.reset();
+        for state in states {
+            self.pgs.with_label_values(&[state]).inc();
+        }
+        for (kind, bytes) in [
+            ("total", usage.total_bytes),
+            ("used", usage.stored_bytes),
+            ("available", usage.available_bytes),
+        ] {
+            self.store_bytes
+                .with_label_values(&[kind])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Client bytes read and written, client operations, recovery bytes and objects.
     fn snapshot(&self) -> [u64; 5] {
+        let client_ops = ["read", "write"]
+            .iter()
+            .map(|op| self.ops.with_label_values(&[op]).get())
+            .sum();
         [
-            &self.read_bytes,
-            &self.write_bytes,
-            &self.ops,
-            &self.recovery_bytes,
-            &self.recovery_objects,
+            self.read_bytes.get(),
+            self.write_bytes.get(),
+            client_ops,
+            self.recovery_bytes.get(),
+            self.recovery_objects.get(),
         ]
-        .map(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -475,7 +573,6 @@ impl Osd {
 
     /// Counts a client operation and the bytes it read.
     pub(crate) fn count_client_op(&self, outputs: &[OpOutput]) {
-        self.io.ops.fetch_add(1, Ordering::Relaxed);
         self.io.client_op();
         let read: usize = outputs
             .iter()
@@ -484,7 +581,7 @@ impl Osd {
                 _ => 0,
             })
             .sum();
-        self.io.read_bytes.fetch_add(read as u64, Ordering::Relaxed);
+        self.io.read_bytes.inc_by(read as u64);
     }
 
     /// The answer to a read-only transaction, planned just now: given only while this primary
@@ -505,7 +602,16 @@ impl Osd {
         OsdResponse::Object(Ok((version, outputs)))
     }
 
+    /// Answers `request`, counted and timed by kind in the OSD's metrics.
     async fn handle(self: &Arc<Self>, request: PeerRequest) -> OsdResponse {
+        let kind = request_kind(&request);
+        let start = Instant::now();
+        let response = self.answer(request).await;
+        self.io.handled(kind, start);
+        response
+    }
+
+    async fn answer(self: &Arc<Self>, request: PeerRequest) -> OsdResponse {
         match request {
             OsdRequest::Object(request) => self.handle_object(request).await,
             OsdRequest::Replicate { pg, .. } | OsdRequest::PgQuery { pg, .. } => {
@@ -818,6 +924,9 @@ pub enum OsdError {
     /// The monitors failed.
     #[error(transparent)]
     Monitors(#[from] tidepool_client::ClientError),
+    /// Its metrics could not be registered.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Runs an OSD on `store` until `shutdown` resolves.
@@ -874,7 +983,7 @@ pub async fn run(
         progress: Mutex::new(HashMap::new()),
         remaps_asked: Mutex::new(HashMap::new()),
         last_stats: Mutex::new(HashMap::new()),
-        io: IoCounters::default(),
+        io: IoCounters::new(&config.metrics)?,
         fences: Fences::default(),
         full: Mutex::new((Instant::now(), false)),
         scrubs: crate::scrubber::Scrubs::default(),
@@ -1051,6 +1160,8 @@ async fn beacons(osd: Arc<Osd>, monmap: MonMap) {
         };
         before = now;
         let usage = osd.store.usage().unwrap_or_default();
+        osd.io
+            .set_state(pgs.iter().map(|stat| stat.state.as_str()), &usage);
         let beacon = Beacon {
             osd: osd.id,
             epoch: view.map.epoch,

@@ -403,9 +403,7 @@ impl Osd {
                 };
                 ops.extend(change(own).ops);
                 let tx = Transaction { ops };
-                self.io
-                    .write_bytes
-                    .fetch_add(tx.written_bytes(), Ordering::Relaxed);
+                self.io.write_bytes.inc_by(tx.written_bytes());
                 let mut stash = slot.stash();
                 stash.clear_changes();
                 if erasure {

@@ -209,3 +209,88 @@ fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .expect("cargo sets CARGO_MANIFEST_DIR when it runs tests")
 }
+
+/// One sample of a Prometheus scrape: the metric's name, its labels and its value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// `GET url` (`http://HOST:PORT/PATH`) over plain HTTP/1.0: the status code and the body.
+pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_owned()))
+}
+
+/// The samples of the Prometheus text at `url`, parsed by the Prometheus project's own
+/// Python client (`prometheus_client.parser`, in the venv); panics when it does not parse.
+pub fn scrape(url: &str) -> Vec<Sample> {
+    use std::io::Write;
+    let (code, text) = http_get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(code, 200, "GET {url}: {text}");
+    const PARSE: &str = "import sys, json\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        out = []\n\
+        for family in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in family.samples:\n\
+        \x20       out.append([s.name, s.labels, s.value])\n\
+        print(json.dumps(out))\n";
+    let mut child = Command::new(venv_bin("python"))
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("text to the parser");
+    let output = child.wait_with_output().expect("the parser ends");
+    assert!(
+        output.status.success(),
+        "{url} is not Prometheus text: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parsed: Vec<(String, std::collections::BTreeMap<String, String>, f64)> =
+        serde_json::from_slice(&output.stdout).expect("the parser's JSON");
+    parsed
+        .into_iter()
+        .map(|(name, labels, value)| Sample {
+            name,
+            labels,
+            value,
+        })
+        .collect()
+}
+
+/// The sum of the samples named `name` whose labels include every pair of `labels`.
+pub fn sum_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}

@@ -14,6 +14,8 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
     ("tidepool-erasure", &[]),
     ("tidepool-messenger", &["tidepool-proto"]),
     ("tidepool-kv", &[]),
+    ("tidepool-state", &["tidepool-placement", "tidepool-proto"]),
+    ("tidepool-metrics", &[]),
     (
         "tidepool-monitor",
         &[
@@ -21,6 +23,8 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
             "tidepool-proto",
             "tidepool-messenger",
             "tidepool-kv",
+            "tidepool-metrics",
+            "tidepool-state",
         ],
     ),
     (
@@ -32,6 +36,7 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
             "tidepool-messenger",
             "tidepool-kv",
             "tidepool-client",
+            "tidepool-metrics",
         ],
     ),
     (
@@ -44,11 +49,21 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
     ),
     (
         "tidepool-gateway",
-        &["tidepool-buckets", "tidepool-client", "tidepool-proto"],
+        &[
+            "tidepool-buckets",
+            "tidepool-client",
+            "tidepool-proto",
+            "tidepool-metrics",
+        ],
     ),
     (
         "tidepool-fuse",
-        &["tidepool-buckets", "tidepool-client", "tidepool-proto"],
+        &[
+            "tidepool-buckets",
+            "tidepool-client",
+            "tidepool-proto",
+            "tidepool-metrics",
+        ],
     ),
     (
         "tidepool",
@@ -63,6 +78,8 @@ const ALLOWED_WORKSPACE_DEPS: &[(&str, &[&str])] = &[
             "tidepool-buckets",
             "tidepool-gateway",
             "tidepool-fuse",
+            "tidepool-state",
+            "tidepool-metrics",
         ],
     ),
     ("tidepool-tests", &[]),
@@ -82,6 +99,23 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "tidepool-erasure",
         &["tokio", "quinn", "rustls", "librocksdb-sys", "axum", "mio"],
+    ),
+    (
+        "tidepool-state",
+        &["tokio", "quinn", "rustls", "librocksdb-sys", "axum", "mio"],
+    ),
+    // Metrics are counted by every daemon's crate, served over HTTP by the binary alone.
+    (
+        "tidepool-metrics",
+        &[
+            "tokio",
+            "quinn",
+            "rustls",
+            "librocksdb-sys",
+            "axum",
+            "hyper",
+            "mio",
+        ],
     ),
     // Only kv links RocksDB (used by the monitor and OSD daemons); only the gateway links axum.
     ("tidepool-messenger", &["librocksdb-sys", "axum"]),

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tidepool_tests::{free_port, project_dir, run, tidepool_ok, venv_bin, Daemon, TempDir};
+use tidepool_tests::{
+    free_port, project_dir, run, scrape, sum_of, tidepool_ok, venv_bin, Daemon, Sample, TempDir,
+};
 
 /// Starts `tidepool up` with S3 on `port` and waits until it says it is up; the process and
 /// the S3 access and secret keys it printed.
@@ -72,6 +74,75 @@ fn aws(port: u16, keys: &(String, String), args: &[&str]) -> std::process::Outpu
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .output()
         .expect("aws runs")
+}
+
+/// Rule: `tidepool up` serves every daemon's metrics and its greeting says so; the gateway
+/// counts each S3 request by operation and status class, and the bytes it received.
+fn the_gateway_counts_requests(
+    cluster: &Path,
+    port: u16,
+    keys: &(String, String),
+    greeting: &str,
+    scratch: &Path,
+) {
+    assert!(
+        greeting.contains("metrics:  7 daemons serve /metrics"),
+        "{greeting}"
+    );
+    let status: Value =
+        serde_json::from_str(&tidepool_ok(cluster, &["status", "--format", "json"])).expect("JSON");
+    let url = status["metrics"]["gateway"]
+        .as_str()
+        .expect("the gateway's metrics endpoint")
+        .to_owned();
+    let count = |samples: &[Sample], op: &str, class: &str| {
+        sum_of(
+            samples,
+            "tidepool_s3_requests_total",
+            &[("op", op), ("status", class)],
+        )
+    };
+    let before = scrape(&url);
+    let file = scratch.join("counted.bin");
+    std::fs::write(&file, vec![7u8; 12_345]).expect("file");
+    let put = aws(
+        port,
+        keys,
+        &[
+            "s3",
+            "cp",
+            file.to_str().expect("utf-8"),
+            "s3://demo/counted.bin",
+        ],
+    );
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let wrong = (keys.0.clone(), "not-the-secret".to_owned());
+    let refused = aws(
+        port,
+        &wrong,
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            "demo",
+            "--key",
+            "counted.bin",
+        ],
+    );
+    assert!(!refused.status.success());
+    let after = scrape(&url);
+    assert_eq!(
+        count(&after, "PutObject", "2xx"),
+        count(&before, "PutObject", "2xx") + 1.0
+    );
+    assert!(count(&after, "HeadObject", "4xx") >= count(&before, "HeadObject", "4xx") + 1.0);
+    let received = |s: &[Sample]| sum_of(s, "tidepool_s3_bytes_total", &[("direction", "in")]);
+    assert!(received(&after) >= received(&before) + 12_345.0);
+    assert_eq!(sum_of(&after, "tidepool_s3_requests_in_flight", &[]), 0.0);
 }
 
 /// The cluster's daemons still running (by their command lines naming `dir`).
@@ -261,6 +332,7 @@ fn up_starts_stops_and_resumes() {
     let up_log = dir.path().join("up-1.log");
     let (mut up, keys, greeting) = start_greeted(&cluster, port, &up_log, &[]);
     greeting_runs_as_printed(&greeting, &dir.path().join("home"));
+    the_gateway_counts_requests(&cluster, port, &keys, &greeting, dir.path());
     tidepool_ok(&cluster, &["bench", "data", "cleanup"]);
     a_second_up_points_at_the_first(&cluster, port);
     a_killed_daemon_comes_back(&cluster, &up_log);

@@ -174,6 +174,8 @@ impl Cluster {
                 path.to_str().expect("utf-8"),
                 "--size",
                 OSD_SIZE,
+                "--metrics-addr",
+                "127.0.0.1:0",
             ],
             &path.join(format!("osd-{n}.log")),
         )
@@ -191,7 +193,15 @@ impl Cluster {
         let mons = (0..3)
             .map(|rank| {
                 Daemon::start(
-                    &["mon", "--id", &rank.to_string(), "--data", &text],
+                    &[
+                        "mon",
+                        "--id",
+                        &rank.to_string(),
+                        "--data",
+                        &text,
+                        "--metrics-addr",
+                        "127.0.0.1:0",
+                    ],
                     &path.join(format!("mon-{rank}.log")),
                 )
             })
