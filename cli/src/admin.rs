@@ -16,7 +16,7 @@ use crate::cluster::{load_cluster_id, ADMIN_ENTITY};
 use crate::OutputFormat;
 
 /// Which cluster an admin command talks to.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct ClusterArgs {
     /// The cluster folder (default: $TIDEPOOL_CLUSTER, else ./tidepool-data).
     #[arg(long, global = true)]

@@ -462,8 +462,9 @@ pub fn up(mut args: UpArgs) -> Result<()> {
         .to_owned();
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
-    // Each daemon records its metrics address again as it starts.
+    // Each daemon records its metrics address (the dashboard its own) again as it starts.
     let _ = std::fs::remove_dir_all(dir.join(crate::metrics::METRICS_DIR));
+    let _ = std::fs::remove_file(dir.join(crate::dashboard::DASHBOARD_FILE));
     let monmap = load_monmap(&dir)?;
     let mut children = Children::new(&dir);
     for rank in 0..monmap.addrs.len() {
@@ -576,6 +577,19 @@ pub fn up(mut args: UpArgs) -> Result<()> {
         ],
         &logs.join("gateway.log"),
     )?;
+    children.start(
+        "dashboard".into(),
+        &[
+            "dashboard",
+            "--cluster",
+            &dir_text,
+            "--bind",
+            LOOPBACK_ANY,
+            "--metrics-addr",
+            LOOPBACK_ANY,
+        ],
+        &logs.join("dashboard.log"),
+    )?;
     let user = rt.block_on(local_user(&cluster))?;
     wait_listening(s3_addr, Duration::from_secs(30));
     let dead = children.dead();
@@ -615,6 +629,9 @@ pub fn up(mut args: UpArgs) -> Result<()> {
         "  metrics:  {} daemons serve /metrics (`tidepool status --format json` lists them)",
         crate::metrics::endpoints(&dir).len()
     );
+    if let Some(url) = crate::dashboard::recorded(&dir) {
+        println!("  dashboard: {url} (log in with the access and secret key above)");
+    }
     println!();
     print!("{}", try_lines(&dir, s3_addr, &user));
     println!();

@@ -5,6 +5,7 @@ mod bench;
 mod classes;
 mod cluster;
 mod daemons;
+mod dashboard;
 mod gateway;
 mod gc;
 mod health;
@@ -88,6 +89,8 @@ enum Command {
     Up(daemons::UpArgs),
     /// Serve S3 over the cluster (default 127.0.0.1:7480).
     Gateway(gateway::GatewayArgs),
+    /// Serve the web dashboard: health, OSDs, pools, PGs, I/O and events, live; operator actions
+    Dashboard(dashboard::DashboardArgs),
     /// Mount a bucket as a file system (FUSE); in the background unless --foreground.
     Mount(mount::MountArgs),
     /// Unmount a mounted bucket (its open files are flushed first).
@@ -243,6 +246,7 @@ fn run() -> Result<()> {
             count,
         ),
         Command::Gateway(args) => gateway::gateway(args),
+        Command::Dashboard(args) => dashboard::dashboard(args),
         Command::Mount(args) => mount::mount(args),
         Command::Umount(args) => mount::umount(args),
         Command::Osd {

@@ -218,23 +218,81 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// `GET url` (`http://HOST:PORT/PATH`) over plain HTTP/1.0: the status code and the body.
+/// `GET url` (`http://HOST:PORT/PATH`) over plain HTTP/1.1: the status code and the body.
 pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
+    http_request("GET", url, &[], None)
+}
+
+/// `method url` with `headers` and a JSON `body`, over plain HTTP/1.1 (one request per
+/// connection): the status code and the body.
+pub fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{BufRead, BufReader, Read, Write};
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut stream = std::net::TcpStream::connect(host)?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let code = head
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let mut request = format!("{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    let code = status
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    Ok((code, body.to_owned()))
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(value) = lower.strip_prefix("content-length:") {
+            length = value.trim().parse::<usize>().ok();
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let mut out = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let size =
+                usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            out.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = length {
+        out.resize(length, 0);
+        reader.read_exact(&mut out)?;
+    } else if code != 401 {
+        reader.read_to_end(&mut out)?;
+    }
+    Ok((code, String::from_utf8_lossy(&out).into_owned()))
 }
 
 /// The samples of the Prometheus text at `url`, parsed by the Prometheus project's own

@@ -86,7 +86,7 @@ fn the_gateway_counts_requests(
     scratch: &Path,
 ) {
     assert!(
-        greeting.contains("metrics:  7 daemons serve /metrics"),
+        greeting.contains("metrics:  8 daemons serve /metrics"),
         "{greeting}"
     );
     let status: Value =
