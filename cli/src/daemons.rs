@@ -169,13 +169,16 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
             ClusterCa::load(&dir, &cluster_id)?.issue_into(&entity, &certs)?;
         }
         let identity = Identity::load(&dir, &cluster_id, &entity)?;
-        let store = RocksStore::open(&daemon::store_dir(&data))?.with_capacity(size);
+        let metrics = tidepool_metrics::Registry::new();
+        let store = RocksStore::open(&daemon::store_dir(&data))?
+            .with_capacity(size)
+            .with_metrics(&metrics)?;
         let config = OsdConfig {
             id,
             identity,
             monmap: load_monmap(&dir)?,
             bind: args.bind,
-            metrics: tidepool_metrics::Registry::new(),
+            metrics,
         };
         args.metrics
             .serve(&config.metrics, &dir, &id.to_string())

@@ -14,7 +14,7 @@ pub use prometheus::{
     Gauge as FloatGauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Registry,
 };
-use prometheus::{HistogramOpts, Opts};
+pub use prometheus::{HistogramOpts, Opts};
 
 /// Latency buckets in seconds, 100 µs to 10 s: a 4 KiB write on one machine takes about a
 /// millisecond, a degraded read or a commit waiting for a slow disk seconds.

@@ -204,6 +204,8 @@ pub(crate) struct IoCounters {
     pgs: IntGaugeVec,
     /// The store's bytes: `total`, `used` (stored) and `available`.
     store_bytes: IntGaugeVec,
+    /// Time spent waiting for a recovery or backfill throttle, by throttle.
+    throttle_seconds: HistogramVec,
     /// When the last client operation arrived, in milliseconds after `clock`.
     last_client_ms: AtomicU64,
     pub clock: Instant,
@@ -255,6 +257,12 @@ impl IoCounters {
                 "The store's size (total), what it holds (used) and what is left (available)",
                 &["kind"],
             )?,
+            throttle_seconds: metrics::latencies(
+                registry,
+                "tidepool_osd_throttle_wait_seconds",
+                "Time a recovery or backfill waited for its throttle (slots or bytes per second)",
+                &["throttle"],
+            )?,
             last_client_ms: AtomicU64::new(0),
             clock: Instant::now(),
         })
@@ -274,6 +282,13 @@ impl IoCounters {
     pub fn recovered(&self, objects: u64, bytes: u64) {
         self.recovery_objects.inc_by(objects);
         self.recovery_bytes.inc_by(bytes);
+    }
+
+    /// A wait for the throttle `which`, begun at `start`, is over.
+    pub fn waited(&self, which: &str, start: Instant) {
+        self.throttle_seconds
+            .with_label_values(&[which])
+            .observe(metrics::seconds_since(start));
     }
 
     /// A request of `kind` handled, begun at `start`.
@@ -602,6 +617,19 @@ impl Osd {
         OsdResponse::Object(Ok((version, outputs)))
     }
 
+    /// A slot of `slots`, limited by the option `limit`; the wait is counted as `which`.
+    pub(crate) async fn throttled<'a>(
+        &self,
+        which: &'static str,
+        slots: &'a Slots,
+        limit: &str,
+    ) -> crate::throttle::Slot<'a> {
+        let start = Instant::now();
+        let slot = slots.acquire(|| self.option(limit)).await;
+        self.io.waited(which, start);
+        slot
+    }
+
     /// Answers `request`, counted and timed by kind in the OSD's metrics.
     async fn handle(self: &Arc<Self>, request: PeerRequest) -> OsdResponse {
         let kind = request_kind(&request);
@@ -622,8 +650,7 @@ impl Osd {
             }
             OsdRequest::PgPush { pg, .. } => {
                 let _slot = self
-                    .recovery_in
-                    .acquire(|| self.option("osd_recovery_max_active"))
+                    .throttled("recovery_in", &self.recovery_in, "osd_recovery_max_active")
                     .await;
                 self.ask(pg, request).await
             }

@@ -145,8 +145,7 @@ impl Osd {
                     p.copied = 0;
                 });
                 let _slot = self
-                    .backfills
-                    .acquire(|| self.option("osd_max_backfills"))
+                    .throttled("backfill", &self.backfills, "osd_max_backfills")
                     .await;
                 self.set_progress(pg, |p| p.waiting = false);
                 match self.backfill_one(pg, &holders, target).await {

@@ -767,12 +767,17 @@ impl Osd {
             .map(|o| o.data.len() as u64)
             .sum();
         let _slot = self
-            .recovery_out
-            .acquire(|| self.option("osd_recovery_max_active"))
+            .throttled(
+                "recovery_out",
+                &self.recovery_out,
+                "osd_recovery_max_active",
+            )
             .await;
+        let start = std::time::Instant::now();
         self.recovery_rate
             .take(bytes, self.option("osd_recovery_max_bytes_per_sec"))
             .await;
+        self.io.waited("recovery_bytes", start);
         let request = OsdRequest::PgPush {
             epoch,
             pg,

@@ -84,6 +84,9 @@ fn metrics_parse_and_move_with_the_work() {
                 "tidepool_osd_op_seconds_bucket",
                 "tidepool_osd_recovery_bytes_total",
                 "tidepool_osd_store_bytes",
+                "tidepool_osd_store_commit_seconds_count",
+                "tidepool_osd_store_group_transactions_count",
+                "tidepool_osd_store_file_bytes",
             ]
         };
         for name in want {
@@ -186,6 +189,30 @@ fn metrics_parse_and_move_with_the_work() {
         ) > 0.0
     });
     cluster.wait_clean(Duration::from_secs(120));
+    let all = scrape_all(&cluster);
+    assert!(
+        total(
+            &all,
+            "osd.",
+            "tidepool_osd_throttle_wait_seconds_count",
+            &[]
+        ) > 0.0,
+        "the recovery passed its throttles"
+    );
+    assert!(
+        total(
+            &all,
+            "osd.",
+            "tidepool_osd_store_group_transactions_sum",
+            &[]
+        ) >= total(
+            &all,
+            "osd.",
+            "tidepool_osd_store_group_transactions_count",
+            &[]
+        ),
+        "every group commit holds a transaction or more"
+    );
 
     // An OSD killed: the leader's gauges show it down.
     if let Some(mut osd) = cluster.osds[3].take() {

@@ -402,6 +402,17 @@ struct Shared {
     collections: Mutex<HashMap<CollectionId, CollectionUsage>>,
     onodes: Mutex<OnodeCache>,
     failed: Mutex<Option<String>>,
+    /// Its metrics, once the OSD registered them.
+    metrics: std::sync::OnceLock<StoreMetrics>,
+}
+
+/// The store's Prometheus metrics: group commits and the space of its two files.
+#[derive(Debug)]
+struct StoreMetrics {
+    commit_seconds: tidepool_metrics::Histogram,
+    group_transactions: tidepool_metrics::Histogram,
+    /// `block_size`, `block_free` and `rocksdb` bytes, as of the last group commit.
+    bytes: tidepool_metrics::IntGaugeVec,
 }
 
 /// A planned transaction waiting for its group commit.
@@ -487,6 +498,7 @@ impl RocksStore {
             collections: Mutex::new(usage),
             onodes: Mutex::default(),
             failed: Mutex::new(None),
+            metrics: std::sync::OnceLock::new(),
         });
         let (commits, queue) = mpsc::channel();
         let committer = {
@@ -514,9 +526,57 @@ impl RocksStore {
         self
     }
 
+    /// Counts its group commits (latency and transactions per group) and the space of its
+    /// files in `registry` (`tidepool_osd_store_…`).
+    pub fn with_metrics(
+        self,
+        registry: &tidepool_metrics::Registry,
+    ) -> Result<RocksStore, tidepool_metrics::MetricsError> {
+        use tidepool_metrics as metrics;
+        let group_buckets: Vec<f64> = (0..=GROUP_MAX.ilog2())
+            .map(|i| f64::from(1u32 << i))
+            .collect();
+        let group_transactions = metrics::Histogram::with_opts(
+            metrics::HistogramOpts::new(
+                "tidepool_osd_store_group_transactions",
+                "Transactions committed together by one group commit (one data sync, one batch)",
+            )
+            .buckets(group_buckets),
+        )
+        .map_err(metrics::MetricsError::from)?;
+        registry
+            .register(Box::new(group_transactions.clone()))
+            .map_err(metrics::MetricsError::from)?;
+        let _ = self.shared.metrics.set(StoreMetrics {
+            commit_seconds: metrics::latency(
+                registry,
+                "tidepool_osd_store_commit_seconds",
+                "Time of one group commit: the block file's sync and the metadata batch",
+            )?,
+            group_transactions,
+            bytes: metrics::gauges(
+                registry,
+                "tidepool_osd_store_file_bytes",
+                "The store's files: the block file's size and free bytes, RocksDB's files",
+                &["kind"],
+            )?,
+        });
+        Ok(self)
+    }
+
     /// The block file's size and how many of its bytes are free.
     pub fn block_space(&self) -> (u64, u64) {
         self.shared.block.space()
+    }
+
+    /// Bytes of RocksDB's files (the metadata).
+    fn metadata_bytes(&self) -> Result<u64, StoreError> {
+        Ok(std::fs::read_dir(self.dir.join("db"))
+            .map_err(kv_failed)?
+            .flatten()
+            .filter_map(|entry| entry.metadata().ok())
+            .map(|m| m.len())
+            .sum())
     }
 
     fn stripe(coll: CollectionId) -> usize {
@@ -610,8 +670,10 @@ impl Shared {
     /// metadata in one synced batch, then tells their submitters, until the queue closes.
     fn commit_loop(&self, queue: &mpsc::Receiver<Pending>) {
         while let Ok(first) = queue.recv() {
+            let start = std::time::Instant::now();
             let mut group = vec![first];
             group.extend(queue.try_iter().take(GROUP_MAX - 1));
+            let group_size = group.len();
             let mut batch = Vec::new();
             for pending in &mut group {
                 batch.append(&mut pending.batch);
@@ -641,6 +703,22 @@ impl Shared {
                 }
                 drop(pending.locks);
                 let _ = pending.done.send(result.clone());
+            }
+            if let Some(metrics) = self.metrics.get() {
+                metrics
+                    .commit_seconds
+                    .observe(start.elapsed().as_secs_f64());
+                metrics.group_transactions.observe(group_size as f64);
+                let (size, free) = self.block.space();
+                let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                metrics
+                    .bytes
+                    .with_label_values(&["block_size"])
+                    .set(as_gauge(size));
+                metrics
+                    .bytes
+                    .with_label_values(&["block_free"])
+                    .set(as_gauge(free));
             }
         }
     }
@@ -1242,6 +1320,13 @@ impl ObjectStore for RocksStore {
     }
 
     fn usage(&self) -> Result<StoreUsage, StoreError> {
+        if let Some(metrics) = self.shared.metrics.get() {
+            let metadata = self.metadata_bytes()?;
+            metrics
+                .bytes
+                .with_label_values(&["rocksdb"])
+                .set(i64::try_from(metadata).unwrap_or(i64::MAX));
+        }
         let stat = rustix::fs::statvfs(&self.dir).map_err(kv_failed)?;
         // Free space inside the block file is available too.
         let (size, free) = self.shared.block.space();
@@ -1252,12 +1337,7 @@ impl ObjectStore for RocksStore {
         let (total_bytes, available_bytes) = match self.capacity {
             None => (stat.f_blocks.saturating_mul(stat.f_frsize), disk_available),
             Some(capacity) => {
-                let metadata: u64 = std::fs::read_dir(self.dir.join("db"))
-                    .map_err(kv_failed)?
-                    .flatten()
-                    .filter_map(|entry| entry.metadata().ok())
-                    .map(|m| m.len())
-                    .sum();
+                let metadata = self.metadata_bytes()?;
                 let used = (size - free).saturating_add(metadata);
                 (capacity, capacity.saturating_sub(used).min(disk_available))
             }
