@@ -3,13 +3,13 @@
 # Debian packages (RocksDB 7.8 and libclang for its bindings, FUSE 3, pkg-config, rclone for the S3
 # tests and the mount's benchmark, s3fs for the same benchmark, nftables for the chaos test's
 # partitions, git and rsync for the mount's tests, chromium and its WebDriver for the dashboard's
-# test) and a Python venv in .venv/ (ignored by git) with the newest aws-cli, awscrt, s3cmd and
+# test, prometheus for promtool, which checks the alert rules under deploy/) and a Python venv in .venv/ (ignored by git) with the newest aws-cli, awscrt, s3cmd and
 # jsonschema (the schema checks of the JSON outputs) and prometheus_client (its parser reads
 # the daemons' /metrics in the tests) from PyPI. Safe to run again; does nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libclang-dev librocksdb-dev fuse3 libfuse3-dev pkg-config python3-venv rclone s3fs nftables git rsync chromium chromium-driver)
+packages=(libclang-dev librocksdb-dev fuse3 libfuse3-dev pkg-config python3-venv rclone s3fs nftables git rsync chromium chromium-driver prometheus)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

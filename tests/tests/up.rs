@@ -145,6 +145,42 @@ fn the_gateway_counts_requests(
     assert_eq!(sum_of(&after, "tidepool_s3_requests_in_flight", &[]), 0.0);
 }
 
+/// Rule: every metric the alert rules and the Grafana dashboard under `deploy/` name is one
+/// the daemons export (histograms by their series' names).
+fn the_deploy_files_name_real_metrics(cluster: &Path) {
+    let status: Value =
+        serde_json::from_str(&tidepool_ok(cluster, &["status", "--format", "json"])).expect("JSON");
+    let mut exported = std::collections::BTreeSet::new();
+    for url in status["metrics"].as_object().expect("endpoints").values() {
+        for sample in scrape(url.as_str().expect("a URL")) {
+            exported.insert(sample.name);
+        }
+    }
+    // Present only while a health check fails.
+    exported.insert("tidepool_cluster_health_check".to_owned());
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/tidepool.json",
+    ] {
+        let text = std::fs::read_to_string(project_dir().join(file)).expect(file);
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("tidepool_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                .collect();
+            rest = &rest[at + name.len()..];
+            if name.ends_with('_') {
+                continue; // a family named in prose, as `tidepool_cluster_*`
+            }
+            assert!(
+                exported.contains(&name),
+                "{file} names {name}, which no daemon exports"
+            );
+        }
+    }
+}
+
 /// The cluster's daemons still running (by their command lines naming `dir`).
 fn running(dir: &Path) -> Vec<String> {
     let output = std::process::Command::new("pgrep")
@@ -333,6 +369,7 @@ fn up_starts_stops_and_resumes() {
     let (mut up, keys, greeting) = start_greeted(&cluster, port, &up_log, &[]);
     greeting_runs_as_printed(&greeting, &dir.path().join("home"));
     the_gateway_counts_requests(&cluster, port, &keys, &greeting, dir.path());
+    the_deploy_files_name_real_metrics(&cluster);
     tidepool_ok(&cluster, &["bench", "data", "cleanup"]);
     a_second_up_points_at_the_first(&cluster, port);
     a_killed_daemon_comes_back(&cluster, &up_log);
