@@ -37,6 +37,12 @@ pub struct DashboardArgs {
     /// Where to serve the dashboard.
     #[arg(long, default_value = "127.0.0.1:8443")]
     bind: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM); with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// The S3 users whose keys log in (`tidepool up` makes `local`).
     #[arg(long = "admin", default_values_t = ["local".to_owned(), "admin".to_owned()])]
     admins: Vec<String>,
@@ -74,6 +80,8 @@ struct Shown {
 
 struct Dashboard {
     cluster: ClusterArgs,
+    /// Whether it serves HTTPS (the session cookie is then `Secure`).
+    tls: bool,
     admins: Vec<String>,
     sessions: Mutex<HashMap<String, Instant>>,
     shown: watch::Receiver<Arc<Shown>>,
@@ -89,7 +97,12 @@ pub fn dashboard(args: DashboardArgs) -> Result<()> {
         let (publish, shown) = watch::channel(Arc::new(Shown::default()));
         let cluster = args.cluster.clone();
         tokio::spawn(follow(cluster, publish));
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            _ => None,
+        };
         let dashboard = Arc::new(Dashboard {
+            tls: tls.is_some(),
             cluster: args.cluster.clone(),
             admins: args.admins.clone(),
             sessions: Mutex::new(HashMap::new()),
@@ -104,12 +117,88 @@ pub fn dashboard(args: DashboardArgs) -> Result<()> {
         if let Some(parent) = records.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&records, format!("http://{bound}/"))?;
-        axum::serve(listener, app(dashboard))
-            .with_graceful_shutdown(crate::daemons::daemon_stopped())
-            .await?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        std::fs::write(&records, format!("{scheme}://{bound}/"))?;
+        let app = app(dashboard);
+        let stopped = crate::daemons::daemon_stopped();
+        match tls {
+            Some(acceptor) => {
+                let listener = TlsListener {
+                    tcp: listener,
+                    acceptor,
+                };
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await?
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await?
+            }
+        }
         Ok(())
     })
+}
+
+/// A TLS server configuration from a PEM certificate chain and its PEM private key.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let chain = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: not a PEM certificate chain", cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
+    let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .with_context(|| format!("{}: not a PEM private key", key.display()))?
+        .with_context(|| format!("{} holds no private key", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the certificate and the key do not make a TLS identity")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Connections accepted over TCP and then TLS; a handshake that fails or takes more than
+/// `HANDSHAKE` is dropped without holding up the others for longer.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.tcp.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(HANDSHAKE, self.acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(error)) => tracing::debug!(%error, %addr, "a TLS handshake failed"),
+                Err(_) => tracing::debug!(%addr, "a TLS handshake took too long"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
 
 /// Where the dashboard records its address in the cluster folder.
@@ -241,7 +330,10 @@ async fn login(
         StatusCode::NO_CONTENT,
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"),
+            format!(
+                "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{}",
+                if dashboard.tls { "; Secure" } else { "" }
+            ),
         )],
     )
         .into_response()

@@ -365,4 +365,93 @@ fn the_dashboard_in_a_browser() {
             b.text("#events").contains("osd.0 out")
         });
     });
+
+    served_over_tls(&cluster, dir.path(), &keys);
+}
+
+/// With `--tls-cert` and `--tls-key` the dashboard speaks HTTPS only, and its session cookie
+/// is `Secure`.
+fn served_over_tls(cluster: &Path, scratch: &Path, keys: &(String, String)) {
+    let (cert, key) = (scratch.join("cert.pem"), scratch.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let bind = format!("127.0.0.1:{}", free_port());
+    let _dashboard = Daemon::start(
+        &[
+            "dashboard",
+            "--cluster",
+            cluster.to_str().expect("utf-8"),
+            "--bind",
+            &bind,
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+        ],
+        &scratch.join("dashboard-tls.log"),
+    );
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-s", "-m", "10"])
+            .args(args)
+            .output()
+            .expect("curl runs")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !curl(&["-k", "-o", "/dev/null", &format!("https://{bind}/")])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the TLS dashboard did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let body = format!(r#"{{"access_key":"{}","secret_key":"{}"}}"#, keys.0, keys.1);
+    let login = curl(&[
+        "-k",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+        &format!("https://{bind}/api/login"),
+    ]);
+    let head = String::from_utf8_lossy(&login.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 204"), "{head}");
+    assert!(
+        head.contains("set-cookie: tidepool_session=") && head.contains("; secure"),
+        "{head}"
+    );
+    let plain = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{bind}/"),
+    ]);
+    assert_ne!(
+        String::from_utf8_lossy(&plain.stdout),
+        "200",
+        "no plain HTTP on a TLS port"
+    );
 }
