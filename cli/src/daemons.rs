@@ -191,6 +191,17 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
 /// `--metrics-addr` of the daemons `tidepool up` starts: any free loopback port.
 const LOOPBACK_ANY: &str = "127.0.0.1:0";
 
+/// How long `tidepool up` waits for the monitors to mark down an OSD whose process exited.
+const MARK_DOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// Marks OSD `id` down.
+async fn mark_down(cluster: &ClusterArgs, id: OsdId) -> Result<()> {
+    match cluster.client()?.command(Command::OsdDown { id }).await? {
+        Ok(_) => Ok(()),
+        Err(error) => bail!("{error}"),
+    }
+}
+
 /// Flags of `tidepool up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -245,6 +256,8 @@ struct Supervised {
 /// stopped (SIGTERM, then SIGKILL) when dropped.
 struct Children {
     daemons: Vec<Supervised>,
+    /// OSDs whose process exited, not yet marked down.
+    died_osds: Vec<OsdId>,
     /// `RESTARTS` in the cluster folder: one JSON line per restart, for `status` and `watch`.
     journal: PathBuf,
 }
@@ -252,6 +265,7 @@ struct Children {
 impl Children {
     fn new(dir: &Path) -> Children {
         Children {
+            died_osds: Vec::new(),
             daemons: Vec::new(),
             journal: dir.join(crate::health::RESTARTS),
         }
@@ -292,6 +306,8 @@ impl Children {
     }
 
     /// Restarts what died, each after its backoff; returns one line per event.
+    /// Restarts the daemons that died (after their backoff); what happened, one line each.
+    /// The OSDs among the dead are kept in `died_osds` for the caller to mark down.
     fn supervise(&mut self) -> Vec<String> {
         let mut events = Vec::new();
         let now = Instant::now();
@@ -301,6 +317,13 @@ impl Children {
                     continue;
                 };
                 daemon.process = None;
+                if let Some(id) = daemon
+                    .name
+                    .strip_prefix("osd.")
+                    .and_then(|id| id.parse().ok())
+                {
+                    self.died_osds.push(OsdId(id));
+                }
                 if daemon.started.elapsed() >= STEADY {
                     daemon.backoff = Duration::from_secs(1);
                 }
@@ -650,6 +673,15 @@ pub fn up(mut args: UpArgs) -> Result<()> {
                 _ = tick.tick() => {
                     for event in children.supervise() {
                         println!("{event}");
+                    }
+                    // An OSD whose process exited is down now, not after its peers' grace
+                    // (as Ceph's peers fail one fast on a refused connection). Marked before
+                    // its restart, which waits for the next tick at the soonest.
+                    for id in std::mem::take(&mut children.died_osds) {
+                        let down = mark_down(&cluster, id);
+                        if let Ok(Err(error)) = tokio::time::timeout(MARK_DOWN_WAIT, down).await {
+                            tracing::debug!(%error, %id, "marking an exited OSD down");
+                        }
                     }
                 }
             }

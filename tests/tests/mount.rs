@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use tidepool_tests::{free_port, pattern, tidepool_ok, venv_bin, Daemon, TempDir};
+use tidepool_tests::{free_port, pattern, scrape, sum_of, tidepool_ok, venv_bin, Daemon, TempDir};
 
 const MIB: usize = 1 << 20;
 
@@ -131,6 +131,8 @@ impl Mounted {
                 dir.to_str().expect("utf-8"),
                 "--log",
                 log.to_str().expect("utf-8"),
+                "--metrics-addr",
+                "127.0.0.1:0",
             ],
         );
         let pid = printed
@@ -279,6 +281,19 @@ fn a_bucket_mounted_behaves_as_a_file_system() {
     let listed = sh(&format!("cd {} && find . | sort", mnt.display()));
     let expected = sh(&format!("cd {} && find . | sort", source.display()));
     assert_eq!(listed, expected);
+    // The mount's metrics count what it did.
+    let endpoint = std::fs::read_to_string(up.cluster().join("run/metrics/mount.files"))
+        .expect("the mount records its metrics address");
+    let samples = scrape(&format!("http://{}/metrics", endpoint.trim()));
+    assert!(sum_of(&samples, "tidepool_mount_ops_total", &[("op", "write")]) > 0.0);
+    assert!(sum_of(&samples, "tidepool_mount_ops_total", &[("op", "mkdir")]) > 0.0);
+    assert!(
+        sum_of(
+            &samples,
+            "tidepool_mount_bytes_total",
+            &[("direction", "written")]
+        ) >= 4.0 * MIB as f64
+    );
 
     // Through the other door: aws-cli reads what the mount wrote, and the mount what aws-cli
     // put (multipart too).

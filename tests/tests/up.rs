@@ -102,6 +102,19 @@ fn the_gateway_counts_requests(
             &[("op", op), ("status", class)],
         )
     };
+    let osd_writes = || -> f64 {
+        status["metrics"]
+            .as_object()
+            .expect("endpoints")
+            .iter()
+            .filter(|(daemon, _)| daemon.starts_with("osd."))
+            .map(|(_, url)| {
+                let samples = scrape(url.as_str().expect("a URL"));
+                sum_of(&samples, "tidepool_osd_ops_total", &[("op", "write")])
+            })
+            .sum()
+    };
+    let writes_before = osd_writes();
     let before = scrape(&url);
     let file = scratch.join("counted.bin");
     std::fs::write(&file, vec![7u8; 12_345]).expect("file");
@@ -143,6 +156,9 @@ fn the_gateway_counts_requests(
     let received = |s: &[Sample]| sum_of(s, "tidepool_s3_bytes_total", &[("direction", "in")]);
     assert!(received(&after) >= received(&before) + 12_345.0);
     assert_eq!(sum_of(&after, "tidepool_s3_requests_in_flight", &[]), 0.0);
+    // The PUT reached the OSDs' write counters (a small object: one index write, its bytes
+    // inline).
+    assert!(osd_writes() > writes_before);
 }
 
 /// Rule: every metric the alert rules and the Grafana dashboard under `deploy/` name is one
