@@ -517,26 +517,33 @@ async fn follow(cluster: ClusterArgs, publish: watch::Sender<Arc<Shown>>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buckets = None;
     let mut listed: Option<Instant> = None;
+    // One client to the monitors for as long as it runs (it finds the leader again itself).
+    let mut client = None;
+    let dir = cluster.dir();
     loop {
         tick.tick().await;
+        if client.is_none() {
+            match cluster.client() {
+                Ok(made) => client = Some(made),
+                Err(error) => {
+                    tracing::warn!(%error, "making a client of the monitors");
+                    shown.quorum = false;
+                    publish.send_replace(Arc::new(shown.clone()));
+                    continue;
+                }
+            }
+        }
+        let Some(mon) = client.as_mut() else { continue };
         if listed.is_none_or(|at| at.elapsed() >= LISTING_INTERVAL) {
             listed = Some(Instant::now());
             if buckets.is_none() {
                 buckets = bucket_layer(&cluster).await.ok();
             }
             if let Some(layer) = &buckets {
-                (shown.users, shown.buckets) = listings(&cluster, layer).await;
+                (shown.users, shown.buckets) = listings(mon, layer).await;
             }
         }
-        let snapshot = match crate::health::fetch(&cluster).await {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
-                tracing::warn!(%error, "asking the monitors");
-                shown.quorum = false;
-                publish.send_replace(Arc::new(shown.clone()));
-                continue;
-            }
-        };
+        let snapshot = crate::health::fetch_with(mon, &dir).await;
         shown = next_shown(shown, previous.as_ref(), &snapshot);
         publish.send_replace(Arc::new(shown.clone()));
         if snapshot.map.is_some() {
@@ -560,19 +567,16 @@ async fn bucket_layer(cluster: &ClusterArgs) -> Result<tidepool_buckets::Buckets
 
 /// The users (`[name, access key]`) and buckets (`[name, owner, created]`), sorted.
 async fn listings(
-    cluster: &ClusterArgs,
+    mon: &mut tidepool_client::MonClient,
     layer: &tidepool_buckets::Buckets,
 ) -> (Vec<(String, String)>, Vec<(String, String, u64)>) {
-    let mut users: Vec<(String, String)> = match cluster.client() {
-        Ok(mut client) => client
-            .users()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .map(|u| (u.name, u.access_key))
-            .collect(),
-        Err(_) => Vec::new(),
-    };
+    let mut users: Vec<(String, String)> = mon
+        .users()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| (u.name, u.access_key))
+        .collect();
     users.sort();
     let mut buckets: Vec<(String, String, u64)> = layer
         .list_buckets()

@@ -37,6 +37,15 @@ fn recent_restarts(dir: &std::path::Path) -> Vec<Restart> {
 /// What the monitors say now.
 pub async fn fetch(args: &ClusterArgs) -> Result<Snapshot> {
     let mut client = args.client()?;
+    Ok(fetch_with(&mut client, &args.dir()).await)
+}
+
+/// What the monitors say now, asked through `client` (kept by a caller that asks often), with
+/// what the cluster folder `dir` records.
+pub async fn fetch_with(
+    client: &mut tidepool_client::MonClient,
+    dir: &std::path::Path,
+) -> Snapshot {
     let mons = client.statuses().await;
     let quorum = mons.iter().flatten().count() > mons.len() / 2;
     let map = if quorum {
@@ -52,16 +61,16 @@ pub async fn fetch(args: &ClusterArgs) -> Result<Snapshot> {
     } else {
         Default::default()
     };
-    Ok(Snapshot {
-        id: crate::cluster::load_cluster_id(&args.dir()).unwrap_or_default(),
+    Snapshot {
+        id: crate::cluster::load_cluster_id(dir).unwrap_or_default(),
         mons,
         map,
         report,
-        restarts: recent_restarts(&args.dir()),
+        restarts: recent_restarts(dir),
         config,
         at: unix_now(),
-        metrics: crate::metrics::endpoints(&args.dir()),
-    })
+        metrics: crate::metrics::endpoints(dir),
+    }
 }
 
 fn print_json(value: &impl Serialize) -> Result<()> {
@@ -116,8 +125,10 @@ pub fn watch_command(args: ClusterArgs, interval: Duration, count: Option<u64>) 
         let mut previous: Option<Snapshot> = None;
         let mut log: Vec<String> = Vec::new();
         let mut drawn = 0u64;
+        let mut client = args.client()?;
+        let dir = args.dir();
         loop {
-            let snapshot = fetch(&args).await?;
+            let snapshot = fetch_with(&mut client, &dir).await;
             let now = chrono_like_now();
             let new_events: Vec<String> = previous
                 .as_ref()
