@@ -220,12 +220,32 @@ fn app(dashboard: Arc<Dashboard>) -> Router {
         )
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
-        .route("/api/state", get(state))
-        .route("/api/stream", get(stream))
-        .route("/api/osd/{id}/{change}/preview", post(preview))
-        .route("/api/osd/{id}/{change}", post(apply))
-        .route("/api/config", post(set_option))
+        .merge(
+            // Everything else under /api needs a session.
+            Router::new()
+                .route("/api/state", get(state))
+                .route("/api/stream", get(stream))
+                .route("/api/osd/{id}/{change}/preview", post(preview))
+                .route("/api/osd/{id}/{change}", post(apply))
+                .route("/api/config", post(set_option))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    dashboard.clone(),
+                    signed_in_only,
+                )),
+        )
         .with_state(dashboard)
+}
+
+/// Refuses a request without a live session.
+async fn signed_in_only(
+    State(dashboard): State<Arc<Dashboard>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !dashboard.signed_in(request.headers()) {
+        return refused(StatusCode::UNAUTHORIZED, "log in first");
+    }
+    next.run(request).await
 }
 
 const INDEX: &str = include_str!("dashboard/index.html");
@@ -357,18 +377,12 @@ async fn logout(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> 
         .into_response()
 }
 
-async fn state(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    if !dashboard.signed_in(&headers) {
-        return refused(StatusCode::UNAUTHORIZED, "log in first");
-    }
+async fn state(State(dashboard): State<Arc<Dashboard>>) -> Response {
     let shown = dashboard.shown.borrow().clone();
     Json(shown.as_ref().clone()).into_response()
 }
 
-async fn stream(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    if !dashboard.signed_in(&headers) {
-        return refused(StatusCode::UNAUTHORIZED, "log in first");
-    }
+async fn stream(State(dashboard): State<Arc<Dashboard>>) -> Response {
     let mut shown = dashboard.shown.clone();
     let events = async_stream(move |send| async move {
         loop {
@@ -416,12 +430,8 @@ fn osd_command(id: u32, change: &str) -> Option<Command> {
 
 async fn preview(
     State(dashboard): State<Arc<Dashboard>>,
-    headers: HeaderMap,
     UrlPath((id, change)): UrlPath<(u32, String)>,
 ) -> Response {
-    if !dashboard.signed_in(&headers) {
-        return refused(StatusCode::UNAUTHORIZED, "log in first");
-    }
     let Some(command) = osd_command(id, &change) else {
         return refused(StatusCode::NOT_FOUND, "an OSD is marked out or in");
     };
@@ -447,12 +457,8 @@ async fn preview(
 
 async fn apply(
     State(dashboard): State<Arc<Dashboard>>,
-    headers: HeaderMap,
     UrlPath((id, change)): UrlPath<(u32, String)>,
 ) -> Response {
-    if !dashboard.signed_in(&headers) {
-        return refused(StatusCode::UNAUTHORIZED, "log in first");
-    }
     let Some(command) = osd_command(id, &change) else {
         return refused(StatusCode::NOT_FOUND, "an OSD is marked out or in");
     };
@@ -474,12 +480,8 @@ const THROTTLES: &[&str] = &[
 
 async fn set_option(
     State(dashboard): State<Arc<Dashboard>>,
-    headers: HeaderMap,
     Json(change): Json<OptionChange>,
 ) -> Response {
-    if !dashboard.signed_in(&headers) {
-        return refused(StatusCode::UNAUTHORIZED, "log in first");
-    }
     if !THROTTLES.contains(&change.key.as_str()) {
         return refused(
             StatusCode::BAD_REQUEST,

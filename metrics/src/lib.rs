@@ -42,11 +42,19 @@ impl From<prometheus::Error> for MetricsError {
     }
 }
 
+/// `metric`, registered in `registry`.
+pub fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> Result<M, MetricsError> {
+    let metric = metric?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
 /// A counter registered in `registry`.
 pub fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
-    let counter = IntCounter::with_opts(Opts::new(name, help))?;
-    registry.register(Box::new(counter.clone()))?;
-    Ok(counter)
+    register(registry, IntCounter::with_opts(Opts::new(name, help)))
 }
 
 /// Counters by `labels`, registered in `registry`.
@@ -56,16 +64,12 @@ pub fn counters(
     help: &str,
     labels: &[&str],
 ) -> Result<IntCounterVec, MetricsError> {
-    let counters = IntCounterVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(counters.clone()))?;
-    Ok(counters)
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 /// A gauge registered in `registry`.
 pub fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
-    let gauge = IntGauge::with_opts(Opts::new(name, help))?;
-    registry.register(Box::new(gauge.clone()))?;
-    Ok(gauge)
+    register(registry, IntGauge::with_opts(Opts::new(name, help)))
 }
 
 /// Gauges by `labels`, registered in `registry`.
@@ -75,9 +79,7 @@ pub fn gauges(
     help: &str,
     labels: &[&str],
 ) -> Result<IntGaugeVec, MetricsError> {
-    let gauges = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(gauges.clone()))?;
-    Ok(gauges)
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 /// A gauge of a fractional value registered in `registry`.
@@ -86,9 +88,7 @@ pub fn float_gauge(
     name: &str,
     help: &str,
 ) -> Result<FloatGauge, MetricsError> {
-    let gauge = FloatGauge::with_opts(Opts::new(name, help))?;
-    registry.register(Box::new(gauge.clone()))?;
-    Ok(gauge)
+    register(registry, FloatGauge::with_opts(Opts::new(name, help)))
 }
 
 /// Gauges of fractional values by `labels`, registered in `registry`.
@@ -98,9 +98,7 @@ pub fn float_gauges(
     help: &str,
     labels: &[&str],
 ) -> Result<GaugeVec, MetricsError> {
-    let gauges = GaugeVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(gauges.clone()))?;
-    Ok(gauges)
+    register(registry, GaugeVec::new(Opts::new(name, help), labels))
 }
 
 /// Latency histograms (in seconds, [`LATENCY_BUCKETS`]) by `labels`, registered in
@@ -112,17 +110,13 @@ pub fn latencies(
     labels: &[&str],
 ) -> Result<HistogramVec, MetricsError> {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-    let histograms = HistogramVec::new(opts, labels)?;
-    registry.register(Box::new(histograms.clone()))?;
-    Ok(histograms)
+    register(registry, HistogramVec::new(opts, labels))
 }
 
 /// A latency histogram (in seconds, [`LATENCY_BUCKETS`]) registered in `registry`.
 pub fn latency(registry: &Registry, name: &str, help: &str) -> Result<Histogram, MetricsError> {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-    let histogram = Histogram::with_opts(opts)?;
-    registry.register(Box::new(histogram.clone()))?;
-    Ok(histogram)
+    register(registry, Histogram::with_opts(opts))
 }
 
 /// Seconds since `start`, for a histogram.

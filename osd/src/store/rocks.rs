@@ -536,17 +536,16 @@ impl RocksStore {
         let group_buckets: Vec<f64> = (0..=GROUP_MAX.ilog2())
             .map(|i| f64::from(1u32 << i))
             .collect();
-        let group_transactions = metrics::Histogram::with_opts(
-            metrics::HistogramOpts::new(
-                "tidepool_osd_store_group_transactions",
-                "Transactions committed together by one group commit (one data sync, one batch)",
-            )
-            .buckets(group_buckets),
-        )
-        .map_err(metrics::MetricsError::from)?;
-        registry
-            .register(Box::new(group_transactions.clone()))
-            .map_err(metrics::MetricsError::from)?;
+        let group_transactions = metrics::register(
+            registry,
+            metrics::Histogram::with_opts(
+                metrics::HistogramOpts::new(
+                    "tidepool_osd_store_group_transactions",
+                    "Transactions committed together by one group commit (one data sync, one batch)",
+                )
+                .buckets(group_buckets),
+            ),
+        )?;
         let _ = self.shared.metrics.set(StoreMetrics {
             commit_seconds: metrics::latency(
                 registry,
