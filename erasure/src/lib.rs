@@ -102,15 +102,6 @@ impl Layout {
         self.stripes_of(size) * self.unit as u64
     }
 
-    /// The stripes that bytes `range` of an object lie in (empty for an empty range).
-    pub fn stripes(&self, range: &Range<u64>) -> Range<u64> {
-        if range.is_empty() {
-            return 0..0;
-        }
-        let width = self.stripe_width();
-        range.start / width..(range.end - 1) / width + 1
-    }
-
     /// The pieces of data chunks that bytes `range` of an object lie in, in object order.
     pub fn extents(&self, range: &Range<u64>) -> Vec<Extent> {
         let unit = self.unit as u64;
@@ -131,19 +122,6 @@ impl Layout {
         }
         out
     }
-
-    /// The stripes a write of `range` to an object of `size` bytes must read first: those it
-    /// covers only in part and that hold bytes of the object (at most the first and the last).
-    pub fn stripes_to_read(&self, size: u64, range: &Range<u64>) -> Vec<u64> {
-        let width = self.stripe_width();
-        self.stripes(range)
-            .filter(|&s| {
-                let bytes = s * width..(s + 1) * width;
-                let whole = range.start <= bytes.start && bytes.end <= range.end;
-                !whole && bytes.start < size
-            })
-            .collect()
-    }
 }
 
 /// A piece of one data chunk: `len` bytes at `shard_offset` of shard `shard`, which are the
@@ -158,18 +136,6 @@ pub struct Extent {
     pub object_offset: u64,
     /// How many bytes.
     pub len: u64,
-}
-
-/// What one shard writes for an object write: `bytes` at `offset`, whole stripe units of the
-/// stripes the write touched.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShardWrite {
-    /// The shard's position (`0..k+m`).
-    pub shard: usize,
-    /// Where on the shard.
-    pub offset: u64,
-    /// The new bytes.
-    pub bytes: Vec<u8>,
 }
 
 /// The Reed–Solomon codec of a layout.
@@ -279,57 +245,6 @@ impl Codec {
         }
         out.truncate(size as usize);
         Ok(out)
-    }
-
-    /// The shard writes that put `data` at `offset` of an object of `size` bytes: the touched
-    /// stripes re-encoded whole, one contiguous write per shard. `old_stripe(s)` gives the
-    /// object bytes of stripe `s` as they are (asked only for [`Layout::stripes_to_read`]).
-    /// Returns the writes and the object's new size.
-    pub fn write<E>(
-        &self,
-        size: u64,
-        offset: u64,
-        data: &[u8],
-        mut old_stripe: impl FnMut(u64) -> Result<Vec<u8>, E>,
-    ) -> Result<(Vec<ShardWrite>, u64), E> {
-        let range = offset..offset + data.len() as u64;
-        let new_size = size.max(range.end);
-        let stripes = self.layout.stripes(&range);
-        let read = self.layout.stripes_to_read(size, &range);
-        let width = self.layout.stripe_width();
-        let unit = self.layout.unit as u64;
-        // The touched stripes' new bytes, side by side, then coded in one pass.
-        let mut bytes = Vec::with_capacity(((stripes.end - stripes.start) * width) as usize);
-        for stripe in stripes.clone() {
-            let start = stripe * width;
-            let at = bytes.len();
-            if read.contains(&stripe) {
-                let mut old = old_stripe(stripe)?;
-                old.resize(width as usize, 0);
-                bytes.extend_from_slice(&old);
-            } else {
-                bytes.resize(at + width as usize, 0);
-            }
-            let stripe_bytes = &mut bytes[at..];
-            // The object's end: nothing past it, even where an old stripe had padding.
-            let end = (new_size - start).min(width) as usize;
-            stripe_bytes[end..].fill(0);
-            let from = range.start.max(start);
-            let to = range.end.min(start + width);
-            stripe_bytes[(from - start) as usize..(to - start) as usize]
-                .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
-        }
-        let writes = self
-            .encode(&bytes)
-            .into_iter()
-            .enumerate()
-            .map(|(shard, bytes)| ShardWrite {
-                shard,
-                offset: stripes.start * unit,
-                bytes,
-            })
-            .collect();
-        Ok((writes, new_size))
     }
 }
 
