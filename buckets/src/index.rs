@@ -10,7 +10,7 @@ use serde_bytes::ByteBuf;
 use tidepool_client::ObjectError;
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
 
-use crate::records::{self, keys, BucketInfo, Entry, Garbage, Segment};
+use crate::records::{self, keys, BucketInfo, Entry, Garbage, Segment, Versioning};
 use crate::{omap_output, random_id, BucketError, Buckets};
 
 /// A condition on the entry a write replaces.
@@ -28,14 +28,21 @@ pub enum PutCondition {
 }
 
 impl PutCondition {
-    fn check(&self, old: Option<&Entry>) -> Result<(), BucketError> {
+    pub(crate) fn check(&self, old: Option<&Entry>) -> Result<(), BucketError> {
         let holds = match self {
             PutCondition::Always => true,
             PutCondition::Absent => old.is_none(),
             PutCondition::Matches(etag) => {
                 old.is_some_and(|old| etag == "*" || etag.trim_matches('"') == old.etag)
             }
-            PutCondition::Exactly(entry) => old == Some(entry.as_ref()),
+            // The version id is the index's to give: a caller that rewrites what it read
+            // names the same object whatever id the index gave it.
+            PutCondition::Exactly(entry) => old.is_some_and(|old| {
+                Entry {
+                    version_id: old.version_id.clone(),
+                    ..entry.as_ref().clone()
+                } == *old
+            }),
         };
         if holds {
             Ok(())
@@ -54,6 +61,26 @@ pub(crate) struct LinkExtras {
     pub garbage: Vec<Segment>,
     /// Stripes another entry names: never garbage, even when the replaced entry named them.
     pub referenced: Vec<Segment>,
+}
+
+/// What a link did.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Linked {
+    /// The key's current object before (kept as an older version in a versioned bucket).
+    pub old: Option<Entry>,
+    /// The version the link made (`None`: the `null` version, or no versioning).
+    pub version_id: Option<String>,
+    /// Whether that version is a delete marker.
+    pub delete_marker: bool,
+}
+
+/// What a delete did, as S3 answers it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// The version made (a delete marker) or removed (`None`: none, or the `null` one).
+    pub version_id: Option<String>,
+    /// Whether that version is a delete marker.
+    pub delete_marker: bool,
 }
 
 /// A listing request.
@@ -82,9 +109,32 @@ pub struct ListPage {
     pub last: Option<String>,
 }
 
-/// One shard's position in a merged listing.
+/// What a listing found, in key order.
+#[derive(Clone, Debug)]
+pub(crate) enum Listed {
+    /// A common prefix.
+    Prefix(String),
+    /// A key, with its entry's record (if it has a current object) and whether it has a
+    /// version head.
+    Key {
+        key: String,
+        entry: Option<Vec<u8>>,
+        versioned: bool,
+    },
+}
+
+/// A page of [`Listed`] items.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RawPage {
+    pub items: Vec<Listed>,
+    pub truncated: bool,
+}
+
+/// One shard's position in a merged listing of one namespace.
 struct Cursor {
     object: String,
+    namespace: u8,
+    scope: Vec<u8>,
     buffered: VecDeque<(String, Vec<u8>)>,
     start_after: Vec<u8>,
     done: bool,
@@ -116,6 +166,14 @@ pub(crate) fn shard_is_open() -> ObjectOp {
     ObjectOp::CompareXattr(
         records::STATE_XATTR.into(),
         Some(ByteBuf::from(records::STATE_OPEN)),
+    )
+}
+
+/// The guard that a shard's versioning is `mode`.
+pub(crate) fn versioning_is(mode: Versioning) -> ObjectOp {
+    ObjectOp::CompareXattr(
+        records::VERSIONING_XATTR.into(),
+        mode.xattr().map(ByteBuf::from),
     )
 }
 
@@ -152,7 +210,7 @@ impl Buckets {
     /// Runs `f` on bucket `name`, once more with a fresh lookup if the cached bucket is gone.
     /// A bucket of the same name created since by another owner is not the one the caller
     /// meant (nor may be allowed to use): that is `NoSuchBucket`.
-    async fn on_bucket<T, F, Fut>(&self, name: &str, f: F) -> Result<T, BucketError>
+    pub(crate) async fn on_bucket<T, F, Fut>(&self, name: &str, f: F) -> Result<T, BucketError>
     where
         F: Fn(BucketInfo) -> Fut,
         Fut: Future<Output = Result<T, BucketError>>,
@@ -246,6 +304,7 @@ impl Buckets {
             inline: written.inline.is_some() && written.size > 0,
             part_sizes: Vec::new(),
             links: None,
+            version_id: None,
         };
         let inline = written.inline.clone().filter(|d| !d.is_empty());
         let linked = self
@@ -258,7 +317,10 @@ impl Buckets {
             )
             .await;
         match linked {
-            Ok(_) => Ok(entry),
+            Ok(linked) => Ok(Entry {
+                version_id: linked.version_id,
+                ..entry
+            }),
             // The entry may name these stripes now: they stay (unreferenced, they are only
             // space) rather than risk an entry that names removed stripes.
             Err(error) if error.in_doubt() => {
@@ -295,11 +357,12 @@ impl Buckets {
             LinkExtras::default(),
         )
         .await
+        .map(|linked| linked.old)
     }
 
     /// Removes `key` from `bucket` (no error when it is absent, as S3 does); its stripes
-    /// become garbage.
-    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), BucketError> {
+    /// become garbage. In a versioned bucket it makes a delete marker instead.
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<Deleted, BucketError> {
         self.link(
             bucket,
             key,
@@ -308,11 +371,15 @@ impl Buckets {
             LinkExtras::default(),
         )
         .await
-        .map(|_| ())
+        .map(|linked| Deleted {
+            version_id: linked.version_id,
+            delete_marker: linked.delete_marker,
+        })
     }
 
     /// Replaces `key`'s entry with `new` (or removes it) in one guarded shard transaction,
-    /// retried while concurrent changes win; returns the replaced entry.
+    /// retried while concurrent changes win. In a bucket that has had versioning the replaced
+    /// entry is kept as a version (see `versions.rs`).
     pub(crate) async fn link(
         &self,
         bucket: &str,
@@ -320,11 +387,12 @@ impl Buckets {
         new: Option<(Entry, Option<Bytes>)>,
         condition: &PutCondition,
         extras: LinkExtras,
-    ) -> Result<Option<Entry>, BucketError> {
+    ) -> Result<Linked, BucketError> {
         let new = &new;
         let extras = &extras;
         self.on_bucket(bucket, |info| async move {
             let object = info.shard_object(info.shard_of(key));
+            let mut mode = info.versioning;
             let entry_key = keys::entry(key);
             // A plain write of a new key needs no read first: assume absence, and read only
             // when the guard says otherwise.
@@ -337,6 +405,18 @@ impl Buckets {
                 PutCondition::Matches(_) => None,
             };
             for _ in 0..self.config().link_attempts_max {
+                if mode != Versioning::Off {
+                    let attempt = self
+                        .link_version(&object, key, new, condition, extras, mode)
+                        .await?;
+                    match attempt {
+                        Some(linked) => return Ok(linked),
+                        None => {
+                            mode = self.shard_versioning(&object).await?;
+                            continue;
+                        }
+                    }
+                }
                 let (old_raw, intent_raw) = match known.take() {
                     Some(assumed) => (assumed, None),
                     None => {
@@ -364,7 +444,7 @@ impl Buckets {
                 let extras = &extras;
                 let old: Option<Entry> = old_raw.as_deref().map(records::decode).transpose()?;
                 if new.is_none() && old.is_none() && extras.upload.is_none() {
-                    return Ok(None);
+                    return Ok(Linked::default());
                 }
                 condition.check(old.as_ref())?;
                 let mut ops = self.link_ops(key, &old_raw, old.as_ref(), new, extras);
@@ -379,12 +459,14 @@ impl Buckets {
                     Ok(_) => {
                         let links = new.as_ref().and_then(|(e, _)| e.links.as_deref());
                         self.left(&info, key, old.as_ref(), links).await?;
-                        return Ok(old);
+                        return Ok(Linked {
+                            old,
+                            ..Linked::default()
+                        });
                     }
                     Err(ObjectError::Op(OpError::GuardFailed(_))) => {
-                        if !self.shard_open(&object).await? {
-                            return Err(BucketError::Conflict);
-                        }
+                        // Closing, or versioning changed since the bucket was cached.
+                        mode = self.shard_versioning(&object).await?;
                     }
                     Err(ObjectError::Op(OpError::NotFound)) => {
                         return Err(BucketError::NoSuchBucket)
@@ -406,7 +488,11 @@ impl Buckets {
         extras: &LinkExtras,
     ) -> Vec<ObjectOp> {
         let entry_key = keys::entry(key);
-        let mut ops = vec![shard_is_open(), guard(entry_key.clone(), old_raw)];
+        let mut ops = vec![
+            shard_is_open(),
+            versioning_is(Versioning::Off),
+            guard(entry_key.clone(), old_raw),
+        ];
         if let Some((upload_key, upload_raw)) = &extras.upload {
             ops.push(ObjectOp::CompareOmap(
                 ByteBuf::from(upload_key.clone()),
@@ -491,18 +577,24 @@ impl Buckets {
         }
     }
 
-    /// Whether shard `object` takes links (it exists and is not closing).
-    async fn shard_open(&self, object: &str) -> Result<bool, BucketError> {
-        match self.index_op(object, vec![ObjectOp::GetXattrs]).await {
-            Ok((_, outputs)) => Ok(outputs.into_iter().any(|o| match o {
-                OpOutput::Xattrs(x) => {
-                    x.get(records::STATE_XATTR).map(|v| v.as_slice()) == Some(records::STATE_OPEN)
-                }
-                _ => false,
-            })),
-            Err(ObjectError::Op(OpError::NotFound)) => Err(BucketError::NoSuchBucket),
-            Err(other) => Err(other.into()),
+    /// The versioning state of shard `object`, which takes links; `Conflict` when it is
+    /// closing (its bucket is being deleted).
+    pub(crate) async fn shard_versioning(&self, object: &str) -> Result<Versioning, BucketError> {
+        let xattrs = match self.index_op(object, vec![ObjectOp::GetXattrs]).await {
+            Ok((_, outputs)) => outputs.into_iter().find_map(|o| match o {
+                OpOutput::Xattrs(x) => Some(x),
+                _ => None,
+            }),
+            Err(ObjectError::Op(OpError::NotFound)) => return Err(BucketError::NoSuchBucket),
+            Err(other) => return Err(other.into()),
         }
+        .unwrap_or_default();
+        if xattrs.get(records::STATE_XATTR).map(|v| v.as_slice()) != Some(records::STATE_OPEN) {
+            return Err(BucketError::Conflict);
+        }
+        Ok(Versioning::from_xattr(
+            xattrs.get(records::VERSIONING_XATTR).map(|v| v.as_slice()),
+        ))
     }
 
     /// Up to `limit` omap entries of shard `object` after `start_after`.
@@ -533,31 +625,68 @@ impl Buckets {
     }
 
     async fn list_in(&self, info: &BucketInfo, query: &ListQuery) -> Result<ListPage, BucketError> {
-        let scope = keys::entry(&query.prefix);
-        let mut start = just_before(&scope);
-        if let Some(after) = &query.after {
-            let mut after_key = keys::entry(after);
-            if let Some(delimiter) = &query.delimiter {
-                // A marker that is a common prefix skips everything under it.
-                if after.starts_with(&query.prefix)
-                    && after[query.prefix.len()..].ends_with(delimiter.as_str())
-                {
-                    after_key = just_after_all(&after_key);
+        let raw = self.list_raw(info, query, b"o").await?;
+        let mut page = ListPage {
+            truncated: raw.truncated,
+            ..ListPage::default()
+        };
+        for item in raw.items {
+            match item {
+                Listed::Prefix(prefix) => {
+                    page.last = Some(prefix.clone());
+                    page.prefixes.push(prefix);
+                }
+                Listed::Key { key, entry, .. } => {
+                    let raw = entry.ok_or_else(|| {
+                        BucketError::Corrupt(format!("{key:?} listed without its entry"))
+                    })?;
+                    page.last = Some(key.clone());
+                    page.entries.push((key, records::decode(&raw)?));
                 }
             }
-            start = start.max(after_key);
         }
+        Ok(page)
+    }
+
+    /// Lists the keys that have a record in any of `namespaces` (`o`: entries, `h`: version
+    /// heads) as `query` asks, merging the shards (and namespaces) in key order.
+    pub(crate) async fn list_raw(
+        &self,
+        info: &BucketInfo,
+        query: &ListQuery,
+        namespaces: &[u8],
+    ) -> Result<RawPage, BucketError> {
         let page_size = (query.limit / info.shards.max(1) as usize + 16).min(1000) as u32;
-        let mut cursors: Vec<Cursor> = (0..info.shards)
-            .map(|shard| Cursor {
-                object: info.shard_object(shard),
-                buffered: VecDeque::new(),
-                start_after: start.clone(),
-                done: false,
-            })
-            .collect();
-        let mut page = ListPage::default();
-        let mut skip_prefix: Option<Vec<u8>> = None;
+        let mut cursors: Vec<Cursor> = Vec::new();
+        for &namespace in namespaces {
+            let scope = keys::prefixed(namespace, query.prefix.as_bytes());
+            let mut start = just_before(&scope);
+            if let Some(after) = &query.after {
+                let mut after_key = keys::prefixed(namespace, after.as_bytes());
+                if let Some(delimiter) = &query.delimiter {
+                    // A marker that is a common prefix skips everything under it.
+                    if after.starts_with(&query.prefix)
+                        && after[query.prefix.len()..].ends_with(delimiter.as_str())
+                    {
+                        after_key = just_after_all(&after_key);
+                    }
+                }
+                start = start.max(after_key);
+            }
+            for shard in 0..info.shards {
+                cursors.push(Cursor {
+                    object: info.shard_object(shard),
+                    namespace,
+                    scope: scope.clone(),
+                    buffered: VecDeque::new(),
+                    start_after: start.clone(),
+                    done: false,
+                });
+            }
+        }
+        let mut page = RawPage::default();
+        let mut count = 0;
+        let mut skip_prefix: Option<String> = None;
         loop {
             // Top up every cursor, dropping keys inside a common prefix already returned.
             for cursor in &mut cursors {
@@ -566,13 +695,14 @@ impl Buckets {
                         while cursor
                             .buffered
                             .front()
-                            .is_some_and(|(k, _)| keys::entry(k).starts_with(skip))
+                            .is_some_and(|(k, _)| k.starts_with(skip.as_str()))
                         {
                             cursor.buffered.pop_front();
                         }
                         if cursor.buffered.is_empty() {
-                            cursor.start_after =
-                                cursor.start_after.clone().max(just_after_all(skip));
+                            let past =
+                                just_after_all(&keys::prefixed(cursor.namespace, skip.as_bytes()));
+                            cursor.start_after = cursor.start_after.clone().max(past);
                         }
                     }
                     if !cursor.buffered.is_empty() || cursor.done {
@@ -586,7 +716,7 @@ impl Buckets {
                         cursor.start_after = last.clone();
                     }
                     for (full, raw) in fetched {
-                        if !full.starts_with(&scope) {
+                        if !full.starts_with(&cursor.scope) {
                             cursor.done = true;
                             break;
                         }
@@ -597,19 +727,31 @@ impl Buckets {
                     }
                 }
             }
-            let next = cursors
+            let Some(key) = cursors
                 .iter()
-                .enumerate()
-                .filter_map(|(i, c)| c.buffered.front().map(|(k, _)| (k.clone(), i)))
-                .min();
-            let Some((_, index)) = next else {
+                .filter_map(|c| c.buffered.front().map(|(k, _)| k))
+                .min()
+                .cloned()
+            else {
                 return Ok(page);
             };
-            if page.entries.len() + page.prefixes.len() >= query.limit {
+            if count >= query.limit {
                 page.truncated = true;
                 return Ok(page);
             }
-            let (key, raw) = cursors[index].buffered.pop_front().expect("a head");
+            // The key from every namespace that has it: its entry, and whether it has versions.
+            let mut entry = None;
+            let mut versioned = false;
+            for cursor in &mut cursors {
+                if cursor.buffered.front().is_some_and(|(k, _)| *k == key) {
+                    let (_, raw) = cursor.buffered.pop_front().expect("a head");
+                    match cursor.namespace {
+                        b'o' => entry = Some(raw),
+                        _ => versioned = true,
+                    }
+                }
+            }
+            count += 1;
             let grouped = query
                 .delimiter
                 .as_deref()
@@ -621,14 +763,14 @@ impl Buckets {
                 });
             match grouped {
                 Some(common) => {
-                    skip_prefix = Some(keys::entry(&common));
-                    page.last = Some(common.clone());
-                    page.prefixes.push(common);
+                    skip_prefix = Some(common.clone());
+                    page.items.push(Listed::Prefix(common));
                 }
-                None => {
-                    page.last = Some(key.clone());
-                    page.entries.push((key, records::decode(&raw)?));
-                }
+                None => page.items.push(Listed::Key {
+                    key,
+                    entry,
+                    versioned,
+                }),
             }
         }
     }
@@ -711,6 +853,7 @@ mod tests {
             inline: true,
             part_sizes: Vec::new(),
             links: None,
+            version_id: None,
         };
         assert!(PutCondition::Always.check(None).is_ok());
         assert!(PutCondition::Absent.check(None).is_ok());

@@ -12,6 +12,7 @@ pub mod manifest;
 mod multipart;
 pub mod records;
 mod rename;
+mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +22,13 @@ use tidepool_client::{ObjectClient, ObjectError};
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
 
 pub use data::{hex, DataStream, WriteOptions, Written};
-pub use index::{ListPage, ListQuery, PutCondition};
+pub use index::{Deleted, ListPage, ListQuery, PutCondition};
 pub use multipart::CompletedPart;
 pub use records::{
-    BucketInfo, ContentHeaders, Entry, LinkGroup, ObjectMeta, Part, Segment, Upload,
+    BucketInfo, ContentHeaders, Entry, LinkGroup, ObjectMeta, Part, Segment, Upload, Versioning,
 };
 pub use rename::{MovedIn, RenameIntent, TreeRename};
+pub use versions::{shown, ListedVersion, VersionPage, VersionQuery, NULL_VERSION};
 
 /// Why a bucket operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,12 @@ pub enum BucketError {
     /// No object of that key.
     #[error("no such key")]
     NoSuchKey,
+    /// No version of that id.
+    #[error("no such version")]
+    NoSuchVersion,
+    /// The version asked for is a delete marker (its id).
+    #[error("the version is a delete marker")]
+    DeleteMarker(Option<String>),
     /// No multipart upload of that id.
     #[error("no such upload")]
     NoSuchUpload,
@@ -67,6 +75,9 @@ pub enum BucketError {
     /// The request is not acceptable (a bad name, a bad argument).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The bucket does not offer this.
+    #[error("not supported: {0}")]
+    NotSupported(String),
     /// Concurrent changes of one key kept winning; the caller may retry.
     #[error("the key changed concurrently too many times")]
     Conflict,
@@ -257,6 +268,7 @@ impl Buckets {
             owner: owner.to_owned(),
             created_ms: now_ms(),
             shards: self.inner.config.shards,
+            versioning: records::Versioning::Off,
         };
         for shard in 0..info.shards {
             self.index_op(
@@ -302,6 +314,35 @@ impl Buckets {
                 .index_op(&info.shard_object(shard), vec![ObjectOp::Remove])
                 .await;
         }
+    }
+
+    /// Changes bucket `info`'s directory entry with `change`, guarded on what it was; the
+    /// cache learns the new one.
+    async fn update_directory(
+        &self,
+        info: &BucketInfo,
+        change: impl Fn(&mut BucketInfo),
+    ) -> Result<BucketInfo, BucketError> {
+        let mut info = info.clone();
+        for _ in 0..self.config().link_attempts_max {
+            let mut new = info.clone();
+            change(&mut new);
+            let key = ByteBuf::from(info.name.as_bytes());
+            let ops = vec![
+                ObjectOp::CompareOmap(key.clone(), Some(ByteBuf::from(records::encode(&info)))),
+                ObjectOp::OmapSet(vec![(key, ByteBuf::from(records::encode(&new)))]),
+            ];
+            if self.try_index_op(records::DIRECTORY, ops).await? {
+                self.forget(&new.name);
+                return Ok(new);
+            }
+            let fresh = self.bucket(&info.name).await?;
+            if fresh.id != info.id {
+                return Err(BucketError::NoSuchBucket);
+            }
+            info = fresh;
+        }
+        Err(BucketError::Conflict)
     }
 
     async fn set_state(&self, info: &BucketInfo, state: &[u8]) -> Result<(), BucketError> {

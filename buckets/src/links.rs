@@ -183,6 +183,13 @@ impl Buckets {
         from: &str,
         to: &str,
     ) -> Result<Entry, BucketError> {
+        // A version keeps its stripes for as long as it exists, which a group's count of
+        // names does not know: no groups where versions are kept.
+        if self.lookup(bucket, true).await?.versioning != crate::Versioning::Off {
+            return Err(BucketError::NotSupported(
+                "hard links in a bucket with versioning".into(),
+            ));
+        }
         let (entry, inline) = self.get(bucket, from).await?;
         let (entry, id) = self
             .group_up(bucket, from, (entry, inline.clone()), |g| {
@@ -262,7 +269,8 @@ impl Buckets {
                 condition,
                 LinkExtras::default(),
             )
-            .await?;
+            .await?
+            .old;
         for name in group.iter().flat_map(|g| g.names.iter()) {
             if name == key {
                 continue;

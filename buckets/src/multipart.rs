@@ -219,18 +219,23 @@ impl Buckets {
             inline: false,
             part_sizes,
             links: None,
+            version_id: None,
         };
         let extras = LinkExtras {
             upload: Some((keys::upload(key, id), raw)),
             garbage,
             referenced: Vec::new(),
         };
-        self.link(bucket, key, Some((entry.clone(), None)), condition, extras)
+        let linked = self
+            .link(bucket, key, Some((entry.clone(), None)), condition, extras)
             .await?;
         let _ = self
             .index_op(&upload_object(id), vec![ObjectOp::Remove])
             .await;
-        Ok(entry)
+        Ok(Entry {
+            version_id: linked.version_id,
+            ..entry
+        })
     }
 
     /// Abandons upload `id`: its record goes and its parts become garbage.

@@ -42,6 +42,87 @@ pub struct BucketInfo {
     pub created_ms: u64,
     /// How many index shards it has.
     pub shards: u32,
+    /// Its versioning state (each shard holds it too, in xattr [`VERSIONING_XATTR`]).
+    #[serde(default)]
+    pub versioning: Versioning,
+}
+
+/// A bucket's versioning state, as S3 has it: never enabled, enabled, or suspended (a
+/// bucket once versioned never goes back to unversioned).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Versioning {
+    /// Never enabled: a write replaces the key's one object.
+    #[default]
+    Off,
+    /// Every write makes a new version; a delete makes a delete marker.
+    Enabled,
+    /// Writes and deletes make or replace the `null` version; other versions stay.
+    Suspended,
+}
+
+impl Versioning {
+    /// The shard xattr's value (none for `Off`).
+    pub fn xattr(self) -> Option<&'static [u8]> {
+        match self {
+            Versioning::Off => None,
+            Versioning::Enabled => Some(b"Enabled"),
+            Versioning::Suspended => Some(b"Suspended"),
+        }
+    }
+
+    /// The state a shard xattr's value names (anything unknown reads as `Enabled`, which
+    /// keeps every version).
+    pub fn from_xattr(value: Option<&[u8]>) -> Versioning {
+        match value {
+            None => Versioning::Off,
+            Some(b"Suspended") => Versioning::Suspended,
+            Some(_) => Versioning::Enabled,
+        }
+    }
+}
+
+/// The shard xattr that holds the bucket's [`Versioning`]; every link is guarded on it.
+pub const VERSIONING_XATTR: &str = "versioning";
+
+/// `h<key>`: the sequence number of a key's latest version (an object or a delete marker), in
+/// buckets that have had versioning. Every change of the key's versions is guarded on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The latest version's sequence number.
+    pub seq: u64,
+}
+
+/// `v<key>\0<version>`: a version that is not the current object: an older object, or a
+/// delete marker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// The version id (`None`: the `null` version).
+    pub id: Option<String>,
+    /// Its sequence number: versions of a key are ordered by it, newest highest.
+    pub seq: u64,
+    /// The object (`None`: a delete marker).
+    pub entry: Option<Entry>,
+    /// When it was made (milliseconds since the Unix epoch).
+    pub modified_ms: u64,
+    /// The object's data, when it was inline.
+    #[serde(default)]
+    pub inline: Option<serde_bytes::ByteBuf>,
+}
+
+/// The version id of sequence number `seq`: newer versions have smaller ids, so a key's
+/// versions list newest first.
+pub fn version_id(seq: u64) -> String {
+    format!("{:016x}", u64::MAX - seq)
+}
+
+/// The sequence number of version id `id` (`None`: not one this store makes).
+pub fn version_seq(id: &str) -> Option<u64> {
+    if id.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(id, 16)
+        .ok()
+        .map(|inverted| u64::MAX - inverted)
 }
 
 impl BucketInfo {
@@ -166,6 +247,9 @@ pub struct Entry {
     /// The link group whose other names share this entry's inode (hard links), if any.
     #[serde(default)]
     pub links: Option<String>,
+    /// The version id (`None`: the `null` version, or a bucket without versioning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
 }
 
 /// A multipart upload in progress.
@@ -239,6 +323,25 @@ pub mod keys {
     /// `o<key>`: an object's entry.
     pub fn entry(key: &str) -> Vec<u8> {
         prefixed(b'o', key.as_bytes())
+    }
+
+    /// `h<key>`: a key's [`Head`](super::Head).
+    pub fn head(key: &str) -> Vec<u8> {
+        prefixed(b'h', key.as_bytes())
+    }
+
+    /// `v<key>\0`: what every version record of `key` begins with.
+    pub fn versions(key: &str) -> Vec<u8> {
+        let mut out = prefixed(b'v', key.as_bytes());
+        out.push(0);
+        out
+    }
+
+    /// `v<key>\0<version id of seq>`: a [`Version`](super::Version) of `key`.
+    pub fn version(key: &str, seq: u64) -> Vec<u8> {
+        let mut out = versions(key);
+        out.extend_from_slice(super::version_id(seq).as_bytes());
+        out
     }
 
     /// `r<key>`: a rename of `key` to a key of another shard, under way.
@@ -330,6 +433,7 @@ mod tests {
             owner: "alice".into(),
             created_ms: 7,
             shards: 8,
+            versioning: Versioning::Suspended,
         };
         let bytes = encode(&info);
         assert_eq!(decode::<BucketInfo>(&bytes).expect("decodes"), info);
@@ -352,6 +456,47 @@ mod tests {
     }
 
     #[test]
+    fn versions_list_newest_first_and_ids_round_trip() {
+        let (older, newer) = (1_700_000_000_000_000u64, 1_700_000_000_000_001u64);
+        assert!(keys::version("k", newer) < keys::version("k", older));
+        assert!(version_id(newer) < version_id(older));
+        assert_eq!(version_seq(&version_id(older)), Some(older));
+        assert_eq!(version_seq("null"), None);
+        assert_eq!(version_seq("not-an-id-at-all"), None);
+        // A key's versions stay together, apart from a longer key's.
+        assert!(keys::version("k", 0) < keys::versions("k\u{1}"));
+        assert!(keys::version("k", u64::MAX).starts_with(&keys::versions("k")));
+        // Emptiness is checked past `h`: heads and versions count, garbage does not.
+        assert!(keys::garbage(u64::MAX, "x") < b"h".to_vec());
+        assert!(keys::head("") > b"h".to_vec() || keys::head("a") > b"h".to_vec());
+        assert!(keys::versions("") > b"h".to_vec());
+    }
+
+    #[test]
+    fn records_from_before_versioning_read_as_unversioned() {
+        #[derive(Serialize)]
+        struct OldInfo {
+            name: String,
+            id: String,
+            owner: String,
+            created_ms: u64,
+            shards: u32,
+        }
+        let old = OldInfo {
+            name: "b".into(),
+            id: "i".into(),
+            owner: "o".into(),
+            created_ms: 1,
+            shards: 4,
+        };
+        let info: BucketInfo = decode(&encode(&old)).expect("decodes");
+        assert_eq!(info.versioning, Versioning::Off);
+        for mode in [Versioning::Off, Versioning::Enabled, Versioning::Suspended] {
+            assert_eq!(Versioning::from_xattr(mode.xattr()), mode);
+        }
+    }
+
+    #[test]
     fn shards_spread_keys() {
         let info = BucketInfo {
             name: "b".into(),
@@ -359,6 +504,7 @@ mod tests {
             owner: "o".into(),
             created_ms: 0,
             shards: 8,
+            versioning: Versioning::Off,
         };
         let mut counts = [0u32; 8];
         for i in 0..8000 {

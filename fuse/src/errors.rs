@@ -14,6 +14,8 @@ pub fn errno_of(error: &BucketError) -> Errno {
         BucketError::PreconditionFailed => libc::EEXIST,
         BucketError::Invalid(_) => libc::EINVAL,
         BucketError::Conflict => libc::EAGAIN,
+        // As a file system without hard links answers link(2).
+        BucketError::NotSupported(_) => libc::EPERM,
         BucketError::Cluster(ObjectError::Op(OpError::Full(_))) => libc::ENOSPC,
         other => {
             tracing::warn!(error = %other, "an operation failed");

@@ -680,6 +680,7 @@ impl OpenFile {
             inline,
             part_sizes: Vec::new(),
             links: self.base.as_ref().and_then(|b| b.links.clone()),
+            version_id: None,
         }
     }
 

@@ -1721,6 +1721,7 @@ fn empty_entry(meta: ObjectMeta) -> Entry {
         inline: false,
         part_sizes: Vec::new(),
         links: None,
+        version_id: None,
     }
 }
 

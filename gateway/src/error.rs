@@ -25,6 +25,25 @@ pub fn s3(error: BucketError) -> S3Error {
             "The bucket you tried to delete is not empty."
         ),
         BucketError::NoSuchKey => s3_error!(NoSuchKey, "The specified key does not exist."),
+        BucketError::NoSuchVersion => s3_error!(
+            NoSuchVersion,
+            "The version ID specified in the request does not match an existing version."
+        ),
+        BucketError::DeleteMarker(version) => {
+            // As S3 answers a GET or HEAD of a delete marker's version: 405, saying so.
+            let mut error = s3_error!(
+                MethodNotAllowed,
+                "The specified method is not allowed against this resource."
+            );
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-amz-delete-marker", http::HeaderValue::from_static("true"));
+            let shown = tidepool_buckets::shown(&version).to_owned();
+            if let Ok(value) = http::HeaderValue::from_str(&shown) {
+                headers.insert("x-amz-version-id", value);
+            }
+            error.set_headers(headers);
+            error
+        }
         BucketError::InvalidStorageClass(class) => s3_error!(
             InvalidStorageClass,
             "The storage class {class} is not one this cluster offers (tidepool storage-class ls)."
@@ -47,6 +66,7 @@ pub fn s3(error: BucketError) -> S3Error {
             "Your proposed upload is smaller than the minimum allowed object size (part {number})."
         ),
         BucketError::Invalid(reason) => s3_error!(InvalidArgument, "{reason}"),
+        BucketError::NotSupported(what) => s3_error!(NotImplemented, "Not supported: {what}."),
         BucketError::Conflict => s3_error!(
             OperationAborted,
             "A conflicting operation on this key is in progress; try again."

@@ -10,8 +10,8 @@ use futures::{StreamExt, TryStreamExt};
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 use tidepool_buckets::{
-    BucketError, Buckets, CompletedPart as BucketPart, ContentHeaders, Entry, ListQuery,
-    ObjectMeta, PutCondition, Upload, WriteOptions, Written,
+    BucketError, Buckets, CompletedPart as BucketPart, ContentHeaders, Deleted, Entry, ListQuery,
+    ObjectMeta, PutCondition, Upload, VersionQuery, Versioning, WriteOptions, Written,
 };
 
 use crate::checksum::{self, Expected};
@@ -29,6 +29,49 @@ impl Gateway {
     /// A gateway over `buckets`, whose callers are `users`.
     pub fn new(buckets: Buckets, users: Arc<Users>) -> Gateway {
         Gateway { buckets, users }
+    }
+
+    /// The version id S3 shows for `entry`: its own, or `null` once the bucket has had
+    /// versioning (none before).
+    async fn version_shown(&self, bucket: &str, entry: &Entry) -> Option<String> {
+        if entry.version_id.is_some() {
+            return entry.version_id.clone();
+        }
+        let info = self.buckets.lookup(bucket, false).await.ok()?;
+        (info.versioning != Versioning::Off).then(|| tidepool_buckets::NULL_VERSION.to_owned())
+    }
+
+    /// The object `key` of `bucket`, or its version `version`, with its inline data.
+    async fn read_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+    ) -> S3Result<(Entry, Option<Bytes>)> {
+        match version {
+            Some(version) => self.buckets.get_version(bucket, key, version).await,
+            None => self.buckets.get(bucket, key).await,
+        }
+        .map_err(s3)
+    }
+
+    /// Deletes `key` of `bucket`, or its version `version` for good.
+    async fn delete_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Deleted, BucketError> {
+        let mut deleted = match version {
+            Some(version) => self.buckets.delete_version(bucket, key, version).await?,
+            None => self.buckets.delete(bucket, key).await?,
+        };
+        if deleted.delete_marker || version.is_some() {
+            deleted.version_id = deleted
+                .version_id
+                .or_else(|| Some(tidepool_buckets::NULL_VERSION.into()));
+        }
+        Ok(deleted)
     }
 
     /// The name of the user who signed `req`.
@@ -411,9 +454,17 @@ fn copy_range(text: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
     Ok(first..last + 1)
 }
 
-fn copy_source(source: &CopySource) -> S3Result<(String, String)> {
+fn copy_source(source: &CopySource) -> S3Result<(String, String, Option<String>)> {
     match source {
-        CopySource::Bucket { bucket, key, .. } => Ok((bucket.to_string(), key.to_string())),
+        CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } => Ok((
+            bucket.to_string(),
+            key.to_string(),
+            version_id.as_deref().map(str::to_owned),
+        )),
         _ => Err(s3_error!(
             NotImplemented,
             "Access points are not supported."
@@ -608,6 +659,7 @@ impl S3 for Gateway {
         let sums = checksum::to_dto(&entry.meta.checksums);
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&entry.etag)),
+            version_id: entry.version_id.clone(),
             checksum_crc32: sums.checksum_crc32,
             checksum_crc32c: sums.checksum_crc32c,
             checksum_sha1: sums.checksum_sha1,
@@ -624,10 +676,9 @@ impl S3 for Gateway {
         self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let (entry, inline) = self
-            .buckets
-            .get(&input.bucket, &input.key)
-            .await
-            .map_err(s3)?;
+            .read_version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        let version_id = self.version_shown(&input.bucket, &entry).await;
         let (range, output) = read_answer!(GetObjectOutput, input, entry);
         let mut stream = self.buckets.read_data(&entry, inline, range);
         // The first stripe is read before the answer: an object with no good copy of it gets
@@ -642,6 +693,7 @@ impl S3 for Gateway {
             .map_err(|e| std::io::Error::other(e.to_string()));
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(sync_wrapper::SyncStream::new(stream))),
+            version_id,
             ..output
         }))
     }
@@ -652,13 +704,24 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
-        let entry = self
-            .buckets
-            .head(&input.bucket, &input.key)
-            .await
-            .map_err(s3)?;
+        let entry = match input.version_id.as_deref() {
+            Some(version) => {
+                self.read_version(&input.bucket, &input.key, Some(version))
+                    .await?
+                    .0
+            }
+            None => self
+                .buckets
+                .head(&input.bucket, &input.key)
+                .await
+                .map_err(s3)?,
+        };
+        let version_id = self.version_shown(&input.bucket, &entry).await;
         let (_, output) = read_answer!(HeadObjectOutput, input, entry);
-        Ok(S3Response::new(output))
+        Ok(S3Response::new(HeadObjectOutput {
+            version_id,
+            ..output
+        }))
     }
 
     async fn delete_object(
@@ -666,11 +729,16 @@ impl S3 for Gateway {
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         self.owned(&req, &req.input.bucket).await?;
-        self.buckets
-            .delete(&req.input.bucket, &req.input.key)
+        let input = &req.input;
+        let deleted = self
+            .delete_version(&input.bucket, &input.key, input.version_id.as_deref())
             .await
             .map_err(s3)?;
-        Ok(S3Response::new(DeleteObjectOutput::default()))
+        Ok(S3Response::new(DeleteObjectOutput {
+            delete_marker: deleted.delete_marker.then_some(true),
+            version_id: deleted.version_id,
+            ..Default::default()
+        }))
     }
 
     async fn delete_objects(
@@ -689,20 +757,25 @@ impl S3 for Gateway {
             .map(|object| {
                 let bucket = input.bucket.clone();
                 async move {
-                    let result = self.buckets.delete(&bucket, &object.key).await;
-                    (object.key, result)
+                    let result = self
+                        .delete_version(&bucket, &object.key, object.version_id.as_deref())
+                        .await;
+                    (object.key, object.version_id, result)
                 }
             })
             .buffered(16)
             .collect::<Vec<_>>()
             .await;
-        for (key, result) in results {
+        for (key, version, result) in results {
             match result {
-                Ok(()) => {
+                Ok(done) => {
                     if !quiet {
+                        let marker = done.delete_marker.then_some(true);
                         deleted.push(DeletedObject {
                             key: Some(key),
-                            ..Default::default()
+                            delete_marker: marker,
+                            delete_marker_version_id: marker.and(done.version_id.clone()),
+                            version_id: version.is_some().then_some(done.version_id).flatten(),
                         });
                     }
                 }
@@ -710,9 +783,9 @@ impl S3 for Gateway {
                     let error = s3(error);
                     errors.push(Error {
                         key: Some(key),
+                        version_id: version,
                         code: Some(error.code().as_str().to_owned()),
                         message: error.message().map(str::to_owned),
-                        ..Default::default()
                     });
                 }
             }
@@ -729,15 +802,14 @@ impl S3 for Gateway {
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         self.owned(&req, &req.input.bucket).await?;
-        let (source_bucket, source_key) = copy_source(&req.input.copy_source)?;
+        let (source_bucket, source_key, source_version) = copy_source(&req.input.copy_source)?;
         self.owned(&req, &source_bucket).await?;
         let input = req.input;
         tidepool_buckets::check_key(&input.key).map_err(s3)?;
         let (source, inline) = self
-            .buckets
-            .get(&source_bucket, &source_key)
-            .await
-            .map_err(s3)?;
+            .read_version(&source_bucket, &source_key, source_version.as_deref())
+            .await?;
+        let copy_source_version_id = self.version_shown(&source_bucket, &source).await;
         check_read_conditions(
             &source,
             input.copy_source_if_match.as_ref(),
@@ -754,6 +826,7 @@ impl S3 for Gateway {
             && input.storage_class.is_none()
             && source_bucket == input.bucket
             && source_key == input.key
+            && source_version.is_none()
         {
             return Err(s3_error!(InvalidRequest, "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes."));
         }
@@ -815,6 +888,160 @@ impl S3 for Gateway {
                 last_modified: Some(timestamp(entry.modified_ms)),
                 ..Default::default()
             }),
+            copy_source_version_id,
+            version_id: entry.version_id,
+            ..Default::default()
+        }))
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        let mode = match input
+            .versioning_configuration
+            .status
+            .as_ref()
+            .map(|s| s.as_str())
+        {
+            Some(BucketVersioningStatus::ENABLED) => Versioning::Enabled,
+            Some(BucketVersioningStatus::SUSPENDED) => Versioning::Suspended,
+            _ => {
+                return Err(s3_error!(
+                    MalformedXML,
+                    "The versioning status must be Enabled or Suspended."
+                ))
+            }
+        };
+        if input
+            .versioning_configuration
+            .mfa_delete
+            .as_ref()
+            .is_some_and(|m| m.as_str() == MFADelete::ENABLED)
+        {
+            return Err(s3_error!(NotImplemented, "MFA delete is not supported."));
+        }
+        self.buckets
+            .set_versioning(&input.bucket, mode)
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(PutBucketVersioningOutput::default()))
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let info = self
+            .buckets
+            .lookup(&req.input.bucket, true)
+            .await
+            .map_err(s3)?;
+        let status = match info.versioning {
+            Versioning::Off => None,
+            Versioning::Enabled => Some(BucketVersioningStatus::ENABLED),
+            Versioning::Suspended => Some(BucketVersioningStatus::SUSPENDED),
+        };
+        Ok(S3Response::new(GetBucketVersioningOutput {
+            status: status.map(BucketVersioningStatus::from_static),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        let limit = max_keys(input.max_keys)?;
+        let key_marker = input.key_marker.clone().filter(|m| !m.is_empty());
+        let query = VersionQuery {
+            list: ListQuery {
+                prefix: input.prefix.clone().unwrap_or_default(),
+                delimiter: input.delimiter.clone(),
+                after: key_marker.clone(),
+                limit,
+            },
+            version_after: input
+                .version_id_marker
+                .clone()
+                .filter(|m| !m.is_empty() && key_marker.is_some()),
+        };
+        let page = self
+            .buckets
+            .list_versions(&input.bucket, &query)
+            .await
+            .map_err(s3)?;
+        let owner = self
+            .buckets
+            .lookup(&input.bucket, false)
+            .await
+            .map_err(s3)?
+            .owner;
+        let owner = Owner {
+            display_name: Some(owner.clone()),
+            id: Some(owner),
+        };
+        let encode = encoder(input.encoding_type.as_ref());
+        let mut versions = Vec::new();
+        let mut markers = Vec::new();
+        for version in page.versions {
+            let version_id = Some(tidepool_buckets::shown(&version.version_id).to_owned());
+            match version.entry {
+                Some(entry) => {
+                    let object = object_of(version.key, &entry, encode);
+                    versions.push(ObjectVersion {
+                        key: object.key,
+                        size: object.size,
+                        e_tag: object.e_tag,
+                        last_modified: object.last_modified,
+                        storage_class: object
+                            .storage_class
+                            .map(|c| ObjectVersionStorageClass::from(c.as_str().to_owned())),
+                        is_latest: Some(version.is_latest),
+                        version_id,
+                        owner: Some(owner.clone()),
+                        ..Default::default()
+                    });
+                }
+                None => markers.push(DeleteMarkerEntry {
+                    key: Some(encode(&version.key)),
+                    is_latest: Some(version.is_latest),
+                    last_modified: Some(timestamp(version.modified_ms)),
+                    owner: Some(owner.clone()),
+                    version_id,
+                }),
+            }
+        }
+        let (next_key, next_version) = match page.next.filter(|_| page.truncated) {
+            Some((key, version)) => (Some(encode(&key)), version),
+            None => (None, None),
+        };
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(input.bucket),
+            prefix: Some(encode(&query.list.prefix)),
+            key_marker: Some(key_marker.as_deref().map(encode).unwrap_or_default()),
+            version_id_marker: Some(input.version_id_marker.unwrap_or_default()),
+            max_keys: Some(limit as i32),
+            is_truncated: Some(page.truncated),
+            next_key_marker: next_key,
+            next_version_id_marker: next_version,
+            delimiter: input.delimiter.as_deref().map(encode),
+            encoding_type: input.encoding_type,
+            versions: Some(versions),
+            delete_markers: Some(markers),
+            common_prefixes: Some(
+                page.prefixes
+                    .into_iter()
+                    .map(|p| CommonPrefix {
+                        prefix: Some(encode(&p)),
+                    })
+                    .collect(),
+            ),
             ..Default::default()
         }))
     }
@@ -1007,16 +1234,14 @@ impl S3 for Gateway {
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         self.owned(&req, &req.input.bucket).await?;
-        let (source_bucket, source_key) = copy_source(&req.input.copy_source)?;
+        let (source_bucket, source_key, source_version) = copy_source(&req.input.copy_source)?;
         self.owned(&req, &source_bucket).await?;
         let input = req.input;
         let number = u32::try_from(input.part_number)
             .map_err(|_| s3_error!(InvalidArgument, "Part numbers are 1 to 10,000."))?;
         let (source, inline) = self
-            .buckets
-            .get(&source_bucket, &source_key)
-            .await
-            .map_err(s3)?;
+            .read_version(&source_bucket, &source_key, source_version.as_deref())
+            .await?;
         check_read_conditions(
             &source,
             input.copy_source_if_match.as_ref(),
@@ -1114,6 +1339,7 @@ impl S3 for Gateway {
             key: Some(input.key.clone()),
             e_tag: Some(etag(&entry.etag)),
             location: Some(format!("/{}/{}", input.bucket, input.key)),
+            version_id: entry.version_id.clone(),
             ..Default::default()
         }))
     }

@@ -1155,6 +1155,398 @@ fn aws_s3api_operations() {
         s3.s3api(&["delete-object", "--bucket", "bkt", "--key", &key]);
         s3.s3api_fails("404", &["head-object", "--bucket", "bkt", "--key", &key]);
     }
+    versioning(&s3);
+}
+
+/// `s3api get-object` of `key` (of version `version`) in bucket `ver`: its bytes.
+fn get_version(s3: &S3Cluster, key: &str, version: Option<&str>) -> Vec<u8> {
+    let out = s3.file("version-out");
+    let mut args = vec!["get-object", "--bucket", "ver", "--key", key];
+    if let Some(version) = version {
+        args.extend(["--version-id", version]);
+    }
+    args.push(out.to_str().unwrap());
+    s3.s3api(&args);
+    read(&out)
+}
+
+/// `s3api put-object` of `data` as `key` of bucket `ver`: its answer.
+fn put_version(s3: &S3Cluster, key: &str, data: &[u8]) -> Value {
+    let file = s3.file(&format!("version-in-{key}"));
+    write(&file, data);
+    s3.s3api(&[
+        "put-object",
+        "--bucket",
+        "ver",
+        "--key",
+        key,
+        "--body",
+        file.to_str().unwrap(),
+    ])
+}
+
+/// The versions and delete markers of bucket `ver` under `prefix`: (key, version id, is
+/// latest, is a delete marker), in listing order (markers after versions).
+fn versions_of(s3: &S3Cluster, prefix: &str) -> Vec<(String, String, bool, bool)> {
+    let listing = s3.s3api(&[
+        "list-object-versions",
+        "--bucket",
+        "ver",
+        "--prefix",
+        prefix,
+    ]);
+    let mut out = Vec::new();
+    for (field, marker) in [("Versions", false), ("DeleteMarkers", true)] {
+        for v in listing[field].as_array().into_iter().flatten() {
+            out.push((
+                v["Key"].as_str().expect("key").to_owned(),
+                v["VersionId"].as_str().expect("version id").to_owned(),
+                v["IsLatest"].as_bool().expect("is latest"),
+                marker,
+            ));
+        }
+    }
+    out
+}
+
+/// Rule: versioning as S3 has it, through aws-cli: `ListObjectVersions` on a bucket that never
+/// had versioning (`null` versions), every PUT of an enabled bucket a new version (concurrent
+/// ones too), reads and copies by version id, delete markers and their removal, permanent
+/// deletes that make the next newest current, the one `null` version under `Suspended`,
+/// multipart uploads, paging by key and version markers, stripes of old versions kept through
+/// garbage collection, and a bucket that holds versions refused deletion until they go.
+fn versioning(s3: &S3Cluster) {
+    s3.s3api(&["create-bucket", "--bucket", "ver"]);
+    let status = s3.s3api(&["get-bucket-versioning", "--bucket", "ver"]);
+    assert!(status.get("Status").is_none(), "{status}");
+    put_version(s3, "doc", b"zero");
+    assert_eq!(
+        versions_of(s3, "doc"),
+        [("doc".into(), "null".into(), true, false)]
+    );
+    // Another user's bucket's versions are not for this one.
+    s3.s3api_fails(
+        "NoSuchBucket",
+        &["list-object-versions", "--bucket", "nothere"],
+    );
+
+    s3.s3api(&[
+        "put-bucket-versioning",
+        "--bucket",
+        "ver",
+        "--versioning-configuration",
+        "Status=Enabled",
+    ]);
+    let status = s3.s3api(&["get-bucket-versioning", "--bucket", "ver"]);
+    assert_eq!(status["Status"], "Enabled");
+    let one = put_version(s3, "doc", b"one")["VersionId"]
+        .as_str()
+        .expect("a version id")
+        .to_owned();
+    let two = put_version(s3, "doc", b"two")["VersionId"]
+        .as_str()
+        .expect("a version id")
+        .to_owned();
+    assert!(one != two && one != "null" && two != "null");
+    assert_eq!(
+        versions_of(s3, "doc"),
+        [
+            ("doc".into(), two.clone(), true, false),
+            ("doc".into(), one.clone(), false, false),
+            ("doc".into(), "null".into(), false, false),
+        ]
+    );
+    assert_eq!(get_version(s3, "doc", None), b"two");
+    assert_eq!(get_version(s3, "doc", Some(&one)), b"one");
+    assert_eq!(get_version(s3, "doc", Some("null")), b"zero");
+    let head = s3.s3api(&["head-object", "--bucket", "ver", "--key", "doc"]);
+    assert_eq!(head["VersionId"], two.as_str());
+    s3.s3api_fails(
+        "NoSuchVersion",
+        &[
+            "get-object",
+            "--bucket",
+            "ver",
+            "--key",
+            "doc",
+            "--version-id",
+            "00000000000000ff",
+            "/dev/null",
+        ],
+    );
+    s3.s3api_fails(
+        "InvalidArgument",
+        &[
+            "get-object",
+            "--bucket",
+            "ver",
+            "--key",
+            "doc",
+            "--version-id",
+            "bogus",
+            "/dev/null",
+        ],
+    );
+
+    // A delete makes a delete marker; removing the marker brings the object back.
+    let deleted = s3.s3api(&["delete-object", "--bucket", "ver", "--key", "doc"]);
+    assert_eq!(deleted["DeleteMarker"], true);
+    let marker = deleted["VersionId"].as_str().expect("marker id").to_owned();
+    s3.s3api_fails("404", &["head-object", "--bucket", "ver", "--key", "doc"]);
+    let listed = versions_of(s3, "doc");
+    assert_eq!(listed.len(), 4);
+    assert!(listed.contains(&("doc".into(), marker.clone(), true, true)));
+    assert!(listed.iter().filter(|v| v.2).count() == 1, "{listed:?}");
+    s3.s3api_fails(
+        "MethodNotAllowed",
+        &[
+            "get-object",
+            "--bucket",
+            "ver",
+            "--key",
+            "doc",
+            "--version-id",
+            &marker,
+            "/dev/null",
+        ],
+    );
+    assert_eq!(get_version(s3, "doc", Some(&two)), b"two");
+    let removed = s3.s3api(&[
+        "delete-object",
+        "--bucket",
+        "ver",
+        "--key",
+        "doc",
+        "--version-id",
+        &marker,
+    ]);
+    assert_eq!(removed["DeleteMarker"], true);
+    assert_eq!(get_version(s3, "doc", None), b"two");
+    // Removing the current version for good makes the next newest current.
+    s3.s3api(&[
+        "delete-object",
+        "--bucket",
+        "ver",
+        "--key",
+        "doc",
+        "--version-id",
+        &two,
+    ]);
+    assert_eq!(get_version(s3, "doc", None), b"one");
+    s3.s3api_fails(
+        "NoSuchVersion",
+        &[
+            "get-object",
+            "--bucket",
+            "ver",
+            "--key",
+            "doc",
+            "--version-id",
+            &two,
+            "/dev/null",
+        ],
+    );
+
+    // Copies and multipart uploads by version.
+    let copied = s3.s3api(&[
+        "copy-object",
+        "--bucket",
+        "ver",
+        "--key",
+        "copy",
+        "--copy-source",
+        "ver/doc?versionId=null",
+    ]);
+    assert_eq!(copied["CopySourceVersionId"], "null");
+    assert!(copied["VersionId"].as_str().is_some_and(|v| v != "null"));
+    assert_eq!(get_version(s3, "copy", None), b"zero");
+    let upload = s3.s3api(&[
+        "create-multipart-upload",
+        "--bucket",
+        "ver",
+        "--key",
+        "multi",
+    ]);
+    let upload_id = upload["UploadId"].as_str().expect("upload id");
+    let part = s3.file("version-part");
+    write(&part, &pattern(7, 300_000));
+    let part_etag = s3.s3api(&[
+        "upload-part",
+        "--bucket",
+        "ver",
+        "--key",
+        "multi",
+        "--upload-id",
+        upload_id,
+        "--part-number",
+        "1",
+        "--body",
+        part.to_str().unwrap(),
+    ])["ETag"]
+        .as_str()
+        .expect("etag")
+        .to_owned();
+    let parts = format!("{{\"Parts\":[{{\"PartNumber\":1,\"ETag\":{part_etag:?}}}]}}");
+    let completed = s3.s3api(&[
+        "complete-multipart-upload",
+        "--bucket",
+        "ver",
+        "--key",
+        "multi",
+        "--upload-id",
+        upload_id,
+        "--multipart-upload",
+        &parts,
+    ]);
+    assert!(completed["VersionId"].as_str().is_some_and(|v| v != "null"));
+
+    // Old versions' stripes outlive garbage collection (the gateway collects every second).
+    let big_one = pattern(11, 200_000);
+    let big_two = pattern(12, 200_000);
+    let first = put_version(s3, "big", &big_one)["VersionId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    put_version(s3, "big", &big_two);
+    std::thread::sleep(Duration::from_secs(3));
+    tidepool_ok(s3.path(), &["gc", "--include-all"]);
+    assert!(get_version(s3, "big", Some(&first)) == big_one);
+    assert!(get_version(s3, "big", None) == big_two);
+
+    // Concurrent writers: each PUT one version, every one readable by its id.
+    let ids: Vec<(Vec<u8>, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|n| {
+                scope.spawn(move || {
+                    let data = format!("writer {n}").into_bytes();
+                    let file = s3.file(&format!("version-writer-{n}"));
+                    write(&file, &data);
+                    let put = s3.s3api(&[
+                        "put-object",
+                        "--bucket",
+                        "ver",
+                        "--key",
+                        "race",
+                        "--body",
+                        file.to_str().unwrap(),
+                    ]);
+                    (data, put["VersionId"].as_str().expect("id").to_owned())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("writer"))
+            .collect()
+    });
+    let raced = versions_of(s3, "race");
+    assert_eq!(raced.len(), 6, "{raced:?}");
+    for (data, id) in &ids {
+        assert!(raced.iter().any(|v| &v.1 == id));
+        assert_eq!(&get_version(s3, "race", Some(id)), data);
+    }
+    let latest = raced.iter().find(|v| v.2).expect("a latest");
+    let (latest_data, _) = ids
+        .iter()
+        .find(|(_, id)| *id == latest.1)
+        .expect("one of ours");
+    assert_eq!(&get_version(s3, "race", None), latest_data);
+
+    // Paging by key and version markers gives every version once.
+    let mut seen = Vec::new();
+    let mut markers: Option<(String, String)> = None;
+    loop {
+        let mut args = vec![
+            "list-object-versions",
+            "--bucket",
+            "ver",
+            "--max-keys",
+            "2",
+            "--no-paginate",
+        ];
+        if let Some((key, version)) = &markers {
+            args.extend(["--key-marker", key, "--version-id-marker", version]);
+        }
+        let page = s3.s3api(&args);
+        for field in ["Versions", "DeleteMarkers"] {
+            for v in page[field].as_array().into_iter().flatten() {
+                seen.push(format!(
+                    "{}@{}",
+                    v["Key"].as_str().unwrap(),
+                    v["VersionId"].as_str().unwrap()
+                ));
+            }
+        }
+        if page["IsTruncated"] != true {
+            break;
+        }
+        markers = Some((
+            page["NextKeyMarker"]
+                .as_str()
+                .expect("key marker")
+                .to_owned(),
+            page["NextVersionIdMarker"]
+                .as_str()
+                .expect("version marker")
+                .to_owned(),
+        ));
+    }
+    let all: Vec<String> = versions_of(s3, "")
+        .into_iter()
+        .map(|(k, v, _, _)| format!("{k}@{v}"))
+        .collect();
+    let mut sorted_seen = seen.clone();
+    sorted_seen.sort();
+    sorted_seen.dedup();
+    assert_eq!(
+        sorted_seen.len(),
+        seen.len(),
+        "a version listed twice: {seen:?}"
+    );
+    let mut sorted_all = all.clone();
+    sorted_all.sort();
+    assert_eq!(sorted_seen, sorted_all);
+
+    // Suspended: writes replace the one null version; other versions stay.
+    s3.s3api(&[
+        "put-bucket-versioning",
+        "--bucket",
+        "ver",
+        "--versioning-configuration",
+        "Status=Suspended",
+    ]);
+    assert_eq!(
+        s3.s3api(&["get-bucket-versioning", "--bucket", "ver"])["Status"],
+        "Suspended"
+    );
+    put_version(s3, "doc", b"three");
+    put_version(s3, "doc", b"four");
+    assert_eq!(
+        versions_of(s3, "doc"),
+        [
+            ("doc".into(), "null".into(), true, false),
+            ("doc".into(), one.clone(), false, false),
+        ]
+    );
+    assert_eq!(get_version(s3, "doc", Some("null")), b"four");
+    assert_eq!(get_version(s3, "doc", Some(&one)), b"one");
+
+    // A bucket with versions is not empty; deleting every version empties it.
+    s3.s3api_fails("BucketNotEmpty", &["delete-bucket", "--bucket", "ver"]);
+    let everything = versions_of(s3, "");
+    let objects: Vec<Value> = everything
+        .iter()
+        .map(|(k, v, _, _)| serde_json::json!({"Key": k, "VersionId": v}))
+        .collect();
+    let request = serde_json::json!({ "Objects": objects }).to_string();
+    let result = s3.s3api(&["delete-objects", "--bucket", "ver", "--delete", &request]);
+    assert_eq!(
+        result["Deleted"].as_array().map(Vec::len),
+        Some(everything.len()),
+        "{result}"
+    );
+    assert!(versions_of(s3, "").is_empty());
+    s3.s3api(&["delete-bucket", "--bucket", "ver"]);
 }
 
 /// Rule: a request with a bad signature, an unknown key, a tampered chunk, a wrong checksum,
