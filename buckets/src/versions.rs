@@ -7,6 +7,8 @@
 //! `h<key>` and the shard's versioning xattr, so concurrent writers each make exactly one
 //! version, in the order the shard committed them. See docs/buckets.md.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use serde_bytes::ByteBuf;
 use tidepool_client::ObjectError;
@@ -79,6 +81,14 @@ fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// A key's current object and head, as read at one moment.
+struct Snapshot {
+    current: Option<Entry>,
+    current_raw: Option<Vec<u8>>,
+    inline: Option<Bytes>,
+    head_raw: Option<Vec<u8>>,
 }
 
 /// What a version lookup found.
@@ -284,12 +294,9 @@ impl Buckets {
         let wanted = parse_version(version)?;
         self.on_bucket(bucket, |info| async move {
             let object = info.shard_object(info.shard_of(key));
-            let (current, inline, _) = self.current(&object, key).await?;
-            match self
-                .find_version(&object, key, wanted, current.as_ref())
-                .await?
-            {
-                Target::Current => Ok((current.expect("current"), inline)),
+            let (snapshot, target) = self.locate(&object, key, wanted).await?;
+            match target.ok_or(BucketError::NoSuchVersion)? {
+                Target::Current => Ok((snapshot.current.expect("current"), snapshot.inline)),
                 Target::Record(_, _, version) => match version.entry {
                     Some(entry) => Ok((entry, version.inline.map(|d| Bytes::from(d.into_vec())))),
                     None => Err(BucketError::DeleteMarker(version.id)),
@@ -299,57 +306,77 @@ impl Buckets {
         .await
     }
 
-    /// The current object of `key` in shard `object`, its inline data and the key's head.
-    async fn current(
+    /// The current object of `key` in shard `object`, its inline data and the key's head,
+    /// and the records of `more` keys, all read at once.
+    async fn snapshot(
         &self,
         object: &str,
         key: &str,
-    ) -> Result<(Option<Entry>, Option<Bytes>, Option<Vec<u8>>), BucketError> {
-        let mut found = self
-            .shard_get(
-                object,
-                vec![keys::entry(key), keys::inline(key), keys::head(key)],
-            )
-            .await?;
-        let entry = found
-            .remove(&keys::entry(key))
-            .as_deref()
-            .map(records::decode::<Entry>)
-            .transpose()?;
+        more: Vec<Vec<u8>>,
+    ) -> Result<(Snapshot, HashMap<Vec<u8>, Vec<u8>>), BucketError> {
+        let mut wanted = vec![keys::entry(key), keys::inline(key), keys::head(key)];
+        wanted.extend(more);
+        let mut found = self.shard_get(object, wanted).await?;
+        let current_raw = found.remove(&keys::entry(key));
+        let current: Option<Entry> = current_raw.as_deref().map(records::decode).transpose()?;
         let inline = found
             .remove(&keys::inline(key))
             .map(Bytes::from)
-            .filter(|_| entry.as_ref().is_some_and(|e| e.inline));
-        Ok((entry, inline, found.remove(&keys::head(key))))
+            .filter(|_| current.as_ref().is_some_and(|e| e.inline));
+        let head_raw = found.remove(&keys::head(key));
+        let snapshot = Snapshot {
+            current,
+            current_raw,
+            inline,
+            head_raw,
+        };
+        Ok((snapshot, found))
     }
 
-    /// Where version `wanted` (`None`: the `null` one) of `key` is.
-    async fn find_version(
+    /// The key's state and where version `wanted` (`None`: the `null` one) of it is, as of
+    /// one moment (`None`: it does not exist).
+    async fn locate(
         &self,
         object: &str,
         key: &str,
         wanted: Option<u64>,
-        current: Option<&Entry>,
-    ) -> Result<Target, BucketError> {
-        if current.is_some_and(|c| c.version_id.as_deref().and_then(version_seq) == wanted) {
-            return Ok(Target::Current);
-        }
-        match wanted {
-            Some(seq) => {
-                let record_key = keys::version(key, seq);
-                let found = self.shard_get(object, vec![record_key.clone()]).await?;
-                let raw = found.get(&record_key).ok_or(BucketError::NoSuchVersion)?;
-                let version: Version = records::decode(raw)?;
-                Ok(Target::Record(record_key, raw.clone(), version))
+    ) -> Result<(Snapshot, Option<Target>), BucketError> {
+        for _ in 0..self.config().link_attempts_max {
+            let record_key = wanted.map(|seq| keys::version(key, seq));
+            let (snapshot, mut found) = self
+                .snapshot(object, key, record_key.iter().cloned().collect())
+                .await?;
+            let current_id = snapshot.current.as_ref().map(|c| &c.version_id);
+            if current_id.is_some_and(|id| id.as_deref().and_then(version_seq) == wanted) {
+                return Ok((snapshot, Some(Target::Current)));
             }
-            None => self
+            if let Some(record_key) = record_key {
+                let target = match found.remove(&record_key) {
+                    Some(raw) => {
+                        let version = records::decode(&raw)?;
+                        Some(Target::Record(record_key, raw, version))
+                    }
+                    None => None,
+                };
+                return Ok((snapshot, target));
+            }
+            // The `null` version among the older ones: a scan, after the read above.
+            let null = self
                 .versions_of(object, key)
                 .await?
                 .into_iter()
-                .find(|(_, _, v)| v.id.is_none())
-                .map(|(k, raw, v)| Target::Record(k, raw, v))
-                .ok_or(BucketError::NoSuchVersion),
+                .find(|(_, _, v)| v.id.is_none());
+            if let Some((record_key, raw, version)) = null {
+                return Ok((snapshot, Some(Target::Record(record_key, raw, version))));
+            }
+            // Absent, unless the key changed between the reads (a version moved from the
+            // current entry to the records changes both).
+            let (again, _) = self.snapshot(object, key, Vec::new()).await?;
+            if again.current_raw == snapshot.current_raw && again.head_raw == snapshot.head_raw {
+                return Ok((snapshot, None));
+            }
         }
+        Err(BucketError::Conflict)
     }
 
     /// Removes version `version` of `key` for good (`"null"`: the `null` version); its
@@ -366,21 +393,19 @@ impl Buckets {
         self.on_bucket(bucket, |info| async move {
             let object = info.shard_object(info.shard_of(key));
             for _ in 0..self.config().link_attempts_max {
-                let (current, _, head_raw) = self.current(&object, key).await?;
-                let target = match self
-                    .find_version(&object, key, wanted, current.as_ref())
-                    .await
-                {
-                    Ok(target) => target,
-                    Err(BucketError::NoSuchVersion) => {
-                        return Ok(Deleted {
-                            version_id: wanted.map(version_id),
-                            delete_marker: false,
-                        })
-                    }
-                    Err(other) => return Err(other),
+                let (snapshot, target) = self.locate(&object, key, wanted).await?;
+                let Some(target) = target else {
+                    return Ok(Deleted {
+                        version_id: wanted.map(version_id),
+                        delete_marker: false,
+                    });
                 };
-                let current_raw = current.as_ref().map(records::encode);
+                let Snapshot {
+                    current,
+                    current_raw,
+                    head_raw,
+                    ..
+                } = snapshot;
                 let mut ops = vec![
                     shard_is_open(),
                     guard(keys::entry(key), &current_raw),
@@ -510,7 +535,9 @@ impl Buckets {
                         let mut versions = Vec::new();
                         let current = match entry {
                             Some(raw) => Some(records::decode::<Entry>(&raw)?),
-                            None if versioned => self.current(&object, &key).await?.0,
+                            None if versioned => {
+                                self.snapshot(&object, &key, Vec::new()).await?.0.current
+                            }
                             None => None,
                         };
                         if let Some(entry) = current {
