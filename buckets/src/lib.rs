@@ -269,6 +269,7 @@ impl Buckets {
             created_ms: now_ms(),
             shards: self.inner.config.shards,
             versioning: records::Versioning::Off,
+            tags: Default::default(),
         };
         for shard in 0..info.shards {
             self.index_op(
@@ -316,9 +317,21 @@ impl Buckets {
         }
     }
 
+    /// Sets bucket `name`'s tags (S3 bucket tagging; empty: none).
+    pub async fn set_bucket_tags(
+        &self,
+        name: &str,
+        tags: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), BucketError> {
+        let info = self.lookup(name, true).await?;
+        self.update_directory(&info, |i| i.tags.clone_from(&tags))
+            .await
+            .map(|_| ())
+    }
+
     /// Changes bucket `info`'s directory entry with `change`, guarded on what it was; the
     /// cache learns the new one.
-    async fn update_directory(
+    pub(crate) async fn update_directory(
         &self,
         info: &BucketInfo,
         change: impl Fn(&mut BucketInfo),

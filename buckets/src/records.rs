@@ -45,6 +45,9 @@ pub struct BucketInfo {
     /// Its versioning state (each shard holds it too, in xattr [`VERSIONING_XATTR`]).
     #[serde(default)]
     pub versioning: Versioning,
+    /// Its tags (S3 bucket tagging).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A bucket's versioning state, as S3 has it: never enabled, enabled, or suspended (a
@@ -224,6 +227,9 @@ pub struct ObjectMeta {
     /// The S3 storage class it was written with (`None`: `STANDARD`).
     #[serde(default)]
     pub storage_class: Option<String>,
+    /// Its tags (S3 object tagging).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// An object's index entry.
@@ -434,6 +440,7 @@ mod tests {
             created_ms: 7,
             shards: 8,
             versioning: Versioning::Suspended,
+            tags: BTreeMap::from([("team".into(), "data".into())]),
         };
         let bytes = encode(&info);
         assert_eq!(decode::<BucketInfo>(&bytes).expect("decodes"), info);
@@ -505,6 +512,7 @@ mod tests {
             created_ms: 0,
             shards: 8,
             versioning: Versioning::Off,
+            tags: BTreeMap::new(),
         };
         let mut counts = [0u32; 8];
         for i in 0..8000 {

@@ -379,6 +379,62 @@ impl Buckets {
         Err(BucketError::Conflict)
     }
 
+    /// Changes the metadata of `key`'s current object, or of its version `version`, in place
+    /// with `change` (no new version: S3's tagging of an object). Returns the version id
+    /// changed.
+    pub async fn change_meta(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+        change: impl Fn(&mut crate::ObjectMeta),
+    ) -> Result<Option<String>, BucketError> {
+        let wanted = version.map(parse_version).transpose()?;
+        let change = &change;
+        self.on_bucket(bucket, |info| async move {
+            let object = info.shard_object(info.shard_of(key));
+            for _ in 0..self.config().link_attempts_max {
+                let (snapshot, target) = match wanted {
+                    Some(wanted) => self.locate(&object, key, wanted).await?,
+                    None => {
+                        let (snapshot, _) = self.snapshot(&object, key, Vec::new()).await?;
+                        let target = snapshot.current.is_some().then_some(Target::Current);
+                        (snapshot, target)
+                    }
+                };
+                let (record_key, raw, encoded, id) = match target {
+                    None if wanted.is_none() => return Err(BucketError::NoSuchKey),
+                    None => return Err(BucketError::NoSuchVersion),
+                    Some(Target::Current) => {
+                        let mut entry = snapshot.current.expect("current");
+                        change(&mut entry.meta);
+                        let id = entry.version_id.clone();
+                        let raw = snapshot.current_raw.expect("read");
+                        (keys::entry(key), raw, records::encode(&entry), id)
+                    }
+                    Some(Target::Record(record_key, raw, mut version)) => {
+                        let Some(entry) = version.entry.as_mut() else {
+                            return Err(BucketError::DeleteMarker(version.id));
+                        };
+                        change(&mut entry.meta);
+                        let id = version.id.clone();
+                        (record_key, raw, records::encode(&version), id)
+                    }
+                };
+                let ops = vec![
+                    shard_is_open(),
+                    guard(record_key.clone(), &Some(raw)),
+                    ObjectOp::OmapSet(vec![(ByteBuf::from(record_key), ByteBuf::from(encoded))]),
+                ];
+                if self.try_index_op(&object, ops).await? {
+                    return Ok(id);
+                }
+            }
+            Err(BucketError::Conflict)
+        })
+        .await
+    }
+
     /// Removes version `version` of `key` for good (`"null"`: the `null` version); its
     /// stripes become garbage. When it was the latest, the next newest becomes the latest
     /// (the current object, unless it is a delete marker). A version that does not exist is

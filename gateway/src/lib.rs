@@ -7,6 +7,7 @@ mod checksum;
 mod error;
 pub mod metrics;
 mod s3;
+mod tagging;
 mod users;
 
 use std::future::Future;

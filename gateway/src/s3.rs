@@ -16,6 +16,7 @@ use tidepool_buckets::{
 
 use crate::checksum::{self, Expected};
 use crate::error::s3;
+use crate::tagging;
 use crate::users::Users;
 
 /// The S3 service over the bucket layer.
@@ -34,8 +35,13 @@ impl Gateway {
     /// The version id S3 shows for `entry`: its own, or `null` once the bucket has had
     /// versioning (none before).
     async fn version_shown(&self, bucket: &str, entry: &Entry) -> Option<String> {
-        if entry.version_id.is_some() {
-            return entry.version_id.clone();
+        self.shown_id(bucket, entry.version_id.clone()).await
+    }
+
+    /// The version id S3 shows for a version of `bucket` whose id is `id`.
+    async fn shown_id(&self, bucket: &str, id: Option<String>) -> Option<String> {
+        if id.is_some() {
+            return id;
         }
         let info = self.buckets.lookup(bucket, false).await.ok()?;
         (info.versioning != Versioning::Off).then(|| tidepool_buckets::NULL_VERSION.to_owned())
@@ -319,6 +325,7 @@ fn meta_of(headers: ContentHeaders, metadata: Option<Metadata>) -> ObjectMeta {
             .collect(),
         checksums: BTreeMap::new(),
         storage_class: None,
+        tags: BTreeMap::new(),
     }
 }
 
@@ -452,6 +459,11 @@ fn copy_range(text: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
         return Err(crate::error::invalid_range());
     }
     Ok(first..last + 1)
+}
+
+/// The tags of an `x-amz-tagging` header (none without one).
+fn header_tags(header: Option<&str>) -> S3Result<BTreeMap<String, String>> {
+    header.map_or(Ok(BTreeMap::new()), tagging::from_header)
 }
 
 fn copy_source(source: &CopySource) -> S3Result<(String, String, Option<String>)> {
@@ -651,6 +663,7 @@ impl S3 for Gateway {
         );
         meta.checksums = sums;
         meta.storage_class = class;
+        meta.tags = header_tags(input.tagging.as_deref())?;
         let entry = self
             .buckets
             .put(&input.bucket, &input.key, written, meta, &condition)
@@ -694,6 +707,7 @@ impl S3 for Gateway {
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(sync_wrapper::SyncStream::new(stream))),
             version_id,
+            tag_count: (!entry.meta.tags.is_empty()).then_some(entry.meta.tags.len() as i32),
             ..output
         }))
     }
@@ -849,6 +863,12 @@ impl S3 for Gateway {
             }
         };
         meta.checksums = source.meta.checksums.clone();
+        meta.tags = match &input.tagging_directive {
+            Some(d) if d.as_str() == TaggingDirective::REPLACE => {
+                header_tags(input.tagging.as_deref())?
+            }
+            _ => source.meta.tags.clone(),
+        };
         // As in S3, the copy is of the class the request names, else STANDARD.
         let (class, pool) = self.class_pool(input.storage_class.as_ref()).await?;
         meta.storage_class = class;
@@ -892,6 +912,108 @@ impl S3 for Gateway {
             version_id: entry.version_id,
             ..Default::default()
         }))
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        let tags = tagging::from_dto(input.tagging, tagging::OBJECT_TAGS_MAX)?;
+        let version_id = self
+            .buckets
+            .change_meta(
+                &input.bucket,
+                &input.key,
+                input.version_id.as_deref(),
+                |meta| meta.tags.clone_from(&tags),
+            )
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(PutObjectTaggingOutput {
+            version_id: self.shown_id(&input.bucket, version_id).await,
+        }))
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        let (entry, _) = self
+            .read_version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        Ok(S3Response::new(GetObjectTaggingOutput {
+            tag_set: tagging::to_dto(&entry.meta.tags),
+            version_id: self.version_shown(&input.bucket, &entry).await,
+        }))
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        let version_id = self
+            .buckets
+            .change_meta(
+                &input.bucket,
+                &input.key,
+                input.version_id.as_deref(),
+                |meta| meta.tags.clear(),
+            )
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(DeleteObjectTaggingOutput {
+            version_id: self.shown_id(&input.bucket, version_id).await,
+        }))
+    }
+
+    async fn put_bucket_tagging(
+        &self,
+        req: S3Request<PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        let tags = tagging::from_dto(input.tagging, tagging::BUCKET_TAGS_MAX)?;
+        self.buckets
+            .set_bucket_tags(&input.bucket, tags)
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(PutBucketTaggingOutput::default()))
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let info = self
+            .buckets
+            .lookup(&req.input.bucket, true)
+            .await
+            .map_err(s3)?;
+        if info.tags.is_empty() {
+            return Err(s3_error!(NoSuchTagSet, "The TagSet does not exist"));
+        }
+        Ok(S3Response::new(GetBucketTaggingOutput {
+            tag_set: tagging::to_dto(&info.tags),
+        }))
+    }
+
+    async fn delete_bucket_tagging(
+        &self,
+        req: S3Request<DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        self.buckets
+            .set_bucket_tags(&req.input.bucket, BTreeMap::new())
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(DeleteBucketTaggingOutput::default()))
     }
 
     async fn put_bucket_versioning(
@@ -1166,6 +1288,7 @@ impl S3 for Gateway {
         }
         let (class, _) = self.class_pool(input.storage_class.as_ref()).await?;
         meta.storage_class = class;
+        meta.tags = header_tags(input.tagging.as_deref())?;
         let upload = self
             .buckets
             .create_upload(&input.bucket, &input.key, meta)

@@ -1156,6 +1156,223 @@ fn aws_s3api_operations() {
         s3.s3api_fails("404", &["head-object", "--bucket", "bkt", "--key", &key]);
     }
     versioning(&s3);
+    tagging(&s3);
+}
+
+/// The tags of `key` in bucket `bkt` (of version `version`), as `(key, value)` pairs.
+fn tags_of(
+    s3: &S3Cluster,
+    bucket: &str,
+    key: &str,
+    version: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut args = vec!["get-object-tagging", "--bucket", bucket, "--key", key];
+    if let Some(version) = version {
+        args.extend(["--version-id", version]);
+    }
+    s3.s3api(&args)["TagSet"]
+        .as_array()
+        .expect("a tag set")
+        .iter()
+        .map(|t| {
+            (
+                t["Key"].as_str().expect("key").to_owned(),
+                t["Value"].as_str().expect("value").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Rule: object and bucket tags as S3 keeps them: set with `x-amz-tagging` on PUT, copy (by
+/// the tagging directive) and multipart uploads, replaced and removed by the tagging calls
+/// (of one version, in a versioned bucket), counted by GET, and refused when S3 refuses them.
+fn tagging(s3: &S3Cluster) {
+    let body = s3.file("tagged");
+    write(&body, b"tagged bytes");
+    let body = body.to_str().unwrap();
+    s3.s3api(&[
+        "put-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "tagged",
+        "--body",
+        body,
+        "--tagging",
+        "a=1&b%20c=x%2Fy",
+    ]);
+    assert_eq!(
+        tags_of(s3, "bkt", "tagged", None),
+        pairs(&[("a", "1"), ("b c", "x/y")])
+    );
+    let got = s3.s3api(&[
+        "get-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "tagged",
+        "/dev/null",
+    ]);
+    assert_eq!(got["TagCount"], 2);
+    s3.s3api(&[
+        "put-object-tagging",
+        "--bucket",
+        "bkt",
+        "--key",
+        "tagged",
+        "--tagging",
+        "TagSet=[{Key=x,Value=y}]",
+    ]);
+    assert_eq!(tags_of(s3, "bkt", "tagged", None), pairs(&[("x", "y")]));
+    // The bytes and the ETag are the object's still.
+    let head = s3.s3api(&["head-object", "--bucket", "bkt", "--key", "tagged"]);
+    assert_eq!(head["ContentLength"], 12);
+
+    // Copies keep the source's tags unless told to replace them.
+    s3.s3api(&[
+        "copy-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "tagged-copy",
+        "--copy-source",
+        "bkt/tagged",
+    ]);
+    assert_eq!(
+        tags_of(s3, "bkt", "tagged-copy", None),
+        pairs(&[("x", "y")])
+    );
+    s3.s3api(&[
+        "copy-object",
+        "--bucket",
+        "bkt",
+        "--key",
+        "tagged-copy",
+        "--copy-source",
+        "bkt/tagged",
+        "--tagging-directive",
+        "REPLACE",
+        "--tagging",
+        "c=3",
+    ]);
+    assert_eq!(
+        tags_of(s3, "bkt", "tagged-copy", None),
+        pairs(&[("c", "3")])
+    );
+    let upload = s3.s3api(&[
+        "create-multipart-upload",
+        "--bucket",
+        "bkt",
+        "--key",
+        "tagged-multi",
+        "--tagging",
+        "m=1",
+    ]);
+    let upload_id = upload["UploadId"].as_str().expect("upload id");
+    let part_etag = s3.s3api(&[
+        "upload-part",
+        "--bucket",
+        "bkt",
+        "--key",
+        "tagged-multi",
+        "--upload-id",
+        upload_id,
+        "--part-number",
+        "1",
+        "--body",
+        body,
+    ])["ETag"]
+        .as_str()
+        .expect("etag")
+        .to_owned();
+    let parts = format!("{{\"Parts\":[{{\"PartNumber\":1,\"ETag\":{part_etag:?}}}]}}");
+    s3.s3api(&[
+        "complete-multipart-upload",
+        "--bucket",
+        "bkt",
+        "--key",
+        "tagged-multi",
+        "--upload-id",
+        upload_id,
+        "--multipart-upload",
+        &parts,
+    ]);
+    assert_eq!(
+        tags_of(s3, "bkt", "tagged-multi", None),
+        pairs(&[("m", "1")])
+    );
+
+    s3.s3api(&[
+        "delete-object-tagging",
+        "--bucket",
+        "bkt",
+        "--key",
+        "tagged",
+    ]);
+    assert!(tags_of(s3, "bkt", "tagged", None).is_empty());
+    let eleven: Vec<String> = (0..11).map(|i| format!("{{Key=k{i},Value=v}}")).collect();
+    let eleven = format!("TagSet=[{}]", eleven.join(","));
+    s3.s3api_fails(
+        "BadRequest",
+        &[
+            "put-object-tagging",
+            "--bucket",
+            "bkt",
+            "--key",
+            "tagged",
+            "--tagging",
+            &eleven,
+        ],
+    );
+    s3.s3api_fails(
+        "InvalidTag",
+        &[
+            "put-object-tagging",
+            "--bucket",
+            "bkt",
+            "--key",
+            "tagged",
+            "--tagging",
+            "TagSet=[{Key=k,Value=1},{Key=k,Value=2}]",
+        ],
+    );
+    s3.s3api_fails(
+        "NoSuchKey",
+        &[
+            "put-object-tagging",
+            "--bucket",
+            "bkt",
+            "--key",
+            "absent",
+            "--tagging",
+            "TagSet=[]",
+        ],
+    );
+    assert!(tags_of(s3, "bkt", "tagged", None).is_empty());
+
+    // Bucket tags.
+    s3.s3api_fails("NoSuchTagSet", &["get-bucket-tagging", "--bucket", "bkt"]);
+    s3.s3api(&[
+        "put-bucket-tagging",
+        "--bucket",
+        "bkt",
+        "--tagging",
+        "TagSet=[{Key=team,Value=storage},{Key=cost,Value=42}]",
+    ]);
+    let listed = s3.s3api(&["get-bucket-tagging", "--bucket", "bkt"]);
+    assert_eq!(
+        listed["TagSet"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    s3.s3api(&["delete-bucket-tagging", "--bucket", "bkt"]);
+    s3.s3api_fails("NoSuchTagSet", &["get-bucket-tagging", "--bucket", "bkt"]);
 }
 
 /// `s3api get-object` of `key` (of version `version`) in bucket `ver`: its bytes.
@@ -1530,6 +1747,25 @@ fn versioning(s3: &S3Cluster) {
     );
     assert_eq!(get_version(s3, "doc", Some("null")), b"four");
     assert_eq!(get_version(s3, "doc", Some(&one)), b"one");
+    // Tags of one version change that version only, and make no new one.
+    let tagged = s3.s3api(&[
+        "put-object-tagging",
+        "--bucket",
+        "ver",
+        "--key",
+        "doc",
+        "--version-id",
+        &one,
+        "--tagging",
+        "TagSet=[{Key=old,Value=yes}]",
+    ]);
+    assert_eq!(tagged["VersionId"], one.as_str());
+    assert_eq!(
+        tags_of(s3, "ver", "doc", Some(&one)),
+        pairs(&[("old", "yes")])
+    );
+    assert!(tags_of(s3, "ver", "doc", None).is_empty());
+    assert_eq!(versions_of(s3, "doc").len(), 2);
 
     // A bucket with versions is not empty; deleting every version empties it.
     s3.s3api_fails("BucketNotEmpty", &["delete-bucket", "--bucket", "ver"]);
