@@ -25,7 +25,8 @@ pub use data::{hex, DataStream, WriteOptions, Written};
 pub use index::{Deleted, ListPage, ListQuery, PutCondition};
 pub use multipart::CompletedPart;
 pub use records::{
-    BucketInfo, ContentHeaders, Entry, LinkGroup, ObjectMeta, Part, Segment, Upload, Versioning,
+    BucketInfo, ContentHeaders, CorsRule, Entry, LinkGroup, ObjectMeta, Part, Segment, Upload,
+    Versioning,
 };
 pub use rename::{MovedIn, RenameIntent, TreeRename};
 pub use versions::{shown, ListedVersion, VersionPage, VersionQuery, NULL_VERSION};
@@ -270,6 +271,7 @@ impl Buckets {
             shards: self.inner.config.shards,
             versioning: records::Versioning::Off,
             tags: Default::default(),
+            cors: Vec::new(),
         };
         for shard in 0..info.shards {
             self.index_op(
@@ -325,6 +327,18 @@ impl Buckets {
     ) -> Result<(), BucketError> {
         let info = self.lookup(name, true).await?;
         self.update_directory(&info, |i| i.tags.clone_from(&tags))
+            .await
+            .map(|_| ())
+    }
+
+    /// Sets bucket `name`'s CORS rules (empty: none).
+    pub async fn set_bucket_cors(
+        &self,
+        name: &str,
+        rules: Vec<CorsRule>,
+    ) -> Result<(), BucketError> {
+        let info = self.lookup(name, true).await?;
+        self.update_directory(&info, |i| i.cors.clone_from(&rules))
             .await
             .map(|_| ())
     }

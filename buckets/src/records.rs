@@ -48,6 +48,26 @@ pub struct BucketInfo {
     /// Its tags (S3 bucket tagging).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Its CORS rules, in order (none: browsers from other origins are refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cors: Vec<CorsRule>,
+}
+
+/// One CORS rule of a bucket, as S3's `CORSRule`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorsRule {
+    /// Its id, if given.
+    pub id: Option<String>,
+    /// Origins it allows (each may hold one `*`).
+    pub allowed_origins: Vec<String>,
+    /// Methods it allows (`GET`, `PUT`, `POST`, `DELETE`, `HEAD`).
+    pub allowed_methods: Vec<String>,
+    /// Request headers a preflight may ask for (each may hold one `*`).
+    pub allowed_headers: Vec<String>,
+    /// Response headers the browser may show the page.
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache the preflight's answer.
+    pub max_age_seconds: Option<i32>,
 }
 
 /// A bucket's versioning state, as S3 has it: never enabled, enabled, or suspended (a
@@ -441,6 +461,11 @@ mod tests {
             shards: 8,
             versioning: Versioning::Suspended,
             tags: BTreeMap::from([("team".into(), "data".into())]),
+            cors: vec![CorsRule {
+                allowed_origins: vec!["https://*.example.com".into()],
+                allowed_methods: vec!["GET".into()],
+                ..CorsRule::default()
+            }],
         };
         let bytes = encode(&info);
         assert_eq!(decode::<BucketInfo>(&bytes).expect("decodes"), info);
@@ -513,6 +538,7 @@ mod tests {
             shards: 8,
             versioning: Versioning::Off,
             tags: BTreeMap::new(),
+            cors: Vec::new(),
         };
         let mut counts = [0u32; 8];
         for i in 0..8000 {

@@ -4,6 +4,7 @@
 //! See docs/gateway.md.
 
 mod checksum;
+mod cors;
 mod error;
 pub mod metrics;
 mod s3;
@@ -35,16 +36,24 @@ pub struct GatewayConfig {
 
 /// The HTTP application: every request goes to the S3 service.
 pub fn app(buckets: Buckets, users: Arc<Users>, metrics: Arc<GatewayMetrics>) -> axum::Router {
-    let mut builder = s3s::service::S3ServiceBuilder::new(Gateway::new(buckets, users.clone()));
+    let mut builder =
+        s3s::service::S3ServiceBuilder::new(Gateway::new(buckets.clone(), users.clone()));
     builder.set_auth(users::UserKeys(users));
     let service = builder.build();
     axum::Router::new().fallback(move |request: axum::extract::Request| {
         let service = service.clone();
         let metrics = metrics.clone();
+        let buckets = buckets.clone();
         async move {
             let close = empty_body_expecting_continue(request.headers());
             let (parts, body) = request.into_parts();
             let in_flight = metrics.begin(&parts);
+            if parts.method == http::Method::OPTIONS {
+                let response = preflight(&buckets, &parts).await;
+                in_flight.finish(response.status(), response.headers());
+                return response;
+            }
+            let cross_origin = cross_origin_request(&parts);
             let request = http::Request::from_parts(parts, s3s::Body::http_body_unsync(body));
             let response = match service.call(request).await {
                 Ok(response) => {
@@ -64,10 +73,133 @@ pub fn app(buckets: Buckets, users: Arc<Users>, metrics: Arc<GatewayMetrics>) ->
                     response
                 }
             };
+            let mut response = response;
+            if let Some((bucket, origin, method)) = cross_origin {
+                allow_cross_origin(&buckets, &bucket, &origin, &method, &mut response).await;
+            }
             in_flight.finish(response.status(), response.headers());
             response
         }
     })
+}
+
+/// The bucket a path-style request names.
+fn bucket_of(path: &str) -> Option<String> {
+    let name = path.trim_start_matches('/').split('/').next()?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+fn header<'h>(parts: &'h http::request::Parts, name: &str) -> Option<&'h str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A request from a browser page of another origin: its bucket, origin and method.
+fn cross_origin_request(parts: &http::request::Parts) -> Option<(String, String, String)> {
+    let origin = header(parts, "origin")?;
+    Some((
+        bucket_of(parts.uri.path())?,
+        origin.to_owned(),
+        parts.method.as_str().to_owned(),
+    ))
+}
+
+/// An S3 error answer outside s3s (the preflight's).
+fn error_answer(status: http::StatusCode, code: &str, message: &str) -> axum::response::Response {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    );
+    let mut response = axum::response::Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/xml"),
+    );
+    response
+}
+
+/// The answer to a browser's preflight (`OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`): the first of the bucket's CORS rules that allows it, or
+/// 403 as S3 answers. Preflights carry no signature: they reveal only the rules' answer.
+async fn preflight(buckets: &Buckets, parts: &http::request::Parts) -> axum::response::Response {
+    use http::StatusCode;
+    let (Some(origin), Some(method)) = (
+        header(parts, "origin"),
+        header(parts, "access-control-request-method"),
+    ) else {
+        return error_answer(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Insufficient information. Origin request header needed.",
+        );
+    };
+    let Some(bucket) = bucket_of(parts.uri.path()) else {
+        return error_answer(StatusCode::BAD_REQUEST, "BadRequest", "No bucket named.");
+    };
+    let info = match buckets.lookup(&bucket, true).await {
+        Ok(info) => info,
+        Err(tidepool_buckets::BucketError::NoSuchBucket) => {
+            return error_answer(
+                StatusCode::NOT_FOUND,
+                "NoSuchBucket",
+                "The specified bucket does not exist.",
+            )
+        }
+        Err(error) => {
+            tracing::warn!(%error, "a preflight's bucket could not be read");
+            return error_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The cluster is not answering; try again.",
+            );
+        }
+    };
+    if info.cors.is_empty() {
+        return error_answer(
+            StatusCode::FORBIDDEN,
+            "CORSResponse",
+            "CORS is not enabled for this bucket.",
+        );
+    }
+    let requested = cors::requested_headers(header(parts, "access-control-request-headers"));
+    let Some(rule) = cors::matching(&info.cors, origin, method, &requested) else {
+        return error_answer(
+            StatusCode::FORBIDDEN,
+            "CORSResponse",
+            "This CORS request is not allowed. This is usually because the evalution of Origin, \
+             request method / Access-Control-Request-Method or Access-Control-Request-Headers \
+             are not whitelisted by the resource's CORS spec.",
+        );
+    };
+    let mut response = axum::response::Response::new(axum::body::Body::empty());
+    add_headers(
+        &mut response,
+        cors::answer_headers(rule, origin, Some(&requested)),
+    );
+    response
+}
+
+/// Adds the `Access-Control-*` headers the bucket's CORS rules give a cross-origin request.
+async fn allow_cross_origin(
+    buckets: &Buckets,
+    bucket: &str,
+    origin: &str,
+    method: &str,
+    response: &mut axum::response::Response,
+) {
+    let Ok(info) = buckets.lookup(bucket, true).await else {
+        return;
+    };
+    if let Some(rule) = cors::matching(&info.cors, origin, method, &[]) {
+        add_headers(response, cors::answer_headers(rule, origin, None));
+    }
+}
+
+fn add_headers(response: &mut axum::response::Response, headers: Vec<(&'static str, String)>) {
+    for (name, value) in headers {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
 }
 
 /// Whether a request says `Expect: 100-continue` over an empty body. HTTP lets the server

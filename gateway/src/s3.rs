@@ -1016,6 +1016,98 @@ impl S3 for Gateway {
         Ok(S3Response::new(DeleteBucketTaggingOutput::default()))
     }
 
+    async fn put_bucket_cors(
+        &self,
+        req: S3Request<PutBucketCorsInput>,
+    ) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        let rules = input.cors_configuration.cors_rules;
+        if rules.is_empty() || rules.len() > 100 {
+            return Err(s3_error!(
+                MalformedXML,
+                "A CORS configuration holds 1 to 100 rules."
+            ));
+        }
+        let mut kept = Vec::new();
+        for rule in rules {
+            for method in &rule.allowed_methods {
+                if !["GET", "PUT", "POST", "DELETE", "HEAD"].contains(&method.as_str()) {
+                    return Err(s3_error!(
+                        InvalidRequest,
+                        "Found unsupported HTTP method in CORS config. Unsupported method is {method}"
+                    ));
+                }
+            }
+            let wildcards = |values: &[String]| values.iter().any(|v| v.matches('*').count() > 1);
+            let headers = rule.allowed_headers.unwrap_or_default();
+            if wildcards(&rule.allowed_origins) || wildcards(&headers) {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "An origin or header may hold at most one wildcard."
+                ));
+            }
+            kept.push(tidepool_buckets::CorsRule {
+                id: rule.id,
+                allowed_origins: rule.allowed_origins,
+                allowed_methods: rule.allowed_methods,
+                allowed_headers: headers,
+                expose_headers: rule.expose_headers.unwrap_or_default(),
+                max_age_seconds: rule.max_age_seconds,
+            });
+        }
+        self.buckets
+            .set_bucket_cors(&input.bucket, kept)
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(PutBucketCorsOutput::default()))
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<GetBucketCorsInput>,
+    ) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let info = self
+            .buckets
+            .lookup(&req.input.bucket, true)
+            .await
+            .map_err(s3)?;
+        if info.cors.is_empty() {
+            return Err(s3_error!(
+                NoSuchCORSConfiguration,
+                "The CORS configuration does not exist"
+            ));
+        }
+        let rules = info
+            .cors
+            .into_iter()
+            .map(|rule| CORSRule {
+                id: rule.id,
+                allowed_origins: rule.allowed_origins,
+                allowed_methods: rule.allowed_methods,
+                allowed_headers: (!rule.allowed_headers.is_empty()).then_some(rule.allowed_headers),
+                expose_headers: (!rule.expose_headers.is_empty()).then_some(rule.expose_headers),
+                max_age_seconds: rule.max_age_seconds,
+            })
+            .collect();
+        Ok(S3Response::new(GetBucketCorsOutput {
+            cors_rules: Some(rules),
+        }))
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        self.buckets
+            .set_bucket_cors(&req.input.bucket, Vec::new())
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(DeleteBucketCorsOutput::default()))
+    }
+
     async fn put_bucket_versioning(
         &self,
         req: S3Request<PutBucketVersioningInput>,

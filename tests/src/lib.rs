@@ -231,6 +231,16 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    http_exchange(method, url, headers, body).map(|(code, _, body)| (code, body))
+}
+
+/// As [`http_request`], with the answer's headers too (names in lower case).
+pub fn http_exchange(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
     use std::io::{BufRead, BufReader, Read, Write};
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -259,10 +269,14 @@ pub fn http_request(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let (mut length, mut chunked) = (None, false);
+    let mut answer_headers = Vec::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
             break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            answer_headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
         let lower = line.to_ascii_lowercase();
         if let Some(value) = lower.strip_prefix("content-length:") {
@@ -292,7 +306,11 @@ pub fn http_request(
     } else if code != 401 {
         reader.read_to_end(&mut out)?;
     }
-    Ok((code, String::from_utf8_lossy(&out).into_owned()))
+    Ok((
+        code,
+        answer_headers,
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
 }
 
 /// The samples of the Prometheus text at `url`, parsed by the Prometheus project's own

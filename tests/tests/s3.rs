@@ -1157,6 +1157,123 @@ fn aws_s3api_operations() {
     }
     versioning(&s3);
     tagging(&s3);
+    cors(&s3);
+}
+
+/// The value of header `name` in `headers`.
+fn header_value<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Rule: a bucket's CORS rules as S3 keeps and applies them: set, read and removed with
+/// aws-cli; a browser's preflight (`OPTIONS`, unsigned) is answered by the first rule that
+/// allows its origin, method and headers, refused with 403 otherwise or without rules; a
+/// signed request from an allowed origin gets `Access-Control-Allow-Origin`.
+fn cors(s3: &S3Cluster) {
+    let url = format!("{}/bkt/tagged", s3.endpoint);
+    let preflight = |origin: &str, method: &str, headers: Option<&str>| {
+        let mut asked = vec![
+            ("Origin", origin),
+            ("Access-Control-Request-Method", method),
+        ];
+        if let Some(headers) = headers {
+            asked.push(("Access-Control-Request-Headers", headers));
+        }
+        tidepool_tests::http_exchange("OPTIONS", &url, &asked, None).expect("the gateway answers")
+    };
+    let (status, _, body) = preflight("https://app.example.com", "GET", None);
+    assert_eq!(status, 403, "no rules yet: {body}");
+    assert!(body.contains("CORSResponse"), "{body}");
+    s3.s3api_fails(
+        "NoSuchCORSConfiguration",
+        &["get-bucket-cors", "--bucket", "bkt"],
+    );
+    let rules = r#"{"CORSRules":[
+        {"AllowedOrigins":["https://*.example.com"],"AllowedMethods":["GET","PUT"],
+         "AllowedHeaders":["content-type","x-amz-*"],"ExposeHeaders":["ETag"],"MaxAgeSeconds":600},
+        {"AllowedOrigins":["*"],"AllowedMethods":["GET"]}]}"#;
+    s3.s3api(&[
+        "put-bucket-cors",
+        "--bucket",
+        "bkt",
+        "--cors-configuration",
+        rules,
+    ]);
+    let stored = s3.s3api(&["get-bucket-cors", "--bucket", "bkt"]);
+    assert_eq!(
+        stored["CORSRules"].as_array().map(Vec::len),
+        Some(2),
+        "{stored}"
+    );
+    assert_eq!(stored["CORSRules"][0]["MaxAgeSeconds"], 600);
+
+    let (status, headers, body) = preflight(
+        "https://app.example.com",
+        "PUT",
+        Some("Content-Type, X-Amz-Date"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        header_value(&headers, "access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        header_value(&headers, "access-control-allow-methods"),
+        Some("GET, PUT")
+    );
+    assert_eq!(
+        header_value(&headers, "access-control-allow-headers"),
+        Some("content-type, x-amz-date")
+    );
+    assert_eq!(
+        header_value(&headers, "access-control-max-age"),
+        Some("600")
+    );
+    assert_eq!(
+        header_value(&headers, "access-control-expose-headers"),
+        Some("ETag")
+    );
+    // Any origin may GET, by the second rule; none may DELETE, nor send other headers.
+    let (status, headers, _) = preflight("https://elsewhere.test", "GET", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        header_value(&headers, "access-control-allow-origin"),
+        Some("*")
+    );
+    assert_eq!(preflight("https://elsewhere.test", "DELETE", None).0, 403);
+    assert_eq!(
+        preflight("https://app.example.com", "PUT", Some("authorization")).0,
+        403
+    );
+    assert_eq!(preflight("http://app.example.com", "PUT", None).0, 403);
+    let (status, _, _) = tidepool_tests::http_exchange(
+        "OPTIONS",
+        &url,
+        &[("Origin", "https://a.example.com")],
+        None,
+    )
+    .expect("answers");
+    assert_eq!(status, 400, "a preflight without its method");
+
+    // A signed GET from an allowed origin: aws-cli cannot add Origin, so a presigned URL does.
+    let presigned = s3.aws_ok(&["--profile", "v4", "s3", "presign", "s3://bkt/tagged"]);
+    let (status, headers, _) = tidepool_tests::http_exchange(
+        "GET",
+        presigned.trim(),
+        &[("Origin", "https://app.example.com")],
+        None,
+    )
+    .expect("answers");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header_value(&headers, "access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    s3.s3api(&["delete-bucket-cors", "--bucket", "bkt"]);
+    assert_eq!(preflight("https://app.example.com", "GET", None).0, 403);
 }
 
 /// The tags of `key` in bucket `bkt` (of version `version`), as `(key, value)` pairs.
