@@ -234,13 +234,16 @@ pub fn http_request(
     http_exchange(method, url, headers, body).map(|(code, _, body)| (code, body))
 }
 
-/// As [`http_request`], with the answer's headers too (names in lower case).
+/// An answer's headers: names in lower case, in order.
+pub type Headers = Vec<(String, String)>;
+
+/// As [`http_request`], with the answer's headers too.
 pub fn http_exchange(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
-) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+) -> std::io::Result<(u16, Headers, String)> {
     use std::io::{BufRead, BufReader, Read, Write};
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
