@@ -914,6 +914,65 @@ impl S3 for Gateway {
         }))
     }
 
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        let (entry, _) = self
+            .read_version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        let asked = |name: &str| input.object_attributes.iter().any(|a| a.as_str() == name);
+        let sums = checksum::to_dto(&entry.meta.checksums);
+        let parts =
+            (asked(ObjectAttributes::OBJECT_PARTS) && !entry.part_sizes.is_empty()).then(|| {
+                let after = input.part_number_marker.unwrap_or(0).max(0) as usize;
+                let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+                let listed: Vec<ObjectPart> = entry
+                    .part_sizes
+                    .iter()
+                    .enumerate()
+                    .skip(after)
+                    .take(max)
+                    .map(|(i, size)| ObjectPart {
+                        part_number: Some(i as i32 + 1),
+                        size: Some(*size as i64),
+                        ..Default::default()
+                    })
+                    .collect();
+                let last = after + listed.len();
+                GetObjectAttributesParts {
+                    is_truncated: Some(last < entry.part_sizes.len()),
+                    max_parts: Some(max as i32),
+                    next_part_number_marker: Some(last as i32),
+                    part_number_marker: Some(after as i32),
+                    parts: Some(listed),
+                    total_parts_count: Some(entry.part_sizes.len() as i32),
+                }
+            });
+        let version_id = self.version_shown(&input.bucket, &entry).await;
+        Ok(S3Response::new(GetObjectAttributesOutput {
+            e_tag: asked(ObjectAttributes::ETAG).then(|| ETag::Strong(entry.etag.clone())),
+            object_size: asked(ObjectAttributes::OBJECT_SIZE).then_some(entry.size as i64),
+            storage_class: asked(ObjectAttributes::STORAGE_CLASS).then(|| {
+                StorageClass::from(
+                    entry
+                        .meta
+                        .storage_class
+                        .clone()
+                        .unwrap_or_else(|| StorageClass::STANDARD.to_owned()),
+                )
+            }),
+            checksum: (asked(ObjectAttributes::CHECKSUM) && sums != Checksum::default())
+                .then_some(sums),
+            object_parts: parts,
+            last_modified: Some(timestamp(entry.modified_ms)),
+            version_id,
+            ..Default::default()
+        }))
+    }
+
     async fn put_object_tagging(
         &self,
         req: S3Request<PutObjectTaggingInput>,
