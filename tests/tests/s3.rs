@@ -1424,6 +1424,49 @@ fn tagging(s3: &S3Cluster) {
         tags_of(s3, "bkt", "tagged-multi", None),
         pairs(&[("m", "1")])
     );
+    // GetObjectAttributes names what it is asked for, the parts of a multipart object too.
+    let attributes = s3.s3api(&[
+        "get-object-attributes",
+        "--bucket",
+        "bkt",
+        "--key",
+        "tagged-multi",
+        "--object-attributes",
+        "ETag",
+        "ObjectSize",
+        "ObjectParts",
+        "StorageClass",
+    ]);
+    assert_eq!(attributes["ObjectSize"], 12, "{attributes}");
+    assert_eq!(attributes["StorageClass"], "STANDARD", "{attributes}");
+    assert_eq!(
+        attributes["ObjectParts"]["TotalPartsCount"], 1,
+        "{attributes}"
+    );
+    assert_eq!(
+        attributes["ObjectParts"]["Parts"][0]["Size"], 12,
+        "{attributes}"
+    );
+    assert!(
+        attributes["ETag"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("-1")),
+        "{attributes}"
+    );
+    let attributes = s3.s3api(&[
+        "get-object-attributes",
+        "--bucket",
+        "bkt",
+        "--key",
+        "tagged",
+        "--object-attributes",
+        "ObjectSize",
+    ]);
+    assert_eq!(attributes["ObjectSize"], 12, "{attributes}");
+    assert!(
+        attributes.get("ETag").is_none(),
+        "only what was asked: {attributes}"
+    );
 
     s3.s3api(&[
         "delete-object-tagging",
