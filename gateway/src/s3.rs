@@ -923,7 +923,14 @@ impl S3 for Gateway {
         let (entry, _) = self
             .read_version(&input.bucket, &input.key, input.version_id.as_deref())
             .await?;
-        let asked = |name: &str| input.object_attributes.iter().any(|a| a.as_str() == name);
+        // One header may name several, comma-separated (as aws-cli sends them).
+        let asked = |name: &str| {
+            input
+                .object_attributes
+                .iter()
+                .flat_map(|a| a.as_str().split(','))
+                .any(|a| a.trim() == name)
+        };
         let sums = checksum::to_dto(&entry.meta.checksums);
         let parts =
             (asked(ObjectAttributes::OBJECT_PARTS) && !entry.part_sizes.is_empty()).then(|| {
