@@ -43,7 +43,9 @@ pub struct BucketInfo {
     /// How many index shards it has.
     pub shards: u32,
     /// Its versioning state (each shard holds it too, in xattr [`VERSIONING_XATTR`]).
-    #[serde(default)]
+    /// Written only once set, so a bucket's record encodes as it did before versioning
+    /// existed (guards compare records byte for byte).
+    #[serde(default, skip_serializing_if = "Versioning::is_off")]
     pub versioning: Versioning,
     /// Its tags (S3 bucket tagging).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -84,6 +86,11 @@ pub enum Versioning {
 }
 
 impl Versioning {
+    /// Whether versioning was never set.
+    pub fn is_off(&self) -> bool {
+        *self == Versioning::Off
+    }
+
     /// The shard xattr's value (none for `Off`).
     pub fn xattr(self) -> Option<&'static [u8]> {
         match self {
@@ -523,6 +530,8 @@ mod tests {
         };
         let info: BucketInfo = decode(&encode(&old)).expect("decodes");
         assert_eq!(info.versioning, Versioning::Off);
+        // Written again, it is the same bytes: guards on the old record still hold.
+        assert_eq!(encode(&info), encode(&old));
         for mode in [Versioning::Off, Versioning::Enabled, Versioning::Suspended] {
             assert_eq!(Versioning::from_xattr(mode.xattr()), mode);
         }

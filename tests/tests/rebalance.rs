@@ -286,10 +286,36 @@ fn no_scrub_errors(cluster: &Cluster) {
         .iter()
         .filter(|p| p["scrub_errors"] != 0)
         .collect();
-    assert!(
-        errors.is_empty(),
-        "scrubs under rebalancing reported errors: {errors:?}"
-    );
+    if !errors.is_empty() {
+        // What each holder's copy differed in, and what the OSDs logged of those PGs.
+        let details: Vec<String> = errors
+            .iter()
+            .map(|p| {
+                let pgid = p["pgid"].as_str().unwrap_or_default();
+                let found = cluster.json(&["pg", "list-inconsistent", pgid]);
+                let needle = format!("{pgid} ");
+                let logs: Vec<String> = (0..5)
+                    .flat_map(|n| {
+                        let log =
+                            std::fs::read_to_string(cluster.path().join(format!("osd-{n}.log")))
+                                .unwrap_or_default();
+                        let lines: Vec<String> = log
+                            .lines()
+                            .filter(|l| l.contains(&needle) || l.ends_with(pgid))
+                            .map(|l| format!("osd.{n}: {l}"))
+                            .collect();
+                        let skip = lines.len().saturating_sub(100);
+                        lines.into_iter().skip(skip)
+                    })
+                    .collect();
+                format!("{pgid}: {found}\n{}", logs.join("\n"))
+            })
+            .collect();
+        panic!(
+            "scrubs under rebalancing reported errors: {errors:?}\n{}",
+            details.join("\n")
+        );
+    }
     let status = cluster.json(&["status"]);
     assert!(
         !common::health_checks(&status)
