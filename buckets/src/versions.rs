@@ -242,18 +242,7 @@ impl Buckets {
             }
         }
         sets.push((head_key, records::encode(&Head { seq })));
-        let mut sets: Vec<(ByteBuf, ByteBuf)> = sets
-            .into_iter()
-            .map(|(k, v)| (ByteBuf::from(k), ByteBuf::from(v)))
-            .collect();
-        sets.extend(self.garbage_record(garbage));
-        // Removes first: a record removed and set again (never here) would stay set.
-        if !removes.is_empty() {
-            ops.push(ObjectOp::OmapRemove(
-                removes.into_iter().map(ByteBuf::from).collect(),
-            ));
-        }
-        ops.push(ObjectOp::OmapSet(sets));
+        ops.extend(omap_changes(removes, sets, self.garbage_record(garbage)));
         if !self.try_index_op(object, ops).await? {
             return Ok(None);
         }
@@ -521,18 +510,7 @@ impl Buckets {
                     .filter(|e| e.links.is_none())
                     .map(|e| e.segments)
                     .unwrap_or_default();
-                // Removes before sets: the entry and inline data may be removed and set again.
-                ops.push(ObjectOp::OmapRemove(
-                    removes.into_iter().map(ByteBuf::from).collect(),
-                ));
-                let mut sets: Vec<(ByteBuf, ByteBuf)> = sets
-                    .into_iter()
-                    .map(|(k, v)| (ByteBuf::from(k), ByteBuf::from(v)))
-                    .collect();
-                sets.extend(self.garbage_record(garbage));
-                if !sets.is_empty() {
-                    ops.push(ObjectOp::OmapSet(sets));
-                }
+                ops.extend(omap_changes(removes, sets, self.garbage_record(garbage)));
                 if self.try_index_op(&object, ops).await? {
                     return Ok(Deleted {
                         version_id: wanted.map(version_id),
@@ -646,6 +624,30 @@ impl Buckets {
         })
         .await
     }
+}
+
+/// The omap changes of a transaction: `removes` first, then `sets` and the garbage record (a
+/// key removed and set again, as a promoted version's entry is, ends set).
+fn omap_changes(
+    removes: Vec<Vec<u8>>,
+    sets: Vec<(Vec<u8>, Vec<u8>)>,
+    garbage: Option<(ByteBuf, ByteBuf)>,
+) -> Vec<ObjectOp> {
+    let mut ops = Vec::new();
+    if !removes.is_empty() {
+        ops.push(ObjectOp::OmapRemove(
+            removes.into_iter().map(ByteBuf::from).collect(),
+        ));
+    }
+    let sets: Vec<(ByteBuf, ByteBuf)> = sets
+        .into_iter()
+        .map(|(k, v)| (ByteBuf::from(k), ByteBuf::from(v)))
+        .chain(garbage)
+        .collect();
+    if !sets.is_empty() {
+        ops.push(ObjectOp::OmapSet(sets));
+    }
+    ops
 }
 
 /// The sequence number a version id names (`None`: the `null` version); a malformed id is
