@@ -3,7 +3,7 @@
 # Debian packages (RocksDB 7.8 and libclang for its bindings, FUSE 3, pkg-config, rclone for the S3
 # tests and the mount's benchmark, s3fs for the same benchmark, nftables for the chaos test's
 # partitions, git and rsync for the mount's tests, chromium and its WebDriver for the dashboard's
-# test, prometheus for promtool, which checks the alert rules under deploy/) and a Python venv in .venv/ (ignored by git) with the newest aws-cli, awscrt, s3cmd and
+# test, prometheus for promtool, which checks the alert rules under deploy/) and a Python venv in .venv/ (ignored by git) with the newest aws-cli, boto3, awscrt, s3cmd and
 # jsonschema (the schema checks of the JSON outputs) and prometheus_client (its parser reads
 # the daemons' /metrics in the tests) from PyPI. Safe to run again; does nothing when all is there.
 set -euo pipefail
@@ -27,12 +27,13 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# awscrt gives aws-cli the CRC32C and CRC64NVME checksums.
-if [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/s3cmd ] || ! .venv/bin/python -c "import awscrt, jsonschema, prometheus_client" 2>/dev/null; then
-  echo "creating .venv with aws-cli, s3cmd, jsonschema and prometheus_client"
+# awscrt gives aws-cli the CRC32C and CRC64NVME checksums; boto3 drives the S3 tests that make
+# many calls from one process.
+if [ ! -x .venv/bin/aws ] || [ ! -x .venv/bin/s3cmd ] || ! .venv/bin/python -c "import awscrt, boto3, jsonschema, prometheus_client" 2>/dev/null; then
+  echo "creating .venv with aws-cli, boto3, s3cmd, jsonschema and prometheus_client"
   [ -x .venv/bin/pip ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q --upgrade awscli s3cmd awscrt jsonschema prometheus_client
+  .venv/bin/pip install -q --upgrade awscli boto3 s3cmd awscrt jsonschema prometheus_client
 fi
 
 # cargo-fuzz for the coverage-guided targets (scripts/fuzz.sh), when a nightly toolchain is here.

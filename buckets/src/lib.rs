@@ -8,6 +8,7 @@ mod data;
 pub mod gc;
 mod index;
 mod links;
+pub mod lock;
 pub mod manifest;
 mod multipart;
 pub mod records;
@@ -23,6 +24,7 @@ use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
 
 pub use data::{hex, DataStream, WriteOptions, Written};
 pub use index::{Deleted, ListPage, ListQuery, PutCondition};
+pub use lock::{DefaultRetention, LockError, LockMode, ObjectLock, Retention};
 pub use multipart::CompletedPart;
 pub use records::{
     BucketInfo, ContentHeaders, CorsRule, Entry, LinkGroup, ObjectMeta, Part, Segment, Upload,
@@ -76,6 +78,12 @@ pub enum BucketError {
     /// The request is not acceptable (a bad name, a bad argument).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Object lock forbids it (retention or legal hold).
+    #[error("object lock: {0}")]
+    Locked(String),
+    /// The bucket's state does not allow it (object lock needs versioning, and keeps it).
+    #[error("the bucket's state does not allow it: {0}")]
+    InvalidBucketState(String),
     /// The bucket does not offer this.
     #[error("not supported: {0}")]
     NotSupported(String),
@@ -251,9 +259,15 @@ impl Buckets {
         }
     }
 
-    /// Creates bucket `name` owned by `owner`: its index shards first, then its directory
-    /// entry, guarded so that two creators cannot both succeed.
-    pub async fn create_bucket(&self, name: &str, owner: &str) -> Result<BucketInfo, BucketError> {
+    /// Creates bucket `name` owned by `owner`, with object lock (and so versioning) when
+    /// `object_lock`: its index shards first, then its directory entry, guarded so that two
+    /// creators cannot both succeed.
+    pub async fn create_bucket(
+        &self,
+        name: &str,
+        owner: &str,
+        object_lock: bool,
+    ) -> Result<BucketInfo, BucketError> {
         check_bucket_name(name)?;
         if let Some(raw) = self.directory_entry(name).await? {
             let existing: BucketInfo = records::decode(&raw)?;
@@ -269,19 +283,27 @@ impl Buckets {
             owner: owner.to_owned(),
             created_ms: now_ms(),
             shards: self.inner.config.shards,
-            versioning: records::Versioning::Off,
+            versioning: if object_lock {
+                records::Versioning::Enabled
+            } else {
+                records::Versioning::Off
+            },
             tags: Default::default(),
             cors: Vec::new(),
+            object_lock: object_lock.then(ObjectLock::default),
         };
         for shard in 0..info.shards {
-            self.index_op(
-                &info.shard_object(shard),
-                vec![
-                    ObjectOp::Create { exclusive: true },
-                    ObjectOp::SetXattr(records::STATE_XATTR.into(), records::STATE_OPEN.to_vec()),
-                ],
-            )
-            .await?;
+            let mut ops = vec![
+                ObjectOp::Create { exclusive: true },
+                ObjectOp::SetXattr(records::STATE_XATTR.into(), records::STATE_OPEN.to_vec()),
+            ];
+            if let Some(value) = info.versioning.xattr() {
+                ops.push(ObjectOp::SetXattr(
+                    records::VERSIONING_XATTR.into(),
+                    value.to_vec(),
+                ));
+            }
+            self.index_op(&info.shard_object(shard), ops).await?;
         }
         let key = ByteBuf::from(name.as_bytes());
         let linked = self
@@ -326,9 +348,12 @@ impl Buckets {
         tags: std::collections::BTreeMap<String, String>,
     ) -> Result<(), BucketError> {
         let info = self.lookup(name, true).await?;
-        self.update_directory(&info, |i| i.tags.clone_from(&tags))
-            .await
-            .map(|_| ())
+        self.update_directory(&info, |i| {
+            i.tags.clone_from(&tags);
+            Ok(())
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Sets bucket `name`'s CORS rules (empty: none).
@@ -338,9 +363,29 @@ impl Buckets {
         rules: Vec<CorsRule>,
     ) -> Result<(), BucketError> {
         let info = self.lookup(name, true).await?;
-        self.update_directory(&info, |i| i.cors.clone_from(&rules))
-            .await
-            .map(|_| ())
+        self.update_directory(&info, |i| {
+            i.cors.clone_from(&rules);
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Sets bucket `name`'s object lock configuration, enabling object lock on a bucket
+    /// whose versioning is enabled (`InvalidBucketState` otherwise).
+    pub async fn set_object_lock(&self, name: &str, lock: ObjectLock) -> Result<(), BucketError> {
+        let info = self.lookup(name, true).await?;
+        self.update_directory(&info, |i| {
+            if i.versioning != records::Versioning::Enabled {
+                return Err(BucketError::InvalidBucketState(
+                    "object lock needs versioning enabled".into(),
+                ));
+            }
+            i.object_lock = Some(lock.clone());
+            Ok(())
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Changes bucket `info`'s directory entry with `change`, guarded on what it was; the
@@ -348,12 +393,12 @@ impl Buckets {
     pub(crate) async fn update_directory(
         &self,
         info: &BucketInfo,
-        change: impl Fn(&mut BucketInfo),
+        change: impl Fn(&mut BucketInfo) -> Result<(), BucketError>,
     ) -> Result<BucketInfo, BucketError> {
         let mut info = info.clone();
         for _ in 0..self.config().link_attempts_max {
             let mut new = info.clone();
-            change(&mut new);
+            change(&mut new)?;
             let key = ByteBuf::from(info.name.as_bytes());
             let ops = vec![
                 ObjectOp::CompareOmap(key.clone(), Some(ByteBuf::from(records::encode(&info)))),

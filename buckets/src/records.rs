@@ -53,6 +53,9 @@ pub struct BucketInfo {
     /// Its CORS rules, in order (none: browsers from other origins are refused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cors: Vec<CorsRule>,
+    /// Its object lock, once enabled (its versioning is then `Enabled` for good).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::ObjectLock>,
 }
 
 /// One CORS rule of a bucket, as S3's `CORSRule`.
@@ -257,6 +260,12 @@ pub struct ObjectMeta {
     /// Its tags (S3 object tagging).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Its retention (object lock), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::Retention>,
+    /// Whether it is under a legal hold (object lock).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legal_hold: bool,
 }
 
 /// An object's index entry.
@@ -473,6 +482,13 @@ mod tests {
                 allowed_methods: vec!["GET".into()],
                 ..CorsRule::default()
             }],
+            object_lock: Some(crate::ObjectLock {
+                default: Some(crate::DefaultRetention {
+                    mode: crate::LockMode::Governance,
+                    days: Some(3),
+                    years: None,
+                }),
+            }),
         };
         let bytes = encode(&info);
         assert_eq!(decode::<BucketInfo>(&bytes).expect("decodes"), info);
@@ -548,6 +564,7 @@ mod tests {
             versioning: Versioning::Off,
             tags: BTreeMap::new(),
             cors: Vec::new(),
+            object_lock: None,
         };
         let mut counts = [0u32; 8];
         for i in 0..8000 {

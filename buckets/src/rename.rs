@@ -73,7 +73,13 @@ impl Buckets {
         if from == to {
             return self.head(bucket, from).await.map(|_| ());
         }
-        let info = self.lookup(bucket, false).await?;
+        let info = self.lookup(bucket, true).await?;
+        if info.object_lock.is_some() {
+            // A rename removes the source's version and replaces the target's for good.
+            return Err(BucketError::NotSupported(
+                "renames in a bucket with object lock".into(),
+            ));
+        }
         for _ in 0..self.config().link_attempts_max {
             let done = if info.shard_of(from) == info.shard_of(to) {
                 self.rename_in_shard(&info, from, to).await?
@@ -114,6 +120,9 @@ impl Buckets {
         let inline = found.remove(&keys::inline(from));
         let to_raw = found.remove(&keys::entry(to));
         let target: Option<Entry> = to_raw.as_deref().map(records::decode).transpose()?;
+        for locked in std::iter::once(&entry).chain(&target) {
+            crate::lock::check_replace(&locked.meta)?;
+        }
         let mut ops = vec![
             shard_is_open(),
             guard(keys::entry(from), &Some(from_raw.clone())),
@@ -343,7 +352,12 @@ impl Buckets {
         from: &str,
         to: &str,
     ) -> Result<(), BucketError> {
-        let info = self.lookup(bucket, false).await?;
+        let info = self.lookup(bucket, true).await?;
+        if info.object_lock.is_some() {
+            return Err(BucketError::NotSupported(
+                "renames in a bucket with object lock".into(),
+            ));
+        }
         let raw = records::encode(&TreeRename { to: to.to_owned() });
         let ops = vec![
             shard_is_open(),

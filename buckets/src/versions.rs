@@ -15,7 +15,9 @@ use tidepool_client::ObjectError;
 use tidepool_proto::osd::{ObjectOp, OpError};
 
 use crate::index::{guard, just_before, shard_is_open, versioning_is, LinkExtras, Linked, Listed};
-use crate::records::{self, keys, version_id, version_seq, Entry, Head, Version, Versioning};
+use crate::records::{
+    self, keys, version_id, version_seq, BucketInfo, Entry, Head, Version, Versioning,
+};
 use crate::{BucketError, Buckets, Deleted, ListQuery, PutCondition};
 
 /// The id S3 gives the version written without versioning.
@@ -109,6 +111,36 @@ impl Buckets {
             ));
         }
         let info = self.lookup(name, true).await?;
+        let allowed = |info: &BucketInfo| {
+            if info.object_lock.is_some() && mode != Versioning::Enabled {
+                return Err(BucketError::InvalidBucketState(
+                    "versioning cannot be suspended on a bucket with object lock".into(),
+                ));
+            }
+            Ok(())
+        };
+        allowed(&info)?;
+        self.set_shard_versioning(&info, mode).await?;
+        let changed = self
+            .update_directory(&info, |i| {
+                allowed(i)?;
+                i.versioning = mode;
+                Ok(())
+            })
+            .await;
+        if let Err(BucketError::InvalidBucketState(_)) = &changed {
+            // Object lock was enabled meanwhile: its shards stay `Enabled`.
+            self.set_shard_versioning(&info, Versioning::Enabled)
+                .await?;
+        }
+        changed.map(|_| ())
+    }
+
+    async fn set_shard_versioning(
+        &self,
+        info: &BucketInfo,
+        mode: Versioning,
+    ) -> Result<(), BucketError> {
         let value = mode.xattr().expect("enabled or suspended").to_vec();
         for shard in 0..info.shards {
             let ops = vec![
@@ -122,8 +154,6 @@ impl Buckets {
                 Err(other) => return Err(other.into()),
             }
         }
-        self.update_directory(&info, |i| i.versioning = mode)
-            .await?;
         Ok(())
     }
 
@@ -184,6 +214,7 @@ impl Buckets {
         // write under `Suspended` replaces.
         if let (Some(old), Some(old_seq)) = (&old, old_seq) {
             if mode == Versioning::Suspended && old.version_id.is_none() {
+                crate::lock::check_replace(&old.meta)?;
                 if old.links.is_none() {
                     garbage.extend(crate::manifest::unreferenced(&old.segments, &still));
                 }
@@ -202,6 +233,9 @@ impl Buckets {
         if mode == Versioning::Suspended {
             for (record_key, raw, version) in self.versions_of(object, key).await? {
                 if version.id.is_none() {
+                    if let Some(entry) = &version.entry {
+                        crate::lock::check_replace(&entry.meta)?;
+                    }
                     ops.push(guard(record_key.clone(), &Some(raw)));
                     removes.push(record_key);
                     if let Some(entry) = version.entry.filter(|e| e.links.is_none()) {
@@ -376,7 +410,7 @@ impl Buckets {
         bucket: &str,
         key: &str,
         version: Option<&str>,
-        change: impl Fn(&mut crate::ObjectMeta),
+        change: impl Fn(&mut crate::ObjectMeta) -> Result<(), BucketError>,
     ) -> Result<Option<String>, BucketError> {
         let wanted = version.map(parse_version).transpose()?;
         let change = &change;
@@ -396,7 +430,7 @@ impl Buckets {
                     None => return Err(BucketError::NoSuchVersion),
                     Some(Target::Current) => {
                         let mut entry = snapshot.current.expect("current");
-                        change(&mut entry.meta);
+                        change(&mut entry.meta)?;
                         let id = entry.version_id.clone();
                         let raw = snapshot.current_raw.expect("read");
                         (keys::entry(key), raw, records::encode(&entry), id)
@@ -405,7 +439,7 @@ impl Buckets {
                         let Some(entry) = version.entry.as_mut() else {
                             return Err(BucketError::DeleteMarker(version.id));
                         };
-                        change(&mut entry.meta);
+                        change(&mut entry.meta)?;
                         let id = version.id.clone();
                         (record_key, raw, records::encode(&version), id)
                     }
@@ -427,12 +461,14 @@ impl Buckets {
     /// Removes version `version` of `key` for good (`"null"`: the `null` version); its
     /// stripes become garbage. When it was the latest, the next newest becomes the latest
     /// (the current object, unless it is a delete marker). A version that does not exist is
-    /// no error, as in S3.
+    /// no error, as in S3. A version under object lock stays (`Locked`); `bypass` lets a
+    /// governance-mode retention yield.
     pub async fn delete_version(
         &self,
         bucket: &str,
         key: &str,
         version: &str,
+        bypass: bool,
     ) -> Result<Deleted, BucketError> {
         let wanted = parse_version(version)?;
         self.on_bucket(bucket, |info| async move {
@@ -458,6 +494,13 @@ impl Buckets {
                 ];
                 let mut removes = Vec::new();
                 let mut sets = Vec::new();
+                let locked = match &target {
+                    Target::Current => current.as_ref(),
+                    Target::Record(_, _, version) => version.entry.as_ref(),
+                };
+                if let Some(entry) = locked {
+                    crate::lock::check_delete(&entry.meta, crate::now_ms(), bypass)?;
+                }
                 let (gone, was_latest, delete_marker) = match &target {
                     Target::Current => {
                         removes.push(keys::entry(key));

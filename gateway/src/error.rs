@@ -66,6 +66,10 @@ pub fn s3(error: BucketError) -> S3Error {
             "Your proposed upload is smaller than the minimum allowed object size (part {number})."
         ),
         BucketError::Invalid(reason) => s3_error!(InvalidArgument, "{reason}"),
+        BucketError::Locked(reason) => {
+            s3_error!(AccessDenied, "Access Denied because object protected by object lock: {reason}.")
+        }
+        BucketError::InvalidBucketState(reason) => s3_error!(InvalidBucketState, "{reason}"),
         BucketError::NotSupported(what) => s3_error!(NotImplemented, "Not supported: {what}."),
         BucketError::Conflict => s3_error!(
             OperationAborted,

@@ -6,6 +6,7 @@
 mod checksum;
 mod cors;
 mod error;
+mod lock;
 pub mod metrics;
 mod s3;
 mod tagging;

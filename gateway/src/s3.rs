@@ -16,8 +16,8 @@ use tidepool_buckets::{
 
 use crate::checksum::{self, Expected};
 use crate::error::s3;
-use crate::tagging;
 use crate::users::Users;
+use crate::{lock, tagging};
 
 /// The S3 service over the bucket layer.
 #[derive(Debug, Clone)]
@@ -61,15 +61,21 @@ impl Gateway {
         .map_err(s3)
     }
 
-    /// Deletes `key` of `bucket`, or its version `version` for good.
+    /// Deletes `key` of `bucket`, or its version `version` for good (`bypass`: through a
+    /// governance-mode retention).
     async fn delete_version(
         &self,
         bucket: &str,
         key: &str,
         version: Option<&str>,
+        bypass: bool,
     ) -> Result<Deleted, BucketError> {
         let mut deleted = match version {
-            Some(version) => self.buckets.delete_version(bucket, key, version).await?,
+            Some(version) => {
+                self.buckets
+                    .delete_version(bucket, key, version, bypass)
+                    .await?
+            }
             None => self.buckets.delete(bucket, key).await?,
         };
         if deleted.delete_marker || version.is_some() {
@@ -117,6 +123,29 @@ impl Gateway {
             .storage_class_pool(class.map(|c| c.as_str()))
             .await
             .map_err(s3)
+    }
+
+    /// Sets the retention and legal hold a write to `bucket` asks for (or the bucket's
+    /// default retention) on `meta`.
+    async fn lock_headers(
+        &self,
+        bucket: &str,
+        meta: &mut ObjectMeta,
+        mode: Option<&ObjectLockMode>,
+        until: Option<&Timestamp>,
+        hold: Option<&ObjectLockLegalHoldStatus>,
+    ) -> S3Result<()> {
+        let info = self.buckets.lookup(bucket, false).await.map_err(s3)?;
+        lock::apply_headers(&info, meta, mode, until, hold, tidepool_buckets::now_ms())
+    }
+
+    /// Bucket `bucket` when it has object lock (`InvalidRequest` otherwise).
+    async fn locked_bucket(&self, bucket: &str) -> S3Result<tidepool_buckets::BucketInfo> {
+        let info = self.buckets.lookup(bucket, false).await.map_err(s3)?;
+        if info.object_lock.is_none() {
+            return Err(lock::not_enabled());
+        }
+        Ok(info)
     }
 
     /// Upload `id`, and the data pool of its parts: that of its storage class.
@@ -206,14 +235,18 @@ struct BodyCheck<'a> {
     trailers: Option<s3s::TrailingHeaders>,
 }
 
-fn timestamp(ms: u64) -> Timestamp {
+pub(crate) fn timestamp(ms: u64) -> Timestamp {
     Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
-fn seconds(ts: &Timestamp) -> u64 {
+pub(crate) fn millis(ts: &Timestamp) -> u64 {
     SystemTime::from(time::OffsetDateTime::from(ts.clone()))
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn seconds(ts: &Timestamp) -> u64 {
+    millis(ts) / 1000
 }
 
 fn etag(value: &str) -> ETag {
@@ -323,9 +356,7 @@ fn meta_of(headers: ContentHeaders, metadata: Option<Metadata>) -> ObjectMeta {
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect(),
-        checksums: BTreeMap::new(),
-        storage_class: None,
-        tags: BTreeMap::new(),
+        ..Default::default()
     }
 }
 
@@ -536,6 +567,15 @@ macro_rules! read_answer {
             parts_count,
             // Shown unless STANDARD, as S3 does.
             storage_class: entry.meta.storage_class.clone().map(StorageClass::from),
+            object_lock_mode: entry
+                .meta
+                .retention
+                .map(|r| ObjectLockMode::from(r.mode.as_str().to_owned())),
+            object_lock_retain_until_date: entry.meta.retention.map(|r| timestamp(r.until_ms)),
+            object_lock_legal_hold_status: entry
+                .meta
+                .legal_hold
+                .then(|| ObjectLockLegalHoldStatus::from(ObjectLockLegalHoldStatus::ON.to_owned())),
             ..Default::default()
         };
         (range, output)
@@ -581,7 +621,8 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let caller = self.caller(&req).await?;
         let name = &req.input.bucket;
-        match self.buckets.create_bucket(name, &caller).await {
+        let lock = req.input.object_lock_enabled_for_bucket.unwrap_or(false);
+        match self.buckets.create_bucket(name, &caller, lock).await {
             Ok(_) => Ok(S3Response::new(CreateBucketOutput {
                 location: Some(format!("/{name}")),
             })),
@@ -664,6 +705,14 @@ impl S3 for Gateway {
         meta.checksums = sums;
         meta.storage_class = class;
         meta.tags = header_tags(input.tagging.as_deref())?;
+        self.lock_headers(
+            &input.bucket,
+            &mut meta,
+            input.object_lock_mode.as_ref(),
+            input.object_lock_retain_until_date.as_ref(),
+            input.object_lock_legal_hold_status.as_ref(),
+        )
+        .await?;
         let entry = self
             .buckets
             .put(&input.bucket, &input.key, written, meta, &condition)
@@ -745,7 +794,12 @@ impl S3 for Gateway {
         self.owned(&req, &req.input.bucket).await?;
         let input = &req.input;
         let deleted = self
-            .delete_version(&input.bucket, &input.key, input.version_id.as_deref())
+            .delete_version(
+                &input.bucket,
+                &input.key,
+                input.version_id.as_deref(),
+                input.bypass_governance_retention.unwrap_or(false),
+            )
             .await
             .map_err(s3)?;
         Ok(S3Response::new(DeleteObjectOutput {
@@ -765,6 +819,7 @@ impl S3 for Gateway {
             return Err(s3_error!(MalformedXML, "At most 1,000 keys per request."));
         }
         let quiet = input.delete.quiet.unwrap_or(false);
+        let bypass = input.bypass_governance_retention.unwrap_or(false);
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         let results = futures::stream::iter(input.delete.objects)
@@ -772,7 +827,7 @@ impl S3 for Gateway {
                 let bucket = input.bucket.clone();
                 async move {
                     let result = self
-                        .delete_version(&bucket, &object.key, object.version_id.as_deref())
+                        .delete_version(&bucket, &object.key, object.version_id.as_deref(), bypass)
                         .await;
                     (object.key, object.version_id, result)
                 }
@@ -872,6 +927,15 @@ impl S3 for Gateway {
         // As in S3, the copy is of the class the request names, else STANDARD.
         let (class, pool) = self.class_pool(input.storage_class.as_ref()).await?;
         meta.storage_class = class;
+        // The copy's lock is the request's (or the bucket's default), never the source's.
+        self.lock_headers(
+            &input.bucket,
+            &mut meta,
+            input.object_lock_mode.as_ref(),
+            input.object_lock_retain_until_date.as_ref(),
+            input.object_lock_legal_hold_status.as_ref(),
+        )
+        .await?;
         let data = self.buckets.read_data(&source, inline, 0..source.size);
         let info = self
             .buckets
@@ -993,7 +1057,10 @@ impl S3 for Gateway {
                 &input.bucket,
                 &input.key,
                 input.version_id.as_deref(),
-                |meta| meta.tags.clone_from(&tags),
+                |meta| {
+                    meta.tags.clone_from(&tags);
+                    Ok(())
+                },
             )
             .await
             .map_err(s3)?;
@@ -1029,7 +1096,10 @@ impl S3 for Gateway {
                 &input.bucket,
                 &input.key,
                 input.version_id.as_deref(),
-                |meta| meta.tags.clear(),
+                |meta| {
+                    meta.tags.clear();
+                    Ok(())
+                },
             )
             .await
             .map_err(s3)?;
@@ -1172,6 +1242,130 @@ impl S3 for Gateway {
             .await
             .map_err(s3)?;
         Ok(S3Response::new(DeleteBucketCorsOutput::default()))
+    }
+
+    async fn put_object_lock_configuration(
+        &self,
+        req: S3Request<PutObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<PutObjectLockConfigurationOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        let config = lock::configuration_of(input.object_lock_configuration)?;
+        self.buckets
+            .set_object_lock(&input.bucket, config)
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(PutObjectLockConfigurationOutput::default()))
+    }
+
+    async fn get_object_lock_configuration(
+        &self,
+        req: S3Request<GetObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<GetObjectLockConfigurationOutput>> {
+        self.check_owner(&req, &req.input.bucket, true).await?;
+        let info = self
+            .buckets
+            .lookup(&req.input.bucket, false)
+            .await
+            .map_err(s3)?;
+        let Some(config) = &info.object_lock else {
+            return Err(s3_error!(
+                ObjectLockConfigurationNotFoundError,
+                "Object Lock configuration does not exist for this bucket"
+            ));
+        };
+        Ok(S3Response::new(GetObjectLockConfigurationOutput {
+            object_lock_configuration: Some(lock::configuration_dto(config)),
+        }))
+    }
+
+    async fn put_object_retention(
+        &self,
+        req: S3Request<PutObjectRetentionInput>,
+    ) -> S3Result<S3Response<PutObjectRetentionOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        self.locked_bucket(&input.bucket).await?;
+        let retention = lock::retention_of(input.retention)?;
+        let bypass = input.bypass_governance_retention.unwrap_or(false);
+        self.buckets
+            .change_meta(
+                &input.bucket,
+                &input.key,
+                input.version_id.as_deref(),
+                |meta| {
+                    tidepool_buckets::lock::check_retention_change(
+                        meta.retention,
+                        retention,
+                        tidepool_buckets::now_ms(),
+                        bypass,
+                    )?;
+                    meta.retention = retention;
+                    Ok(())
+                },
+            )
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(PutObjectRetentionOutput::default()))
+    }
+
+    async fn get_object_retention(
+        &self,
+        req: S3Request<GetObjectRetentionInput>,
+    ) -> S3Result<S3Response<GetObjectRetentionOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        self.locked_bucket(&input.bucket).await?;
+        let (entry, _) = self
+            .read_version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        let Some(retention) = &entry.meta.retention else {
+            return Err(s3_error!(
+                NoSuchObjectLockConfiguration,
+                "The specified object does not have a ObjectLock configuration"
+            ));
+        };
+        Ok(S3Response::new(GetObjectRetentionOutput {
+            retention: Some(lock::retention_dto(retention)),
+        }))
+    }
+
+    async fn put_object_legal_hold(
+        &self,
+        req: S3Request<PutObjectLegalHoldInput>,
+    ) -> S3Result<S3Response<PutObjectLegalHoldOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        self.locked_bucket(&input.bucket).await?;
+        let on = lock::legal_hold_of(input.legal_hold)?;
+        self.buckets
+            .change_meta(
+                &input.bucket,
+                &input.key,
+                input.version_id.as_deref(),
+                |meta| {
+                    meta.legal_hold = on;
+                    Ok(())
+                },
+            )
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(PutObjectLegalHoldOutput::default()))
+    }
+
+    async fn get_object_legal_hold(
+        &self,
+        req: S3Request<GetObjectLegalHoldInput>,
+    ) -> S3Result<S3Response<GetObjectLegalHoldOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        self.locked_bucket(&input.bucket).await?;
+        let (entry, _) = self
+            .read_version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        Ok(S3Response::new(GetObjectLegalHoldOutput {
+            legal_hold: Some(lock::legal_hold_dto(entry.meta.legal_hold)),
+        }))
     }
 
     async fn put_bucket_versioning(
@@ -1447,6 +1641,14 @@ impl S3 for Gateway {
         let (class, _) = self.class_pool(input.storage_class.as_ref()).await?;
         meta.storage_class = class;
         meta.tags = header_tags(input.tagging.as_deref())?;
+        self.lock_headers(
+            &input.bucket,
+            &mut meta,
+            input.object_lock_mode.as_ref(),
+            input.object_lock_retain_until_date.as_ref(),
+            input.object_lock_legal_hold_status.as_ref(),
+        )
+        .await?;
         let upload = self
             .buckets
             .create_upload(&input.bucket, &input.key, meta)

@@ -168,6 +168,34 @@ impl S3Cluster {
         keys_of(&listing).len() as u64
     }
 
+    /// Runs the boto3 suite `tests/s3/NAME.py` with `users` (name, access key, secret key;
+    /// the first owns its buckets); it must pass.
+    fn boto3_suite(&self, name: &str, users: &[(&str, &str, &str)]) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("s3/{name}.py"));
+        let users: Vec<String> = users
+            .iter()
+            .map(|(user, access, secret)| format!("{user}:{access}:{secret}"))
+            .collect();
+        let started = Instant::now();
+        let output = Command::new(venv_bin("python"))
+            .arg(script)
+            .env("S3_ENDPOINT", &self.endpoint)
+            .env("USERS", users.join(","))
+            .env("BUCKET_PREFIX", name.replace('_', "-"))
+            .output()
+            .expect("python runs");
+        eprintln!(
+            "{name}.py ({:?}):\n{}",
+            started.elapsed(),
+            String::from_utf8_lossy(&output.stdout)
+        );
+        assert!(
+            output.status.success(),
+            "{name}.py: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     fn raw_request(&self, key: &str, case: &str) -> Value {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("s3/raw_requests.py");
         let output = Command::new(venv_bin("python"))
@@ -519,6 +547,14 @@ fn storage_classes(s3: &S3Cluster) {
 
 /// Rule: each S3 operation aws-cli's `s3api` exposes answers as S3 does, keys of any shape
 /// round-trip, and what another client does next sees a change at once.
+/// The suites that drive boto3 from one process each (see `tests/s3/s3check.py`).
+#[test]
+fn boto3_suites() {
+    let s3 = S3Cluster::start("s3-boto3");
+    let owner = ("alice", s3.access_key.as_str(), s3.secret_key.as_str());
+    s3.boto3_suite("object_lock", &[owner]);
+}
+
 #[test]
 fn aws_s3api_operations() {
     let s3 = S3Cluster::start("s3-api");
