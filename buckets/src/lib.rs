@@ -109,6 +109,15 @@ impl BucketError {
     }
 }
 
+/// What a new bucket is created with besides its name and owner.
+#[derive(Clone, Debug, Default)]
+pub struct CreateBucket {
+    /// Object lock (and so versioning) from the start.
+    pub object_lock: bool,
+    /// The location (region) the creator named, answered by `GetBucketLocation`.
+    pub location: Option<String>,
+}
+
 /// How the bucket layer lays out its data.
 #[derive(Clone, Debug)]
 pub struct BucketsConfig {
@@ -259,15 +268,15 @@ impl Buckets {
         }
     }
 
-    /// Creates bucket `name` owned by `owner`, with object lock (and so versioning) when
-    /// `object_lock`: its index shards first, then its directory entry, guarded so that two
-    /// creators cannot both succeed.
+    /// Creates bucket `name` owned by `owner` as `options` ask: its index shards first, then
+    /// its directory entry, guarded so that two creators cannot both succeed.
     pub async fn create_bucket(
         &self,
         name: &str,
         owner: &str,
-        object_lock: bool,
+        options: &CreateBucket,
     ) -> Result<BucketInfo, BucketError> {
+        let object_lock = options.object_lock;
         check_bucket_name(name)?;
         if let Some(raw) = self.directory_entry(name).await? {
             let existing: BucketInfo = records::decode(&raw)?;
@@ -291,6 +300,7 @@ impl Buckets {
             tags: Default::default(),
             cors: Vec::new(),
             object_lock: object_lock.then(ObjectLock::default),
+            location: options.location.clone(),
         };
         for shard in 0..info.shards {
             let mut ops = vec![

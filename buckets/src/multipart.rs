@@ -153,6 +153,30 @@ impl Buckets {
             .collect()
     }
 
+    /// The object a completion of `chosen` parts made when it is still `key`'s current
+    /// object: a completion repeated after a lost answer (SDKs retry them) succeeds again, as
+    /// in S3. The ETag of a multipart object is a digest of its parts' ETags, so the entry is
+    /// known by it. `NoSuchUpload` otherwise.
+    async fn completed(
+        &self,
+        bucket: &str,
+        key: &str,
+        chosen: &[CompletedPart],
+    ) -> Result<Entry, BucketError> {
+        let mut md5s = Md5::new();
+        for part in chosen {
+            let digest =
+                decode_hex(part.etag.trim_matches('"')).map_err(|_| BucketError::NoSuchUpload)?;
+            md5s.update(digest);
+        }
+        let etag = format!("{}-{}", crate::data::hex(&md5s.finalize()), chosen.len());
+        match self.head(bucket, key).await {
+            Ok(entry) if !chosen.is_empty() && entry.etag == etag => Ok(entry),
+            Ok(_) | Err(BucketError::NoSuchKey) => Err(BucketError::NoSuchUpload),
+            Err(other) => Err(other),
+        }
+    }
+
     /// Completes upload `id` with `chosen` parts: links the object whose manifest lists their
     /// segments, and unlinks the parts left out.
     pub async fn complete_upload(
@@ -163,7 +187,10 @@ impl Buckets {
         chosen: &[CompletedPart],
         condition: &PutCondition,
     ) -> Result<Entry, BucketError> {
-        let (upload, raw) = self.upload(bucket, key, id).await?;
+        let (upload, raw) = match self.upload(bucket, key, id).await {
+            Err(BucketError::NoSuchUpload) => return self.completed(bucket, key, chosen).await,
+            found => found?,
+        };
         let parts: BTreeMap<u32, Part> = self
             .parts(id)
             .await?

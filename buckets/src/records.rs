@@ -56,6 +56,9 @@ pub struct BucketInfo {
     /// Its object lock, once enabled (its versioning is then `Enabled` for good).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<crate::ObjectLock>,
+    /// The location its creator named (`None`: the default, `us-east-1` in S3's terms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// One CORS rule of a bucket, as S3's `CORSRule`.
@@ -489,6 +492,7 @@ mod tests {
                     years: None,
                 }),
             }),
+            location: Some("eu-west-1".into()),
         };
         let bytes = encode(&info);
         assert_eq!(decode::<BucketInfo>(&bytes).expect("decodes"), info);
@@ -565,6 +569,7 @@ mod tests {
             tags: BTreeMap::new(),
             cors: Vec::new(),
             object_lock: None,
+            location: None,
         };
         let mut counts = [0u32; 8];
         for i in 0..8000 {

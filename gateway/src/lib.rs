@@ -46,42 +46,168 @@ pub fn app(buckets: Buckets, users: Arc<Users>, metrics: Arc<GatewayMetrics>) ->
         let metrics = metrics.clone();
         let buckets = buckets.clone();
         async move {
-            let close = empty_body_expecting_continue(request.headers());
+            let request_id = tidepool_buckets::random_id().to_ascii_uppercase();
             let (parts, body) = request.into_parts();
             let in_flight = metrics.begin(&parts);
-            if parts.method == http::Method::OPTIONS {
-                let response = preflight(&buckets, &parts).await;
-                in_flight.finish(response.status(), response.headers());
-                return response;
-            }
-            let cross_origin = cross_origin_request(&parts);
-            let request = http::Request::from_parts(parts, s3s::Body::http_body_unsync(body));
-            let response = match service.call(request).await {
-                Ok(response) => {
-                    let mut response = response.map(axum::body::Body::new);
-                    if close {
-                        response.headers_mut().insert(
-                            http::header::CONNECTION,
-                            http::HeaderValue::from_static("close"),
-                        );
-                    }
-                    response
-                }
-                Err(error) => {
-                    tracing::error!(?error, "the S3 service failed");
-                    let mut response = axum::response::Response::new(axum::body::Body::empty());
-                    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                    response
-                }
-            };
-            let mut response = response;
-            if let Some((bucket, origin, method)) = cross_origin {
-                allow_cross_origin(&buckets, &bucket, &origin, &method, &mut response).await;
-            }
+            let response = serve_one(&service, &buckets, parts, body).await;
+            let response = with_request_id(response, &request_id).await;
             in_flight.finish(response.status(), response.headers());
             response
         }
     })
+}
+
+/// One request's answer.
+async fn serve_one(
+    service: &s3s::service::S3Service,
+    buckets: &Buckets,
+    mut parts: http::request::Parts,
+    body: axum::body::Body,
+) -> axum::response::Response {
+    if parts.method == http::Method::OPTIONS {
+        return preflight(buckets, &parts).await;
+    }
+    if let Some(refused) = refusal(&parts) {
+        return refused;
+    }
+    let body = match length_of_chunked(&mut parts, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let close = empty_body_expecting_continue(&parts.headers);
+    let cross_origin = cross_origin_request(&parts);
+    let request = http::Request::from_parts(parts, body);
+    let mut response = match service.call(request).await {
+        Ok(response) => {
+            let mut response = response.map(axum::body::Body::new);
+            if close {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            response
+        }
+        Err(error) => {
+            tracing::error!(?error, "the S3 service failed");
+            let mut response = axum::response::Response::new(axum::body::Body::empty());
+            *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    };
+    if let Some((bucket, origin, method)) = cross_origin {
+        allow_cross_origin(buckets, &bucket, &origin, &method, &mut response).await;
+    }
+    response
+}
+
+/// The largest body sent with `Transfer-Encoding: chunked` and no length that the gateway
+/// takes: it holds such a body in memory to learn its length, which S3's checks need.
+const CHUNKED_WITHOUT_LENGTH_MAX: usize = 64 << 20;
+
+/// The body of a request, as `s3s` takes it. A body sent with `Transfer-Encoding: chunked`
+/// and no `Content-Length` (curl's uploads from a pipe, for example) is read first, up to
+/// [`CHUNKED_WITHOUT_LENGTH_MAX`], so that its length is known, as S3 accepts such uploads.
+/// (`aws-chunked` bodies declare their length in `x-amz-decoded-content-length`.)
+async fn length_of_chunked(
+    parts: &mut http::request::Parts,
+    body: axum::body::Body,
+) -> Result<s3s::Body, axum::response::Response> {
+    let chunked = parts
+        .headers
+        .get(http::header::TRANSFER_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let without_length = !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        && !parts.headers.contains_key("x-amz-decoded-content-length");
+    if !(chunked && without_length) {
+        return Ok(s3s::Body::http_body_unsync(body));
+    }
+    match axum::body::to_bytes(body, CHUNKED_WITHOUT_LENGTH_MAX).await {
+        Ok(bytes) => {
+            parts.headers.remove(http::header::TRANSFER_ENCODING);
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, bytes.len().into());
+            Ok(s3s::Body::from(bytes))
+        }
+        Err(_) => Err(error_answer(
+            http::StatusCode::LENGTH_REQUIRED,
+            "MissingContentLength",
+            "A chunked body over 64 MiB needs a Content-Length.",
+        )),
+    }
+}
+
+/// The longest a presigned URL may live, as S3 allows: a week.
+const PRESIGNED_SECONDS_MAX: i64 = 604_800;
+
+/// The answer to a request refused before `s3s` reads it, as S3 refuses it:
+/// - a presigned URL whose `X-Amz-Expires` is out of S3's range (1 s to a week): 403
+///   `AuthorizationQueryParametersError`;
+/// - an empty `Content-MD5` (which `s3s` reads as none): 400 `InvalidDigest`.
+fn refusal(parts: &http::request::Parts) -> Option<axum::response::Response> {
+    let expires = parts.uri.query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name.eq_ignore_ascii_case("X-Amz-Expires"))
+            .map(|(_, value)| value.into_owned())
+    });
+    if let Some(expires) = expires {
+        let seconds = expires.parse::<i64>().unwrap_or(0);
+        if !(1..=PRESIGNED_SECONDS_MAX).contains(&seconds) {
+            return Some(error_answer(
+                http::StatusCode::FORBIDDEN,
+                "AuthorizationQueryParametersError",
+                "X-Amz-Expires must be less than a week (in seconds) that is; 604800 seconds",
+            ));
+        }
+    }
+    let empty_md5 = parts
+        .headers
+        .get("content-md5")
+        .is_some_and(|v| v.as_bytes().trim_ascii().is_empty());
+    empty_md5.then(|| {
+        error_answer(
+            http::StatusCode::BAD_REQUEST,
+            "InvalidDigest",
+            "The Content-MD5 you specified is not valid.",
+        )
+    })
+}
+
+/// The largest error body the gateway rewrites to name its request id.
+const ERROR_BODY_MAX: usize = 64 << 10;
+
+/// `response` with `x-amz-request-id: id`, and, for an S3 error answer, `<RequestId>` in its
+/// body: clients and support tickets tie the two together.
+async fn with_request_id(response: axum::response::Response, id: &str) -> axum::response::Response {
+    let (mut parts, body) = response.into_parts();
+    if let Ok(value) = http::HeaderValue::from_str(id) {
+        parts.headers.insert("x-amz-request-id", value);
+    }
+    let xml = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/xml"));
+    if !(parts.status.is_client_error() || parts.status.is_server_error()) || !xml {
+        return axum::response::Response::from_parts(parts, body);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, ERROR_BODY_MAX).await else {
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let body = match text.rfind("</Error>") {
+        Some(end) if !text.contains("<RequestId>") => {
+            format!(
+                "{}<RequestId>{id}</RequestId>{}",
+                &text[..end],
+                &text[end..]
+            )
+        }
+        _ => text.into_owned(),
+    };
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// The bucket a path-style request names.

@@ -148,6 +148,28 @@ impl Gateway {
         Ok(info)
     }
 
+    /// The owner of `bucket`'s objects, as listings show it: the bucket's owner.
+    async fn bucket_owner(&self, bucket: &str) -> S3Result<Owner> {
+        let owner = self.buckets.lookup(bucket, false).await.map_err(s3)?.owner;
+        Ok(Owner {
+            display_name: Some(owner.clone()),
+            id: Some(owner),
+        })
+    }
+
+    /// A page of `bucket`'s objects (none when `query.limit` is 0: S3's empty, untruncated
+    /// page).
+    async fn list_page(
+        &self,
+        bucket: &str,
+        query: &ListQuery,
+    ) -> S3Result<tidepool_buckets::ListPage> {
+        if query.limit == 0 {
+            return Ok(Default::default());
+        }
+        self.buckets.list(bucket, query).await.map_err(s3)
+    }
+
     /// Upload `id`, and the data pool of its parts: that of its storage class.
     async fn open_upload(
         &self,
@@ -173,6 +195,7 @@ impl Gateway {
         options: WriteOptions,
         check: BodyCheck<'_>,
     ) -> S3Result<(Written, BTreeMap<String, String>)> {
+        let sent_md5 = check.content_md5.map(content_md5).transpose()?;
         let info = self.buckets.lookup(bucket, false).await.map_err(s3)?;
         let mut hasher = check.expected.hasher();
         let body = body.unwrap_or_else(|| {
@@ -208,11 +231,11 @@ impl Gateway {
                     ));
                 }
             }
-            if let Some(md5) = check.content_md5 {
-                let sent = base64_decode(md5).ok_or_else(|| s3_error!(InvalidDigest))?;
-                if sent != written.md5 {
-                    return Err(s3_error!(BadDigest));
-                }
+            if sent_md5.is_some_and(|sent| sent != written.md5) {
+                return Err(s3_error!(
+                    BadDigest,
+                    "The Content-MD5 you specified did not match what we received."
+                ));
             }
             let trailers = check.trailers.and_then(|t| t.take());
             check.expected.verify(hasher.finalize(), trailers)
@@ -247,6 +270,25 @@ pub(crate) fn millis(ts: &Timestamp) -> u64 {
 
 fn seconds(ts: &Timestamp) -> u64 {
     millis(ts) / 1000
+}
+
+/// The MD5 a `Content-MD5` header names: base64 of 16 bytes, else `InvalidDigest`.
+fn content_md5(text: &str) -> S3Result<Vec<u8>> {
+    base64_decode(text)
+        .filter(|digest| digest.len() == 16)
+        .ok_or_else(|| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid."))
+}
+
+/// A `Content-Encoding` as stored: without `aws-chunked`, which names only how the request
+/// body was framed (none when nothing else is left).
+fn stored_encoding(encoding: Option<String>) -> Option<String> {
+    let encoding = encoding?;
+    let kept: Vec<&str> = encoding
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
 }
 
 fn etag(value: &str) -> ETag {
@@ -470,11 +512,27 @@ fn check_read_conditions(
         }
         _ => {}
     }
-    match (if_none_match, if_modified_since) {
-        (Some(condition), _) if etag_matches(condition, &entry.etag) => Err(s3_error!(NotModified)),
-        (None, Some(since)) if modified <= seconds(since) => Err(s3_error!(NotModified)),
-        _ => Ok(()),
+    let unchanged = match (if_none_match, if_modified_since) {
+        (Some(condition), _) => etag_matches(condition, &entry.etag),
+        (None, Some(since)) => modified <= seconds(since),
+        (None, None) => false,
+    };
+    if unchanged {
+        // As S3 answers: 304 with the object's ETag and time, so caches can revalidate.
+        let mut error = s3_error!(NotModified);
+        let mut headers = http::HeaderMap::new();
+        if let Ok(value) = http::HeaderValue::from_str(&format!("\"{}\"", entry.etag)) {
+            headers.insert(http::header::ETAG, value);
+        }
+        let modified =
+            httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(entry.modified_ms));
+        if let Ok(value) = http::HeaderValue::from_str(&modified) {
+            headers.insert(http::header::LAST_MODIFIED, value);
+        }
+        error.set_headers(headers);
+        return Err(error);
     }
+    Ok(())
 }
 
 /// Parses `bytes=first-last` of `x-amz-copy-source-range` against an object of `size` bytes.
@@ -621,8 +679,17 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let caller = self.caller(&req).await?;
         let name = &req.input.bucket;
-        let lock = req.input.object_lock_enabled_for_bucket.unwrap_or(false);
-        match self.buckets.create_bucket(name, &caller, lock).await {
+        let options = tidepool_buckets::CreateBucket {
+            object_lock: req.input.object_lock_enabled_for_bucket.unwrap_or(false),
+            location: req
+                .input
+                .create_bucket_configuration
+                .as_ref()
+                .and_then(|c| c.location_constraint.as_ref())
+                .map(|l| l.as_str().to_owned())
+                .filter(|l| !l.is_empty()),
+        };
+        match self.buckets.create_bucket(name, &caller, &options).await {
             Ok(_) => Ok(S3Response::new(CreateBucketOutput {
                 location: Some(format!("/{name}")),
             })),
@@ -657,7 +724,14 @@ impl S3 for Gateway {
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         self.owned(&req, &req.input.bucket).await?;
-        Ok(S3Response::new(GetBucketLocationOutput::default()))
+        let info = self
+            .buckets
+            .lookup(&req.input.bucket, false)
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(GetBucketLocationOutput {
+            location_constraint: info.location.map(BucketLocationConstraint::from),
+        }))
     }
 
     async fn put_object(
@@ -694,7 +768,7 @@ impl S3 for Gateway {
         let mut meta = meta_of(
             ContentHeaders {
                 content_type: input.content_type,
-                content_encoding: input.content_encoding,
+                content_encoding: stored_encoding(input.content_encoding),
                 content_disposition: input.content_disposition,
                 content_language: input.content_language,
                 cache_control: input.cache_control,
@@ -903,7 +977,7 @@ impl S3 for Gateway {
             meta_of(
                 ContentHeaders {
                     content_type: input.content_type,
-                    content_encoding: input.content_encoding,
+                    content_encoding: stored_encoding(input.content_encoding),
                     content_disposition: input.content_disposition,
                     content_language: input.content_language,
                     cache_control: input.cache_control,
@@ -1450,16 +1524,7 @@ impl S3 for Gateway {
             .list_versions(&input.bucket, &query)
             .await
             .map_err(s3)?;
-        let owner = self
-            .buckets
-            .lookup(&input.bucket, false)
-            .await
-            .map_err(s3)?
-            .owner;
-        let owner = Owner {
-            display_name: Some(owner.clone()),
-            id: Some(owner),
-        };
+        let owner = self.bucket_owner(&input.bucket).await?;
         let encode = encoder(input.encoding_type.as_ref());
         let mut versions = Vec::new();
         let mut markers = Vec::new();
@@ -1533,7 +1598,8 @@ impl S3 for Gateway {
             after: input.marker.clone().filter(|m| !m.is_empty()),
             limit,
         };
-        let page = self.buckets.list(&input.bucket, &query).await.map_err(s3)?;
+        let page = self.list_page(&input.bucket, &query).await?;
+        let owner = self.bucket_owner(&input.bucket).await?;
         let encode = encoder(input.encoding_type.as_ref());
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
@@ -1550,7 +1616,10 @@ impl S3 for Gateway {
             contents: Some(
                 page.entries
                     .into_iter()
-                    .map(|(k, e)| object_of(k, &e, encode))
+                    .map(|(k, e)| Object {
+                        owner: Some(owner.clone()),
+                        ..object_of(k, &e, encode)
+                    })
                     .collect(),
             ),
             common_prefixes: Some(
@@ -1582,7 +1651,11 @@ impl S3 for Gateway {
             after,
             limit,
         };
-        let page = self.buckets.list(&input.bucket, &query).await.map_err(s3)?;
+        let page = self.list_page(&input.bucket, &query).await?;
+        let owner = match input.fetch_owner {
+            Some(true) => Some(self.bucket_owner(&input.bucket).await?),
+            _ => None,
+        };
         let encode = encoder(input.encoding_type.as_ref());
         let count = page.entries.len() + page.prefixes.len();
         Ok(S3Response::new(ListObjectsV2Output {
@@ -1602,7 +1675,10 @@ impl S3 for Gateway {
             contents: Some(
                 page.entries
                     .into_iter()
-                    .map(|(k, e)| object_of(k, &e, encode))
+                    .map(|(k, e)| Object {
+                        owner: owner.clone(),
+                        ..object_of(k, &e, encode)
+                    })
                     .collect(),
             ),
             common_prefixes: Some(
@@ -1626,7 +1702,7 @@ impl S3 for Gateway {
         let mut meta = meta_of(
             ContentHeaders {
                 content_type: input.content_type,
-                content_encoding: input.content_encoding,
+                content_encoding: stored_encoding(input.content_encoding),
                 content_disposition: input.content_disposition,
                 content_language: input.content_language,
                 cache_control: input.cache_control,

@@ -2,7 +2,7 @@
 operation fails with S3's error code (and status) as AWS answers it.
 
 A suite is a module of functions named `check_*`, each taking the `Suite`; `run(module)`
-calls them in order and exits non-zero, naming the failed check, on the first failure.
+calls them in order and exits non-zero, naming the failed checks, when any failed.
 Clients come from the environment: S3_ENDPOINT, and USERS as `name:access:secret,...`.
 """
 
@@ -75,6 +75,7 @@ def run(module):
     suite = Suite()
     checks = [(n, f) for n, f in vars(module).items() if n.startswith("check_") and callable(f)]
     only = os.environ.get("CHECK")
+    failed = []
     for name, check in checks:
         if only and only not in name:
             continue
@@ -83,6 +84,10 @@ def run(module):
             check(suite)
         except Exception:
             traceback.print_exc()
-            print(f"FAILED {name}", file=sys.stderr)
-            sys.exit(1)
+            print(f"FAILED {name}", file=sys.stderr, flush=True)
+            failed.append(name)
+            continue
         print(f"ok {name} ({time.monotonic() - started:.1f} s)", flush=True)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)

@@ -553,6 +553,7 @@ fn boto3_suites() {
     let s3 = S3Cluster::start("s3-boto3");
     let owner = ("alice", s3.access_key.as_str(), s3.secret_key.as_str());
     s3.boto3_suite("object_lock", &[owner]);
+    s3.boto3_suite("behaviours", &[owner]);
 }
 
 #[test]

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Single S3 behaviours that SDKs and conformance suites rely on, each as AWS answers it:
+retried multipart completions, bucket locations, owners in listings, empty pages, request
+ids in errors, stored content encodings, chunked transfers without a length, Content-MD5
+checks, presigned URL lifetimes, conditional GETs and conditional PUTs."""
+
+import base64
+import datetime
+import hashlib
+import http.client
+import os
+import sys
+import time
+import urllib.parse
+
+import botocore.exceptions
+
+import s3check
+from s3check import fails
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+from sigv4 import sign_headers  # noqa: E402
+
+
+def raw(t, method, path, headers=None, body=None, query="", sign=True, chunked=False):
+    """One request over plain HTTP; its status, headers and body."""
+    url = urllib.parse.urlparse(t.endpoint)
+    headers = dict(headers or {})
+    if sign:
+        headers.setdefault("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+        access, secret = t.users[t.owner]
+        sign_headers(method, url.netloc, path, headers, secret, access,
+                     datetime.datetime.now(datetime.timezone.utc), query)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    target = urllib.parse.quote(path, safe="/~") + (f"?{query}" if query else "")
+    if chunked:
+        connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.putheader("transfer-encoding", "chunked")
+        connection.endheaders()
+        for piece in body:
+            connection.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        connection.send(b"0\r\n\r\n")
+    else:
+        connection.request(method, target, body=body, headers=headers)
+    response = connection.getresponse()
+    answer = (response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    connection.close()
+    return answer
+
+
+def check_repeated_complete_answers_the_same_etag(t):
+    s3 = t.s3
+    bucket = t.bucket()
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=1, Body=b"p" * 100)
+    parts = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+    first = s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload,
+                                         MultipartUpload=parts)
+    again = s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload,
+                                         MultipartUpload=parts)
+    assert again["ETag"] == first["ETag"], (first, again)
+    assert s3.get_object(Bucket=bucket, Key="mp")["Body"].read() == b"p" * 100
+    # Once the key holds another object, the upload is gone.
+    s3.put_object(Bucket=bucket, Key="mp", Body=b"other")
+    fails("NoSuchUpload", s3.complete_multipart_upload, Bucket=bucket, Key="mp",
+          UploadId=upload, MultipartUpload=parts)
+    fails("NoSuchUpload", s3.complete_multipart_upload, Bucket=bucket, Key="mp",
+          UploadId="nothere", MultipartUpload=parts)
+
+
+def check_bucket_location(t):
+    s3 = t.s3
+    plain = t.bucket()
+    assert s3.get_bucket_location(Bucket=plain).get("LocationConstraint") is None
+    placed = t.bucket(CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    got = s3.get_bucket_location(Bucket=placed)["LocationConstraint"]
+    assert got == "eu-west-1", got
+
+
+def check_listing_owners_and_empty_pages(t):
+    s3 = t.s3
+    bucket = t.bucket()
+    for key in ("a", "b"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    listing = s3.list_objects_v2(Bucket=bucket, FetchOwner=True)
+    owners = {o["Key"]: o.get("Owner", {}).get("ID") for o in listing["Contents"]}
+    assert owners == {"a": t.owner, "b": t.owner}, owners
+    listing = s3.list_objects_v2(Bucket=bucket)
+    assert all("Owner" not in o for o in listing["Contents"]), listing
+    listing = s3.list_objects(Bucket=bucket)
+    assert all(o["Owner"]["ID"] == t.owner for o in listing["Contents"]), listing
+    empty = s3.list_objects_v2(Bucket=bucket, MaxKeys=0)
+    assert "Contents" not in empty and not empty["IsTruncated"], empty
+    assert empty["KeyCount"] == 0 and empty["MaxKeys"] == 0, empty
+    empty = s3.list_objects(Bucket=bucket, MaxKeys=0)
+    assert "Contents" not in empty and not empty["IsTruncated"], empty
+
+
+def check_errors_carry_their_request_id(t):
+    try:
+        t.s3.head_object(Bucket=t.bucket(), Key="nothere")
+    except botocore.exceptions.ClientError:
+        pass
+    status, headers, body = raw(t, "GET", f"/{t.bucket()}/nothere")
+    assert status == 404, status
+    request_id = headers.get("x-amz-request-id")
+    assert request_id and f"<RequestId>{request_id}</RequestId>".encode() in body, (headers, body)
+
+
+def check_aws_chunked_is_not_stored(t):
+    s3 = t.s3
+    bucket = t.bucket()
+    s3.put_object(Bucket=bucket, Key="gz", Body=b"zz", ContentEncoding="gzip, aws-chunked")
+    got = s3.head_object(Bucket=bucket, Key="gz").get("ContentEncoding")
+    assert got == "gzip", got
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"zz", ContentEncoding="aws-chunked")
+    got = s3.head_object(Bucket=bucket, Key="plain").get("ContentEncoding")
+    assert got is None, got
+
+
+def check_chunked_transfer_without_length(t):
+    bucket = t.bucket()
+    pieces = [b"a" * 1000, b"b" * 70000, b"c"]
+    status, _, body = raw(t, "PUT", f"/{bucket}/streamed", body=pieces, chunked=True)
+    assert status == 200, (status, body)
+    got = t.s3.get_object(Bucket=bucket, Key="streamed")["Body"].read()
+    assert got == b"".join(pieces), len(got)
+
+
+def check_content_md5(t):
+    s3 = t.s3
+    bucket = t.bucket()
+    body = b"digest me"
+    good = base64.b64encode(hashlib.md5(body).digest()).decode()
+    s3.put_object(Bucket=bucket, Key="ok", Body=body, ContentMD5=good)
+    for bad in ["not base64!", base64.b64encode(b"short").decode(), ""]:
+        status, _, answer = raw(t, "PUT", f"/{bucket}/bad", body=body,
+                                headers={"content-md5": bad})
+        assert status == 400 and b"<Code>InvalidDigest</Code>" in answer, (bad, status, answer)
+    wrong = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    fails("BadDigest", s3.put_object, Bucket=bucket, Key="bad", Body=body, ContentMD5=wrong)
+    fails("NoSuchKey", s3.get_object, Bucket=bucket, Key="bad")
+
+
+def check_presigned_lifetimes(t):
+    s3 = t.s3
+    bucket = t.bucket()
+    s3.put_object(Bucket=bucket, Key="p", Body=b"presigned")
+    v4 = t.client(t.owner, signature_version="s3v4")
+
+    def get(url):
+        url = urllib.parse.urlparse(url)
+        return raw(t, "GET", urllib.parse.unquote(url.path), query=url.query, sign=False)
+
+    status, _, body = get(v4.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "p"}, ExpiresIn=60))
+    assert (status, body) == (200, b"presigned"), (status, body)
+    for expires in (604801, 609901):
+        url = v4.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "p"},
+                                        ExpiresIn=expires)
+        status, _, body = get(url)
+        assert status == 403 and b"AuthorizationQueryParametersError" in body, (status, body)
+    url = v4.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "p"},
+                                    ExpiresIn=1)
+    time.sleep(2.1)
+    status, _, body = get(url)
+    assert status == 403 and b"<Code>AccessDenied</Code>" in body, (status, body)
+
+
+def check_conditional_reads_and_writes(t):
+    s3 = t.s3
+    bucket = t.bucket()
+    etag = s3.put_object(Bucket=bucket, Key="c", Body=b"cond")["ETag"]
+    status, headers, body = raw(t, "GET", f"/{bucket}/c", headers={"if-none-match": etag})
+    assert status == 304 and headers.get("etag") == etag and body == b"", (status, headers)
+    later = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1))
+    status, headers, _ = raw(t, "GET", f"/{bucket}/c", headers={
+        "if-modified-since": later.strftime("%a, %d %b %Y %H:%M:%S GMT")})
+    assert status == 304 and headers.get("etag") == etag, (status, headers)
+    fails("PreconditionFailed", s3.put_object, Bucket=bucket, Key="c", Body=b"new",
+          IfMatch='"0123456789abcdef0123456789abcdef"', status=412)
+    fails("PreconditionFailed", s3.put_object, Bucket=bucket, Key="absent", Body=b"new",
+          IfMatch=etag, status=412)
+    assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"cond"
+    s3.put_object(Bucket=bucket, Key="c", Body=b"new", IfMatch=etag)
+    fails("PreconditionFailed", s3.put_object, Bucket=bucket, Key="c", Body=b"x",
+          IfNoneMatch="*", status=412)
+
+
+if __name__ == "__main__":
+    s3check.run(sys.modules[__name__])
