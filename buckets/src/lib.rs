@@ -3,6 +3,7 @@
 //! objects described by a manifest, multipart uploads whose parts become the manifest, and a
 //! garbage collector for unlinked stripes. See docs/buckets.md.
 
+pub mod acl;
 pub mod classes;
 mod data;
 pub mod gc;
@@ -22,6 +23,7 @@ use serde_bytes::ByteBuf;
 use tidepool_client::{ObjectClient, ObjectError};
 use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
 
+pub use acl::{Acl, Grant, Grantee, Ownership, Permission, PublicAccessBlock};
 pub use data::{hex, DataStream, WriteOptions, Written};
 pub use index::{Deleted, ListPage, ListQuery, PutCondition};
 pub use lock::{DefaultRetention, LockError, LockMode, ObjectLock, Retention};
@@ -116,6 +118,10 @@ pub struct CreateBucket {
     pub object_lock: bool,
     /// The location (region) the creator named, answered by `GetBucketLocation`.
     pub location: Option<String>,
+    /// Its ACL (`None`: the owner's alone).
+    pub acl: Option<Acl>,
+    /// Its object ownership, if set.
+    pub ownership: Option<Ownership>,
 }
 
 /// How the bucket layer lays out its data.
@@ -287,20 +293,16 @@ impl Buckets {
             });
         }
         let info = BucketInfo {
-            name: name.to_owned(),
-            id: random_id(),
-            owner: owner.to_owned(),
-            created_ms: now_ms(),
-            shards: self.inner.config.shards,
             versioning: if object_lock {
                 records::Versioning::Enabled
             } else {
                 records::Versioning::Off
             },
-            tags: Default::default(),
-            cors: Vec::new(),
             object_lock: object_lock.then(ObjectLock::default),
             location: options.location.clone(),
+            acl: options.acl.clone(),
+            ownership: options.ownership,
+            ..BucketInfo::new(name, owner, self.inner.config.shards)
         };
         for shard in 0..info.shards {
             let mut ops = vec![
@@ -379,6 +381,17 @@ impl Buckets {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Changes bucket `name`'s record with `change` (its ACL, policy, public access block or
+    /// ownership: what the gateway checks and S3 keeps in the bucket).
+    pub async fn change_bucket(
+        &self,
+        name: &str,
+        change: impl Fn(&mut BucketInfo) -> Result<(), BucketError>,
+    ) -> Result<BucketInfo, BucketError> {
+        let info = self.lookup(name, true).await?;
+        self.update_directory(&info, change).await
     }
 
     /// Sets bucket `name`'s object lock configuration, enabling object lock on a bucket

@@ -59,6 +59,18 @@ pub struct BucketInfo {
     /// The location its creator named (`None`: the default, `us-east-1` in S3's terms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Its ACL (`None`: its owner's alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<crate::Acl>,
+    /// Its policy, as the owner sent it (checked when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Its public access block, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_access_block: Option<crate::PublicAccessBlock>,
+    /// Its object ownership, if set (`None`: as `ObjectWriter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<crate::Ownership>,
 }
 
 /// One CORS rule of a bucket, as S3's `CORSRule`.
@@ -162,6 +174,26 @@ pub fn version_seq(id: &str) -> Option<u64> {
 }
 
 impl BucketInfo {
+    /// A new bucket `name` of `owner` with `shards` index shards and nothing else set.
+    pub fn new(name: &str, owner: &str, shards: u32) -> BucketInfo {
+        BucketInfo {
+            name: name.to_owned(),
+            id: crate::random_id(),
+            owner: owner.to_owned(),
+            created_ms: crate::now_ms(),
+            shards,
+            versioning: Versioning::Off,
+            tags: BTreeMap::new(),
+            cors: Vec::new(),
+            object_lock: None,
+            location: None,
+            acl: None,
+            policy: None,
+            public_access_block: None,
+            ownership: None,
+        }
+    }
+
     /// The index object of shard `shard`.
     pub fn shard_object(&self, shard: u32) -> String {
         format!("index.{}.{shard}", self.id)
@@ -269,6 +301,9 @@ pub struct ObjectMeta {
     /// Whether it is under a legal hold (object lock).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub legal_hold: bool,
+    /// Its ACL (`None`: the bucket owner's alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<crate::Acl>,
 }
 
 /// An object's index entry.
@@ -493,6 +528,7 @@ mod tests {
                 }),
             }),
             location: Some("eu-west-1".into()),
+            ..BucketInfo::new("b", "alice", 8)
         };
         let bytes = encode(&info);
         assert_eq!(decode::<BucketInfo>(&bytes).expect("decodes"), info);
@@ -568,8 +604,7 @@ mod tests {
             versioning: Versioning::Off,
             tags: BTreeMap::new(),
             cors: Vec::new(),
-            object_lock: None,
-            location: None,
+            ..BucketInfo::new("b", "o", 8)
         };
         let mut counts = [0u32; 8];
         for i in 0..8000 {

@@ -3,11 +3,14 @@
 //! layer. Stateless: users come from the monitors and everything else from the cluster.
 //! See docs/gateway.md.
 
+mod access;
+mod authorize;
 mod checksum;
 mod cors;
 mod error;
 mod lock;
 pub mod metrics;
+mod policy;
 mod s3;
 mod tagging;
 mod users;
@@ -39,7 +42,11 @@ pub struct GatewayConfig {
 pub fn app(buckets: Buckets, users: Arc<Users>, metrics: Arc<GatewayMetrics>) -> axum::Router {
     let mut builder =
         s3s::service::S3ServiceBuilder::new(Gateway::new(buckets.clone(), users.clone()));
-    builder.set_auth(users::UserKeys(users));
+    builder.set_auth(users::UserKeys(users.clone()));
+    builder.set_access(authorize::Access {
+        buckets: buckets.clone(),
+        users,
+    });
     let service = builder.build();
     axum::Router::new().fallback(move |request: axum::extract::Request| {
         let service = service.clone();
@@ -47,7 +54,14 @@ pub fn app(buckets: Buckets, users: Arc<Users>, metrics: Arc<GatewayMetrics>) ->
         let buckets = buckets.clone();
         async move {
             let request_id = tidepool_buckets::random_id().to_ascii_uppercase();
-            let (parts, body) = request.into_parts();
+            let (mut parts, body) = request.into_parts();
+            if let Some(connected) = parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            {
+                let remote = authorize::RemoteAddr(connected.0);
+                parts.extensions.insert(remote);
+            }
             let in_flight = metrics.begin(&parts);
             let response = serve_one(&service, &buckets, parts, body).await;
             let response = with_request_id(response, &request_id).await;
@@ -355,7 +369,8 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving S3");
     let collector = tokio::spawn(collect_garbage(buckets.clone(), config.gc_interval));
-    let served = axum::serve(listener, app(buckets, users, metrics))
+    let app = app(buckets, users, metrics).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     collector.abort();

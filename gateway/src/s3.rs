@@ -8,12 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use s3s::dto::*;
-use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
+use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tidepool_buckets::{
     BucketError, Buckets, CompletedPart as BucketPart, ContentHeaders, Deleted, Entry, ListQuery,
-    ObjectMeta, PutCondition, Upload, VersionQuery, Versioning, WriteOptions, Written,
+    ObjectMeta, Permission, PutCondition, Upload, VersionQuery, Versioning, WriteOptions, Written,
 };
 
+use crate::authorize;
 use crate::checksum::{self, Expected};
 use crate::error::s3;
 use crate::users::Users;
@@ -87,31 +88,80 @@ impl Gateway {
     }
 
     /// The name of the user who signed `req`.
-    async fn caller<T>(&self, req: &S3Request<T>) -> S3Result<String> {
-        let credentials = req
-            .credentials
-            .as_ref()
-            .ok_or_else(|| s3_error!(AccessDenied, "Signature is required"))?;
-        self.users
-            .by_access_key(&credentials.access_key)
-            .await
-            .map(|u| u.name)
-            .ok_or_else(|| s3_error!(InvalidAccessKeyId))
+    fn caller<T>(&self, req: &S3Request<T>) -> S3Result<String> {
+        self.principal(req)
+            .ok_or_else(|| s3_error!(AccessDenied, "Signature is required"))
     }
 
-    /// Checks that the caller of `req` owns `bucket` (as cached; the bucket layer notices a
-    /// bucket deleted since, and one created again by someone else).
-    async fn owned<T>(&self, req: &S3Request<T>, bucket: &str) -> S3Result<()> {
-        self.check_owner(req, bucket, false).await
+    /// The ACL a write of a new object asks for (`x-amz-acl` or `x-amz-grant-*`), as the
+    /// object gets it (see [`authorize::object_acl_for`]).
+    async fn write_acl<T>(
+        &self,
+        req: &S3Request<T>,
+        bucket: &str,
+        canned: Option<&str>,
+        grants: [Option<&str>; 4],
+    ) -> S3Result<Option<tidepool_buckets::Acl>> {
+        let info = self.buckets.lookup(bucket, false).await.map_err(s3)?;
+        // What anonymous writers write (where a grant lets them) belongs to the bucket owner.
+        let writer = self.principal(req).unwrap_or_else(|| info.owner.clone());
+        let [read, read_acp, write_acp, full] = grants;
+        let grants = authorize::header_grants(
+            &self.users,
+            [
+                (read, Permission::Read),
+                (None, Permission::Write),
+                (read_acp, Permission::ReadAcp),
+                (write_acp, Permission::WriteAcp),
+                (full, Permission::FullControl),
+            ],
+        )
+        .await?;
+        let requested =
+            authorize::requested_acl(&self.users, &info, &writer, canned, grants, None).await?;
+        Ok(authorize::object_acl_for(&info, &writer, requested, canned))
     }
 
-    async fn check_owner<T>(&self, req: &S3Request<T>, bucket: &str, fresh: bool) -> S3Result<()> {
-        let caller = self.caller(req).await?;
-        let info = self.buckets.lookup(bucket, fresh).await.map_err(s3)?;
-        if info.owner != caller {
-            return Err(crate::error::access_denied());
-        }
-        Ok(())
+    /// Checks that the caller of `req` may read `key` of `bucket` (or its version) as a
+    /// copy's source, as the access check decides on a GET of it.
+    async fn may_read_source<T>(
+        &self,
+        req: &S3Request<T>,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+    ) -> S3Result<()> {
+        let principal = self.principal(req);
+        authorize::decide(
+            &self.buckets,
+            authorize::Ask {
+                principal: principal.as_deref(),
+                op: "GetObject",
+                bucket,
+                key: Some(key),
+                version,
+                context: self.context(req),
+            },
+        )
+        .await
+    }
+
+    /// Who signed `req` (`None`: anonymous), as the access check found.
+    fn principal<T>(&self, req: &S3Request<T>) -> Option<String> {
+        req.extensions
+            .get::<authorize::Caller>()
+            .and_then(|c| c.0.clone())
+    }
+
+    /// The condition keys of `req`.
+    fn context<T>(&self, req: &S3Request<T>) -> BTreeMap<String, String> {
+        let remote = req.extensions.get::<authorize::RemoteAddr>().map(|r| r.0);
+        authorize::context_of(
+            &req.headers,
+            req.uri.query(),
+            remote,
+            self.principal(req).as_deref(),
+        )
     }
 
     /// The class a write names (`None`: STANDARD) as it is recorded, and its data pool.
@@ -646,7 +696,7 @@ impl S3 for Gateway {
         &self,
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
-        let caller = self.caller(&req).await?;
+        let caller = self.caller(&req)?;
         let buckets = self.buckets.list_buckets().await.map_err(s3)?;
         let buckets = buckets
             .into_iter()
@@ -677,9 +727,42 @@ impl S3 for Gateway {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
-        let caller = self.caller(&req).await?;
+        let caller = self.caller(&req)?;
         let name = &req.input.bucket;
+        let input = &req.input;
+        let ownership = input
+            .object_ownership
+            .as_ref()
+            .map(|o| {
+                tidepool_buckets::Ownership::parse(o.as_str())
+                    .ok_or_else(|| s3_error!(InvalidArgument, "Invalid x-amz-object-ownership"))
+            })
+            .transpose()?;
+        let grants = authorize::header_grants(
+            &self.users,
+            [
+                (input.grant_read.as_deref(), Permission::Read),
+                (input.grant_write.as_deref(), Permission::Write),
+                (input.grant_read_acp.as_deref(), Permission::ReadAcp),
+                (input.grant_write_acp.as_deref(), Permission::WriteAcp),
+                (input.grant_full_control.as_deref(), Permission::FullControl),
+            ],
+        )
+        .await?;
+        let mut new = tidepool_buckets::BucketInfo::new(name, &caller, 1);
+        new.ownership = ownership;
+        let acl = authorize::requested_acl(
+            &self.users,
+            &new,
+            &caller,
+            input.acl.as_ref().map(|a| a.as_str()),
+            grants,
+            None,
+        )
+        .await?;
         let options = tidepool_buckets::CreateBucket {
+            acl,
+            ownership,
             object_lock: req.input.object_lock_enabled_for_bucket.unwrap_or(false),
             location: req
                 .input
@@ -703,7 +786,10 @@ impl S3 for Gateway {
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
         // Asked to tell whether the bucket exists now: no cached answer.
-        self.check_owner(&req, &req.input.bucket, true).await?;
+        self.buckets
+            .lookup(&req.input.bucket, true)
+            .await
+            .map_err(s3)?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
@@ -711,7 +797,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         self.buckets
             .delete_bucket(&req.input.bucket)
             .await
@@ -723,7 +808,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let info = self
             .buckets
             .lookup(&req.input.bucket, false)
@@ -738,7 +822,19 @@ impl S3 for Gateway {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
+        let acl = self
+            .write_acl(
+                &req,
+                &req.input.bucket,
+                req.input.acl.as_ref().map(|a| a.as_str()),
+                [
+                    req.input.grant_read.as_deref(),
+                    req.input.grant_read_acp.as_deref(),
+                    req.input.grant_write_acp.as_deref(),
+                    req.input.grant_full_control.as_deref(),
+                ],
+            )
+            .await?;
         let input = req.input;
         tidepool_buckets::check_key(&input.key).map_err(s3)?;
         let condition = put_condition(input.if_match, input.if_none_match)?;
@@ -779,6 +875,7 @@ impl S3 for Gateway {
         meta.checksums = sums;
         meta.storage_class = class;
         meta.tags = header_tags(input.tagging.as_deref())?;
+        meta.acl = acl;
         self.lock_headers(
             &input.bucket,
             &mut meta,
@@ -809,7 +906,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let (entry, inline) = self
             .read_version(&input.bucket, &input.key, input.version_id.as_deref())
@@ -839,7 +935,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let entry = match input.version_id.as_deref() {
             Some(version) => {
@@ -865,7 +960,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = &req.input;
         let deleted = self
             .delete_version(
@@ -887,11 +981,16 @@ impl S3 for Gateway {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
+        let principal = self.principal(&req);
+        let context = self.context(&req);
         let input = req.input;
         if input.delete.objects.len() > 1000 {
             return Err(s3_error!(MalformedXML, "At most 1,000 keys per request."));
         }
+        self.buckets
+            .lookup(&input.bucket, false)
+            .await
+            .map_err(s3)?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let bypass = input.bypass_governance_retention.unwrap_or(false);
         let mut deleted = Vec::new();
@@ -899,10 +998,29 @@ impl S3 for Gateway {
         let results = futures::stream::iter(input.delete.objects)
             .map(|object| {
                 let bucket = input.bucket.clone();
+                let (principal, context) = (principal.clone(), context.clone());
                 async move {
-                    let result = self
-                        .delete_version(&bucket, &object.key, object.version_id.as_deref(), bypass)
-                        .await;
+                    // Each key is decided on as a DELETE of it.
+                    let ask = authorize::Ask {
+                        principal: principal.as_deref(),
+                        op: "DeleteObject",
+                        bucket: &bucket,
+                        key: Some(&object.key),
+                        version: object.version_id.as_deref(),
+                        context,
+                    };
+                    let result = match authorize::decide(&self.buckets, ask).await {
+                        Ok(()) => self
+                            .delete_version(
+                                &bucket,
+                                &object.key,
+                                object.version_id.as_deref(),
+                                bypass,
+                            )
+                            .await
+                            .map_err(s3),
+                        Err(refused) => Err(refused),
+                    };
                     (object.key, object.version_id, result)
                 }
             })
@@ -923,7 +1041,6 @@ impl S3 for Gateway {
                     }
                 }
                 Err(error) => {
-                    let error = s3(error);
                     errors.push(Error {
                         key: Some(key),
                         version_id: version,
@@ -944,9 +1061,22 @@ impl S3 for Gateway {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let (source_bucket, source_key, source_version) = copy_source(&req.input.copy_source)?;
-        self.owned(&req, &source_bucket).await?;
+        self.may_read_source(&req, &source_bucket, &source_key, source_version.as_deref())
+            .await?;
+        let acl = self
+            .write_acl(
+                &req,
+                &req.input.bucket,
+                req.input.acl.as_ref().map(|a| a.as_str()),
+                [
+                    req.input.grant_read.as_deref(),
+                    req.input.grant_read_acp.as_deref(),
+                    req.input.grant_write_acp.as_deref(),
+                    req.input.grant_full_control.as_deref(),
+                ],
+            )
+            .await?;
         let input = req.input;
         tidepool_buckets::check_key(&input.key).map_err(s3)?;
         let (source, inline) = self
@@ -1001,6 +1131,7 @@ impl S3 for Gateway {
         // As in S3, the copy is of the class the request names, else STANDARD.
         let (class, pool) = self.class_pool(input.storage_class.as_ref()).await?;
         meta.storage_class = class;
+        meta.acl = acl;
         // The copy's lock is the request's (or the bucket's default), never the source's.
         self.lock_headers(
             &input.bucket,
@@ -1056,7 +1187,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetObjectAttributesInput>,
     ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let (entry, _) = self
             .read_version(&input.bucket, &input.key, input.version_id.as_deref())
@@ -1122,7 +1252,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<PutObjectTaggingInput>,
     ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let tags = tagging::from_dto(input.tagging, tagging::OBJECT_TAGS_MAX)?;
         let version_id = self
@@ -1147,7 +1276,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetObjectTaggingInput>,
     ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let (entry, _) = self
             .read_version(&input.bucket, &input.key, input.version_id.as_deref())
@@ -1162,7 +1290,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<DeleteObjectTaggingInput>,
     ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let version_id = self
             .buckets
@@ -1186,7 +1313,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<PutBucketTaggingInput>,
     ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let tags = tagging::from_dto(input.tagging, tagging::BUCKET_TAGS_MAX)?;
         self.buckets
@@ -1200,7 +1326,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetBucketTaggingInput>,
     ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let info = self
             .buckets
             .lookup(&req.input.bucket, true)
@@ -1218,7 +1343,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<DeleteBucketTaggingInput>,
     ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         self.buckets
             .set_bucket_tags(&req.input.bucket, BTreeMap::new())
             .await
@@ -1230,7 +1354,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<PutBucketCorsInput>,
     ) -> S3Result<S3Response<PutBucketCorsOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let rules = input.cors_configuration.cors_rules;
         if rules.is_empty() || rules.len() > 100 {
@@ -1277,7 +1400,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetBucketCorsInput>,
     ) -> S3Result<S3Response<GetBucketCorsOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let info = self
             .buckets
             .lookup(&req.input.bucket, true)
@@ -1310,7 +1432,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<DeleteBucketCorsInput>,
     ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         self.buckets
             .set_bucket_cors(&req.input.bucket, Vec::new())
             .await
@@ -1318,11 +1439,356 @@ impl S3 for Gateway {
         Ok(S3Response::new(DeleteBucketCorsOutput::default()))
     }
 
+    async fn put_bucket_acl(
+        &self,
+        req: S3Request<PutBucketAclInput>,
+    ) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let input = &req.input;
+        let info = self.buckets.lookup(&input.bucket, true).await.map_err(s3)?;
+        let grants = authorize::header_grants(
+            &self.users,
+            [
+                (input.grant_read.as_deref(), Permission::Read),
+                (input.grant_write.as_deref(), Permission::Write),
+                (input.grant_read_acp.as_deref(), Permission::ReadAcp),
+                (input.grant_write_acp.as_deref(), Permission::WriteAcp),
+                (input.grant_full_control.as_deref(), Permission::FullControl),
+            ],
+        )
+        .await?;
+        let acl = authorize::requested_acl(
+            &self.users,
+            &info,
+            &info.owner,
+            input.acl.as_ref().map(|a| a.as_str()),
+            grants,
+            input.access_control_policy.as_ref(),
+        )
+        .await?
+        .ok_or_else(|| s3_error!(MalformedACLError, "The request names no ACL."))?;
+        self.buckets
+            .change_bucket(&input.bucket, |i| {
+                i.acl = Some(acl.clone());
+                Ok(())
+            })
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(PutBucketAclOutput::default()))
+    }
+
+    async fn get_bucket_acl(
+        &self,
+        req: S3Request<GetBucketAclInput>,
+    ) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let info = self
+            .buckets
+            .lookup(&req.input.bucket, false)
+            .await
+            .map_err(s3)?;
+        let acl = match info.ownership {
+            Some(tidepool_buckets::Ownership::BucketOwnerEnforced) => None,
+            _ => info.acl,
+        }
+        .unwrap_or_else(|| tidepool_buckets::Acl::private(&info.owner));
+        let (owner, grants) = authorize::acl_dto(&acl);
+        Ok(S3Response::new(GetBucketAclOutput {
+            owner: Some(owner),
+            grants: Some(grants),
+        }))
+    }
+
+    async fn put_object_acl(
+        &self,
+        req: S3Request<PutObjectAclInput>,
+    ) -> S3Result<S3Response<PutObjectAclOutput>> {
+        let input = &req.input;
+        let info = self
+            .buckets
+            .lookup(&input.bucket, false)
+            .await
+            .map_err(s3)?;
+        let (entry, _) = self
+            .read_version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        let owner = entry
+            .meta
+            .acl
+            .as_ref()
+            .map_or(info.owner.clone(), |a| a.owner.clone());
+        let grants = authorize::header_grants(
+            &self.users,
+            [
+                (input.grant_read.as_deref(), Permission::Read),
+                (input.grant_write.as_deref(), Permission::Write),
+                (input.grant_read_acp.as_deref(), Permission::ReadAcp),
+                (input.grant_write_acp.as_deref(), Permission::WriteAcp),
+                (input.grant_full_control.as_deref(), Permission::FullControl),
+            ],
+        )
+        .await?;
+        let acl = authorize::requested_acl(
+            &self.users,
+            &info,
+            &owner,
+            input.acl.as_ref().map(|a| a.as_str()),
+            grants,
+            input.access_control_policy.as_ref(),
+        )
+        .await?
+        .ok_or_else(|| s3_error!(MalformedACLError, "The request names no ACL."))?;
+        let version = entry
+            .version_id
+            .clone()
+            .or_else(|| input.version_id.clone());
+        self.buckets
+            .change_meta(&input.bucket, &input.key, version.as_deref(), |meta| {
+                meta.acl = Some(acl.clone());
+                Ok(())
+            })
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(PutObjectAclOutput::default()))
+    }
+
+    async fn get_object_acl(
+        &self,
+        req: S3Request<GetObjectAclInput>,
+    ) -> S3Result<S3Response<GetObjectAclOutput>> {
+        let input = &req.input;
+        let info = self
+            .buckets
+            .lookup(&input.bucket, false)
+            .await
+            .map_err(s3)?;
+        let (entry, _) = self
+            .read_version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        let acl = entry
+            .meta
+            .acl
+            .unwrap_or_else(|| tidepool_buckets::Acl::private(&info.owner));
+        let (owner, grants) = authorize::acl_dto(&acl);
+        Ok(S3Response::new(GetObjectAclOutput {
+            owner: Some(owner),
+            grants: Some(grants),
+            ..Default::default()
+        }))
+    }
+
+    async fn put_bucket_policy(
+        &self,
+        req: S3Request<PutBucketPolicyInput>,
+    ) -> S3Result<S3Response<PutBucketPolicyOutput>> {
+        let input = &req.input;
+        let policy = crate::policy::Policy::parse(&input.policy, &input.bucket)
+            .map_err(|m| s3_error!(MalformedPolicy, "{}", m.0))?;
+        let public = policy.is_public();
+        self.buckets
+            .change_bucket(&input.bucket, |i| {
+                if public && i.public_access_block.is_some_and(|b| b.block_public_policy) {
+                    return Err(BucketError::Locked(
+                        "the public access block refuses public policies".into(),
+                    ));
+                }
+                i.policy = Some(input.policy.clone());
+                Ok(())
+            })
+            .await
+            .map_err(|e| match e {
+                BucketError::Locked(_) => crate::error::access_denied(),
+                other => s3(other),
+            })?;
+        Ok(S3Response::with_status(
+            PutBucketPolicyOutput::default(),
+            http::StatusCode::NO_CONTENT,
+        ))
+    }
+
+    async fn get_bucket_policy(
+        &self,
+        req: S3Request<GetBucketPolicyInput>,
+    ) -> S3Result<S3Response<GetBucketPolicyOutput>> {
+        let info = self
+            .buckets
+            .lookup(&req.input.bucket, false)
+            .await
+            .map_err(s3)?;
+        let policy = info
+            .policy
+            .ok_or_else(|| s3_error!(NoSuchBucketPolicy, "The bucket policy does not exist"))?;
+        Ok(S3Response::new(GetBucketPolicyOutput {
+            policy: Some(policy),
+        }))
+    }
+
+    async fn get_bucket_policy_status(
+        &self,
+        req: S3Request<GetBucketPolicyStatusInput>,
+    ) -> S3Result<S3Response<GetBucketPolicyStatusOutput>> {
+        let info = self
+            .buckets
+            .lookup(&req.input.bucket, false)
+            .await
+            .map_err(s3)?;
+        let text = info
+            .policy
+            .ok_or_else(|| s3_error!(NoSuchBucketPolicy, "The bucket policy does not exist"))?;
+        let public =
+            crate::policy::Policy::parse(&text, &req.input.bucket).is_ok_and(|p| p.is_public());
+        Ok(S3Response::new(GetBucketPolicyStatusOutput {
+            policy_status: Some(PolicyStatus {
+                is_public: Some(public),
+            }),
+        }))
+    }
+
+    async fn delete_bucket_policy(
+        &self,
+        req: S3Request<DeleteBucketPolicyInput>,
+    ) -> S3Result<S3Response<DeleteBucketPolicyOutput>> {
+        self.buckets
+            .change_bucket(&req.input.bucket, |i| {
+                i.policy = None;
+                Ok(())
+            })
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::with_status(
+            DeleteBucketPolicyOutput::default(),
+            http::StatusCode::NO_CONTENT,
+        ))
+    }
+
+    async fn put_public_access_block(
+        &self,
+        req: S3Request<PutPublicAccessBlockInput>,
+    ) -> S3Result<S3Response<PutPublicAccessBlockOutput>> {
+        let c = &req.input.public_access_block_configuration;
+        let block = tidepool_buckets::PublicAccessBlock {
+            block_public_acls: c.block_public_acls.unwrap_or(false),
+            ignore_public_acls: c.ignore_public_acls.unwrap_or(false),
+            block_public_policy: c.block_public_policy.unwrap_or(false),
+            restrict_public_buckets: c.restrict_public_buckets.unwrap_or(false),
+        };
+        self.buckets
+            .change_bucket(&req.input.bucket, |i| {
+                i.public_access_block = Some(block);
+                Ok(())
+            })
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(PutPublicAccessBlockOutput::default()))
+    }
+
+    async fn get_public_access_block(
+        &self,
+        req: S3Request<GetPublicAccessBlockInput>,
+    ) -> S3Result<S3Response<GetPublicAccessBlockOutput>> {
+        let info = self
+            .buckets
+            .lookup(&req.input.bucket, false)
+            .await
+            .map_err(s3)?;
+        let Some(block) = info.public_access_block else {
+            let mut error = S3Error::with_message(
+                S3ErrorCode::Custom("NoSuchPublicAccessBlockConfiguration".into()),
+                "The public access block configuration was not found",
+            );
+            error.set_status_code(http::StatusCode::NOT_FOUND);
+            return Err(error);
+        };
+        Ok(S3Response::new(GetPublicAccessBlockOutput {
+            public_access_block_configuration: Some(PublicAccessBlockConfiguration {
+                block_public_acls: Some(block.block_public_acls),
+                ignore_public_acls: Some(block.ignore_public_acls),
+                block_public_policy: Some(block.block_public_policy),
+                restrict_public_buckets: Some(block.restrict_public_buckets),
+            }),
+        }))
+    }
+
+    async fn delete_public_access_block(
+        &self,
+        req: S3Request<DeletePublicAccessBlockInput>,
+    ) -> S3Result<S3Response<DeletePublicAccessBlockOutput>> {
+        self.buckets
+            .change_bucket(&req.input.bucket, |i| {
+                i.public_access_block = None;
+                Ok(())
+            })
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::with_status(
+            DeletePublicAccessBlockOutput::default(),
+            http::StatusCode::NO_CONTENT,
+        ))
+    }
+
+    async fn put_bucket_ownership_controls(
+        &self,
+        req: S3Request<PutBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<PutBucketOwnershipControlsOutput>> {
+        let rules = &req.input.ownership_controls.rules;
+        let [rule] = rules.as_slice() else {
+            return Err(s3_error!(MalformedXML, "Ownership controls name one rule."));
+        };
+        let ownership = tidepool_buckets::Ownership::parse(rule.object_ownership.as_str())
+            .ok_or_else(|| s3_error!(MalformedXML, "Unknown object ownership."))?;
+        self.buckets
+            .change_bucket(&req.input.bucket, |i| {
+                i.ownership = Some(ownership);
+                Ok(())
+            })
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(PutBucketOwnershipControlsOutput::default()))
+    }
+
+    async fn get_bucket_ownership_controls(
+        &self,
+        req: S3Request<GetBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<GetBucketOwnershipControlsOutput>> {
+        let info = self
+            .buckets
+            .lookup(&req.input.bucket, false)
+            .await
+            .map_err(s3)?;
+        let ownership = info.ownership.ok_or_else(|| {
+            s3_error!(
+                OwnershipControlsNotFoundError,
+                "The bucket ownership controls were not found"
+            )
+        })?;
+        Ok(S3Response::new(GetBucketOwnershipControlsOutput {
+            ownership_controls: Some(OwnershipControls {
+                rules: vec![OwnershipControlsRule {
+                    object_ownership: ObjectOwnership::from(ownership.as_str().to_owned()),
+                }],
+            }),
+        }))
+    }
+
+    async fn delete_bucket_ownership_controls(
+        &self,
+        req: S3Request<DeleteBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<DeleteBucketOwnershipControlsOutput>> {
+        self.buckets
+            .change_bucket(&req.input.bucket, |i| {
+                i.ownership = None;
+                Ok(())
+            })
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::with_status(
+            DeleteBucketOwnershipControlsOutput::default(),
+            http::StatusCode::NO_CONTENT,
+        ))
+    }
+
     async fn put_object_lock_configuration(
         &self,
         req: S3Request<PutObjectLockConfigurationInput>,
     ) -> S3Result<S3Response<PutObjectLockConfigurationOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let config = lock::configuration_of(input.object_lock_configuration)?;
         self.buckets
@@ -1336,7 +1802,10 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetObjectLockConfigurationInput>,
     ) -> S3Result<S3Response<GetObjectLockConfigurationOutput>> {
-        self.check_owner(&req, &req.input.bucket, true).await?;
+        self.buckets
+            .lookup(&req.input.bucket, true)
+            .await
+            .map_err(s3)?;
         let info = self
             .buckets
             .lookup(&req.input.bucket, false)
@@ -1357,7 +1826,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<PutObjectRetentionInput>,
     ) -> S3Result<S3Response<PutObjectRetentionOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         self.locked_bucket(&input.bucket).await?;
         let retention = lock::retention_of(input.retention)?;
@@ -1387,7 +1855,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetObjectRetentionInput>,
     ) -> S3Result<S3Response<GetObjectRetentionOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         self.locked_bucket(&input.bucket).await?;
         let (entry, _) = self
@@ -1408,7 +1875,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<PutObjectLegalHoldInput>,
     ) -> S3Result<S3Response<PutObjectLegalHoldOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         self.locked_bucket(&input.bucket).await?;
         let on = lock::legal_hold_of(input.legal_hold)?;
@@ -1431,7 +1897,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetObjectLegalHoldInput>,
     ) -> S3Result<S3Response<GetObjectLegalHoldOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         self.locked_bucket(&input.bucket).await?;
         let (entry, _) = self
@@ -1446,7 +1911,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<PutBucketVersioningInput>,
     ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let mode = match input
             .versioning_configuration
@@ -1482,7 +1946,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetBucketVersioningInput>,
     ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let info = self
             .buckets
             .lookup(&req.input.bucket, true)
@@ -1503,7 +1966,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<ListObjectVersionsInput>,
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let limit = max_keys(input.max_keys)?;
         let key_marker = input.key_marker.clone().filter(|m| !m.is_empty());
@@ -1589,7 +2051,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let limit = max_keys(input.max_keys)?;
         let query = ListQuery {
@@ -1638,7 +2099,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let limit = max_keys(input.max_keys)?;
         let after = match &input.continuation_token {
@@ -1697,7 +2157,19 @@ impl S3 for Gateway {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
+        let acl = self
+            .write_acl(
+                &req,
+                &req.input.bucket,
+                req.input.acl.as_ref().map(|a| a.as_str()),
+                [
+                    req.input.grant_read.as_deref(),
+                    req.input.grant_read_acp.as_deref(),
+                    req.input.grant_write_acp.as_deref(),
+                    req.input.grant_full_control.as_deref(),
+                ],
+            )
+            .await?;
         let input = req.input;
         let mut meta = meta_of(
             ContentHeaders {
@@ -1717,6 +2189,7 @@ impl S3 for Gateway {
         let (class, _) = self.class_pool(input.storage_class.as_ref()).await?;
         meta.storage_class = class;
         meta.tags = header_tags(input.tagging.as_deref())?;
+        meta.acl = acl;
         self.lock_headers(
             &input.bucket,
             &mut meta,
@@ -1743,7 +2216,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let number = u32::try_from(input.part_number)
             .map_err(|_| s3_error!(InvalidArgument, "Part numbers are 1 to 10,000."))?;
@@ -1792,9 +2264,9 @@ impl S3 for Gateway {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let (source_bucket, source_key, source_version) = copy_source(&req.input.copy_source)?;
-        self.owned(&req, &source_bucket).await?;
+        self.may_read_source(&req, &source_bucket, &source_key, source_version.as_deref())
+            .await?;
         let input = req.input;
         let number = u32::try_from(input.part_number)
             .map_err(|_| s3_error!(InvalidArgument, "Part numbers are 1 to 10,000."))?;
@@ -1855,7 +2327,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let condition = put_condition(input.if_match, input.if_none_match)?;
         let chosen = input
@@ -1907,7 +2378,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         self.buckets
             .abort_upload(&input.bucket, &input.key, &input.upload_id)
@@ -1920,7 +2390,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         self.buckets
             .upload(&input.bucket, &input.key, &input.upload_id)
@@ -1969,7 +2438,6 @@ impl S3 for Gateway {
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         let limit = max_keys(input.max_uploads)?;

@@ -67,6 +67,20 @@ impl Users {
     }
 }
 
+impl Users {
+    /// Whether a user named `name` exists (fetching the list again, at most once per second,
+    /// when it is not known).
+    pub async fn exists(&self, name: &str) -> bool {
+        let known = |state: &State| state.by_key.values().any(|u| u.name == name);
+        if known(&self.state.lock().expect("users")) {
+            return true;
+        }
+        // An unknown key refreshes the list (rate-limited) as a side effect.
+        let _ = self.by_access_key("").await;
+        known(&self.state.lock().expect("users"))
+    }
+}
+
 /// The users as s3s's source of secret keys.
 #[derive(Debug)]
 pub struct UserKeys(pub std::sync::Arc<Users>);

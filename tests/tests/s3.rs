@@ -554,6 +554,25 @@ fn boto3_suites() {
     let owner = ("alice", s3.access_key.as_str(), s3.secret_key.as_str());
     s3.boto3_suite("object_lock", &[owner]);
     s3.boto3_suite("behaviours", &[owner]);
+    let others: Vec<(String, String, String)> = ["bob", "carol"]
+        .iter()
+        .map(|name| {
+            let user: Value = serde_json::from_str(&tidepool_ok(
+                s3.path(),
+                &["user", "create", name, "--format", "json"],
+            ))
+            .expect("JSON");
+            let key = |field: &str| user[field].as_str().expect("a key").to_owned();
+            (name.to_string(), key("access_key"), key("secret_key"))
+        })
+        .collect();
+    let mut users = vec![owner];
+    users.extend(
+        others
+            .iter()
+            .map(|(n, a, s)| (n.as_str(), a.as_str(), s.as_str())),
+    );
+    s3.boto3_suite("access", &users);
 }
 
 #[test]
