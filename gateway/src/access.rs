@@ -38,6 +38,7 @@ pub fn action_of(op: &str, versioned: bool) -> (String, Needs) {
         "GetBucketAcl" => ("s3:GetBucketAcl".to_owned(), Bucket(ReadAcp)),
         "PutBucketAcl" => ("s3:PutBucketAcl".to_owned(), Bucket(WriteAcp)),
         "PutObject"
+        | "PostObject"
         | "CreateMultipartUpload"
         | "UploadPart"
         | "UploadPartCopy"

@@ -63,8 +63,9 @@ pub fn app(buckets: Buckets, users: Arc<Users>, metrics: Arc<GatewayMetrics>) ->
                 parts.extensions.insert(remote);
             }
             let in_flight = metrics.begin(&parts);
+            let form_post = is_form_post(&parts);
             let response = serve_one(&service, &buckets, parts, body).await;
-            let response = with_request_id(response, &request_id).await;
+            let response = finish_answer(response, &request_id, form_post).await;
             in_flight.finish(response.status(), response.headers());
             response
         }
@@ -189,12 +190,27 @@ fn refusal(parts: &http::request::Parts) -> Option<axum::response::Response> {
     })
 }
 
-/// The largest error body the gateway rewrites to name its request id.
+/// The largest error body the gateway rewrites.
 const ERROR_BODY_MAX: usize = 64 << 10;
 
+/// Whether a request is a browser's form upload (POST object).
+fn is_form_post(parts: &http::request::Parts) -> bool {
+    parts.method == http::Method::POST
+        && parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"multipart/form-data"))
+}
+
 /// `response` with `x-amz-request-id: id`, and, for an S3 error answer, `<RequestId>` in its
-/// body: clients and support tickets tie the two together.
-async fn with_request_id(response: axum::response::Response, id: &str) -> axum::response::Response {
+/// body: clients and support tickets tie the two together. A form upload whose policy
+/// condition failed is 403 `AccessDenied`, as S3 answers it (`s3s` says 400
+/// `InvalidPolicyDocument`).
+async fn finish_answer(
+    response: axum::response::Response,
+    id: &str,
+    form_post: bool,
+) -> axum::response::Response {
     let (mut parts, body) = response.into_parts();
     if let Ok(value) = http::HeaderValue::from_str(id) {
         parts.headers.insert("x-amz-request-id", value);
@@ -209,19 +225,30 @@ async fn with_request_id(response: axum::response::Response, id: &str) -> axum::
     let Ok(bytes) = axum::body::to_bytes(body, ERROR_BODY_MAX).await else {
         return axum::response::Response::from_parts(parts, axum::body::Body::empty());
     };
-    let text = String::from_utf8_lossy(&bytes);
-    let body = match text.rfind("</Error>") {
-        Some(end) if !text.contains("<RequestId>") => {
-            format!(
-                "{}<RequestId>{id}</RequestId>{}",
-                &text[..end],
-                &text[end..]
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if form_post
+        && text.contains("<Code>InvalidPolicyDocument</Code>")
+        && text.contains("Policy condition")
+    {
+        parts.status = http::StatusCode::FORBIDDEN;
+        text = text
+            .replace(
+                "<Code>InvalidPolicyDocument</Code>",
+                "<Code>AccessDenied</Code>",
             )
-        }
-        _ => text.into_owned(),
-    };
+            .replace(
+                "<Message>",
+                "<Message>Invalid according to Policy: Policy Condition failed: ",
+            );
+    }
+    if let Some(end) = text
+        .rfind("</Error>")
+        .filter(|_| !text.contains("<RequestId>"))
+    {
+        text.insert_str(end, &format!("<RequestId>{id}</RequestId>"));
+    }
     parts.headers.remove(http::header::CONTENT_LENGTH);
-    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
+    axum::response::Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 /// The bucket a path-style request names.

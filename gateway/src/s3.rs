@@ -822,6 +822,8 @@ impl S3 for Gateway {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        // A browser's form upload (POST object) arrives here too.
+        let form = req.method == http::Method::POST;
         let acl = self
             .write_acl(
                 &req,
@@ -890,7 +892,7 @@ impl S3 for Gateway {
             .await
             .map_err(s3)?;
         let sums = checksum::to_dto(&entry.meta.checksums);
-        Ok(S3Response::new(PutObjectOutput {
+        let mut response = S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&entry.etag)),
             version_id: entry.version_id.clone(),
             checksum_crc32: sums.checksum_crc32,
@@ -899,7 +901,20 @@ impl S3 for Gateway {
             checksum_sha256: sums.checksum_sha256,
             checksum_crc64nvme: sums.checksum_crc64nvme,
             ..Default::default()
-        }))
+        });
+        if form {
+            // S3 answers a form upload with the object's ETag and location as headers.
+            let location = format!("/{}/{}", input.bucket, url_encode(&input.key));
+            for (name, value) in [
+                ("etag", format!("\"{}\"", entry.etag)),
+                ("location", location),
+            ] {
+                if let Ok(value) = http::HeaderValue::from_str(&value) {
+                    response.headers.insert(name, value);
+                }
+            }
+        }
+        Ok(response)
     }
 
     async fn get_object(

@@ -573,6 +573,7 @@ fn boto3_suites() {
             .map(|(n, a, s)| (n.as_str(), a.as_str(), s.as_str())),
     );
     s3.boto3_suite("access", &users);
+    s3.boto3_suite("post_object", &users);
 }
 
 #[test]
