@@ -8,6 +8,7 @@ pub mod classes;
 mod data;
 pub mod gc;
 mod index;
+pub mod lifecycle;
 mod links;
 pub mod lock;
 pub mod manifest;
@@ -26,6 +27,7 @@ use tidepool_proto::osd::{ObjectOp, OpError, OpOutput};
 pub use acl::{Acl, Grant, Grantee, Ownership, Permission, PublicAccessBlock};
 pub use data::{hex, DataStream, WriteOptions, Written};
 pub use index::{Deleted, ListPage, ListQuery, PutCondition};
+pub use lifecycle::{LifecycleProgress, LifecycleRule, LifecycleStatus};
 pub use lock::{DefaultRetention, LockError, LockMode, ObjectLock, Retention};
 pub use multipart::CompletedPart;
 pub use records::{
@@ -143,6 +145,9 @@ pub struct BucketsConfig {
     pub gc_delay: Duration,
     /// How many times a guarded index change is tried before [`BucketError::Conflict`].
     pub link_attempts_max: u32,
+    /// How long a lifecycle rule's day lasts (a day; shorter to try rules out, as Ceph's
+    /// `rgw_lc_debug_interval`).
+    pub lifecycle_day: Duration,
 }
 
 impl Default for BucketsConfig {
@@ -156,6 +161,7 @@ impl Default for BucketsConfig {
             stripes_in_flight: 4,
             gc_delay: Duration::from_secs(120),
             link_attempts_max: 32,
+            lifecycle_day: Duration::from_secs(86_400),
         }
     }
 }

@@ -71,6 +71,9 @@ pub struct BucketInfo {
     /// Its object ownership, if set (`None`: as `ObjectWriter`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ownership: Option<crate::Ownership>,
+    /// Its lifecycle rules, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifecycle: Vec<crate::LifecycleRule>,
 }
 
 /// One CORS rule of a bucket, as S3's `CORSRule`.
@@ -191,6 +194,7 @@ impl BucketInfo {
             policy: None,
             public_access_block: None,
             ownership: None,
+            lifecycle: Vec::new(),
         }
     }
 

@@ -33,6 +33,12 @@ pub struct GatewayArgs {
     /// Seconds between garbage collection passes.
     #[arg(long, default_value_t = 30)]
     gc_interval: u64,
+    /// Seconds between lifecycle passes (0: none by this gateway).
+    #[arg(long, default_value_t = 3600)]
+    lifecycle_interval: u64,
+    /// Seconds a lifecycle rule's day lasts (shorter only to try rules out).
+    #[arg(long, default_value_t = 86_400)]
+    lifecycle_day: u64,
     #[command(flatten)]
     metrics: crate::metrics::MetricsArgs,
 }
@@ -49,6 +55,7 @@ pub fn gateway(args: GatewayArgs) -> Result<()> {
     let identity = Identity::load(&dir, &cluster_id, GATEWAY_ENTITY)?;
     let config = BucketsConfig {
         gc_delay: Duration::from_secs(args.gc_delay),
+        lifecycle_day: Duration::from_secs(args.lifecycle_day.max(1)),
         ..BucketsConfig::default()
     };
     runtime()?.block_on(async {
@@ -71,6 +78,8 @@ pub fn gateway(args: GatewayArgs) -> Result<()> {
         let gateway = GatewayConfig {
             bind: args.bind,
             gc_interval: Duration::from_secs(args.gc_interval.max(1)),
+            lifecycle_interval: (args.lifecycle_interval > 0)
+                .then(|| Duration::from_secs(args.lifecycle_interval)),
             metrics: tidepool_metrics::Registry::new(),
         };
         args.metrics

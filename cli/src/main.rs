@@ -9,6 +9,7 @@ mod dashboard;
 mod gateway;
 mod gc;
 mod health;
+mod lifecycle;
 mod logs;
 mod metrics;
 mod mount;
@@ -120,6 +121,8 @@ enum Command {
     },
     /// Remove the stripes of replaced and deleted objects that are due now (or all of them).
     Gc(gc::GcArgs),
+    /// Lifecycle rules: each bucket's last pass, or a pass now.
+    Lifecycle(lifecycle::LifecycleArgs),
     /// S3 storage classes and the data pool of each.
     StorageClass {
         #[command(flatten)]
@@ -307,6 +310,7 @@ fn run() -> Result<()> {
         Command::User { cluster, command } => admin::user(cluster, command),
         Command::StorageClass { cluster, command } => classes::run(cluster, command),
         Command::Gc(args) => gc::run(args),
+        Command::Lifecycle(args) => lifecycle::run(args),
         Command::Pg { cluster, command } => pgs::run(cluster, command),
     }
 }

@@ -8,6 +8,7 @@ mod authorize;
 mod checksum;
 mod cors;
 mod error;
+mod lifecycle;
 mod lock;
 pub mod metrics;
 mod policy;
@@ -34,6 +35,8 @@ pub struct GatewayConfig {
     pub bind: SocketAddr,
     /// How often the garbage collector runs.
     pub gc_interval: Duration,
+    /// How often lifecycle rules are applied (`None`: never, by this gateway).
+    pub lifecycle_interval: Option<Duration>,
     /// Where its metrics are registered (served by the caller, if at all).
     pub metrics: tidepool_metrics::Registry,
 }
@@ -396,12 +399,44 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving S3");
     let collector = tokio::spawn(collect_garbage(buckets.clone(), config.gc_interval));
+    let lifecycle = config
+        .lifecycle_interval
+        .map(|every| tokio::spawn(apply_lifecycle(buckets.clone(), every)));
     let app = app(buckets, users, metrics).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     collector.abort();
+    if let Some(lifecycle) = lifecycle {
+        lifecycle.abort();
+    }
     served
+}
+
+/// Applies the buckets' lifecycle rules every `interval` (each pass's progress is recorded
+/// in the cluster; `tidepool lifecycle status` shows it). Several gateways may run passes
+/// at once: every removal is guarded on the entry it judged.
+async fn apply_lifecycle(buckets: Buckets, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match buckets.run_lifecycle().await {
+            Ok(passes) => {
+                for (bucket, pass) in passes {
+                    if pass.expired
+                        + pass.noncurrent_removed
+                        + pass.markers_removed
+                        + pass.uploads_aborted
+                        > 0
+                    {
+                        tracing::info!(%bucket, expired = pass.expired, noncurrent = pass.noncurrent_removed, markers = pass.markers_removed, uploads = pass.uploads_aborted, "lifecycle applied");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "a lifecycle pass failed"),
+        }
+    }
 }
 
 async fn collect_garbage(buckets: Buckets, interval: Duration) {

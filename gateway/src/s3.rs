@@ -1800,6 +1800,67 @@ impl S3 for Gateway {
         ))
     }
 
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<PutBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
+        let input = req.input;
+        let rules = crate::lifecycle::rules_of(input.lifecycle_configuration)?;
+        self.buckets
+            .change_bucket(&input.bucket, |i| {
+                i.lifecycle.clone_from(&rules);
+                Ok(())
+            })
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(
+            PutBucketLifecycleConfigurationOutput::default(),
+        ))
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketLifecycleConfigurationOutput>> {
+        let info = self
+            .buckets
+            .lookup(&req.input.bucket, false)
+            .await
+            .map_err(s3)?;
+        if info.lifecycle.is_empty() {
+            return Err(s3_error!(
+                NoSuchLifecycleConfiguration,
+                "The lifecycle configuration does not exist"
+            ));
+        }
+        Ok(S3Response::new(GetBucketLifecycleConfigurationOutput {
+            rules: Some(
+                info.lifecycle
+                    .iter()
+                    .map(crate::lifecycle::rule_dto)
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_bucket_lifecycle(
+        &self,
+        req: S3Request<DeleteBucketLifecycleInput>,
+    ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
+        self.buckets
+            .change_bucket(&req.input.bucket, |i| {
+                i.lifecycle.clear();
+                Ok(())
+            })
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::with_status(
+            DeleteBucketLifecycleOutput::default(),
+            http::StatusCode::NO_CONTENT,
+        ))
+    }
+
     async fn put_object_lock_configuration(
         &self,
         req: S3Request<PutObjectLockConfigurationInput>,

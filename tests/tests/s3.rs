@@ -22,6 +22,11 @@ struct S3Cluster {
 
 impl S3Cluster {
     fn start(name: &str) -> S3Cluster {
+        S3Cluster::start_with(name, &[])
+    }
+
+    /// A cluster whose gateway takes `gateway_args` besides the usual ones.
+    fn start_with(name: &str, gateway_args: &[&str]) -> S3Cluster {
         let dir = TempDir::new(name);
         let path = dir.path().to_path_buf();
         let text = path.to_str().expect("utf-8").to_owned();
@@ -55,20 +60,19 @@ impl S3Cluster {
         }
         let port = free_port();
         let bind = format!("127.0.0.1:{port}");
-        daemons.push(Daemon::start(
-            &[
-                "gateway",
-                "--cluster",
-                &text,
-                "--bind",
-                &bind,
-                "--gc-delay",
-                "1",
-                "--gc-interval",
-                "1",
-            ],
-            &path.join("gateway.log"),
-        ));
+        let mut args = vec![
+            "gateway",
+            "--cluster",
+            &text,
+            "--bind",
+            &bind,
+            "--gc-delay",
+            "1",
+            "--gc-interval",
+            "1",
+        ];
+        args.extend_from_slice(gateway_args);
+        daemons.push(Daemon::start(&args, &path.join("gateway.log")));
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(&bind).is_err() {
             assert!(Instant::now() < deadline, "the gateway never listened");
@@ -550,7 +554,11 @@ fn storage_classes(s3: &S3Cluster) {
 /// The suites that drive boto3 from one process each (see `tests/s3/s3check.py`).
 #[test]
 fn boto3_suites() {
-    let s3 = S3Cluster::start("s3-boto3");
+    // Lifecycle days of two seconds, and a pass every second.
+    let s3 = S3Cluster::start_with(
+        "s3-boto3",
+        &["--lifecycle-day", "2", "--lifecycle-interval", "1"],
+    );
     let owner = ("alice", s3.access_key.as_str(), s3.secret_key.as_str());
     s3.boto3_suite("object_lock", &[owner]);
     s3.boto3_suite("behaviours", &[owner]);
@@ -574,6 +582,30 @@ fn boto3_suites() {
     );
     s3.boto3_suite("access", &users);
     s3.boto3_suite("post_object", &users);
+    s3.boto3_suite("lifecycle", &[owner]);
+    // Each pass's progress is visible.
+    let status: Value = serde_json::from_str(&tidepool_ok(
+        s3.path(),
+        &["lifecycle", "status", "--format", "json"],
+    ))
+    .expect("JSON");
+    let passes = status.as_object().expect("buckets");
+    let total = |field: &str| -> u64 {
+        passes
+            .values()
+            .map(|p| p["totals"][field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(passes
+        .values()
+        .all(|p| p["passes"].as_u64() > Some(0) && p["last"]["finished_ms"].as_u64().is_some()));
+    assert!(total("expired") >= 3, "{status}");
+    assert!(total("noncurrent_removed") >= 2, "{status}");
+    assert!(total("markers_removed") >= 1, "{status}");
+    assert!(total("uploads_aborted") >= 1, "{status}");
+    assert!(total("locked") >= 1, "{status}");
+    let plain = tidepool_ok(s3.path(), &["lifecycle", "status"]);
+    assert!(plain.contains("expired"), "{plain}");
 }
 
 #[test]
