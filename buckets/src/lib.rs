@@ -29,7 +29,7 @@ pub use data::{hex, DataStream, WriteOptions, Written};
 pub use index::{Deleted, ListPage, ListQuery, PutCondition};
 pub use lifecycle::{LifecycleProgress, LifecycleRule, LifecycleStatus};
 pub use lock::{DefaultRetention, LockError, LockMode, ObjectLock, Retention};
-pub use multipart::CompletedPart;
+pub use multipart::{CompletedPart, ObjectChecksums};
 pub use records::{
     BucketInfo, ContentHeaders, CorsRule, Entry, LinkGroup, ObjectMeta, Part, Segment, Upload,
     Versioning,
@@ -94,6 +94,9 @@ pub enum BucketError {
     /// Concurrent changes of one key kept winning; the caller may retry.
     #[error("the key changed concurrently too many times")]
     Conflict,
+    /// A checksum the request names does not match what was computed.
+    #[error("bad digest: {0}")]
+    BadDigest(String),
     /// The request body failed while it was read.
     #[error("reading the request body: {0}")]
     Body(String),

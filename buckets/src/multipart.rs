@@ -27,6 +27,10 @@ pub struct CompletedPart {
     pub etag: String,
 }
 
+/// What a completion makes of the upload's parts' checksums: the object's, by algorithm.
+pub type ObjectChecksums<'a> =
+    dyn Fn(&Upload, &[&Part]) -> Result<BTreeMap<String, String>, BucketError> + Send + Sync + 'a;
+
 impl Buckets {
     /// Starts a multipart upload of `key`; returns its id.
     pub async fn create_upload(
@@ -186,6 +190,7 @@ impl Buckets {
         id: &str,
         chosen: &[CompletedPart],
         condition: &PutCondition,
+        checksums: &ObjectChecksums<'_>,
     ) -> Result<Entry, BucketError> {
         let (upload, raw) = match self.upload(bucket, key, id).await {
             Err(BucketError::NoSuchUpload) => return self.completed(bucket, key, chosen).await,
@@ -233,10 +238,10 @@ impl Buckets {
             .filter(|p| !used.contains(&p.number))
             .filter_map(|p| p.segment.clone())
             .collect();
-        // Whole-object checksums of multipart objects are composites S3 clients do not
-        // check; the parts' own checksums were checked when they arrived.
+        // The object's checksums are made from its parts' (checked when they arrived).
+        let used_parts: Vec<&Part> = chosen.iter().filter_map(|c| parts.get(&c.number)).collect();
         let mut meta = upload.meta.clone();
-        meta.checksums.clear();
+        meta.checksums = checksums(&upload, &used_parts)?;
         let entry = Entry {
             size,
             etag: format!("{}-{}", crate::data::hex(&md5s.finalize()), chosen.len()),

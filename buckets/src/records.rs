@@ -308,6 +308,10 @@ pub struct ObjectMeta {
     /// Its ACL (`None`: the bucket owner's alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<crate::Acl>,
+    /// How a multipart object's checksums were made from its parts' (`COMPOSITE` or
+    /// `FULL_OBJECT`; `None`: a whole object's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<String>,
 }
 
 /// An object's index entry.

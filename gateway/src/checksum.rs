@@ -62,6 +62,13 @@ impl Expected {
         Ok(expected)
     }
 
+    /// Asks for `algorithm` too (a multipart upload's, for each of its parts).
+    pub fn include(&mut self, algorithm: &str) {
+        if let Some((name, _)) = ALGORITHMS.iter().find(|(n, _)| *n == algorithm) {
+            self.0.entry(name).or_insert(None);
+        }
+    }
+
     /// A hasher for every algorithm asked for.
     pub fn hasher(&self) -> ChecksumHasher {
         let mut hasher = ChecksumHasher::default();
@@ -117,6 +124,20 @@ fn value_of(checksum: &Checksum, name: &str) -> Option<String> {
         ChecksumAlgorithm::SHA256 => checksum.checksum_sha256.clone(),
         _ => checksum.checksum_crc64nvme.clone(),
     }
+}
+
+/// The checksums S3's `Checksum` fields hold, by algorithm.
+pub fn from_dto(sent: &Checksum) -> BTreeMap<String, String> {
+    [
+        (ChecksumAlgorithm::CRC32, &sent.checksum_crc32),
+        (ChecksumAlgorithm::CRC32C, &sent.checksum_crc32c),
+        (ChecksumAlgorithm::SHA1, &sent.checksum_sha1),
+        (ChecksumAlgorithm::SHA256, &sent.checksum_sha256),
+        (ChecksumAlgorithm::CRC64NVME, &sent.checksum_crc64nvme),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name.to_owned(), value.clone()?)))
+    .collect()
 }
 
 /// Stored checksums in the fields of S3's `Checksum`.

@@ -76,6 +76,7 @@ pub fn s3(error: BucketError) -> S3Error {
             "A conflicting operation on this key is in progress; try again."
         ),
         BucketError::Body(reason) => s3_error!(IncompleteBody, "{reason}"),
+        BucketError::BadDigest(reason) => s3_error!(BadDigest, "{reason}"),
         BucketError::Cluster(ObjectError::Op(OpError::Full(osds))) => {
             tracing::warn!(%osds, "a write was refused: the cluster is full");
             // As MinIO answers on a full drive: 507, which clients do not retry.

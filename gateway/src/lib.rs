@@ -6,6 +6,7 @@
 mod access;
 mod authorize;
 mod checksum;
+mod composite;
 mod cors;
 mod error;
 mod lifecycle;

@@ -16,6 +16,7 @@ use tidepool_buckets::{
 
 use crate::authorize;
 use crate::checksum::{self, Expected};
+use crate::composite;
 use crate::error::s3;
 use crate::users::Users;
 use crate::{lock, tagging};
@@ -320,6 +321,50 @@ pub(crate) fn millis(ts: &Timestamp) -> u64 {
 
 fn seconds(ts: &Timestamp) -> u64 {
     millis(ts) / 1000
+}
+
+/// The checksums of a completed upload's object, from `parts` (in order): each part's
+/// checksum the request names must be the one it arrived with (`InvalidPart`), and a
+/// whole-object checksum it names must be the one made (`BadDigest`).
+fn object_checksums(
+    upload: &Upload,
+    parts: &[&tidepool_buckets::Part],
+    sent_parts: &BTreeMap<i32, BTreeMap<String, String>>,
+    sent_whole: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, BucketError> {
+    for part in parts {
+        let sent = i32::try_from(part.number)
+            .ok()
+            .and_then(|n| sent_parts.get(&n));
+        for (algorithm, value) in sent.into_iter().flatten() {
+            if part.checksums.get(algorithm) != Some(value) {
+                return Err(BucketError::InvalidPart(format!(
+                    "part {}'s {algorithm} checksum is not {value}",
+                    part.number
+                )));
+            }
+        }
+    }
+    let kind = upload
+        .meta
+        .checksum_type
+        .as_deref()
+        .and_then(composite::Kind::parse)
+        .unwrap_or(composite::Kind::Composite);
+    let list: Vec<_> = parts
+        .iter()
+        .map(|p| (p.number, &p.checksums, p.size))
+        .collect();
+    let made = composite::object_checksums(upload.meta.checksums.keys().cloned(), kind, &list)
+        .map_err(BucketError::InvalidPart)?;
+    for (algorithm, value) in sent_whole {
+        if made.get(algorithm).is_some_and(|m| m != value) {
+            return Err(BucketError::BadDigest(format!(
+                "The {algorithm} you specified did not match the calculated checksum."
+            )));
+        }
+    }
+    Ok(made)
 }
 
 /// The MD5 a `Content-MD5` header names: base64 of 16 bytes, else `InvalidDigest`.
@@ -644,7 +689,8 @@ macro_rules! read_answer {
             .checksum_mode
             .as_ref()
             .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-        let sums = if checksums_asked && content_range.is_none() {
+        let whole_sums = checksums_asked && content_range.is_none();
+        let sums = if whole_sums {
             checksum::to_dto(&entry.meta.checksums)
         } else {
             Checksum::default()
@@ -672,6 +718,9 @@ macro_rules! read_answer {
             checksum_sha1: sums.checksum_sha1,
             checksum_sha256: sums.checksum_sha256,
             checksum_crc64nvme: sums.checksum_crc64nvme,
+            checksum_type: whole_sums
+                .then(|| entry.meta.checksum_type.clone().map(ChecksumType::from))
+                .flatten(),
             parts_count,
             // Shown unless STANDARD, as S3 does.
             storage_class: entry.meta.storage_class.clone().map(StorageClass::from),
@@ -1254,8 +1303,12 @@ impl S3 for Gateway {
                         .unwrap_or_else(|| StorageClass::STANDARD.to_owned()),
                 )
             }),
-            checksum: (asked(ObjectAttributes::CHECKSUM) && sums != Checksum::default())
-                .then_some(sums),
+            checksum: (asked(ObjectAttributes::CHECKSUM) && sums != Checksum::default()).then(
+                || Checksum {
+                    checksum_type: entry.meta.checksum_type.clone().map(ChecksumType::from),
+                    ..sums
+                },
+            ),
             object_parts: parts,
             last_modified: Some(timestamp(entry.modified_ms)),
             version_id,
@@ -2258,9 +2311,35 @@ impl S3 for Gateway {
             },
             input.metadata,
         );
-        if let Some(algorithm) = &input.checksum_algorithm {
-            meta.checksums
-                .insert(algorithm.as_str().to_ascii_uppercase(), String::new());
+        let kind = input
+            .checksum_type
+            .as_ref()
+            .map(|t| {
+                composite::Kind::parse(t.as_str())
+                    .ok_or_else(|| s3_error!(InvalidRequest, "Unknown checksum type."))
+            })
+            .transpose()?;
+        match (&input.checksum_algorithm, kind) {
+            (Some(algorithm), kind) => {
+                let algorithm = algorithm.as_str().to_ascii_uppercase();
+                let kind = kind.unwrap_or_else(|| composite::Kind::default_for(&algorithm));
+                if !kind.allowed_with(&algorithm) {
+                    return Err(s3_error!(
+                        InvalidRequest,
+                        "The {} checksum type cannot be used with the {algorithm} checksum algorithm.",
+                        kind.as_str()
+                    ));
+                }
+                meta.checksums.insert(algorithm, String::new());
+                meta.checksum_type = Some(kind.as_str().to_owned());
+            }
+            (None, Some(_)) => {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "The x-amz-checksum-type header can only be used with the x-amz-checksum-algorithm header."
+                ))
+            }
+            (None, None) => {}
         }
         let (class, _) = self.class_pool(input.storage_class.as_ref()).await?;
         meta.storage_class = class;
@@ -2284,6 +2363,7 @@ impl S3 for Gateway {
             key: Some(input.key),
             upload_id: Some(upload.id),
             checksum_algorithm: input.checksum_algorithm,
+            checksum_type: upload.meta.checksum_type.clone().map(ChecksumType::from),
             ..Default::default()
         }))
     }
@@ -2303,15 +2383,20 @@ impl S3 for Gateway {
             checksum_crc64nvme: input.checksum_crc64nvme,
             ..Default::default()
         };
+        let (upload, pool) = self
+            .open_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let mut expected = Expected::new(&sent, input.checksum_algorithm.as_ref(), &req.headers)?;
+        // Every part gets the upload's checksums: the object's are made of them.
+        for algorithm in upload.meta.checksums.keys() {
+            expected.include(algorithm);
+        }
         let check = BodyCheck {
-            expected: Expected::new(&sent, input.checksum_algorithm.as_ref(), &req.headers)?,
+            expected,
             content_length: input.content_length,
             content_md5: input.content_md5.as_deref(),
             trailers: req.trailing_headers,
         };
-        let (upload, pool) = self
-            .open_upload(&input.bucket, &input.key, &input.upload_id)
-            .await?;
         let options = WriteOptions {
             pool,
             ..Default::default()
@@ -2405,10 +2490,37 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let input = req.input;
         let condition = put_condition(input.if_match, input.if_none_match)?;
-        let chosen = input
+        let listed = input
             .multipart_upload
             .and_then(|m| m.parts)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // The checksums the request names: each part's, and the whole object's.
+        let sent_parts: BTreeMap<i32, BTreeMap<String, String>> = listed
+            .iter()
+            .filter_map(|p| {
+                let sums = checksum::from_dto(&Checksum {
+                    checksum_crc32: p.checksum_crc32.clone(),
+                    checksum_crc32c: p.checksum_crc32c.clone(),
+                    checksum_sha1: p.checksum_sha1.clone(),
+                    checksum_sha256: p.checksum_sha256.clone(),
+                    checksum_crc64nvme: p.checksum_crc64nvme.clone(),
+                    ..Default::default()
+                });
+                Some((p.part_number?, sums))
+            })
+            .collect();
+        let sent_whole = checksum::from_dto(&Checksum {
+            checksum_crc32: input.checksum_crc32.clone(),
+            checksum_crc32c: input.checksum_crc32c.clone(),
+            checksum_sha1: input.checksum_sha1.clone(),
+            checksum_sha256: input.checksum_sha256.clone(),
+            checksum_crc64nvme: input.checksum_crc64nvme.clone(),
+            ..Default::default()
+        });
+        let compose = |upload: &Upload, parts: &[&tidepool_buckets::Part]| {
+            object_checksums(upload, parts, &sent_parts, &sent_whole)
+        };
+        let chosen = listed
             .into_iter()
             .map(|p| {
                 Ok(BucketPart {
@@ -2437,15 +2549,23 @@ impl S3 for Gateway {
                 &input.upload_id,
                 &chosen,
                 &condition,
+                &compose,
             )
             .await
             .map_err(s3)?;
+        let sums = checksum::to_dto(&entry.meta.checksums);
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(input.bucket.clone()),
             key: Some(input.key.clone()),
             e_tag: Some(etag(&entry.etag)),
             location: Some(format!("/{}/{}", input.bucket, input.key)),
             version_id: entry.version_id.clone(),
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
+            checksum_type: entry.meta.checksum_type.clone().map(ChecksumType::from),
             ..Default::default()
         }))
     }
@@ -2467,7 +2587,8 @@ impl S3 for Gateway {
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
         let input = req.input;
-        self.buckets
+        let (upload, _) = self
+            .buckets
             .upload(&input.bucket, &input.key, &input.upload_id)
             .await
             .map_err(s3)?;
@@ -2481,6 +2602,13 @@ impl S3 for Gateway {
         let page: Vec<_> = after.into_iter().take(limit).collect();
         let next = page.last().map(|p| p.number as i32);
         Ok(S3Response::new(ListPartsOutput {
+            checksum_algorithm: upload
+                .meta
+                .checksums
+                .keys()
+                .next()
+                .map(|a| ChecksumAlgorithm::from(a.clone())),
+            checksum_type: upload.meta.checksum_type.clone().map(ChecksumType::from),
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(input.upload_id),

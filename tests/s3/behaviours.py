@@ -189,5 +189,70 @@ def check_conditional_reads_and_writes(t):
           IfNoneMatch="*", status=412)
 
 
+def check_multipart_checksums(t):
+    import zlib
+    from awscrt import checksums as crt
+
+    s3 = t.s3
+    bucket = t.bucket()
+    first, second = b"a" * (5 << 20), b"tail bytes"
+    whole = first + second
+
+    def b64(value, width):
+        return base64.b64encode(value.to_bytes(width, "big")).decode()
+
+    def upload(key, algorithm, kind=None, parts=(first, second)):
+        extra = {"ChecksumType": kind} if kind else {}
+        made = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm=algorithm,
+                                          **extra)
+        listed = []
+        for number, body in enumerate(parts, 1):
+            part = s3.upload_part(Bucket=bucket, Key=key, UploadId=made["UploadId"],
+                                  PartNumber=number, Body=body, ChecksumAlgorithm=algorithm)
+            listed.append({"PartNumber": number, "ETag": part["ETag"],
+                           f"Checksum{algorithm}": part[f"Checksum{algorithm}"]})
+        return made, listed
+
+    # COMPOSITE (CRC32's default): the CRC of the parts' CRCs, with the part count.
+    made, listed = upload("composite", "CRC32")
+    assert made["ChecksumType"] == "COMPOSITE", made
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="composite", UploadId=made["UploadId"],
+                                        MultipartUpload={"Parts": listed})
+    joined = b"".join(base64.b64decode(p["ChecksumCRC32"]) for p in listed)
+    composite = f"{b64(zlib.crc32(joined), 4)}-2"
+    assert done["ChecksumCRC32"] == composite and done["ChecksumType"] == "COMPOSITE", done
+    head = s3.head_object(Bucket=bucket, Key="composite", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"] == composite and head["ChecksumType"] == "COMPOSITE", head
+    # FULL_OBJECT: the CRC of the whole object, made from the parts' CRCs.
+    for algorithm, expected in [("CRC32", b64(zlib.crc32(whole), 4)),
+                                ("CRC64NVME", b64(crt.crc64nvme(whole), 8))]:
+        made, listed = upload(f"full-{algorithm}", algorithm, "FULL_OBJECT")
+        done = s3.complete_multipart_upload(
+            Bucket=bucket, Key=f"full-{algorithm}", UploadId=made["UploadId"],
+            MultipartUpload={"Parts": listed}, ChecksumType="FULL_OBJECT",
+            **{f"Checksum{algorithm}": expected})
+        assert done[f"Checksum{algorithm}"] == expected, (done, expected)
+        attrs = s3.get_object_attributes(Bucket=bucket, Key=f"full-{algorithm}",
+                                         ObjectAttributes=["Checksum"])["Checksum"]
+        assert attrs[f"Checksum{algorithm}"] == expected and attrs["ChecksumType"] == "FULL_OBJECT", attrs
+    # Combinations S3 refuses.
+    fails("InvalidRequest", s3.create_multipart_upload, Bucket=bucket, Key="x",
+          ChecksumAlgorithm="SHA256", ChecksumType="FULL_OBJECT")
+    fails("InvalidRequest", s3.create_multipart_upload, Bucket=bucket, Key="x",
+          ChecksumAlgorithm="CRC64NVME", ChecksumType="COMPOSITE")
+    # A part's checksum that differs, and a whole-object checksum that differs: nothing made.
+    made, listed = upload("wrong", "CRC32", "FULL_OBJECT")
+    bad = [dict(listed[0], ChecksumCRC32=b64(1, 4)), listed[1]]
+    fails("InvalidPart", s3.complete_multipart_upload, Bucket=bucket, Key="wrong",
+          UploadId=made["UploadId"], MultipartUpload={"Parts": bad})
+    fails("BadDigest", s3.complete_multipart_upload, Bucket=bucket, Key="wrong",
+          UploadId=made["UploadId"], MultipartUpload={"Parts": listed},
+          ChecksumType="FULL_OBJECT", ChecksumCRC32=b64(1, 4))
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="wrong")
+    s3.complete_multipart_upload(Bucket=bucket, Key="wrong", UploadId=made["UploadId"],
+                                 MultipartUpload={"Parts": listed})
+    assert s3.get_object(Bucket=bucket, Key="wrong")["Body"].read() == whole
+
+
 if __name__ == "__main__":
     s3check.run(sys.modules[__name__])
