@@ -12,8 +12,13 @@
 #   . /tmp/garageanchor/s3.env && GARAGE_ENDPOINT="$S3_ENDPOINT" \
 #     GARAGE_ACCESS="$AWS_ACCESS_KEY_ID" GARAGE_SECRET="$AWS_SECRET_ACCESS_KEY" CEPH=1 bench/s3.sh
 #
+# Versioning's cost: VERSIONED=1 runs every load on a bucket with versioning enabled too, and
+# VERSIONS=100000 then times ListObjectVersions of a bucket with that many versions
+# (bench/versions.py) on each system.
+#
 # Env: RUNS=3 SECONDS_PER_PHASE=20 TIDEPOOL_PORT=17480 CEPH_DIR=/tmp/cephanchor
 #      GARAGE_ENDPOINT, GARAGE_ACCESS, GARAGE_SECRET (a running Garage to compare with)
+#      VERSIONED=1, VERSIONS=N
 # Prints one JSON line per phase and run; records RSS of the gateway idle and under load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,27 +55,51 @@ gateway_rss() {
 echo "tidepool gateway RSS idle: $(gateway_rss)" >&2
 
 if [ "${CEPH:-0}" = 1 ]; then
+  if ! command -v radosgw >/dev/null; then
+    echo "installing Debian's Ceph (mon, osd, mgr, radosgw) for the side-by-side run" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ceph-mon ceph-osd ceph-mgr radosgw ceph-common >/dev/null
+  fi
   FRESH=1 "$SHARED/ceph/up.sh" "${CEPH_DIR:-/tmp/cephanchor}" >&2
 fi
 
-load() { # system endpoint access secret bucket size run
+MODES="plain"
+[ "${VERSIONED:-0}" = 1 ] && MODES="plain versioned"
+load() { # system endpoint access secret bucket size run mode
+  local flags=()
+  [ "$8" = versioned ] && flags=(--versioned)
   "$PY" bench/s3load.py --endpoint "$2" --access "$3" --secret "$4" --bucket "$5" \
-    --size "$6" --concurrency 16 --seconds "$SECS" | while read -r line; do
-    echo "{\"system\":\"$1\",\"run\":$7,${line#\{}"
+    --size "$6" --concurrency 16 --seconds "$SECS" "${flags[@]}" | while read -r line; do
+    echo "{\"system\":\"$1\",\"run\":$7,\"bucket\":\"$8\",${line#\{}"
   done
 }
 
 for run in $(seq "$RUNS"); do
   for size in 4M 4K; do
-    bucket="bench-${size,,}-r$run"
-    load tidepool "http://127.0.0.1:$PORT" "$TP_ACCESS" "$TP_SECRET" "$bucket" "$size" "$run"
+   for mode in $MODES; do
+    bucket="bench-${size,,}-$mode-r$run"
+    load tidepool "http://127.0.0.1:$PORT" "$TP_ACCESS" "$TP_SECRET" "$bucket" "$size" "$run" "$mode"
     [ "$size" = 4M ] && [ "$run" = 1 ] && echo "tidepool gateway RSS after 4 MiB load: $(gateway_rss)" >&2
     if [ "${CEPH:-0}" = 1 ]; then
       load radosgw "http://127.0.0.1:7480" ANCHORACCESSKEY00001 \
-        anchorsecretkey0000000000000000000000001 "$bucket" "$size" "$run"
+        anchorsecretkey0000000000000000000000001 "$bucket" "$size" "$run" "$mode"
     fi
     if [ -n "${GARAGE_ENDPOINT:-}" ]; then
-      load garage "$GARAGE_ENDPOINT" "$GARAGE_ACCESS" "$GARAGE_SECRET" "$bucket" "$size" "$run"
+      load garage "$GARAGE_ENDPOINT" "$GARAGE_ACCESS" "$GARAGE_SECRET" "$bucket" "$size" "$run" "$mode"
     fi
+   done
   done
 done
+
+if [ -n "${VERSIONS:-}" ]; then
+  listing() { # system endpoint access secret
+    (cd bench && "../$PY" versions.py --endpoint "$2" --access "$3" --secret "$4" \
+      --bucket versions-listing --versions "$VERSIONS") | while read -r line; do
+      echo "{\"system\":\"$1\",${line#\{}"
+    done
+  }
+  listing tidepool "http://127.0.0.1:$PORT" "$TP_ACCESS" "$TP_SECRET"
+  if [ "${CEPH:-0}" = 1 ]; then
+    listing radosgw "http://127.0.0.1:7480" ANCHORACCESSKEY00001 \
+      anchorsecretkey0000000000000000000000001
+  fi
+fi

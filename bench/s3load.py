@@ -9,7 +9,7 @@ line per phase (put, get, delete): operations, MiB/s, operations/s, latency perc
 errors.
 
 usage: s3load.py --endpoint http://127.0.0.1:7480 --access AK --secret SK --bucket B
-                 [--size 4M] [--concurrency 16] [--seconds 20] [--processes 2]
+                 [--size 4M] [--concurrency 16] [--seconds 20] [--processes 2] [--versioned]
 """
 
 import argparse
@@ -41,12 +41,16 @@ class Client:
         self.address = (url.hostname, url.port or 80)
         self.connection = None
 
-    def request(self, method, path, body=b"", into=None):
-        """Sends one signed request; the status and the body (read into `into`, a bytearray,
-        when given, to spare the client an allocation and a copy per response)."""
+    def request(self, method, path, body=b"", into=None, query=""):
+        """Sends one signed request (`query`: its canonical query string); the status and the
+        body (read into `into`, a bytearray, when given, to spare the client an allocation
+        and a copy per response)."""
         headers = {"x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
         now = datetime.datetime.now(datetime.timezone.utc)
-        sign_headers(method, self.host, path, headers, self.args.secret, self.args.access, now)
+        sign_headers(method, self.host, path, headers, self.args.secret, self.args.access, now,
+                     query)
+        if query:
+            path = f"{path}?{query}"
         headers["content-length"] = str(len(body))
         for attempt in (0, 1):
             if self.connection is None:
@@ -177,6 +181,8 @@ def main():
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--versioned", action="store_true",
+                        help="enable versioning on the bucket first")
     args = parser.parse_args()
     if args.concurrency % args.processes:
         parser.error("--concurrency must be a multiple of --processes")
@@ -184,6 +190,12 @@ def main():
     status, body = client.request("PUT", f"/{args.bucket}")
     if status not in (200, 409):
         sys.exit(f"creating bucket {args.bucket}: HTTP {status} {body[:200]!r}")
+    if args.versioned:
+        document = (b'<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                    b"<Status>Enabled</Status></VersioningConfiguration>")
+        status, body = client.request("PUT", f"/{args.bucket}", document, query="versioning=")
+        if status != 200:
+            sys.exit(f"enabling versioning on {args.bucket}: HTTP {status} {body[:200]!r}")
     written = run_phase(args, "put", None)
     run_phase(args, "get", min(written, default=0))
     # What was written is removed again, so that repeated runs do not fill the disk.

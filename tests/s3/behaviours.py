@@ -189,6 +189,39 @@ def check_conditional_reads_and_writes(t):
           IfNoneMatch="*", status=412)
 
 
+def check_malformed_documents_change_nothing(t):
+    """Configuration documents that are not XML, or not the XML S3 defines, are refused with
+    S3's code, and the configuration stays as it was."""
+    s3 = t.s3
+    bucket = t.bucket()
+    s3.put_object(Bucket=bucket, Key="k", Body=b"k")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "team", "Value": "a"}]})
+    before = (s3.get_bucket_versioning(Bucket=bucket)["Status"],
+              s3.get_bucket_tagging(Bucket=bucket)["TagSet"],
+              s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"])
+    garbage = [b"<not-closed", b"plain text", b"<Wrong><Shape/></Wrong>"]
+    for query, path in [("versioning=", f"/{bucket}"), ("tagging=", f"/{bucket}"),
+                        ("cors=", f"/{bucket}"), ("lifecycle=", f"/{bucket}"),
+                        ("acl=", f"/{bucket}"), ("object-lock=", f"/{bucket}"),
+                        ("tagging=", f"/{bucket}/k"), ("delete=", f"/{bucket}")]:
+        for body in garbage:
+            md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+            method = "POST" if query == "delete=" else "PUT"
+            status, _, answer = raw(t, method, path, body=body, query=query,
+                                    headers={"content-md5": md5})
+            assert status == 400 and (b"<Code>MalformedXML</Code>" in answer
+                                      or b"<Code>MalformedACLError</Code>" in answer), (
+                query, body, status, answer)
+    after = (s3.get_bucket_versioning(Bucket=bucket)["Status"],
+             s3.get_bucket_tagging(Bucket=bucket)["TagSet"],
+             s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"])
+    assert after == before, (before, after)
+    fails("NoSuchCORSConfiguration", s3.get_bucket_cors, Bucket=bucket)
+    fails("NoSuchLifecycleConfiguration", s3.get_bucket_lifecycle_configuration, Bucket=bucket)
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"k"
+
+
 def check_multipart_checksums(t):
     import zlib
     from awscrt import checksums as crt
