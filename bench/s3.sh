@@ -71,6 +71,11 @@ load() { # system endpoint access secret bucket size run mode
     --size "$6" --concurrency 16 --seconds "$SECS" "${flags[@]}" | while read -r line; do
     echo "{\"system\":\"$1\",\"run\":$7,\"bucket\":\"$8\",${line#\{}"
   done
+  # Deletes in a versioned bucket leave its versions: remove them, or the disk fills up.
+  if [ "$8" = versioned ]; then
+    (cd bench && "../$PY" versions.py --endpoint "$2" --access "$3" --secret "$4" \
+      --bucket "$5" --versions 0 --purge)
+  fi
 }
 
 for run in $(seq "$RUNS"); do

@@ -3,7 +3,7 @@
 --versions small versions over --keys keys of a new versioned bucket (32 in flight), then
 lists every version, 1,000 per page, --listings times; one JSON line with the write rate
 and the pages per second of each listing. With --purge, every version of the bucket is
-removed afterwards (and the bucket).
+removed afterwards (and the bucket); --versions 0 --purge only empties an existing bucket.
 
 usage: versions.py --endpoint URL --access AK --secret SK --bucket B
                    [--versions 100000] [--keys 1000] [--listings 3] [--purge]
@@ -92,21 +92,31 @@ def main():
     write_secs = time.time() - started
 
     listings = []
-    for _ in range(args.listings):
+    for _ in range(args.listings if args.versions else 0):
         started = time.time()
         found, pages = list_all(client, args.bucket)
         secs = time.time() - started
         listings.append({"versions": len(found), "pages": pages, "secs": round(secs, 2),
                          "pages_s": round(pages / secs, 1)})
-    print(json.dumps({"versions": args.versions, "keys": args.keys, "write_errors": len(errors),
-                      "write_ops_s": round(args.versions / write_secs, 1),
-                      "listings": listings}), flush=True)
+    if args.versions:
+        print(json.dumps({"versions": args.versions, "keys": args.keys, "write_errors": len(errors),
+                          "write_ops_s": round(args.versions / write_secs, 1),
+                          "listings": listings}), flush=True)
 
     if args.purge:
         found, _ = list_all(client, args.bucket)
-        for key, version in found:
-            client.request("DELETE", f"/{args.bucket}/{key}",
-                           query=query_of({"versionId": version}))
+
+        def remover(share):
+            own = Client(args)
+            for key, version in share:
+                own.request("DELETE", f"/{args.bucket}/{key}",
+                            query=query_of({"versionId": version}))
+
+        threads = [threading.Thread(target=remover, args=(found[i::32],)) for i in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         client.request("DELETE", f"/{args.bucket}")
 
 

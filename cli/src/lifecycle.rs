@@ -100,7 +100,8 @@ pub fn run(args: LifecycleArgs) -> Result<()> {
                             state(&s.last),
                             describe(&s.last)
                         );
-                        println!("  {} passes in all: {}", s.passes, describe(&s.totals));
+                        let passes = if s.passes == 1 { "pass" } else { "passes" };
+                        println!("  {} {passes} in all: {}", s.passes, describe(&s.totals));
                     }
                 }
             }
