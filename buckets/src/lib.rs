@@ -368,8 +368,7 @@ impl Buckets {
         name: &str,
         tags: std::collections::BTreeMap<String, String>,
     ) -> Result<(), BucketError> {
-        let info = self.lookup(name, true).await?;
-        self.update_directory(&info, |i| {
+        self.change_bucket(name, |i| {
             i.tags.clone_from(&tags);
             Ok(())
         })
@@ -383,8 +382,7 @@ impl Buckets {
         name: &str,
         rules: Vec<CorsRule>,
     ) -> Result<(), BucketError> {
-        let info = self.lookup(name, true).await?;
-        self.update_directory(&info, |i| {
+        self.change_bucket(name, |i| {
             i.cors.clone_from(&rules);
             Ok(())
         })
@@ -406,8 +404,7 @@ impl Buckets {
     /// Sets bucket `name`'s object lock configuration, enabling object lock on a bucket
     /// whose versioning is enabled (`InvalidBucketState` otherwise).
     pub async fn set_object_lock(&self, name: &str, lock: ObjectLock) -> Result<(), BucketError> {
-        let info = self.lookup(name, true).await?;
-        self.update_directory(&info, |i| {
+        self.change_bucket(name, |i| {
             if i.versioning != records::Versioning::Enabled {
                 return Err(BucketError::InvalidBucketState(
                     "object lock needs versioning enabled".into(),

@@ -101,23 +101,12 @@ impl Gateway {
         req: &S3Request<T>,
         bucket: &str,
         canned: Option<&str>,
-        grants: [Option<&str>; 4],
+        grants: [(Option<&str>, Permission); 5],
     ) -> S3Result<Option<tidepool_buckets::Acl>> {
         let info = self.buckets.lookup(bucket, false).await.map_err(s3)?;
         // What anonymous writers write (where a grant lets them) belongs to the bucket owner.
         let writer = self.principal(req).unwrap_or_else(|| info.owner.clone());
-        let [read, read_acp, write_acp, full] = grants;
-        let grants = authorize::header_grants(
-            &self.users,
-            [
-                (read, Permission::Read),
-                (None, Permission::Write),
-                (read_acp, Permission::ReadAcp),
-                (write_acp, Permission::WriteAcp),
-                (full, Permission::FullControl),
-            ],
-        )
-        .await?;
+        let grants = authorize::header_grants(&self.users, grants).await?;
         let requested =
             authorize::requested_acl(&self.users, &info, &writer, canned, grants, None).await?;
         Ok(authorize::object_acl_for(&info, &writer, requested, canned))
@@ -365,6 +354,26 @@ fn object_checksums(
         }
     }
     Ok(made)
+}
+
+/// The `x-amz-grant-*` headers of a request input, with the permission each grants (objects
+/// have no `WRITE` grant).
+macro_rules! grant_headers {
+    ($input:expr) => {
+        grant_headers!(@ $input, $input.grant_write.as_deref())
+    };
+    ($input:expr, no write) => {
+        grant_headers!(@ $input, None)
+    };
+    (@ $input:expr, $write:expr) => {
+        [
+            ($input.grant_read.as_deref(), Permission::Read),
+            ($write, Permission::Write),
+            ($input.grant_read_acp.as_deref(), Permission::ReadAcp),
+            ($input.grant_write_acp.as_deref(), Permission::WriteAcp),
+            ($input.grant_full_control.as_deref(), Permission::FullControl),
+        ]
+    };
 }
 
 /// The MD5 a `Content-MD5` header names: base64 of 16 bytes, else `InvalidDigest`.
@@ -787,17 +796,7 @@ impl S3 for Gateway {
                     .ok_or_else(|| s3_error!(InvalidArgument, "Invalid x-amz-object-ownership"))
             })
             .transpose()?;
-        let grants = authorize::header_grants(
-            &self.users,
-            [
-                (input.grant_read.as_deref(), Permission::Read),
-                (input.grant_write.as_deref(), Permission::Write),
-                (input.grant_read_acp.as_deref(), Permission::ReadAcp),
-                (input.grant_write_acp.as_deref(), Permission::WriteAcp),
-                (input.grant_full_control.as_deref(), Permission::FullControl),
-            ],
-        )
-        .await?;
+        let grants = authorize::header_grants(&self.users, grant_headers!(input)).await?;
         let mut new = tidepool_buckets::BucketInfo::new(name, &caller, 1);
         new.ownership = ownership;
         let acl = authorize::requested_acl(
@@ -878,12 +877,7 @@ impl S3 for Gateway {
                 &req,
                 &req.input.bucket,
                 req.input.acl.as_ref().map(|a| a.as_str()),
-                [
-                    req.input.grant_read.as_deref(),
-                    req.input.grant_read_acp.as_deref(),
-                    req.input.grant_write_acp.as_deref(),
-                    req.input.grant_full_control.as_deref(),
-                ],
+                grant_headers!(req.input, no write),
             )
             .await?;
         let input = req.input;
@@ -1133,12 +1127,7 @@ impl S3 for Gateway {
                 &req,
                 &req.input.bucket,
                 req.input.acl.as_ref().map(|a| a.as_str()),
-                [
-                    req.input.grant_read.as_deref(),
-                    req.input.grant_read_acp.as_deref(),
-                    req.input.grant_write_acp.as_deref(),
-                    req.input.grant_full_control.as_deref(),
-                ],
+                grant_headers!(req.input, no write),
             )
             .await?;
         let input = req.input;
@@ -1513,17 +1502,7 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<PutBucketAclOutput>> {
         let input = &req.input;
         let info = self.buckets.lookup(&input.bucket, true).await.map_err(s3)?;
-        let grants = authorize::header_grants(
-            &self.users,
-            [
-                (input.grant_read.as_deref(), Permission::Read),
-                (input.grant_write.as_deref(), Permission::Write),
-                (input.grant_read_acp.as_deref(), Permission::ReadAcp),
-                (input.grant_write_acp.as_deref(), Permission::WriteAcp),
-                (input.grant_full_control.as_deref(), Permission::FullControl),
-            ],
-        )
-        .await?;
+        let grants = authorize::header_grants(&self.users, grant_headers!(input)).await?;
         let acl = authorize::requested_acl(
             &self.users,
             &info,
@@ -1583,17 +1562,7 @@ impl S3 for Gateway {
             .acl
             .as_ref()
             .map_or(info.owner.clone(), |a| a.owner.clone());
-        let grants = authorize::header_grants(
-            &self.users,
-            [
-                (input.grant_read.as_deref(), Permission::Read),
-                (input.grant_write.as_deref(), Permission::Write),
-                (input.grant_read_acp.as_deref(), Permission::ReadAcp),
-                (input.grant_write_acp.as_deref(), Permission::WriteAcp),
-                (input.grant_full_control.as_deref(), Permission::FullControl),
-            ],
-        )
-        .await?;
+        let grants = authorize::header_grants(&self.users, grant_headers!(input)).await?;
         let acl = authorize::requested_acl(
             &self.users,
             &info,
@@ -2291,12 +2260,7 @@ impl S3 for Gateway {
                 &req,
                 &req.input.bucket,
                 req.input.acl.as_ref().map(|a| a.as_str()),
-                [
-                    req.input.grant_read.as_deref(),
-                    req.input.grant_read_acp.as_deref(),
-                    req.input.grant_write_acp.as_deref(),
-                    req.input.grant_full_control.as_deref(),
-                ],
+                grant_headers!(req.input, no write),
             )
             .await?;
         let input = req.input;
