@@ -72,6 +72,10 @@ pub struct MonArgs {
     /// behind, they get the whole map).
     #[arg(long, default_value_t = DaemonConfig::RETAIN_SLOTS)]
     retain: u64,
+    /// Where to listen (default: its address in the monitor map). Give `0.0.0.0:PORT` where
+    /// the map's address forwards to this one, as a Kubernetes service does.
+    #[arg(long)]
+    bind: Option<std::net::SocketAddr>,
     #[command(flatten)]
     metrics: crate::metrics::MetricsArgs,
 }
@@ -88,6 +92,7 @@ pub fn mon(args: MonArgs) -> Result<()> {
     };
     crate::logs::name(format!("mon.{id}"));
     let retain_slots = args.retain;
+    let bind = args.bind;
     let metrics_args = args.metrics;
     let args = MonRun { id, data };
     let cluster_id = load_cluster_id(&args.data)?;
@@ -107,6 +112,7 @@ pub fn mon(args: MonArgs) -> Result<()> {
         cluster_dir: args.data.clone(),
         data_dir: args.data.join(&entity),
         identity,
+        bind,
         retain_slots,
         metrics: tidepool_metrics::Registry::new(),
     };

@@ -32,9 +32,14 @@ pub struct OsdRunArgs {
     /// A new OSD's weight.
     #[arg(long, default_value = "1")]
     weight: Weight,
-    /// Where to listen (port 0: any free one).
+    /// Where to listen (port 0: any free one): this host's address, which the OSD gives the
+    /// monitors and its peers connect to.
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
+    /// The id of an OSD made beforehand (`tidepool cluster host --osds`), for a new folder:
+    /// the OSD then needs only its own certificate, not the admin's or the CA's key.
+    #[arg(long)]
+    id: Option<u32>,
     /// Threads that run the OSD's work (default: one per core). OSDs sharing a machine's
     /// cores do better with a share each: fewer threads to wake and hand work between.
     #[arg(long)]
@@ -120,6 +125,13 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
     let Some(data) = args.data else {
         bail!("usage: tidepool osd --data DIR [--host H] [--weight W] (or: tidepool osd dump|create|...)");
     };
+    if args.bind.ip().is_unspecified() {
+        bail!(
+            "--bind {}: an OSD tells the monitors the address it listens on and its peers \
+             connect to it there; give this host's address (such as 198.18.0.11:0)",
+            args.bind
+        );
+    }
     let dir = cluster.dir();
     let cluster_id = load_cluster_id(&dir)?;
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
@@ -140,7 +152,29 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
                     file.size = args.size;
                     std::fs::write(&id_file, serde_json::to_vec_pretty(&file)?)?;
                 }
+                if args.id.is_some_and(|id| id != file.id) {
+                    bail!("{} holds osd.{}, not osd.{}", data.display(), file.id, args.id.unwrap_or_default());
+                }
                 (OsdId(file.id), file.size)
+            }
+            Err(_) if args.id.is_some() => {
+                let id = args.id.unwrap_or_default();
+                let entity = daemon::entity(OsdId(id));
+                if !dir.join("certs").join(format!("{entity}.pem")).exists() {
+                    bail!(
+                        "{} has no certificate for osd.{id}: make the OSD with `tidepool cluster \
+                         host` and copy the folder it writes",
+                        dir.display()
+                    );
+                }
+                let file = OsdFile {
+                    version: 1,
+                    cluster_id: cluster_id.clone(),
+                    id,
+                    size: args.size,
+                };
+                std::fs::write(&id_file, serde_json::to_vec_pretty(&file)?)?;
+                (OsdId(id), args.size)
             }
             Err(_) => {
                 let mut admin = cluster.client()?;
@@ -480,7 +514,7 @@ pub fn up(mut args: UpArgs) -> Result<()> {
     };
     let first_run = !dir.join("cluster.json").exists();
     if first_run {
-        crate::cluster::create(&dir, args.mons, &[])?;
+        crate::cluster::create(&dir, crate::cluster::loopback_monitors(args.mons)?, &[])?;
     }
     let dir_text = dir
         .to_str()

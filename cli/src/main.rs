@@ -198,6 +198,9 @@ enum PlacementCommand {
 enum ClusterCommand {
     /// Create a cluster folder: cluster id, cluster CA, and certificates for daemons and admin.
     Init(cluster::InitArgs),
+    /// Write the folder one host of the cluster needs (monitor map, CA certificate, the
+    /// certificates of its daemons) and make its OSDs in the map.
+    Host(cluster::HostArgs),
 }
 
 /// How a command prints its result.
@@ -229,6 +232,9 @@ fn run() -> Result<()> {
         Command::Cluster {
             command: ClusterCommand::Init(args),
         } => cluster::init(args),
+        Command::Cluster {
+            command: ClusterCommand::Host(args),
+        } => cluster::host(args),
         Command::Mon {
             command: Some(MonCommand::Dump(args)),
             ..

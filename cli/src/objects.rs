@@ -65,7 +65,7 @@ pub async fn connect(cluster: &ClusterArgs) -> Result<ObjectClient> {
 pub async fn object_client(dir: &std::path::Path, identity: &Identity) -> Result<ObjectClient> {
     let mon = MonClient::new(dir, identity)?;
     let messenger = Messenger::bind(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        mon.monmap().client_bind(),
         identity,
         MessengerConfig {
             body_bytes_max: tidepool_osd::daemon::BODY_BYTES_MAX,

@@ -88,7 +88,7 @@ impl MonClient {
             request_timeout: PER_MONITOR,
             ..MessengerConfig::default()
         };
-        let messenger = Messenger::bind(SocketAddr::from(([127, 0, 0, 1], 0)), identity, config)?;
+        let messenger = Messenger::bind(monmap.client_bind(), identity, config)?;
         Ok(MonClient::with_messenger(
             messenger,
             monmap,

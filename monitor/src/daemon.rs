@@ -135,6 +135,9 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     /// Its certificate.
     pub identity: Identity,
+    /// Where it listens, when not at its address in the monitor map (`0.0.0.0:6789` behind a
+    /// service address that forwards to it).
+    pub bind: Option<SocketAddr>,
     /// Committed slots (and map epochs) kept for peers and subscribers that lag; further
     /// behind, they get the whole map.
     pub retain_slots: u64,
@@ -216,7 +219,7 @@ pub async fn run(
     );
 
     let messenger = Messenger::bind(
-        monmap.addrs[usize::from(rank)],
+        config.bind.unwrap_or(monmap.addrs[usize::from(rank)]),
         &config.identity,
         MessengerConfig {
             request_timeout: PEER_TIMEOUT,

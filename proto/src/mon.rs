@@ -40,6 +40,16 @@ impl MonMap {
         }
         Ok(map)
     }
+
+    /// Where a client of these monitors binds: any address of their family, any port, so
+    /// that it reaches monitors and OSDs on other hosts as well as on loopback.
+    pub fn client_bind(&self) -> SocketAddr {
+        let any: std::net::IpAddr = match self.addrs.first() {
+            Some(SocketAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        };
+        SocketAddr::new(any, 0)
+    }
 }
 
 /// A change an operator, an OSD or the leader's failure policy asks for.
