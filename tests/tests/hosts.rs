@@ -1,0 +1,58 @@
+//! A cluster across several hosts, each a network namespace of its own, deployed with the
+//! commands of docs/operating.md, and faults between the hosts: a host's link down, a
+//! one-way partition, lost packets, a monitor cut off from the quorum. `tests/hosts/hosts.py`
+//! does the work (namespaces, deployment, an S3 client writing through the gateway, every
+//! acknowledged write read back at the end of each fault); it always deletes what it made.
+
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tidepool_tests::{project_dir, tidepool, venv_bin, TempDir};
+
+/// The whole run: deployment and four faults take about two minutes.
+const LIMIT: Duration = Duration::from_secs(600);
+
+#[test]
+fn a_cluster_across_hosts_survives_faults_between_them() {
+    let work = TempDir::new("hosts");
+    let mut child = Command::new("python3")
+        .arg(project_dir().join("tests/hosts/hosts.py"))
+        .env("TIDEPOOL", tidepool())
+        .env("PYTHON", venv_bin("python"))
+        .env("WORK", work.path().join("run"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs tests/hosts/hosts.py");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for hosts.py") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            // SIGTERM: it stops its daemons and deletes its namespaces before it exits.
+            let _ = Command::new("kill")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let output = reader.join().expect("reader").unwrap_or_default();
+    println!("{output}");
+    let status = status.unwrap_or_else(|| panic!("hosts.py ran past {LIMIT:?}"));
+    assert!(status.success(), "hosts.py failed: {status}");
+    for scenario in ["link down", "asymmetric", "lossy", "monitor cut off"] {
+        assert!(
+            output.contains(&format!("{scenario}: ")),
+            "scenario {scenario} did not finish"
+        );
+    }
+}
