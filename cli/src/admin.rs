@@ -65,9 +65,12 @@ pub struct MonArgs {
     /// The monitor's rank in the monitor map.
     #[arg(long)]
     id: Option<u8>,
-    /// The cluster folder; the monitor keeps its store in `<DIR>/mon-<ID>`.
+    /// The cluster folder (monitor map, certificates).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Where the monitor keeps its store (default: `<DATA>/mon-<ID>`).
+    #[arg(long)]
+    store: Option<PathBuf>,
     /// Committed map changes kept for monitors and subscribers that lag behind (further
     /// behind, they get the whole map).
     #[arg(long, default_value_t = DaemonConfig::RETAIN_SLOTS)]
@@ -93,6 +96,7 @@ pub fn mon(args: MonArgs) -> Result<()> {
     crate::logs::name(format!("mon.{id}"));
     let retain_slots = args.retain;
     let bind = args.bind;
+    let store = args.store;
     let metrics_args = args.metrics;
     let args = MonRun { id, data };
     let cluster_id = load_cluster_id(&args.data)?;
@@ -110,7 +114,7 @@ pub fn mon(args: MonArgs) -> Result<()> {
     let config = DaemonConfig {
         rank: args.id,
         cluster_dir: args.data.clone(),
-        data_dir: args.data.join(&entity),
+        data_dir: store.unwrap_or_else(|| args.data.join(&entity)),
         identity,
         bind,
         retain_slots,

@@ -1,7 +1,6 @@
 //! `tidepool cluster init`: a new cluster folder with its identity and certificates;
 //! `tidepool cluster host`: the folder one host of a cluster on several machines needs.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -46,34 +45,20 @@ pub fn init(args: InitArgs) -> Result<()> {
     let monitors = if args.mon_addrs.is_empty() {
         loopback_monitors(args.mons)?
     } else {
-        let addrs = args
-            .mon_addrs
-            .iter()
-            .map(|text| resolve(text))
-            .collect::<Result<Vec<_>>>()?;
-        parse_mons(&addrs.len().to_string()).map_err(anyhow::Error::msg)?;
-        addrs
+        for text in &args.mon_addrs {
+            tidepool_proto::mon::check_host_port(text).map_err(|e| anyhow::anyhow!("--mon {e}"))?;
+        }
+        parse_mons(&args.mon_addrs.len().to_string()).map_err(anyhow::Error::msg)?;
+        args.mon_addrs
     };
     create(&args.dir, monitors, &args.entities)?;
     Ok(())
 }
 
-/// `HOST:PORT` as one socket address.
-fn resolve(text: &str) -> Result<SocketAddr> {
-    let addrs: Vec<SocketAddr> = text
-        .to_socket_addrs()
-        .with_context(|| format!("--mon {text}: not an address or a name that resolves (HOST:PORT)"))?
-        .collect();
-    match addrs.as_slice() {
-        [addr] => Ok(*addr),
-        [] => bail!("--mon {text}: the name resolves to no address"),
-        _ => bail!("--mon {text}: the name resolves to several addresses ({addrs:?}); give one"),
-    }
-}
-
-/// Creates the cluster folder `dir` for monitors at `monitors` (by rank), with certificates
-/// for the admin, the monitors and `entities`; returns the cluster id.
-pub fn create(dir: &Path, monitors: Vec<SocketAddr>, entities: &[String]) -> Result<String> {
+/// Creates the cluster folder `dir` for monitors at `monitors` (by rank: addresses, or names
+/// resolved whenever the monitor map is read), with certificates for the admin, the monitors
+/// and `entities`; returns the cluster id.
+pub fn create(dir: &Path, monitors: Vec<String>, entities: &[String]) -> Result<String> {
     let mons = monitors.len();
     let cluster_file = dir.join("cluster.json");
     if cluster_file.exists() {
@@ -104,20 +89,20 @@ pub fn create(dir: &Path, monitors: Vec<SocketAddr>, entities: &[String]) -> Res
 }
 
 /// One free loopback UDP port per monitor, picked by binding port 0.
-pub fn loopback_monitors(mons: u8) -> Result<Vec<SocketAddr>> {
+pub fn loopback_monitors(mons: u8) -> Result<Vec<String>> {
     let sockets = (0..mons)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()
         .context("picking monitor ports")?;
-    Ok(sockets
+    sockets
         .iter()
-        .map(|s| s.local_addr())
-        .collect::<std::io::Result<_>>()?)
+        .map(|s| Ok(s.local_addr()?.to_string()))
+        .collect()
 }
 
 /// Writes `monmap.json`.
-fn write_monmap(dir: &Path, addrs: Vec<SocketAddr>) -> Result<()> {
-    let monmap = tidepool_proto::mon::MonMap { version: 1, addrs };
+fn write_monmap(dir: &Path, addrs: Vec<String>) -> Result<()> {
+    let monmap = serde_json::json!({ "version": 1, "addrs": addrs });
     let path = dir.join(tidepool_proto::mon::MonMap::FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&monmap)?)
         .with_context(|| format!("writing {}", path.display()))
@@ -200,7 +185,11 @@ pub fn host(args: HostArgs) -> Result<()> {
     let dir = args.cluster.dir();
     let cluster_id = load_cluster_id(&dir)?;
     let monmap = tidepool_monitor::daemon::load_monmap(&dir)?;
-    if let Some(rank) = args.mons.iter().find(|r| usize::from(**r) >= monmap.addrs.len()) {
+    if let Some(rank) = args
+        .mons
+        .iter()
+        .find(|r| usize::from(**r) >= monmap.addrs.len())
+    {
         bail!(
             "--mon {rank}: the monitor map has {} monitors",
             monmap.addrs.len()

@@ -153,7 +153,12 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
                     std::fs::write(&id_file, serde_json::to_vec_pretty(&file)?)?;
                 }
                 if args.id.is_some_and(|id| id != file.id) {
-                    bail!("{} holds osd.{}, not osd.{}", data.display(), file.id, args.id.unwrap_or_default());
+                    bail!(
+                        "{} holds osd.{}, not osd.{}",
+                        data.display(),
+                        file.id,
+                        args.id.unwrap_or_default()
+                    );
                 }
                 (OsdId(file.id), file.size)
             }

@@ -39,10 +39,15 @@ impl MetricsArgs {
             );
         }
         let bound = serve(addr, registry.clone()).await?;
+        // The record is for `tidepool up`'s status; a read-only cluster folder (a host's under
+        // systemd, a Kubernetes secret) only goes without it.
         let records = dir.join(METRICS_DIR);
-        std::fs::create_dir_all(&records)
+        if let Err(error) = std::fs::create_dir_all(&records)
             .and_then(|()| std::fs::write(records.join(daemon), bound.to_string()))
-            .with_context(|| format!("recording the metrics address in {}", records.display()))
+        {
+            tracing::warn!(%error, folder = %records.display(), %bound, "metrics address not recorded");
+        }
+        Ok(())
     }
 }
 

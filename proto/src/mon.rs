@@ -11,7 +11,8 @@ use tidepool_placement::{BucketType, Epoch, OsdId, PgActivation, PgId, PoolKind,
 pub type Rank = u8;
 
 /// The monitors of a cluster: rank `i` listens at `addrs[i]`. Written by `cluster init` to
-/// `monmap.json` in the cluster folder.
+/// `monmap.json` in the cluster folder, where an address may also be a name (`HOST:PORT`,
+/// such as a Kubernetes service's), resolved each time the file is read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonMap {
     /// Format version of the file.
@@ -29,9 +30,31 @@ impl MonMap {
         format!("mon-{rank}")
     }
 
-    /// Parses the file's bytes.
+    /// Parses the file's bytes, resolving names with the system's resolver.
     pub fn parse(bytes: &[u8]) -> Result<MonMap, String> {
-        let map: MonMap = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        MonMap::parse_with(bytes, resolve)
+    }
+
+    /// Parses the file's bytes, resolving names (entries that are not socket addresses) with
+    /// `resolve`.
+    pub fn parse_with(
+        bytes: &[u8],
+        resolve: impl Fn(&str) -> Result<SocketAddr, String>,
+    ) -> Result<MonMap, String> {
+        #[derive(Deserialize)]
+        struct File {
+            version: u32,
+            addrs: Vec<String>,
+        }
+        let file: File = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let map = MonMap {
+            version: file.version,
+            addrs: file
+                .addrs
+                .iter()
+                .map(|text| text.parse().or_else(|_| resolve(text)))
+                .collect::<Result<_, _>>()?,
+        };
         if map.addrs.is_empty() || map.addrs.len() > 5 || map.addrs.len().is_multiple_of(2) {
             return Err(format!(
                 "a cluster has 1, 3 or 5 monitors, not {}",
@@ -49,6 +72,26 @@ impl MonMap {
             _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
         };
         SocketAddr::new(any, 0)
+    }
+}
+
+/// `HOST:PORT` resolved to one address (the first the resolver gives).
+pub fn resolve(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    check_host_port(text)?;
+    text.to_socket_addrs()
+        .map_err(|e| format!("monitor {text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("monitor {text}: the name resolves to no address"))
+}
+
+/// Whether `text` has the form `HOST:PORT` (an address or a name, and a port).
+pub fn check_host_port(text: &str) -> Result<(), String> {
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(format!("{text:?} is not HOST:PORT")),
     }
 }
 
@@ -431,4 +474,38 @@ pub enum MonResponse {
     Denied,
     /// The monitor cannot take more right now.
     Busy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_monitor_map_holds_addresses_and_names() {
+        let file =
+            br#"{"version":1,"addrs":["198.18.0.11:6789","mon-1.tidepool.svc:6789","[::1]:6789"]}"#;
+        let map = MonMap::parse_with(file, |name| {
+            assert_eq!(name, "mon-1.tidepool.svc:6789");
+            Ok("10.96.0.7:6789".parse().expect("address"))
+        })
+        .expect("parses");
+        let addrs: Vec<String> = map.addrs.iter().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["198.18.0.11:6789", "10.96.0.7:6789", "[::1]:6789"]);
+        let unresolved = MonMap::parse_with(file, |name| Err(format!("{name}: unknown")));
+        assert_eq!(
+            unresolved,
+            Err("mon-1.tidepool.svc:6789: unknown".to_owned())
+        );
+        assert!(MonMap::parse(br#"{"version":1,"addrs":["nonsense"]}"#).is_err());
+        assert!(MonMap::parse(br#"{"version":1,"addrs":["127.0.0.1:1","127.0.0.1:2"]}"#).is_err());
+    }
+
+    #[test]
+    fn host_and_port_are_checked() {
+        assert!(check_host_port("mon-0.tidepool.svc:6789").is_ok());
+        assert!(check_host_port("198.18.0.11:6789").is_ok());
+        for bad in ["mon-0", ":6789", "mon-0:", "mon-0:0", "mon-0:99999"] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+    }
 }

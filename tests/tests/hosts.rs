@@ -37,9 +37,7 @@ fn a_cluster_across_hosts_survives_faults_between_them() {
         }
         if Instant::now() > deadline {
             // SIGTERM: it stops its daemons and deletes its namespaces before it exits.
-            let _ = Command::new("kill")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
             break None;
         }
