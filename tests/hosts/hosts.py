@@ -5,13 +5,16 @@ out. A cluster is deployed across them with the commands of docs/operating.md ("
 hosts"), then faults are laid between hosts while a client writes through the gateway.
 
     hosts.py [SCENARIO ...]     run scenarios (default: all), one cluster for all of them
+    hosts.py bench [SECONDS]    throughput across the hosts, then the time a cut-off host
+                                takes to be marked down and its PGs to be active again
     hosts.py writer ...         (internal) the S3 client, run inside the client's namespace
 
 Hosts: h1-h3 run a monitor and an OSD each, h4 an OSD, h5 the gateway, h6 the client and
 the admin. Every acknowledged write is read back exact at the end of each scenario.
 
 Environment: TIDEPOOL (the binary), WORK (a scratch folder), PYTHON (one with boto3),
-BENCH=1 also prints the figures docs/BENCHMARKS.md records. Needs root, iproute2 and nft.
+DELAY_US=N links the hosts through linksim (LINKSIM: its binary), a switch whose links hold
+each frame N microseconds, instead of a bridge; MTU=9000 gives the links jumbo frames. Needs root, iproute2 and nft.
 Namespaces are named tp<pid>-*; a run sweeps those of runs that died.
 """
 
@@ -25,6 +28,7 @@ import sys
 import time
 
 TIDEPOOL = os.environ.get("TIDEPOOL", "tidepool")
+LINKSIM = os.environ.get("LINKSIM", "linksim")
 PYTHON = os.environ.get("PYTHON", sys.executable)
 SUBNET = "198.18.0"
 MON_PORT = 6789
@@ -71,31 +75,53 @@ def sweep_stale():
 class Net:
     """The namespaces, their links and the processes started in them."""
 
-    def __init__(self, hosts):
+    def __init__(self, hosts, delay_us=None, mtu=1500):
+        """Hosts on a bridge, or with `delay_us`, on linksim's switch whose every link holds
+        each frame that long (the kernel's netem, where the kernel has it not); links of
+        `mtu` bytes (9000: jumbo frames, as storage networks often have)."""
         self.prefix = f"tp{os.getpid()}-"
         self.bridge = self.prefix + "br"
         self.hosts = {}  # name -> address
         self.procs = []  # (name, Popen)
+        self.switched = delay_us is not None
         sh("ip", "netns", "add", self.bridge)
-        sh("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", self.bridge, "link", "set", "br0", "up")
-        for i, host in enumerate(hosts, start=1):
-            self.add_host(host, f"{SUBNET}.{10 + i}")
+        names = list(hosts)
+        if self.switched:
+            ports = [f"tp{os.getpid() % 100000}p{i}" for i in range(len(names))]
+            switch = subprocess.Popen(
+                ["ip", "netns", "exec", self.bridge, LINKSIM, "--delay-us", str(delay_us)]
+                + ports, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+            self.procs.append(("linksim", switch))
+            ready = switch.stdout.readline().strip()
+            if ready != "ready":
+                raise RuntimeError(f"linksim did not start: {ready}{switch.stdout.read()}")
+        else:
+            sh("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", self.bridge, "link", "set", "br0", "up")
+        for i, host in enumerate(names, start=1):
+            ns = self.ns(host)
+            sh("ip", "netns", "add", ns)
+            if self.switched:
+                # The switch's TAP port moves into the host and becomes its eth0.
+                port = ports[i - 1]
+                sh("ip", "-n", self.bridge, "link", "set", port, "netns", ns)
+                sh("ip", "-n", ns, "link", "set", port, "name", "eth0")
+            else:
+                # eth0 in the host, its peer (named after the host) on the bridge.
+                sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", host,
+                   "netns", self.bridge)
+                sh("ip", "-n", self.bridge, "link", "set", host, "mtu", str(mtu))
+                sh("ip", "-n", self.bridge, "link", "set", host, "master", "br0", "up")
+            sh("ip", "-n", ns, "link", "set", "eth0", "mtu", str(mtu))
+            addr = f"{SUBNET}.{10 + i}"
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            self.hosts[host] = addr
 
     def ns(self, host):
         return self.prefix + host
-
-    def add_host(self, host, addr):
-        ns = self.ns(host)
-        sh("ip", "netns", "add", ns)
-        # eth0 in the host, its peer (named after the host) on the bridge.
-        sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", host,
-           "netns", self.bridge)
-        sh("ip", "-n", self.bridge, "link", "set", host, "master", "br0", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        self.hosts[host] = addr
 
     def exec_args(self, host, args):
         return ["ip", "netns", "exec", self.ns(host)] + list(args)
@@ -111,8 +137,13 @@ class Net:
         return proc
 
     def link(self, host, up):
-        """Plugs a host's cable in or out (its port on the bridge)."""
-        sh("ip", "-n", self.bridge, "link", "set", host, "up" if up else "down")
+        """Plugs a host's cable in or out (its port on the bridge, or its end of the
+        switch's link)."""
+        state = "up" if up else "down"
+        if self.switched:
+            sh("ip", "-n", self.ns(host), "link", "set", "eth0", state)
+        else:
+            sh("ip", "-n", self.bridge, "link", "set", host, state)
 
     def nft(self, host, script):
         proc = subprocess.run(self.exec_args(host, ["nft", "-f", "-"]), input=script,
@@ -205,8 +236,8 @@ class Cluster:
         host = host or self.CLIENT
         return self.net.run(host, TIDEPOOL, *args, "--cluster", self.admin, timeout=timeout)
 
-    def json(self, *args):
-        return json.loads(self.tidepool(*args, "--format", "json"))
+    def json(self, *args, timeout=60):
+        return json.loads(self.tidepool(*args, "--format", "json", timeout=timeout))
 
     def deploy(self):
         net = self.net
@@ -489,6 +520,73 @@ def scenario_monitor_cut_off(cluster, figures):
     log(f"monitor cut off: {result['acked']} writes acknowledged, all read back exact")
 
 
+ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9999))
+while True:
+    data, peer = s.recvfrom(64)
+    s.sendto(data, peer)
+"""
+
+PING = """
+import socket, statistics, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+times = []
+for i in range(50):
+    start = time.perf_counter()
+    s.sendto(b"ping", (sys.argv[1], 9999))
+    try:
+        s.recvfrom(64)
+    except socket.timeout:
+        continue
+    times.append(time.perf_counter() - start)
+    time.sleep(0.01)
+print(statistics.median(times) * 1000)
+"""
+
+
+def round_trip_ms(net, a, b):
+    """The median round trip of a small UDP datagram from host `a` to host `b`."""
+    echo = net.spawn(b, "echo", [PYTHON, "-c", ECHO, net.hosts[b]], os.devnull)
+    try:
+        time.sleep(0.5)
+        return float(net.run(a, PYTHON, "-c", PING, net.hosts[b]).strip())
+    finally:
+        net.stop("echo", echo)
+
+
+def bench(cluster, seconds):
+    """`tidepool bench` (4 MiB writes and reads on a pool of size 3 across hosts) and S3
+    PUT and GET of 4 MiB and 4 KiB objects through the gateway, from the client's host."""
+    figures = {"round_trip_ms": round(round_trip_ms(cluster.net, "h6", "h1"), 2)}
+    log(f"round trip between two hosts: {figures['round_trip_ms']} ms")
+    cluster.tidepool("pool", "create", "bench", "--size", "3", "--pg-num", "32",
+                     "--failure-domain", "host")
+    cluster.wait_clean()
+    for mode in ("write", "read"):
+        out = cluster.json("bench", "bench", mode, "--seconds", str(seconds), timeout=seconds + 120)
+        figures[f"bench_{mode}_mib_s"] = round(out["mib_per_second"], 1)
+        log(f"tidepool bench {mode}: {out['mib_per_second']:.1f} MiB/s")
+    cluster.tidepool("bench", "bench", "cleanup", timeout=300)
+    access, secret = cluster.keys
+    load = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench", "s3load.py")
+    for size in ("4M", "4K"):
+        out = cluster.net.run(cluster.CLIENT, PYTHON, load, "--endpoint", cluster.endpoint,
+                              "--access", access, "--secret", secret, "--bucket", f"load{size.lower()}",
+                              "--size", size, "--seconds", str(seconds), timeout=seconds * 4 + 300)
+        for line in out.splitlines():
+            phase = json.loads(line)
+            if phase.get("phase") in ("put", "get"):
+                key = f"s3_{phase['phase']}_{size}"
+                figures[key + "_mib_s"] = phase.get("MiB_s")
+                figures[key + "_ops_s"] = phase.get("ops_s")
+                log(f"S3 {phase['phase']} {size}: {phase.get('MiB_s')} MiB/s, "
+                    f"{phase.get('ops_s')} op/s")
+    return figures
+
+
 SCENARIOS = {
     "link_down": scenario_link_down,
     "asymmetric": scenario_asymmetric,
@@ -500,6 +598,10 @@ SCENARIOS = {
 def main(names):
     if os.geteuid() != 0:
         sys.exit("hosts.py needs root (network namespaces)")
+    bench_seconds = None
+    if names[:1] == ["bench"]:
+        bench_seconds = int(names[1]) if len(names) > 1 else 20
+        names = []
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         sys.exit(f"unknown scenarios {unknown}; known: {list(SCENARIOS)}")
@@ -507,7 +609,9 @@ def main(names):
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     sweep_stale()
-    net = Net(["h1", "h2", "h3", "h4", "h5", "h6"])
+    delay = os.environ.get("DELAY_US")
+    net = Net(["h1", "h2", "h3", "h4", "h5", "h6"], delay_us=int(delay) if delay else None,
+              mtu=int(os.environ.get("MTU", "1500")))
     interrupted = []
 
     def on_signal(signum, _frame):
@@ -520,8 +624,13 @@ def main(names):
         cluster = Cluster(net, work)
         cluster.deploy()
         log(f"deployed: monitors on h1-h3, OSDs {cluster.osds}, gateway {cluster.endpoint}")
-        log(f"clean after {cluster.wait_clean():.1f} s")
-        for name in names or list(SCENARIOS):
+        clean = cluster.wait_clean()
+        log(f"clean after {clean:.1f} s")
+        if bench_seconds:
+            figures.update(bench(cluster, bench_seconds))
+            figures.update(clean_after_deploy_s=round(clean, 1))
+            scenario_link_down(cluster, figures)
+        for name in [] if bench_seconds else names or list(SCENARIOS):
             log(f"scenario {name}")
             SCENARIOS[name](cluster, figures)
         ok = True
