@@ -65,9 +65,6 @@ pub fn load_monmap(dir: &Path) -> Result<MonMap, DaemonError> {
     MonMap::parse(&bytes).map_err(|reason| DaemonError::BadFile { path, reason })
 }
 
-/// Entities allowed to read users' keys.
-const KEY_READERS: &[&str] = &["client-admin", "gateway"];
-
 enum Input {
     Peer(Rank, Message),
     Propose(Request, oneshot::Sender<MonResponse>),
@@ -85,12 +82,13 @@ impl Service for Handler {
 
     async fn call(&self, peer: Peer, request: MonRequest) -> tidepool_proto::Reply<MonResponse> {
         let (reply, answer) = oneshot::channel();
+        if !crate::authorize::permitted(peer.entity().as_deref(), &request) {
+            warn!(peer = %peer.addr, entity = ?peer.entity(), "refused a request its certificate does not allow");
+            return Ok(MonResponse::Denied);
+        }
         let input = match request {
             MonRequest::Command(request) => Input::Propose(request, reply),
             MonRequest::Peer { .. } => return Ok(MonResponse::Busy),
-            MonRequest::GetUsers if !KEY_READERS.iter().any(|e| peer.is_entity(e)) => {
-                return Ok(MonResponse::Denied)
-            }
             read => Input::Read(read, reply),
         };
         if self.inputs.try_send(input).is_err() {

@@ -4,7 +4,8 @@ bridge that lives in a namespace of its own, addressed from 198.18.0.0/15 and wi
 out. A cluster is deployed across them with the commands of docs/operating.md ("Several
 hosts"), then faults are laid between hosts while a client writes through the gateway.
 
-    hosts.py [SCENARIO ...]     run scenarios (default: all), one cluster for all of them
+    hosts.py [SCENARIO ...]     run scenarios (default: all of the bridge's, or with DELAY_US
+                                all of linksim's), one cluster for all of them
     hosts.py bench [SECONDS]    throughput across the hosts, then the time a cut-off host
                                 takes to be marked down and its PGs to be active again
     hosts.py writer ...         (internal) the S3 client, run inside the client's namespace
@@ -91,8 +92,10 @@ class Net:
             switch = subprocess.Popen(
                 ["ip", "netns", "exec", self.bridge, LINKSIM, "--delay-us", str(delay_us)]
                 + ports, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+                stdin=subprocess.PIPE, start_new_session=True, text=True)
             self.procs.append(("linksim", switch))
+            self.switch = switch
+            self.ports = {host: i for i, host in enumerate(names)}
             ready = switch.stdout.readline().strip()
             if ready != "ready":
                 raise RuntimeError(f"linksim did not start: {ready}{switch.stdout.read()}")
@@ -169,6 +172,16 @@ class Net:
                     rules.append(f"add rule inet tpfault output ip daddr {peer} udp sport {udp_port} drop")
         self.nft(host, self.table() + "\n".join(rules) + "\n")
 
+    def slow(self, host, delay_us, loss_percent):
+        """Delays every frame to or from `host` by `delay_us` more and loses `loss_percent` %
+        of them, as `tc netem delay ... loss ...` on its link would (on linksim only)."""
+        assert self.switched, "a slow link needs linksim (DELAY_US)"
+        self.switch.stdin.write(f"{self.ports[host]} {delay_us} {loss_percent}\n")
+        self.switch.stdin.flush()
+        answer = self.switch.stdout.readline().strip()
+        if not answer.startswith("port "):
+            raise RuntimeError(f"linksim: {answer}")
+
     def lose(self, host, percent):
         """Loses `percent` % of the host's packets each way, at random."""
         self.nft(host, self.table()
@@ -226,8 +239,7 @@ class Cluster:
         self.work = work
         self.admin = os.path.join(work, "admin")
         self.osds = {}  # host -> osd id
-        self.folders = {}
-        self.gateway = None
+        self.daemons = {}  # name -> (host, args, process)
 
     def folder(self, host):
         return os.path.join(self.work, host, "etc")
@@ -246,9 +258,8 @@ class Cluster:
         for rank, host in enumerate(self.MON_HOSTS):
             sh(TIDEPOOL, "cluster", "host", host, "--mon", str(rank), "--out", self.folder(host),
                "--cluster", self.admin)
-            net.spawn(host, f"mon.{rank}", [TIDEPOOL, "mon", "--id", str(rank), "--data",
-                                            self.folder(host)],
-                      os.path.join(self.work, f"mon.{rank}.log"))
+            self.start(f"mon.{rank}", host,
+                       [TIDEPOOL, "mon", "--id", str(rank), "--data", self.folder(host)])
         for host in self.OSD_HOSTS:
             made = json.loads(self.tidepool("cluster", "host", host, "--osds", "1", "--out",
                                             self.folder(host), "--format", "json"))
@@ -261,20 +272,28 @@ class Cluster:
         self.keys = (user["access_key"], user["secret_key"])
         self.endpoint = f"http://{net.hosts[self.GATEWAY]}:{S3_PORT}"
 
+    def start(self, name, host, args):
+        process = self.net.spawn(host, name, args, os.path.join(self.work, f"{name}.log"))
+        self.daemons[name] = (host, args, process)
+
+    def restart(self, name):
+        """Stops a daemon (SIGTERM, as systemd does) and starts it again, as an upgrade does."""
+        host, args, process = self.daemons[name]
+        self.net.stop(name, process)
+        self.start(name, host, args)
+
     def start_osd(self, host):
         osd = self.osds[host]
-        self.net.spawn(host, f"osd.{osd}", [
+        self.start(f"osd.{osd}", host, [
             TIDEPOOL, "osd", "--cluster", self.folder(host), "--id", str(osd),
             "--data", os.path.join(self.work, host, f"osd-{osd}"),
-            "--bind", f"{self.net.hosts[host]}:0", "--workers", "1", "--size", "4GiB"],
-            os.path.join(self.work, f"osd.{osd}.log"))
+            "--bind", f"{self.net.hosts[host]}:0", "--workers", "1", "--size", "4GiB"])
 
     def start_gateway(self):
         host = self.GATEWAY
-        self.gateway = self.net.spawn(host, "gateway", [
+        self.start("gateway", host, [
             TIDEPOOL, "gateway", "--cluster", self.folder(host),
-            "--bind", f"{self.net.hosts[host]}:{S3_PORT}"],
-            os.path.join(self.work, "gateway.log"))
+            "--bind", f"{self.net.hosts[host]}:{S3_PORT}"])
 
     def osd_up(self, osd):
         dump = self.json("osd", "dump")
@@ -319,6 +338,11 @@ class Cluster:
 
     def mons(self):
         return self.json("mon", "dump")["mons"]
+
+    def mons_agree(self):
+        """Whether every monitor answers and all hold one map."""
+        mons = self.mons()
+        return all(m["up"] for m in mons) and len({(m["epoch"], m["map_digest"]) for m in mons}) == 1
 
 
 class Writer:
@@ -488,6 +512,26 @@ def scenario_lossy(cluster, figures):
     log(f"lossy: {result['acked']} writes acknowledged, all read back exact")
 
 
+def scenario_slow_host(cluster, figures):
+    """h3's link delays each packet 20 ms more and loses 3 % of them (`tc netem delay 20ms
+    loss 3%` on its link, here on linksim): the cluster goes on, slower; nothing acknowledged
+    is lost; once the link is healed every PG is clean again."""
+    net = cluster.net
+    writer = Writer(cluster, "slow")
+    writer.wait_acked(10)
+    net.slow("h3", 20_000, 3)
+    log("h3's link: 20 ms more delay and 3 % loss each way")
+    taken = writer.wait_acked(30)
+    down = [osd for osd in cluster.osds.values() if not cluster.osd_up(osd)]
+    log(f"30 writes took {taken:.1f} s with h3 slow; OSDs marked down: {down}")
+    net.slow("h3", 0, 0)
+    for osd in cluster.osds.values():
+        cluster.wait(f"osd.{osd} up", lambda osd=osd: cluster.osd_up(osd))
+    cluster.wait_clean()
+    result = writer.finish()
+    log(f"slow host: {result['acked']} writes acknowledged, all read back exact")
+
+
 def scenario_monitor_cut_off(cluster, figures):
     """mon.0 (on h1) is cut off from the other monitors, while every OSD, h1's included,
     still reaches it: the quorum of mon.1 and mon.2 goes on, mon.0 commits nothing alone
@@ -510,11 +554,7 @@ def scenario_monitor_cut_off(cluster, figures):
         assert mons[0]["commit"] < mons[1]["commit"], f"mon.0 committed alone: {mons}"
     net.heal("h1")
     log("mon.0 back")
-
-    def agreed():
-        mons = cluster.mons()
-        return all(m["up"] for m in mons) and len({(m["epoch"], m["map_digest"]) for m in mons}) == 1
-    cluster.wait("the three monitors on one map", agreed)
+    cluster.wait("the three monitors on one map", cluster.mons_agree)
     cluster.wait_clean()
     result = writer.finish()
     log(f"monitor cut off: {result['acked']} writes acknowledged, all read back exact")
@@ -587,11 +627,42 @@ def bench(cluster, seconds):
     return figures
 
 
+def scenario_rolling_restart(cluster, figures):
+    """Every daemon restarted in turn, as an upgrade one daemon at a time does: the
+    monitors, then the OSDs, then the gateway, each once the cluster is whole again, while
+    the client writes. The last monitor comes back with an empty store, as a replaced
+    machine would, and catches up from the others."""
+    writer = Writer(cluster, "rolling")
+    writer.wait_acked(10)
+    for rank, host in enumerate(cluster.MON_HOSTS):
+        if rank == len(cluster.MON_HOSTS) - 1:
+            _, _, process = cluster.daemons[f"mon.{rank}"]
+            cluster.net.stop(f"mon.{rank}", process)
+            shutil.rmtree(os.path.join(cluster.folder(host), f"mon-{rank}"))
+            log(f"mon.{rank} replaced: its store removed")
+        cluster.restart(f"mon.{rank}")
+        cluster.wait("the three monitors on one map", cluster.mons_agree)
+        writer.wait_acked(5)
+    for osd in cluster.osds.values():
+        cluster.restart(f"osd.{osd}")
+        cluster.wait(f"osd.{osd} up", lambda osd=osd: cluster.osd_up(osd))
+        cluster.wait_clean()
+        writer.wait_acked(5)
+    cluster.restart("gateway")
+    writer.wait_acked(10)
+    result = writer.finish()
+    log(f"rolling restart: {result['acked']} writes acknowledged, all read back exact")
+
+
+# On linksim only (DELAY_US): what needs a link's delay changed while it runs.
+SWITCH_SCENARIOS = {"slow_host": scenario_slow_host}
+
 SCENARIOS = {
     "link_down": scenario_link_down,
     "asymmetric": scenario_asymmetric,
     "lossy": scenario_lossy,
     "monitor_cut_off": scenario_monitor_cut_off,
+    "rolling_restart": scenario_rolling_restart,
 }
 
 
@@ -602,14 +673,17 @@ def main(names):
     if names[:1] == ["bench"]:
         bench_seconds = int(names[1]) if len(names) > 1 else 20
         names = []
-    unknown = [n for n in names if n not in SCENARIOS]
+    delay = os.environ.get("DELAY_US")
+    known = {**SCENARIOS, **SWITCH_SCENARIOS} if delay else SCENARIOS
+    unknown = [n for n in names if n not in known]
     if unknown:
-        sys.exit(f"unknown scenarios {unknown}; known: {list(SCENARIOS)}")
+        sys.exit(f"unknown scenarios {unknown}; known here: {list(known)} "
+                 f"({list(SWITCH_SCENARIOS)} need DELAY_US)")
+    names = names or list(SWITCH_SCENARIOS if delay else SCENARIOS)
     work = os.environ.get("WORK") or f"/tmp/tidepool-hosts-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     sweep_stale()
-    delay = os.environ.get("DELAY_US")
     net = Net(["h1", "h2", "h3", "h4", "h5", "h6"], delay_us=int(delay) if delay else None,
               mtu=int(os.environ.get("MTU", "1500")))
     interrupted = []
@@ -630,9 +704,9 @@ def main(names):
             figures.update(bench(cluster, bench_seconds))
             figures.update(clean_after_deploy_s=round(clean, 1))
             scenario_link_down(cluster, figures)
-        for name in [] if bench_seconds else names or list(SCENARIOS):
+        for name in [] if bench_seconds else names:
             log(f"scenario {name}")
-            SCENARIOS[name](cluster, figures)
+            known[name](cluster, figures)
         ok = True
     finally:
         net.close()

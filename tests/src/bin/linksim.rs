@@ -4,12 +4,18 @@
 //! `linksim --delay-us 1000 [--loss-percent P] PORT...` creates one TAP device per port name,
 //! prints `ready` once they exist, and forwards Ethernet frames between them (learning which
 //! MAC address is behind which port, flooding the rest) until it is killed. Each frame is
-//! held `delay-us` microseconds before it leaves, as a link of that latency would. The
-//! caller moves the devices into the hosts' namespaces (`ip link set PORT netns NS`) and
-//! addresses them there; the file descriptors stay the switch's.
+//! held `delay-us` microseconds before it leaves, as a link of that latency would, and lost
+//! with the given probability. The caller moves the devices into the hosts' namespaces
+//! (`ip link set PORT netns NS`) and addresses them there; the file descriptors stay the
+//! switch's.
+//!
+//! Lines on its standard input change one port's link while it runs, as `tc netem` on a
+//! host's link does: `PORT DELAY_US LOSS_PERCENT` adds that delay and loss to every frame
+//! to or from port number PORT (from 0, in the order given); `PORT 0 0` heals it.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write as _;
+use std::io::{BufRead as _, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +53,36 @@ fn main() {
         .map(|_| Arc::new((Mutex::new(VecDeque::new()), Condvar::new())))
         .collect();
     let macs: Arc<Mutex<HashMap<[u8; 6], usize>>> = Arc::default();
+    // Per port: the delay (µs) and the loss (parts per million) its link adds.
+    let links: Arc<Vec<(AtomicU64, AtomicU64)>> = Arc::new(
+        (0..taps.len())
+            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+            .collect(),
+    );
+    let control = links.clone();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let parsed = match words.as_slice() {
+                [port, delay, loss] => port
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|p| *p < control.len())
+                    .zip(delay.parse::<u64>().ok())
+                    .zip(loss.parse::<f64>().ok()),
+                _ => None,
+            };
+            let Some(((port, delay), loss)) = parsed else {
+                eprintln!("linksim: ignored {line:?} (PORT DELAY_US LOSS_PERCENT)");
+                continue;
+            };
+            control[port].0.store(delay, Ordering::Relaxed);
+            control[port].1.store((loss * 10_000.0) as u64, Ordering::Relaxed);
+            println!("port {port}: +{delay} us, {loss} % lost");
+            std::io::stdout().flush().ok();
+        }
+    });
     let mut threads = Vec::new();
     for (port, tap) in taps.into_iter().enumerate() {
         let writer = tap.clone();
@@ -70,6 +106,7 @@ fn main() {
         }));
         let queues = queues.clone();
         let macs = macs.clone();
+        let links = links.clone();
         let reader = tap;
         threads.push(std::thread::spawn(move || {
             let mut random = 0x9e37_79b9_7f4a_7c15u64 ^ (port as u64 + 1);
@@ -93,7 +130,7 @@ fn main() {
                     macs.insert(source, port);
                     macs.get(&destination).copied()
                 };
-                let due = Instant::now() + delay;
+                let now = Instant::now();
                 let ports: Vec<usize> = match target {
                     Some(to) if destination[0] & 1 == 0 => vec![to],
                     _ => (0..queues.len()).filter(|p| *p != port).collect(),
@@ -102,14 +139,24 @@ fn main() {
                     if to == port {
                         continue;
                     }
-                    if loss > 0.0 {
+                    let (from, into) = (&links[port], &links[to]);
+                    let extra_loss = (from.1.load(Ordering::Relaxed)
+                        + into.1.load(Ordering::Relaxed)) as f64
+                        / 1_000_000.0;
+                    let lost = loss + extra_loss;
+                    if lost > 0.0 {
                         random ^= random << 13;
                         random ^= random >> 7;
                         random ^= random << 17;
-                        if (random >> 11) as f64 / (1u64 << 53) as f64 <= loss {
+                        if (random >> 11) as f64 / (1u64 << 53) as f64 <= lost {
                             continue;
                         }
                     }
+                    let due = now
+                        + delay
+                        + Duration::from_micros(
+                            from.0.load(Ordering::Relaxed) + into.0.load(Ordering::Relaxed),
+                        );
                     let (lock, ready) = &*queues[to];
                     let mut frames = lock.lock().expect("queue");
                     if frames.len() < QUEUE_MAX {
