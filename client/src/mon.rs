@@ -312,16 +312,11 @@ impl MonClient {
         if let Some(rank) = self.leader_hint {
             return (rank, vec![false; members]);
         }
-        let statuses = self
-            .ask_statuses(|status| status.leader == Some(status.rank), PROBE_GRACE)
-            .await;
+        // Every monitor's word (within a grace after the first): one claim to lead is not
+        // enough, as a leader cut off from the others goes on claiming it.
+        let statuses = self.ask_statuses(|_| false, PROBE_GRACE).await;
         let silent = statuses.iter().map(Option::is_none).collect();
-        let leader = statuses
-            .iter()
-            .flatten()
-            .find(|s| s.leader == Some(s.rank))
-            .or_else(|| statuses.iter().flatten().next())
-            .map(|s| s.rank);
+        let leader = likely_leader(&statuses);
         if let Some(rank) = leader {
             self.leader_hint = Some(rank);
         }
@@ -444,5 +439,78 @@ impl MapUpdate {
                 .map_err(|e| ClientError::Unexpected(e.to_string()))?;
         }
         Ok(map)
+    }
+}
+
+/// The monitor most likely to lead, from what each said (`None`: it did not answer): of the
+/// monitors that claim to lead, one that holds a majority's leases (it answers reads) first,
+/// then the one most monitors follow, then the newest commit. A leader cut off from the others
+/// goes on claiming to lead until it hears of a newer one, but its leases lapse and the others
+/// follow someone else. With no claim, the one most monitors name.
+fn likely_leader(statuses: &[Option<MonStatus>]) -> Option<Rank> {
+    let answered: Vec<&MonStatus> = statuses.iter().flatten().collect();
+    let followers = |rank: Rank| answered.iter().filter(|s| s.leader == Some(rank)).count();
+    let claimed = answered
+        .iter()
+        .filter(|s| s.leader == Some(s.rank))
+        .max_by_key(|s| {
+            (
+                s.readable,
+                followers(s.rank),
+                s.commit,
+                std::cmp::Reverse(s.rank),
+            )
+        })
+        .map(|s| s.rank);
+    claimed.or_else(|| {
+        answered
+            .iter()
+            .filter_map(|s| s.leader)
+            .max_by_key(|rank| (followers(*rank), std::cmp::Reverse(*rank)))
+            .or_else(|| answered.first().map(|s| s.rank))
+    })
+}
+
+#[cfg(test)]
+mod leader_tests {
+    use super::*;
+    use tidepool_placement::Epoch;
+
+    fn status(rank: Rank, leader: Option<Rank>, readable: bool, commit: u64) -> Option<MonStatus> {
+        Some(MonStatus {
+            rank,
+            leader,
+            readable,
+            commit,
+            epoch: Epoch(commit),
+            map_digest: 0,
+        })
+    }
+
+    #[test]
+    fn a_leader_cut_off_from_the_quorum_is_not_the_one_asked() {
+        // mon.0 still claims to lead, alone and behind; mon.1 leads mon.2.
+        let statuses = [
+            status(0, Some(0), false, 92),
+            status(1, Some(1), true, 99),
+            status(2, Some(1), true, 99),
+        ];
+        assert_eq!(likely_leader(&statuses), Some(1));
+        // Even before mon.1's lease shows and with equal commits, two follow mon.1.
+        let statuses = [
+            status(0, Some(0), false, 99),
+            status(1, Some(1), false, 99),
+            status(2, Some(1), false, 99),
+        ];
+        assert_eq!(likely_leader(&statuses), Some(1));
+        // mon.1 did not answer: the one mon.2 follows.
+        let statuses = [status(0, None, false, 5), None, status(2, Some(1), true, 9)];
+        assert_eq!(likely_leader(&statuses), Some(1));
+        // Nobody leads yet.
+        assert_eq!(
+            likely_leader(&[None, status(1, None, false, 1), None]),
+            Some(1)
+        );
+        assert_eq!(likely_leader(&[None, None, None]), None);
     }
 }

@@ -127,13 +127,18 @@ impl Peer {
     /// cluster. The certificate was checked against the cluster's CA in the handshake.
     pub fn entity(&self) -> Option<String> {
         use x509_parser::extensions::GeneralName;
-        let (_, certificate) = x509_parser::parse_x509_certificate(self.certificate.as_ref()?).ok()?;
+        let (_, certificate) =
+            x509_parser::parse_x509_certificate(self.certificate.as_ref()?).ok()?;
         let suffix = format!(".{}.tidepool", self.cluster_id);
         let names = certificate.subject_alternative_name().ok()??;
-        names.value.general_names.iter().find_map(|name| match name {
-            GeneralName::DNSName(dns) => dns.strip_suffix(suffix.as_str()).map(str::to_owned),
-            _ => None,
-        })
+        names
+            .value
+            .general_names
+            .iter()
+            .find_map(|name| match name {
+                GeneralName::DNSName(dns) => dns.strip_suffix(suffix.as_str()).map(str::to_owned),
+                _ => None,
+            })
     }
 }
 

@@ -104,8 +104,14 @@ mod tests {
         assert!(!permitted(Some("osd-3"), &pool));
         assert!(!permitted(Some("osd-3"), &create));
         assert!(!permitted(Some("osd-3"), &MonRequest::GetUsers));
-        assert!(permitted(Some("osd-3"), &command(Command::PgTemp(Vec::new()))));
-        assert!(!permitted(Some(GATEWAY), &command(Command::PgTemp(Vec::new()))));
+        assert!(permitted(
+            Some("osd-3"),
+            &command(Command::PgTemp(Vec::new()))
+        ));
+        assert!(!permitted(
+            Some(GATEWAY),
+            &command(Command::PgTemp(Vec::new()))
+        ));
         assert!(permitted(Some(GATEWAY), &pool));
         assert!(permitted(Some(GATEWAY), &MonRequest::GetUsers));
         assert!(!permitted(Some(GATEWAY), &remove));

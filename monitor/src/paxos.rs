@@ -560,6 +560,13 @@ impl PaxosNode {
             return;
         }
         let timeout = self.config.election_timeout_ms;
+        if self.is_leader() && self.heard_within(timeout) < self.config.majority() {
+            // A leader that heard from no majority for an election timeout steps down: it
+            // cannot commit, and the others may have elected another by now. Clients and OSDs
+            // that ask it are told it leads no more, and look for the leader elsewhere.
+            self.role = Role::Follower { leader: None };
+            self.leader_heard_ms = self.now_ms;
+        }
         let should_elect = match &self.role {
             Role::Leader { .. } => false,
             Role::Candidate { started_ms, .. } => {
@@ -576,6 +583,17 @@ impl PaxosNode {
         if should_elect {
             self.start_election();
         }
+    }
+
+    /// How many monitors, this one included, were heard from within the last `ms`.
+    fn heard_within(&self, ms: Millis) -> usize {
+        (0..self.config.members)
+            .filter(|&rank| {
+                rank == self.config.rank
+                    || self.last_heard_ms[usize::from(rank)]
+                        .is_some_and(|at| self.now_ms.saturating_sub(at) < ms)
+            })
+            .count()
     }
 
     /// Whether a monitor of lower rank was heard from recently: then it should lead, not us.
@@ -598,14 +616,7 @@ impl PaxosNode {
                 let (ballot, in_flight) = (*ballot, in_flight.clone());
                 // Leases go out only while a majority was heard from within a lease: a leader
                 // cut off from the majority stops granting before the others may elect.
-                let heard = (0..self.config.members)
-                    .filter(|&rank| {
-                        rank == self.config.rank
-                            || self.last_heard_ms[usize::from(rank)].is_some_and(|at| {
-                                self.now_ms.saturating_sub(at) < self.config.lease_ms
-                            })
-                    })
-                    .count();
+                let heard = self.heard_within(self.config.lease_ms);
                 let lease = (heard >= self.config.majority()).then(|| LeaseGrant {
                     sent_ms: self.now_ms,
                     readable_ms: self.leader_readable_ms(lease_acks, self.now_ms),

@@ -494,3 +494,57 @@ fn five_monitors() {
 fn one_monitor() {
     run_seed(7, 1);
 }
+
+/// A leader cut off from the others steps down within an election timeout or two, rather
+/// than go on claiming to lead (clients and OSDs would keep asking it), while the other two
+/// elect a leader among themselves; healed, all three follow one leader again.
+#[test]
+fn a_leader_cut_off_from_the_others_steps_down() {
+    for seed in 1..=20 {
+        let mut sim = Sim::new(seed, 3);
+        sim.faults = Faults {
+            drop_per_thousand: 0,
+            duplicate_per_thousand: 0,
+            delay_max_ms: 5,
+            crash_per_thousand: 0,
+            partition_per_thousand: 0,
+        };
+        sim.run_until(5_000);
+        let leaders = |sim: &Sim| -> Vec<Option<Rank>> {
+            sim.monitors
+                .iter()
+                .map(|m| m.node.as_ref().and_then(PaxosNode::leader))
+                .collect()
+        };
+        let before = leaders(&sim);
+        let leader =
+            before[0].unwrap_or_else(|| panic!("seed {seed}: a leader by 5 s: {before:?}"));
+        assert!(
+            before.iter().all(|l| *l == Some(leader)),
+            "seed {seed}: {before:?}"
+        );
+        sim.side[usize::from(leader)] = 1;
+        sim.run_until(sim.now_ms + 3_000);
+        let cut = leaders(&sim);
+        assert_ne!(
+            cut[usize::from(leader)],
+            Some(leader),
+            "seed {seed}: the cut-off leader {leader} still leads: {cut:?}"
+        );
+        let others: Vec<Option<Rank>> = (0..3u8)
+            .filter(|r| *r != leader)
+            .map(|r| cut[usize::from(r)])
+            .collect();
+        assert!(
+            others[0].is_some() && others[0] == others[1] && others[0] != Some(leader),
+            "seed {seed}: the other two follow one of them: {cut:?}"
+        );
+        sim.heal();
+        sim.run_until(sim.now_ms + 3_000);
+        let healed = leaders(&sim);
+        assert!(
+            healed[0].is_some() && healed.iter().all(|l| *l == healed[0]),
+            "seed {seed}: healed, one leader: {healed:?}"
+        );
+    }
+}

@@ -75,5 +75,8 @@ fn a_cluster_across_hosts_survives_faults_between_them() {
     }
     // On linksim, whose links can be slowed while they run: a slow, lossy host.
     let output = hosts_py(&[("DELAY_US", "0")], &["slow_host"]);
-    assert!(output.contains("slow host: "), "the slow host scenario did not finish");
+    assert!(
+        output.contains("slow host: "),
+        "the slow host scenario did not finish"
+    );
 }

@@ -33,7 +33,10 @@ fn main() {
     let mut names = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{arg} needs a value")))
+        };
         match arg.as_str() {
             "--delay-us" => delay = Duration::from_micros(parse(&value())),
             "--loss-percent" => loss = parse::<f64>(&value()) / 100.0,
@@ -78,7 +81,9 @@ fn main() {
                 continue;
             };
             control[port].0.store(delay, Ordering::Relaxed);
-            control[port].1.store((loss * 10_000.0) as u64, Ordering::Relaxed);
+            control[port]
+                .1
+                .store((loss * 10_000.0) as u64, Ordering::Relaxed);
             println!("port {port}: +{delay} us, {loss} % lost");
             std::io::stdout().flush().ok();
         }
@@ -140,9 +145,9 @@ fn main() {
                         continue;
                     }
                     let (from, into) = (&links[port], &links[to]);
-                    let extra_loss = (from.1.load(Ordering::Relaxed)
-                        + into.1.load(Ordering::Relaxed)) as f64
-                        / 1_000_000.0;
+                    let extra_loss =
+                        (from.1.load(Ordering::Relaxed) + into.1.load(Ordering::Relaxed)) as f64
+                            / 1_000_000.0;
                     let lost = loss + extra_loss;
                     if lost > 0.0 {
                         random ^= random << 13;
