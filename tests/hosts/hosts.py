@@ -633,6 +633,37 @@ def bench(cluster, seconds):
     return figures
 
 
+def scenario_replace_host(cluster, figures):
+    """h4's OSD is removed as docs/operating.md tells (out, clean, safe to destroy, stopped,
+    removed), then the host gets a new OSD (`cluster host h4 --osds 1`), which backfills its
+    share; the client writes throughout."""
+    writer = Writer(cluster, "replace")
+    writer.wait_acked(10)
+    old = cluster.osds["h4"]
+    cluster.tidepool("osd", "out", str(old))
+    cluster.wait_clean()
+    safe = cluster.tidepool("osd", "safe-to-destroy", str(old))
+    log(f"osd.{old} out and drained: {safe.strip()}")
+    _, _, process = cluster.daemons[f"osd.{old}"]
+    cluster.net.stop(f"osd.{old}", process)
+    cluster.wait(f"osd.{old} down", lambda: not cluster.osd_up(old))
+    cluster.tidepool("osd", "rm", str(old))
+    assert old not in [o["id"] for o in cluster.json("osd", "dump")["osds"].values()]
+    writer.wait_acked(10)
+    made = json.loads(cluster.tidepool("cluster", "host", "h4", "--osds", "1", "--out",
+                                       cluster.folder("h4"), "--format", "json"))
+    cluster.osds["h4"] = made["osds"][0]
+    cluster.start_osd("h4")
+    new = cluster.osds["h4"]
+    cluster.wait(f"osd.{new} up", lambda: cluster.osd_up(new))
+    cluster.wait_clean()
+    used = {o["id"]: o for o in cluster.json("osd", "df")["osds"]}
+    log(f"osd.{old} removed; osd.{new} on h4 backfilled: {used.get(new, {}).get('pgs')} PGs")
+    assert used[new]["pgs"] > 0, used
+    result = writer.finish()
+    log(f"replace host: {result['acked']} writes acknowledged, all read back exact")
+
+
 def scenario_rolling_restart(cluster, figures):
     """Every daemon restarted in turn, as an upgrade one daemon at a time does: the
     monitors, then the OSDs, then the gateway, each once the cluster is whole again, while
@@ -669,6 +700,7 @@ SCENARIOS = {
     "lossy": scenario_lossy,
     "monitor_cut_off": scenario_monitor_cut_off,
     "rolling_restart": scenario_rolling_restart,
+    "replace_host": scenario_replace_host,
 }
 
 
@@ -704,6 +736,8 @@ def main(names):
         cluster = Cluster(net, work)
         cluster.deploy()
         log(f"deployed: monitors on h1-h3, OSDs {cluster.osds}, gateway {cluster.endpoint}")
+        pools = cluster.json("pool", "ls")
+        log(f"pools: {pools}")
         clean = cluster.wait_clean()
         log(f"clean after {clean:.1f} s")
         if bench_seconds:

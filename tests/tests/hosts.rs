@@ -1,7 +1,8 @@
 //! A cluster across several hosts, each a network namespace of its own, deployed with the
 //! commands of docs/operating.md, and faults between the hosts: a host's link down, a
 //! one-way partition, lost packets, a monitor cut off from the quorum; then every daemon
-//! restarted in turn, as an upgrade does, one monitor with its store gone. `tests/hosts/hosts.py`
+//! restarted in turn, as an upgrade does, one monitor with its store gone; a host's OSD
+//! removed and a new one added, as docs/operating.md tells. `tests/hosts/hosts.py`
 //! does the work (namespaces, deployment, an S3 client writing through the gateway, every
 //! acknowledged write read back at the end of each fault); it always deletes what it made.
 //! A second cluster runs over `linksim`, a switch in user space, for a host whose link delays
@@ -59,7 +60,7 @@ fn hosts_py(env: &[(&str, &str)], args: &[&str]) -> String {
 #[test]
 fn a_cluster_across_hosts_survives_faults_between_them() {
     // On a bridge: a host's link down, a one-way partition, lost packets, a monitor cut off,
-    // a rolling restart.
+    // a rolling restart, a host's OSD removed and a new one added.
     let output = hosts_py(&[], &[]);
     for scenario in [
         "link down",
@@ -67,6 +68,7 @@ fn a_cluster_across_hosts_survives_faults_between_them() {
         "lossy",
         "monitor cut off",
         "rolling restart",
+        "replace host",
     ] {
         assert!(
             output.contains(&format!("{scenario}: ")),
