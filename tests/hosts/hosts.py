@@ -649,6 +649,8 @@ def scenario_replace_host(cluster, figures):
     cluster.wait(f"osd.{old} down", lambda: not cluster.osd_up(old))
     cluster.tidepool("osd", "rm", str(old))
     assert old not in [o["id"] for o in cluster.json("osd", "dump")["osds"].values()]
+    # The disk is replaced: the new OSD starts empty (it may get the freed id again).
+    shutil.rmtree(os.path.join(cluster.work, "h4", f"osd-{old}"))
     writer.wait_acked(10)
     made = json.loads(cluster.tidepool("cluster", "host", "h4", "--osds", "1", "--out",
                                        cluster.folder("h4"), "--format", "json"))
@@ -658,7 +660,8 @@ def scenario_replace_host(cluster, figures):
     cluster.wait(f"osd.{new} up", lambda: cluster.osd_up(new))
     cluster.wait_clean()
     used = {o["id"]: o for o in cluster.json("osd", "df")["osds"]}
-    log(f"osd.{old} removed; osd.{new} on h4 backfilled: {used.get(new, {}).get('pgs')} PGs")
+    log(f"osd.{old} removed; a new osd.{new} on h4 backfilled: {used[new]['pgs']} PGs, "
+        f"{used[new]['used_bytes']} bytes")
     assert used[new]["pgs"] > 0, used
     result = writer.finish()
     log(f"replace host: {result['acked']} writes acknowledged, all read back exact")
