@@ -8,7 +8,8 @@ cd "$(dirname "$0")/../.."
 seeds=${1:-10}
 seconds=${2:-120}
 first=${3:-1}
-target=${CARGO_TARGET_DIR:-$HOME/.cache/tidepool-target}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidepool-target}"
+target=$CARGO_TARGET_DIR
 cargo build --release -q -p tidepool || exit 1
 out=target/chaos
 mkdir -p "$out"
