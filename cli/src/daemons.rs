@@ -152,45 +152,37 @@ pub fn osd(cluster: ClusterArgs, args: OsdRunArgs) -> Result<()> {
                     file.size = args.size;
                     std::fs::write(&id_file, serde_json::to_vec_pretty(&file)?)?;
                 }
-                if args.id.is_some_and(|id| id != file.id) {
-                    bail!(
-                        "{} holds osd.{}, not osd.{}",
-                        data.display(),
-                        file.id,
-                        args.id.unwrap_or_default()
-                    );
+                if let Some(id) = args.id.filter(|id| *id != file.id) {
+                    bail!("{} holds osd.{}, not osd.{id}", data.display(), file.id);
                 }
                 (OsdId(file.id), file.size)
             }
-            Err(_) if args.id.is_some() => {
-                let id = args.id.unwrap_or_default();
-                let entity = daemon::entity(OsdId(id));
-                if !dir.join("certs").join(format!("{entity}.pem")).exists() {
-                    bail!(
-                        "{} has no certificate for osd.{id}: make the OSD with `tidepool cluster \
-                         host` and copy the folder it writes",
-                        dir.display()
-                    );
-                }
-                let file = OsdFile {
-                    version: 1,
-                    cluster_id: cluster_id.clone(),
-                    id,
-                    size: args.size,
-                };
-                std::fs::write(&id_file, serde_json::to_vec_pretty(&file)?)?;
-                (OsdId(id), args.size)
-            }
             Err(_) => {
-                let mut admin = cluster.client()?;
-                let outcome = admin
-                    .command(Command::OsdCreate {
-                        host: args.host.clone(),
-                        weight: args.weight,
-                    })
-                    .await?
-                    .map_err(|e| anyhow::anyhow!("creating the OSD: {e}"))?;
-                let id = outcome.created.context("OsdCreate names the new OSD")?;
+                let id = match args.id {
+                    // Made beforehand by `cluster host`, which wrote its certificate.
+                    Some(id) => {
+                        let entity = daemon::entity(OsdId(id));
+                        if !dir.join("certs").join(format!("{entity}.pem")).exists() {
+                            bail!(
+                                "{} has no certificate for osd.{id}: make the OSD with \
+                                 `tidepool cluster host` and copy the folder it writes",
+                                dir.display()
+                            );
+                        }
+                        id
+                    }
+                    None => {
+                        let outcome = cluster
+                            .client()?
+                            .command(Command::OsdCreate {
+                                host: args.host.clone(),
+                                weight: args.weight,
+                            })
+                            .await?
+                            .map_err(|e| anyhow::anyhow!("creating the OSD: {e}"))?;
+                        outcome.created.context("OsdCreate names the new OSD")?
+                    }
+                };
                 let file = OsdFile {
                     version: 1,
                     cluster_id: cluster_id.clone(),
